@@ -1,0 +1,90 @@
+//! `qwenedge bench`: prefill and decode throughput, time to first token and peak memory on a
+//! fixed synthetic prompt. A human table goes to stderr, one JSON line to stdout.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use clap::Args;
+use qwenedge::engine::generate::{Completion, GenerateParams};
+
+use super::{peak_rss_mb, ModelArgs};
+
+/// Text the benchmark prompt is cut from (its content does not matter for speed).
+const PARAGRAPH: &str = "The quick brown fox jumps over the lazy dog while the kitchen lights dim to forty \
+percent, the thermostat settles at twenty-one degrees, and a voice assistant on a small board answers \
+without sending a single word to the cloud. ";
+
+/// Arguments of `qwenedge bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to generate (EOS is ignored so every run generates exactly this many).
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Measured runs after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// Runs `bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.prompt_tokens > 0 && args.new_tokens > 1, "--prompt-tokens must be > 0 and --new-tokens > 1");
+    anyhow::ensure!(args.runs > 0, "--runs must be > 0");
+    let load_start = Instant::now();
+    let mut engine = args.model.load()?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let unit = engine.tokenizer.encode(PARAGRAPH)?;
+    let prompt: Vec<u32> = unit.iter().copied().cycle().take(args.prompt_tokens).collect();
+    let params = GenerateParams { max_tokens: args.new_tokens, ..Default::default() };
+    let mut results: Vec<Completion> = Vec::new();
+    for i in 0..=args.runs {
+        let mut seq = engine.new_sequence()?;
+        let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
+        let done = engine.generate_with(&mut seq, &prompt, &params, &[], &mut sink)?;
+        anyhow::ensure!(done.tokens.len() == args.new_tokens, "generated {} tokens", done.tokens.len());
+        if i > 0 {
+            results.push(done);
+        }
+    }
+    let median = |f: fn(&Completion) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let prefill = median(|c| c.timings.prefill_tok_s);
+    let decode = median(|c| c.timings.decode_tok_s);
+    let ttft = median(|c| c.timings.ttft_ms);
+    let rss = peak_rss_mb().unwrap_or(0.0);
+    let info = engine.backend_info();
+    let weights_mb = engine.spec.weight_bytes() as f64 / (1024.0 * 1024.0);
+    eprintln!("qwenedge bench  {}", engine.spec.dir.display());
+    eprintln!("  runtime          {} {} ({} threads)", info.name, info.version, args.model.threads);
+    eprintln!("  prompt / new     {} / {} tokens, {} runs (median)", args.prompt_tokens, args.new_tokens, args.runs);
+    eprintln!("  load             {load_ms:>9.1} ms");
+    eprintln!("  prefill          {prefill:>9.1} tok/s");
+    eprintln!("  decode           {decode:>9.1} tok/s");
+    eprintln!("  time to first    {ttft:>9.1} ms");
+    eprintln!("  peak RSS         {rss:>9.1} MiB  (weights {weights_mb:.1} MiB)");
+    let json = serde_json::json!({
+        "engine": "qwenedge",
+        "backend": info.name,
+        "runtime_version": info.version,
+        "model": engine.spec.dir.display().to_string(),
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "threads": args.model.threads,
+        "runs": args.runs,
+        "load_ms": load_ms,
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "ttft_ms": ttft,
+        "peak_rss_mb": rss,
+        "weights_mb": weights_mb,
+    });
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Command-line parsing and dispatch. Each subcommand lives in its own file; `anyhow` is used
+//! only here, at the edge.
+
+mod bench;
+mod generate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::{Engine, EngineOptions};
+
+/// On-device inference daemon for Qwen3.5 Small ONNX models.
+#[derive(Debug, Parser)]
+#[command(name = "qwenedge", version, about)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); QWENEDGE_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate text from a prompt and stream it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed, time to first token and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+/// Model and runtime options shared by the subcommands that load a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model directory (output of the onnxruntime-genai model builder).
+    #[arg(long, short = 'm', env = "QWENEDGE__MODEL__PATH")]
+    pub model: PathBuf,
+    /// Intra-op threads for inference (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, then the documented search order).
+    #[arg(long, env = "QWENEDGE__MODEL__ONNXRUNTIME_LIBRARY")]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<Engine> {
+        let opts = EngineOptions {
+            ort: OrtOptions { library: self.onnxruntime.clone(), threads: self.threads, ..Default::default() },
+        };
+        let started = std::time::Instant::now();
+        let engine = Engine::load(&self.model, &opts)?;
+        let info = engine.backend_info();
+        tracing::info!(
+            model = %self.model.display(),
+            runtime = %info.version,
+            library = info.library.as_deref().unwrap_or(""),
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(engine)
+    }
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QWENEDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), if the kernel reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,129 @@
+//! The seam between the generation loop and whatever runs the graph.
+//!
+//! A [`Backend`] turns tokens plus a [`Sequence`]'s carried state into logits and the next
+//! state. The loop in `engine::generate` only sees this trait, so a second runtime (a pure-Rust
+//! one, a vendor NPU library) plugs in here without touching sampling, stopping or streaming.
+
+pub mod ort;
+pub mod runtime;
+
+use std::any::Any;
+
+/// Which logits rows a forward pass should return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// Only the last position (generation).
+    Last,
+    /// Every position of the chunk (parity checks, scoring).
+    All,
+}
+
+/// Logits of one forward pass, row-major `[rows, vocab]`.
+#[derive(Debug, Clone, Default)]
+pub struct Logits {
+    /// Number of rows (positions).
+    pub rows: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// `rows * vocab` values.
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The last row.
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows - 1)
+    }
+}
+
+/// Per-sequence state carried between forward passes. Its content belongs to the backend that
+/// created it; the generation loop only reads its length.
+pub struct Sequence {
+    pub(crate) len: usize,
+    pub(crate) state: Box<dyn Any + Send>,
+}
+
+impl Sequence {
+    /// Tokens already consumed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// A failure inside a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The runtime library could not be found or loaded.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// Creating the session failed (bad graph, missing operator, out of memory).
+    #[error("loading {path}: {msg}")]
+    Load {
+        /// The graph file.
+        path: std::path::PathBuf,
+        /// The runtime's message.
+        msg: String,
+    },
+    /// A forward pass failed.
+    #[error("inference failed: {0}")]
+    Run(String),
+    /// The request does not fit the model (e.g. longer than its context).
+    #[error("{0}")]
+    Limit(String),
+    /// A sequence from another backend was passed in.
+    #[error("sequence state does not belong to this backend")]
+    ForeignState,
+}
+
+/// What a backend reports about itself for logs and `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendInfo {
+    /// Backend name (`onnxruntime`).
+    pub name: &'static str,
+    /// Runtime library version.
+    pub version: String,
+    /// Where the runtime library was loaded from.
+    pub library: Option<String>,
+    /// Execution provider in use.
+    pub execution_provider: String,
+    /// Intra-op threads.
+    pub threads: usize,
+}
+
+/// Runs a decoder graph step by step.
+pub trait Backend: Send {
+    /// Describes the backend.
+    fn info(&self) -> BackendInfo;
+
+    /// A fresh, empty sequence.
+    fn new_sequence(&self) -> Result<Sequence, BackendError>;
+
+    /// Feeds `tokens` after what `seq` already holds and writes the wanted logits to `out`.
+    /// On error `seq` is left as it was before the call.
+    fn forward(
+        &mut self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        want: LogitsWanted,
+        out: &mut Logits,
+    ) -> Result<(), BackendError>;
+
+    /// An independent copy of `seq` (prefix snapshots).
+    fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError>;
+}

@@ -1,0 +1,581 @@
+//! A model directory → [`ModelSpec`]: everything the engine needs to know about a Qwen3.5 export
+//! before it loads weights, read from the files and validated with errors that name the file.
+//!
+//! Sources, in order of authority: `genai_config.json` (tensor name patterns, EOS ids, context
+//! length, search defaults), the ONNX graph itself (which layers carry KV versus Gated DeltaNet
+//! state, state shapes and element types) and the tokenizer files. Nothing here is specific to
+//! one model size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::onnx_proto::{self, Dim, ElemType, GraphSummary, ValueInfo};
+
+/// Model types this engine runs (the text decoder of Qwen3.5 Small).
+pub const SUPPORTED_TYPES: &[&str] = &["qwen3_5_text", "qwen3_5"];
+
+/// Why a model directory cannot be used. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The directory itself is missing or unreadable.
+    #[error("model directory {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    /// A required file is absent.
+    #[error("{path}: missing ({why})")]
+    Missing {
+        /// The expected file.
+        path: PathBuf,
+        /// What the file is for.
+        why: &'static str,
+    },
+    /// A file exists but could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is malformed or inconsistent with the rest of the directory.
+    #[error("{path}: {msg}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An external data file is shorter than the model says.
+    #[error(
+        "{path}: truncated: tensor '{tensor}' needs bytes up to {needed}, but the file has {actual} \
+         (incomplete download or copy?)"
+    )]
+    Truncated {
+        /// The data file.
+        path: PathBuf,
+        /// First tensor found out of range.
+        tensor: String,
+        /// Bytes required.
+        needed: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+}
+
+impl ModelError {
+    fn invalid(path: &Path, msg: impl Into<String>) -> Self {
+        Self::Invalid { path: path.to_path_buf(), msg: msg.into() }
+    }
+}
+
+/// Element type of a state or logits tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+}
+
+/// Input and output tensor names for one piece of per-sequence state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateTensor {
+    /// Graph input (`past…`).
+    pub input: String,
+    /// Graph output (`present…`).
+    pub output: String,
+    /// Shape without the batch dimension; for KV the sequence axis is `0` here and grows.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: StateType,
+}
+
+/// What a decoder layer keeps between steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Full (softmax) attention: a KV cache that grows with the sequence.
+    FullAttention {
+        /// Key cache `[kv_heads, seq, head_dim]`.
+        key: StateTensor,
+        /// Value cache `[kv_heads, seq, head_dim]`.
+        value: StateTensor,
+    },
+    /// Gated DeltaNet linear attention: fixed-size conv and recurrent state.
+    LinearAttention {
+        /// Causal conv window `[conv_dim, kernel - 1]`.
+        conv: StateTensor,
+        /// Recurrent state `[v_heads, d_k, d_v]`.
+        recurrent: StateTensor,
+    },
+}
+
+/// How `position_ids` is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionIds {
+    /// The graph has no `position_ids` input.
+    None,
+    /// `[batch, seq]`.
+    Flat,
+    /// `[rows, batch, seq]` (multimodal RoPE; text-only uses the same positions in every row).
+    Sections(usize),
+}
+
+/// Generation defaults from `genai_config.json`'s `search` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchDefaults {
+    /// Sample (true) or greedy (false).
+    pub do_sample: bool,
+    /// Softmax temperature.
+    pub temperature: f32,
+    /// Top-k cut-off (0 = off).
+    pub top_k: usize,
+    /// Nucleus cut-off (1.0 = off).
+    pub top_p: f32,
+    /// Repetition penalty (1.0 = off).
+    pub repetition_penalty: f32,
+    /// Maximum total length (prompt + generated).
+    pub max_length: usize,
+}
+
+/// Everything known about a model directory before loading it.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `model.type` from genai_config.json.
+    pub model_type: String,
+    /// The decoder graph file.
+    pub onnx_path: PathBuf,
+    /// External data files with their sizes in bytes.
+    pub data_files: Vec<(PathBuf, u64)>,
+    /// Bytes of weights stored inline in the graph file.
+    pub inline_weight_bytes: u64,
+    /// Vocabulary size of the logits.
+    pub vocab_size: usize,
+    /// Hidden size (informational).
+    pub hidden_size: usize,
+    /// Maximum sequence length the model supports.
+    pub context_length: usize,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+    /// `input_ids` tensor name.
+    pub input_ids: String,
+    /// `attention_mask` tensor name, if the graph takes one.
+    pub attention_mask: Option<String>,
+    /// `position_ids` tensor name, if the graph takes one.
+    pub position_ids_name: Option<String>,
+    /// Shape of `position_ids`.
+    pub position_ids: PositionIds,
+    /// `logits` tensor name.
+    pub logits: String,
+    /// Element type of the logits.
+    pub logits_dtype: StateType,
+    /// Per-layer state, indexed by layer.
+    pub layers: Vec<LayerKind>,
+    /// Search defaults.
+    pub search: SearchDefaults,
+    /// `tokenizer.json`.
+    pub tokenizer_path: PathBuf,
+    /// `tokenizer_config.json`, if present.
+    pub tokenizer_config_path: Option<PathBuf>,
+    /// `chat_template.jinja`, if present.
+    pub chat_template_path: Option<PathBuf>,
+    /// Operators the graph uses, as `domain:op`.
+    pub ops: Vec<String>,
+}
+
+impl ModelSpec {
+    /// Total size of the weights on disk.
+    pub fn weight_bytes(&self) -> u64 {
+        self.inline_weight_bytes + self.data_files.iter().map(|(_, n)| n).sum::<u64>()
+    }
+
+    /// Number of layers with a KV cache.
+    pub fn full_attention_layers(&self) -> usize {
+        self.layers.iter().filter(|l| matches!(l, LayerKind::FullAttention { .. })).count()
+    }
+
+    /// Bytes of KV cache per token of context (all full-attention layers, keys and values).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerKind::FullAttention { key, value } => state_bytes(key) + state_bytes(value),
+                LayerKind::LinearAttention { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes of the fixed-size linear-attention state of one sequence.
+    pub fn fixed_state_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerKind::LinearAttention { conv, recurrent } => state_bytes(conv) + state_bytes(recurrent),
+                LayerKind::FullAttention { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Loads and validates `dir`.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
+        load(dir.as_ref())
+    }
+}
+
+fn state_bytes(t: &StateTensor) -> usize {
+    let elem = match t.dtype {
+        StateType::F32 => 4,
+        StateType::F16 => 2,
+    };
+    t.shape.iter().map(|&d| d.max(1)).product::<usize>() * elem
+}
+
+#[derive(Debug, Deserialize)]
+struct GenaiConfig {
+    model: GenaiModel,
+    #[serde(default)]
+    search: GenaiSearch,
+}
+
+#[derive(Debug, Deserialize)]
+struct GenaiModel {
+    #[serde(rename = "type")]
+    model_type: String,
+    context_length: usize,
+    vocab_size: usize,
+    eos_token_id: OneOrMany,
+    decoder: GenaiDecoder,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+struct GenaiDecoder {
+    filename: String,
+    #[serde(default)]
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_size: Option<usize>,
+    inputs: BTreeMap<String, String>,
+    outputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct GenaiSearch {
+    do_sample: bool,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    repetition_penalty: f32,
+    max_length: usize,
+}
+
+impl Default for GenaiSearch {
+    fn default() -> Self {
+        Self { do_sample: false, temperature: 1.0, top_k: 50, top_p: 1.0, repetition_penalty: 1.0, max_length: 0 }
+    }
+}
+
+fn require(dir: &Path, name: &str, why: &'static str) -> Result<PathBuf, ModelError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ModelError::Missing { path, why })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })
+}
+
+fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
+    let meta = std::fs::metadata(dir).map_err(|e| ModelError::Dir(dir.to_path_buf(), e))?;
+    if !meta.is_dir() {
+        return Err(ModelError::Dir(
+            dir.to_path_buf(),
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let config_path = require(dir, "genai_config.json", "the onnxruntime-genai model builder writes it")?;
+    let config: GenaiConfig = serde_json::from_slice(&read(&config_path)?)
+        .map_err(|e| ModelError::invalid(&config_path, format!("not a valid genai config: {e}")))?;
+    let m = &config.model;
+    if !SUPPORTED_TYPES.contains(&m.model_type.as_str()) {
+        return Err(ModelError::invalid(
+            &config_path,
+            format!(
+                "model type '{}' is not supported (this engine runs {})",
+                m.model_type,
+                SUPPORTED_TYPES.join(", ")
+            ),
+        ));
+    }
+    let onnx_path = require(dir, &m.decoder.filename, "the decoder graph named in genai_config.json")?;
+    let tokenizer_path = require(dir, "tokenizer.json", "the tokenizer")?;
+    let tokenizer_config_path = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
+    let chat_template_path = Some(dir.join("chat_template.jinja")).filter(|p| p.is_file());
+
+    let graph = onnx_proto::parse_model(&read(&onnx_path)?)
+        .map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
+    let data_files = check_external_data(dir, &onnx_path, &graph)?;
+
+    let names = Names { config: &config_path, onnx: &onnx_path, graph: &graph, decoder: &m.decoder };
+    let input_ids = names.graph_input("input_ids", true)?.expect("required");
+    if graph.input("inputs_embeds").is_some() {
+        return Err(ModelError::invalid(
+            &onnx_path,
+            "the graph takes inputs_embeds (an export with a separate embedding graph, as made for \
+             transformers.js); export with the onnxruntime-genai model builder instead",
+        ));
+    }
+    let attention_mask = names.graph_input("attention_mask", false)?;
+    let position_ids_name = names.graph_input("position_ids", false)?;
+    let position_ids = match &position_ids_name {
+        None => PositionIds::None,
+        Some(name) => match graph.input(name).map(|v| v.shape.as_slice()) {
+            Some([Dim::Fixed(rows), _, _]) => PositionIds::Sections(*rows as usize),
+            Some([_, _]) => PositionIds::Flat,
+            _ => return Err(ModelError::invalid(&onnx_path, format!("input '{name}' has an unexpected shape"))),
+        },
+    };
+    let logits = names.graph_output("logits")?;
+    let logits_info = graph.output(&logits).expect("checked");
+    let logits_dtype = float_type(&onnx_path, logits_info)?;
+    match logits_info.shape.last() {
+        Some(Dim::Fixed(v)) if *v as usize == m.vocab_size => {}
+        Some(Dim::Fixed(v)) => {
+            return Err(ModelError::invalid(
+                &onnx_path,
+                format!("logits have {v} entries but genai_config.json says vocab_size {}", m.vocab_size),
+            ))
+        }
+        _ => {}
+    }
+
+    let layers = (0..m.decoder.num_hidden_layers).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
+    let known: Vec<&str> = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(layers.iter().flat_map(|l| match l {
+            LayerKind::FullAttention { key, value } => [key.input.as_str(), value.input.as_str()],
+            LayerKind::LinearAttention { conv, recurrent } => [conv.input.as_str(), recurrent.input.as_str()],
+        }))
+        .collect();
+    if let Some(extra) = graph.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
+        return Err(ModelError::invalid(
+            &onnx_path,
+            format!("graph input '{}' is not described by genai_config.json", extra.name),
+        ));
+    }
+
+    let eos_token_ids = match &m.eos_token_id {
+        OneOrMany::One(id) => vec![*id],
+        OneOrMany::Many(ids) if !ids.is_empty() => ids.clone(),
+        OneOrMany::Many(_) => return Err(ModelError::invalid(&config_path, "eos_token_id is an empty list")),
+    };
+    let s = &config.search;
+    let search = SearchDefaults {
+        do_sample: s.do_sample,
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        repetition_penalty: s.repetition_penalty,
+        max_length: if s.max_length == 0 { m.context_length } else { s.max_length },
+    };
+    Ok(ModelSpec {
+        dir: dir.to_path_buf(),
+        model_type: m.model_type.clone(),
+        onnx_path,
+        data_files,
+        inline_weight_bytes: graph.inline_bytes,
+        vocab_size: m.vocab_size,
+        hidden_size: m.decoder.hidden_size,
+        context_length: m.context_length,
+        eos_token_ids,
+        input_ids,
+        attention_mask,
+        position_ids_name,
+        position_ids,
+        logits,
+        logits_dtype,
+        layers,
+        search,
+        tokenizer_path,
+        tokenizer_config_path,
+        chat_template_path,
+        ops: graph.ops.iter().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect(),
+    })
+}
+
+/// Every external data file must exist and be long enough for every tensor placed in it.
+fn check_external_data(dir: &Path, onnx: &Path, graph: &GraphSummary) -> Result<Vec<(PathBuf, u64)>, ModelError> {
+    let mut files: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
+    for ext in &graph.external {
+        if ext.location.contains("..") || Path::new(&ext.location).is_absolute() {
+            return Err(ModelError::invalid(
+                onnx,
+                format!("tensor '{}' points outside the model directory: {}", ext.tensor, ext.location),
+            ));
+        }
+        if !files.contains_key(&ext.location) {
+            let path = dir.join(&ext.location);
+            let len = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ModelError::Missing { path, why: "external weights referenced by the graph" })
+                }
+                Err(source) => return Err(ModelError::Read { path, source }),
+            };
+            files.insert(ext.location.clone(), (path, len));
+        }
+        let (path, len) = &files[&ext.location];
+        let needed = ext.offset + ext.length.unwrap_or(0);
+        if needed > *len {
+            return Err(ModelError::Truncated {
+                path: path.clone(),
+                tensor: ext.tensor.clone(),
+                needed,
+                actual: *len,
+            });
+        }
+    }
+    Ok(files.into_values().collect())
+}
+
+fn float_type(onnx: &Path, v: &ValueInfo) -> Result<StateType, ModelError> {
+    match v.elem {
+        ElemType::F32 => Ok(StateType::F32),
+        ElemType::F16 => Ok(StateType::F16),
+        other => Err(ModelError::invalid(onnx, format!("'{}' has element type {other:?}; expected float32 or float16", v.name))),
+    }
+}
+
+/// Resolves genai_config name patterns against the graph.
+struct Names<'a> {
+    config: &'a Path,
+    onnx: &'a Path,
+    graph: &'a GraphSummary,
+    decoder: &'a GenaiDecoder,
+}
+
+impl Names<'_> {
+    fn graph_input(&self, key: &str, required: bool) -> Result<Option<String>, ModelError> {
+        let name = self.decoder.inputs.get(key).cloned().unwrap_or_else(|| key.to_string());
+        match self.graph.input(&name) {
+            Some(_) => Ok(Some(name)),
+            None if required || self.decoder.inputs.contains_key(key) => Err(ModelError::invalid(
+                self.onnx,
+                format!("the graph has no input '{name}' (named by genai_config.json decoder.inputs.{key})"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn graph_output(&self, key: &str) -> Result<String, ModelError> {
+        let name = self.decoder.outputs.get(key).cloned().unwrap_or_else(|| key.to_string());
+        if self.graph.output(&name).is_none() {
+            return Err(ModelError::invalid(self.onnx, format!("the graph has no output '{name}'")));
+        }
+        Ok(name)
+    }
+
+    /// The input/output pair for `layer`: the pattern genai_config.json names, else the known
+    /// default patterns of the builder's current and older versions.
+    fn state(&self, layer: usize, in_key: &str, out_key: &str) -> Result<Option<(&ValueInfo, String)>, ModelError> {
+        let configured = self.decoder.inputs.get(in_key).map(|p| (p.as_str(), self.decoder.outputs.get(out_key)));
+        let candidates: Vec<(&str, Option<&str>)> = match configured {
+            Some((pattern, out)) => vec![(pattern, out.map(String::as_str))],
+            None => default_patterns(in_key).iter().map(|(i, o)| (*i, Some(*o))).collect(),
+        };
+        for (in_pattern, out_pattern) in candidates {
+            let Some(input) = self.graph.input(&in_pattern.replace("%d", &layer.to_string())) else { continue };
+            let out_pattern = out_pattern.ok_or_else(|| {
+                ModelError::invalid(self.config, format!("decoder.inputs.{in_key} is set but decoder.outputs.{out_key} is not"))
+            })?;
+            let output = out_pattern.replace("%d", &layer.to_string());
+            if self.graph.output(&output).is_none() {
+                return Err(ModelError::invalid(
+                    self.onnx,
+                    format!("state input '{}' has no matching output '{output}'", input.name),
+                ));
+            }
+            return Ok(Some((input, output)));
+        }
+        Ok(None)
+    }
+
+    /// Sizes a state tensor from the graph; KV caches take head count and head size from
+    /// genai_config.json where the graph leaves them symbolic.
+    fn tensor(&self, (info, output): (&ValueInfo, String), kv: bool) -> Result<StateTensor, ModelError> {
+        let dims = info.shape.get(1..).unwrap_or_default();
+        let bad = |msg: &str| ModelError::invalid(self.onnx, format!("state input '{}' {msg}", info.name));
+        let fixed = |d: &Dim| match d {
+            Dim::Fixed(n) if *n > 0 => Some(*n as usize),
+            _ => None,
+        };
+        let shape = if kv {
+            let [heads, _, head_dim] = dims else { return Err(bad("is not [batch, heads, seq, head_dim]")) };
+            let heads = fixed(heads).or(self.decoder.num_key_value_heads).ok_or_else(|| bad("has no fixed head count"))?;
+            let head_dim = fixed(head_dim).or(self.decoder.head_size).ok_or_else(|| bad("has no fixed head size"))?;
+            vec![heads, 0, head_dim]
+        } else {
+            let shape: Option<Vec<usize>> = dims.iter().map(fixed).collect();
+            match shape {
+                Some(s) if !s.is_empty() => s,
+                _ => return Err(bad("has a non-fixed dimension; cannot size its state")),
+            }
+        };
+        Ok(StateTensor { input: info.name.clone(), output, shape, dtype: float_type(self.onnx, info)? })
+    }
+
+    fn layer(&self, i: usize) -> Result<LayerKind, ModelError> {
+        if let Some(key) = self.state(i, "past_key_names", "present_key_names")? {
+            let value = self.state(i, "past_value_names", "present_value_names")?.ok_or_else(|| {
+                ModelError::invalid(self.onnx, format!("layer {i} has a key cache input but no value cache input"))
+            })?;
+            return Ok(LayerKind::FullAttention { key: self.tensor(key, true)?, value: self.tensor(value, true)? });
+        }
+        if let Some(conv) = self.state(i, "past_conv_names", "present_conv_names")? {
+            let recurrent = self.state(i, "past_recurrent_names", "present_recurrent_names")?.ok_or_else(|| {
+                ModelError::invalid(self.onnx, format!("layer {i} has a conv state input but no recurrent state input"))
+            })?;
+            return Ok(LayerKind::LinearAttention { conv: self.tensor(conv, false)?, recurrent: self.tensor(recurrent, false)? });
+        }
+        Err(ModelError::invalid(
+            self.onnx,
+            format!(
+                "layer {i} has neither a KV cache nor a linear-attention state input matching the names in {}",
+                self.config.display()
+            ),
+        ))
+    }
+}
+
+/// Name patterns used by builder versions that did not write the pattern key.
+fn default_patterns(in_key: &str) -> &'static [(&'static str, &'static str)] {
+    match in_key {
+        "past_key_names" => &[("past_key_values.%d.key", "present.%d.key")],
+        "past_value_names" => &[("past_key_values.%d.value", "present.%d.value")],
+        "past_conv_names" => &[
+            ("past.%d.conv", "present.%d.conv"),
+            ("past_key_values.%d.conv_state", "present.%d.conv_state"),
+        ],
+        "past_recurrent_names" => &[
+            ("past.%d.recurrent", "present.%d.recurrent"),
+            ("past_key_values.%d.recurrent_state", "present.%d.recurrent_state"),
+        ],
+        _ => &[],
+    }
+}

@@ -1,0 +1,291 @@
+//! Next-token selection: penalties, temperature, top-k, top-p, min-p and a seeded RNG so the
+//! same request with the same seed gives the same tokens. Temperature 0 is greedy.
+//!
+//! Order (as transformers applies its processors): repetition penalty, presence/frequency
+//! penalty, temperature, top-k, top-p, min-p, then a draw from the renormalised distribution.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Sampling settings of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1 = off).
+    pub top_p: f32,
+    /// Drop tokens below `min_p × p(max)` (0 = off).
+    pub min_p: f32,
+    /// Divide positive / multiply negative logits of seen tokens (1 = off).
+    pub repetition_penalty: f32,
+    /// Subtract from logits of tokens generated at least once (0 = off).
+    pub presence_penalty: f32,
+    /// Subtract `count × f` from logits of generated tokens (0 = off).
+    pub frequency_penalty: f32,
+    /// RNG seed; `None` draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+        }
+    }
+}
+
+/// A sampling field out of range, named for the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} must be {expected} (got {got})")]
+pub struct ParamError {
+    /// Field name as in the request.
+    pub field: &'static str,
+    /// Allowed range.
+    pub expected: &'static str,
+    /// Value given.
+    pub got: String,
+}
+
+impl SamplingParams {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let check = |ok: bool, field: &'static str, expected: &'static str, got: f32| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ParamError { field, expected, got: got.to_string() })
+            }
+        };
+        let t = self.temperature;
+        check(t.is_finite() && (0.0..=100.0).contains(&t), "temperature", "between 0 and 100", t)?;
+        check(self.top_p > 0.0 && self.top_p <= 1.0, "top_p", "in (0, 1]", self.top_p)?;
+        check((0.0..=1.0).contains(&self.min_p), "min_p", "in [0, 1]", self.min_p)?;
+        let r = self.repetition_penalty;
+        check(r.is_finite() && r > 0.0 && r <= 10.0, "repetition_penalty", "in (0, 10]", r)?;
+        let p = self.presence_penalty;
+        check((-2.0..=2.0).contains(&p), "presence_penalty", "in [-2, 2]", p)?;
+        let f = self.frequency_penalty;
+        check((-2.0..=2.0).contains(&f), "frequency_penalty", "in [-2, 2]", f)?;
+        Ok(())
+    }
+}
+
+/// The sampler of one sequence: its parameters, RNG and counts of generated tokens.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    /// Tokens of the prompt and output, for the repetition penalty.
+    seen: Vec<u32>,
+    /// (token, count) of generated tokens, for presence/frequency penalties.
+    generated: std::collections::HashMap<u32, u32>,
+    scratch: Vec<(u32, f32)>,
+}
+
+/// What was chosen, with its probability under the final distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// Token id.
+    pub token: u32,
+    /// Probability (1.0 when greedy picks a unique maximum after penalties).
+    pub prob: f32,
+}
+
+impl Sampler {
+    /// A sampler for a sequence whose prompt is `prompt`.
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
+        let rng = match params.seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        let mut seen = prompt.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        Self { params, rng, seen, generated: Default::default(), scratch: Vec::new() }
+    }
+
+    /// Records a token that was emitted (chosen here or forced by a caller).
+    pub fn accept(&mut self, token: u32) {
+        if let Err(i) = self.seen.binary_search(&token) {
+            self.seen.insert(i, token);
+        }
+        *self.generated.entry(token).or_default() += 1;
+    }
+
+    /// Picks the next token from `logits` (modified in place by the penalties).
+    pub fn sample(&mut self, logits: &mut [f32]) -> Choice {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            for &t in &self.seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.generated {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            let (token, _) = argmax(logits);
+            return Choice { token, prob: softmax_prob(logits, token, 1.0) };
+        }
+        self.draw(logits)
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> Choice {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let cand = &mut self.scratch;
+        cand.clear();
+        cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l * inv_t)));
+        if cand.is_empty() {
+            return Choice { token: argmax(logits).0, prob: 0.0 };
+        }
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            cand.truncate(p.top_k);
+        }
+        cand.sort_unstable_by(by_logit_desc);
+        let max = cand[0].1;
+        let mut sum = 0.0f32;
+        for c in cand.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            sum += c.1;
+        }
+        for c in cand.iter_mut() {
+            c.1 /= sum;
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let keep = cand.iter().position(|c| {
+                acc += c.1;
+                acc >= p.top_p
+            });
+            cand.truncate(keep.map_or(cand.len(), |i| i + 1));
+        }
+        if p.min_p > 0.0 {
+            let floor = cand[0].1 * p.min_p;
+            let keep = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
+            cand.truncate(keep);
+        }
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for c in cand.iter() {
+            r -= c.1;
+            if r <= 0.0 {
+                return Choice { token: c.0, prob: c.1 / total };
+            }
+        }
+        let last = cand[cand.len() - 1];
+        Choice { token: last.0, prob: last.1 / total }
+    }
+}
+
+/// Index and value of the largest logit (lowest index on ties).
+pub fn argmax(logits: &[f32]) -> (u32, f32) {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best.1 {
+            best = (i as u32, l);
+        }
+    }
+    best
+}
+
+/// Softmax probability of `token` at temperature `t`.
+pub fn softmax_prob(logits: &[f32], token: u32, t: f32) -> f32 {
+    let (_, max) = argmax(logits);
+    let sum: f32 = logits.iter().filter(|l| l.is_finite()).map(|&l| ((l - max) / t).exp()).sum();
+    ((logits[token as usize] - max) / t).exp() / sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams { seed: Some(7), ..Default::default() };
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn greedy_picks_the_maximum_and_first_on_ties() {
+        let mut s = Sampler::new(params(|_| {}), &[]);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]).token, 1);
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 2.0), &[0]);
+        assert_eq!(s.sample(&mut [3.0, 2.0]).token, 1, "3/2 < 2");
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 2.0), &[0]);
+        assert_eq!(s.sample(&mut [-1.0, -1.5]).token, 1, "-1*2 < -1.5");
+    }
+
+    #[test]
+    fn presence_penalty_applies_to_generated_tokens_only() {
+        let mut s = Sampler::new(params(|p| p.presence_penalty = 1.5), &[0]);
+        assert_eq!(s.sample(&mut [2.0, 1.0]).token, 0);
+        s.accept(0);
+        assert_eq!(s.sample(&mut [2.0, 1.0]).token, 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_top_k_one_is_greedy() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(params(|p| {
+                p.temperature = 1.0;
+                p.seed = Some(seed);
+            }), &[]);
+            (0..20).map(|_| s.sample(&mut logits.clone()).token).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 1.0;
+            p.top_k = 1;
+        }), &[]);
+        assert_eq!(s.sample(&mut logits.clone()).token, argmax(&logits).0);
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        let logits = [5.0, 4.9, -5.0, -6.0];
+        for f in [|p: &mut SamplingParams| p.top_p = 0.5, |p: &mut SamplingParams| p.min_p = 0.5] {
+            let mut s = Sampler::new(params(|p| {
+                p.temperature = 1.0;
+                f(p);
+            }), &[]);
+            for _ in 0..200 {
+                assert!(s.sample(&mut logits.clone()).token <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let e = params(|p| p.top_p = 0.0).validate().unwrap_err();
+        assert_eq!(e.field, "top_p");
+        let e = params(|p| p.temperature = f32::NAN).validate().unwrap_err();
+        assert_eq!(e.field, "temperature");
+        assert!(params(|p| p.temperature = 0.7).validate().is_ok());
+    }
+}
