@@ -2,6 +2,7 @@
 //! backend, sampling and the generation loop. Transports never reach in here directly.
 
 pub mod backend;
+pub mod bpe;
 pub mod model;
 pub mod onnx_proto;
 pub mod chat;
@@ -92,6 +93,11 @@ impl Engine {
     /// A fresh sequence.
     pub fn new_sequence(&self) -> Result<Sequence, BackendError> {
         self.backend.new_sequence()
+    }
+
+    /// Forks a sequence (prefix snapshots).
+    pub fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError> {
+        self.backend.fork(seq)
     }
 
     /// Direct access to the backend (parity checks, benchmarks).

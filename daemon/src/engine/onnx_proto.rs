@@ -260,23 +260,29 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// One decoded field value; `Bytes` carries its absolute offset for error messages.
-enum Wire<'a> {
+pub(crate) enum Wire<'a> {
     Varint(u64),
     Bytes(&'a [u8], usize),
     Fixed,
 }
 
 /// Iterator over the fields of one protobuf message.
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     buf: &'a [u8],
     pos: usize,
     base: usize,
     failed: bool,
+    start: usize,
 }
 
 impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Self {
-        Self { buf, pos: 0, base, failed: false }
+    pub(crate) fn new(buf: &'a [u8], base: usize) -> Self {
+        Self { buf, pos: 0, base, failed: false, start: 0 }
+    }
+
+    /// The complete encoding (key, length, payload) of the field returned last.
+    pub(crate) fn raw(&self) -> &'a [u8] {
+        &self.buf[self.start..self.pos]
     }
 
     fn err(&mut self, what: &'static str) -> ProtoError {
@@ -315,6 +321,7 @@ impl<'a> Iterator for Fields<'a> {
         if self.failed || self.pos >= self.buf.len() {
             return None;
         }
+        self.start = self.pos;
         let item = (|| {
             let key = self.varint()?;
             let (num, wire) = (key >> 3, key & 7);

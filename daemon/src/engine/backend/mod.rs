@@ -4,6 +4,7 @@
 //! state. The loop in `engine::generate` only sees this trait, so a second runtime (a pure-Rust
 //! one, a vendor NPU library) plugs in here without touching sampling, stopping or streaming.
 
+pub mod graph_edit;
 pub mod ort;
 pub mod runtime;
 

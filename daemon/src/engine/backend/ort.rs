@@ -8,7 +8,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
-use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence};
+use super::{graph_edit, runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence};
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
 
 /// How to build the session.
@@ -20,11 +20,14 @@ pub struct OrtOptions {
     pub threads: usize,
     /// Let idle worker threads spin between steps (faster, burns CPU while idle).
     pub spinning: bool,
+    /// Keep logits for every position (parity checks); otherwise the graph is rewritten to
+    /// compute only the last position's logits.
+    pub all_logits: bool,
 }
 
 impl Default for OrtOptions {
     fn default() -> Self {
-        Self { library: None, threads: 0, spinning: true }
+        Self { library: None, threads: 0, spinning: true, all_logits: false }
     }
 }
 
@@ -34,6 +37,7 @@ pub struct OrtBackend {
     spec: ModelSpec,
     states: Vec<StateTensor>,
     info: BackendInfo,
+    last_only: bool,
 }
 
 struct OrtState {
@@ -67,7 +71,27 @@ impl OrtBackend {
         if opts.threads > 0 {
             builder = builder.with_intra_threads(opts.threads).map_err(|e| load_err(e.into()))?;
         }
-        let session = builder.commit_from_file(&spec.onnx_path).map_err(load_err)?;
+        let graph = std::fs::read(&spec.onnx_path)
+            .map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?;
+        let edited = if opts.all_logits {
+            None
+        } else {
+            graph_edit::last_position_logits(&graph, &spec.logits)
+                .map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?
+        };
+        let last_only = edited.is_some();
+        let session = match edited {
+            Some(bytes) => {
+                drop(graph);
+                let dir = spec.onnx_path.parent().unwrap_or(&spec.dir).to_string_lossy().into_owned();
+                builder
+                    .with_config_entry("session.model_external_initializers_file_folder_path", dir)
+                    .map_err(|e| load_err(e.into()))?
+                    .commit_from_memory(&bytes)
+                    .map_err(load_err)?
+            }
+            None => builder.commit_from_file(&spec.onnx_path).map_err(load_err)?,
+        };
         let info = BackendInfo {
             name: "onnxruntime",
             version: rt.version.clone(),
@@ -75,7 +99,7 @@ impl OrtBackend {
             execution_provider: "cpu".into(),
             threads: opts.threads,
         };
-        Ok(Self { session, spec: spec.clone(), states: all_states(spec).cloned().collect(), info })
+        Ok(Self { session, spec: spec.clone(), states: all_states(spec).cloned().collect(), info, last_only })
     }
 
     fn state<'s>(&self, seq: &'s Sequence) -> Result<&'s OrtState, BackendError> {
@@ -144,6 +168,9 @@ impl Backend for OrtBackend {
                 self.spec.context_length
             )));
         }
+        if want == LogitsWanted::All && self.last_only && tokens.len() > 1 {
+            return Err(BackendError::Run("this session computes last-position logits only (load with all_logits)".into()));
+        }
         let run = |e: ort::Error| BackendError::Run(e.to_string());
         let inputs = self.inputs(seq, tokens)?;
         let mut outputs = self.session.run(inputs).map_err(run)?;
@@ -151,7 +178,8 @@ impl Backend for OrtBackend {
         let (shape, data) = logits.try_extract_tensor::<f32>().map_err(run)?;
         let vocab = *shape.last().unwrap_or(&0) as usize;
         let rows = if vocab == 0 { 0 } else { data.len() / vocab };
-        if rows != tokens.len() {
+        let expected = if self.last_only { 1 } else { tokens.len() };
+        if rows != expected {
             return Err(BackendError::Run(format!("logits have {rows} rows for {} tokens", tokens.len())));
         }
         let keep = if want == LogitsWanted::Last { 1 } else { rows };

@@ -1,0 +1,85 @@
+//! Shared helpers for the end-to-end tests: where the generated fixtures live and how to read
+//! their reference outputs. Fixtures come from `models/fixtures/generate.py`; the test command
+//! in the README builds them (cached) before running cargo.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The fixture directory: `$QWENEDGE_FIXTURES`, else `$QWENEDGE_CACHE/fixtures/current`,
+/// else `~/.cache/qwenedge/fixtures/current`. Panics with the command to run when absent.
+pub fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("QWENEDGE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("QWENEDGE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwenedge"));
+        cache.join("fixtures/current")
+    });
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "test fixtures not found at {} — run deploy/test.sh (or python models/fixtures/generate.py)",
+        dir.display()
+    );
+    dir
+}
+
+/// One prompt's reference outputs.
+#[derive(Debug, Deserialize)]
+pub struct PromptRef {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub hf_logits_file: String,
+    pub genai_greedy: GreedyRef,
+}
+
+/// onnxruntime-genai greedy tokens per precision.
+#[derive(Debug, Deserialize)]
+pub struct GreedyRef {
+    pub fp32: Vec<u32>,
+    pub int4: Vec<u32>,
+}
+
+/// A config's reference file.
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub config: serde_json::Value,
+    pub prompts: Vec<PromptRef>,
+}
+
+/// The tiny model configs every parity test runs on.
+pub const CONFIGS: &[&str] = &["tiny-a", "tiny-b"];
+
+pub fn reference(config: &str) -> Reference {
+    let path = fixtures().join(config).join("reference.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// transformers' fp32 prefill logits, `[len, vocab]` row-major.
+pub fn hf_logits(config: &str, file: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixtures().join(config).join(file)).unwrap();
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+pub fn model_dir(config: &str, precision: &str) -> PathBuf {
+    fixtures().join(config).join(precision)
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Copies a model directory into `dst`, hard-linking the large files.
+pub fn copy_model(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if std::fs::hard_link(entry.path(), &to).is_err() {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
