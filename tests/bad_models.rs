@@ -1,0 +1,118 @@
+//! Broken model directories are refused with one error that names the file and what is wrong —
+//! never a panic, and before any weights are loaded.
+
+mod common;
+
+use std::path::Path;
+
+use qwenedge::engine::{Engine, EngineOptions};
+
+/// A copy of the tiny int4 model in a temp dir, broken by `f`; returns the load error text.
+fn broken(f: impl FnOnce(&Path)) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    common::copy_model(&common::model_dir("tiny-a", "int4"), &dir);
+    f(&dir);
+    match Engine::load(&dir, &EngineOptions::default()) {
+        Ok(_) => panic!("a broken model directory loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn replace(path: &Path, contents: &[u8]) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, contents).unwrap();
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("genai_config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut config);
+    replace(&path, &serde_json::to_vec_pretty(&config).unwrap());
+}
+
+fn assert_mentions(err: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(err.contains(p), "error {err:?} should mention {p:?}");
+    }
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+}
+
+#[test]
+fn missing_files_are_named() {
+    for (file, why) in [
+        ("genai_config.json", "missing"),
+        ("model.onnx", "missing"),
+        ("tokenizer.json", "missing"),
+        ("model.onnx.data", "missing (external weights"),
+    ] {
+        let err = broken(|d| std::fs::remove_file(d.join(file)).unwrap());
+        assert_mentions(&err, &[file, why]);
+    }
+}
+
+#[test]
+fn missing_directory_is_named() {
+    let err = Engine::load("/nonexistent/qwen", &EngineOptions::default()).unwrap_err().to_string();
+    assert_mentions(&err, &["/nonexistent/qwen"]);
+}
+
+#[test]
+fn truncated_weights_are_detected_before_loading() {
+    let err = broken(|d| {
+        let path = d.join("model.onnx.data");
+        let data = std::fs::read(&path).unwrap();
+        replace(&path, &data[..data.len() / 2]);
+    });
+    assert_mentions(&err, &["model.onnx.data", "truncated", "needs bytes up to"]);
+}
+
+#[test]
+fn unknown_model_type_is_refused() {
+    let err = broken(|d| edit_config(d, |c| c["model"]["type"] = "llama".into()));
+    assert_mentions(&err, &["genai_config.json", "model type 'llama' is not supported"]);
+}
+
+#[test]
+fn malformed_files_are_named() {
+    let err = broken(|d| replace(&d.join("genai_config.json"), b"{\"model\": "));
+    assert_mentions(&err, &["genai_config.json", "not a valid genai config"]);
+    let err = broken(|d| replace(&d.join("model.onnx"), b"\x0a\xff\xff\xff\xff\xff garbage"));
+    assert_mentions(&err, &["model.onnx", "not a readable ONNX model"]);
+    let err = broken(|d| replace(&d.join("tokenizer.json"), b"[1, 2"));
+    assert_mentions(&err, &["tokenizer.json", "invalid tokenizer JSON"]);
+}
+
+#[test]
+fn a_tokenizer_from_another_model_is_refused() {
+    // A valid byte-level BPE tokenizer whose vocabulary stops at 259: the model's EOS ids
+    // (248046, 248044) do not exist in it.
+    let mut vocab = serde_json::Map::new();
+    let mut id = 0u32;
+    for b in (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF) {
+        vocab.insert(char::from(b).to_string(), id.into());
+        id += 1;
+    }
+    for extra in 0..(256 - id) {
+        vocab.insert(char::from_u32(256 + extra).unwrap().to_string(), (id + extra).into());
+    }
+    let json = serde_json::json!({
+        "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []}
+    });
+    let err = broken(|d| replace(&d.join("tokenizer.json"), json.to_string().as_bytes()));
+    assert_mentions(&err, &["tokenizer.json", "does not match the model", "248046"]);
+}
+
+#[test]
+fn config_and_graph_that_disagree_are_named() {
+    let err = broken(|d| edit_config(d, |c| c["model"]["decoder"]["num_hidden_layers"] = 9.into()));
+    assert_mentions(&err, &["model.onnx", "layer 4 has neither a KV cache nor a linear-attention state"]);
+    let err = broken(|d| edit_config(d, |c| c["model"]["decoder"]["inputs"]["input_ids"] = "tokens".into()));
+    assert_mentions(&err, &["model.onnx", "no input 'tokens'"]);
+    let err = broken(|d| edit_config(d, |c| c["model"]["vocab_size"] = 1000.into()));
+    assert_mentions(&err, &["model.onnx", "vocab_size 1000"]);
+}
