@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qwenedge's scripts need, only those that are missing.
+# usage: deploy/install-deps.sh [test]   ("test" adds what the test suite needs)
+set -euo pipefail
+need=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+fi
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found; install Rust >= 1.85 (https://rustup.rs) and re-run" >&2
+  exit 1
+fi

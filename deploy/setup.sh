@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Quick start on a fresh Debian machine: build qwenedge, fetch the ONNX Runtime library, prepare
+# a model and answer one prompt.
+#
+# usage: deploy/setup.sh ["your prompt"]
+# The model is the real Qwen3.5-0.8B (int4, exported with the onnxruntime-genai builder) when
+# huggingface.co is reachable; otherwise a random-weight model of the same shape is generated
+# from PyPI packages — its answers are gibberish, but speed and memory are the real thing.
+# Set QWENEDGE_MODEL=DIR to use a model directory you already have.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prompt="${1:-In one sentence, why run a voice assistant without the cloud?}"
+deploy/install-deps.sh
+cargo build --release --locked
+deploy/fetch-onnxruntime.sh >/dev/null
+if [ -n "${QWENEDGE_MODEL:-}" ]; then
+  model="$QWENEDGE_MODEL"
+elif python3 -c 'import urllib.request as u; u.urlopen("https://huggingface.co", timeout=10)' 2>/dev/null; then
+  model=$(models/export.sh Qwen/Qwen3.5-0.8B | tail -n1)
+else
+  echo "setup: huggingface.co is not reachable — using a random-weight model of the Qwen3.5-0.8B shape (answers are gibberish; speed and memory are real)" >&2
+  python=$(models/venv.sh | tail -n1)
+  model="$("$python" models/fixtures/generate.py --preset 0.8b | tail -n1)/int4"
+fi
+echo "setup: model $model" >&2
+exec target/release/qwenedge generate --model "$model" --chat --max-tokens 64 --prompt "$prompt"
