@@ -525,7 +525,7 @@ mod tests {
         for (b, c) in to_char.iter().enumerate() {
             vocab.insert(c.to_string(), b.into());
         }
-        for (i, t) in ["he", "ll", "hell", "hello", "Ġw", "Ġwor"].iter().enumerate() {
+        for (i, t) in ["he", "ll", "hell", "hello", "Ġw", "or", "Ġwor"].iter().enumerate() {
             vocab.insert(t.to_string(), (256 + i).into());
         }
         let json = serde_json::json!({
@@ -535,7 +535,7 @@ mod tests {
                 {"type": "Split", "pattern": {"Regex": " ?\\p{L}+|\\s+|[^\\s\\p{L}]+"}, "behavior": "Isolated", "invert": false},
                 {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
             "decoder": {"type": "ByteLevel"},
-            "model": {"type": "BPE", "vocab": vocab, "merges": ["h e", ["l", "l"], "he ll", ["hell", "o"], "Ġ w", "Ġw o", "Ġwo r"]}
+            "model": {"type": "BPE", "vocab": vocab, "merges": ["h e", ["l", "l"], "he ll", ["hell", "o"], "Ġ w", "o r", "Ġw or"]}
         });
         Bpe::from_json(json.to_string().as_bytes()).unwrap()
     }
@@ -544,8 +544,8 @@ mod tests {
     fn merges_apply_in_rank_order_and_added_tokens_split_first() {
         let t = tiny();
         assert_eq!(t.encode("hello").unwrap(), vec![259]);
-        // "Ġwo" is not in the vocabulary, so its merge and the one after it cannot apply.
-        assert_eq!(t.encode(" world").unwrap(), vec![260, b'o' as u32, b'r' as u32, b'l' as u32, b'd' as u32]);
+        assert_eq!(t.encode(" world").unwrap(), vec![262, b'l' as u32, b'd' as u32]);
+        assert_eq!(t.encode(" wo").unwrap(), vec![260, b'o' as u32]);
         assert_eq!(t.encode("hello<|x|>hello").unwrap(), vec![259, 300, 259]);
         assert_eq!(t.piece(259), b"hello");
     }
@@ -554,6 +554,18 @@ mod tests {
     fn nfc_is_applied_before_splitting() {
         let t = tiny();
         assert_eq!(t.encode("e\u{301}").unwrap(), t.encode("é").unwrap());
+    }
+
+    #[test]
+    fn merges_with_unknown_parts_are_refused() {
+        let (to_char, _) = byte_alphabet();
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            to_char.iter().enumerate().map(|(b, c)| (c.to_string(), b.into())).collect();
+        let json = serde_json::json!({"decoder": {"type": "ByteLevel"},
+            "pre_tokenizer": {"type": "ByteLevel", "use_regex": true},
+            "model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]}});
+        let err = Bpe::from_json(json.to_string().as_bytes()).err().unwrap();
+        assert!(err.contains("\"ab\" is not in the vocabulary"), "{err}");
     }
 
     #[test]

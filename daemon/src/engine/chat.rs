@@ -294,7 +294,7 @@ mod tests {
     fn python_methods_and_raise_exception() {
         let input = ChatInput { messages: vec![serde_json::json!({"role": "user", "content": "  hi</think>x "})], ..Default::default() };
         let out = render("{{ messages[0].content.split('</think>')[-1].strip() }}|{{ messages[0].role.startswith('us') }}", &input);
-        assert_eq!(out.unwrap(), "x|true");
+        assert_eq!(out.unwrap(), "x|True", "booleans print as in Python");
         let err = render("{{ raise_exception('bad role') }}", &input).unwrap_err();
         assert!(err.to_string().contains("bad role"), "{err}");
     }
