@@ -193,3 +193,22 @@ fn stop_strings_max_tokens_and_cancellation() {
     assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
     assert_eq!(cancelled.tokens.len(), 3);
 }
+
+#[test]
+fn kv_cache_growth_keeps_the_state() {
+    let mut e = engine(&model_dir("tiny-b", "fp32"), false);
+    let base = &reference("tiny-b").prompts[1].ids;
+    let tokens: Vec<u32> = base.iter().copied().cycle().take(300).collect();
+    let mut whole = Logits::default();
+    let mut seq = e.new_sequence().unwrap();
+    e.backend_mut().forward(&mut seq, &tokens, LogitsWanted::Last, &mut whole).unwrap();
+    // 250 at once, then one at a time across the first capacity boundary (256).
+    let mut seq = e.new_sequence().unwrap();
+    let mut step = Logits::default();
+    e.backend_mut().forward(&mut seq, &tokens[..250], LogitsWanted::Last, &mut step).unwrap();
+    for &t in &tokens[250..] {
+        e.backend_mut().forward(&mut seq, &[t], LogitsWanted::Last, &mut step).unwrap();
+    }
+    let diff = max_abs_diff(step.last(), whole.last());
+    assert!(diff < 1e-3, "max |Δlogit| = {diff}");
+}

@@ -93,13 +93,14 @@ pub struct Sampler {
     scratch: Vec<(u32, f32)>,
 }
 
-/// What was chosen, with its probability under the final distribution.
+/// What was chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Choice {
     /// Token id.
     pub token: u32,
-    /// Probability (1.0 when greedy picks a unique maximum after penalties).
-    pub prob: f32,
+    /// Probability under the final (truncated, renormalised) distribution when sampling;
+    /// `None` for greedy picks, where computing it would cost a pass over the vocabulary.
+    pub prob: Option<f32>,
 }
 
 impl Sampler {
@@ -142,7 +143,7 @@ impl Sampler {
         }
         if p.temperature == 0.0 {
             let (token, _) = argmax(logits);
-            return Choice { token, prob: softmax_prob(logits, token, 1.0) };
+            return Choice { token, prob: None };
         }
         self.draw(logits)
     }
@@ -154,7 +155,7 @@ impl Sampler {
         cand.clear();
         cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l * inv_t)));
         if cand.is_empty() {
-            return Choice { token: argmax(logits).0, prob: 0.0 };
+            return Choice { token: argmax(logits).0, prob: None };
         }
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -189,11 +190,11 @@ impl Sampler {
         for c in cand.iter() {
             r -= c.1;
             if r <= 0.0 {
-                return Choice { token: c.0, prob: c.1 / total };
+                return Choice { token: c.0, prob: Some(c.1 / total) };
             }
         }
         let last = cand[cand.len() - 1];
-        Choice { token: last.0, prob: last.1 / total }
+        Choice { token: last.0, prob: Some(last.1 / total) }
     }
 }
 
@@ -206,13 +207,6 @@ pub fn argmax(logits: &[f32]) -> (u32, f32) {
         }
     }
     best
-}
-
-/// Softmax probability of `token` at temperature `t`.
-pub fn softmax_prob(logits: &[f32], token: u32, t: f32) -> f32 {
-    let (_, max) = argmax(logits);
-    let sum: f32 = logits.iter().filter(|l| l.is_finite()).map(|&l| ((l - max) / t).exp()).sum();
-    ((logits[token as usize] - max) / t).exp() / sum
 }
 
 #[cfg(test)]

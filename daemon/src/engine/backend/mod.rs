@@ -116,7 +116,8 @@ pub trait Backend: Send {
     fn new_sequence(&self) -> Result<Sequence, BackendError>;
 
     /// Feeds `tokens` after what `seq` already holds and writes the wanted logits to `out`.
-    /// On error `seq` is left as it was before the call.
+    /// Errors that are detected before running (limits, foreign state) leave `seq` as it was;
+    /// after a failed run the sequence refuses further steps (its state may be half-updated).
     fn forward(
         &mut self,
         seq: &mut Sequence,

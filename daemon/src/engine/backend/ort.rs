@@ -1,15 +1,28 @@
-//! The ONNX Runtime backend: one session over the builder's decoder graph, state carried as
-//! runtime-owned tensors that move from one step's outputs to the next step's inputs (no copy).
+//! The ONNX Runtime backend: one session over the builder's decoder graph, driven through an
+//! `IoBinding` so no state is copied between steps.
+//!
+//! - KV caches live in one buffer per layer with spare capacity, bound as both the `past` input
+//!   and the `present` output: GroupQueryAttention then appends the new positions in place
+//!   (ONNX Runtime's shared-buffer mode) instead of concatenating the whole cache every step.
+//!   When the capacity runs out the buffer doubles (one copy, amortised).
+//! - Gated DeltaNet conv/recurrent states are one buffer each, also bound as input and output:
+//!   the kernels copy past into present and update present, which in place is a no-op copy
+//!   followed by the update (the binding onnxruntime-genai uses on CPU). A step that fails
+//!   part-way therefore leaves the state undefined, and the sequence refuses further steps.
+//! - Logits are written into a buffer owned by the backend.
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 
+use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor};
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
 
 use super::{graph_edit, runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence};
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
+
+/// Positions of KV capacity allocated at least, so short prompts do not regrow at once.
+const MIN_KV_CAPACITY: usize = 256;
 
 /// How to build the session.
 #[derive(Debug, Clone)]
@@ -34,14 +47,71 @@ impl Default for OrtOptions {
 /// A loaded decoder session.
 pub struct OrtBackend {
     session: Session,
+    /// Bindings persist between steps; state buffers are rebound only when `bound` changes.
+    binding: IoBinding,
+    bound: Option<u64>,
+    allocator: Allocator,
+    /// Reused `[1, 1, vocab]` logits buffer when the graph returns the last position only.
+    logits: Option<Tensor<f32>>,
     spec: ModelSpec,
-    states: Vec<StateTensor>,
+    kv: Vec<StateTensor>,
+    linear: Vec<StateTensor>,
     info: BackendInfo,
     last_only: bool,
 }
 
+/// One sequence's state: KV buffers with `capacity` positions and one buffer per linear state
+/// tensor. `broken` is set when a step failed after the runtime may have written into them.
 struct OrtState {
-    values: Vec<DynValue>,
+    /// Changes whenever the set of buffers changes, so the backend knows when to rebind.
+    id: u64,
+    kv: Vec<Tensor<f32>>,
+    capacity: usize,
+    linear: Vec<Tensor<f32>>,
+    broken: bool,
+}
+
+fn next_state_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn is_kv(spec: &ModelSpec, t: &StateTensor) -> bool {
+    spec.layers.iter().any(|l| matches!(l, LayerKind::FullAttention { key, value } if key == t || value == t))
+}
+
+fn all_states(spec: &ModelSpec) -> impl Iterator<Item = &StateTensor> {
+    spec.layers.iter().flat_map(|l| match l {
+        LayerKind::FullAttention { key, value } => [key, value],
+        LayerKind::LinearAttention { conv, recurrent } => [conv, recurrent],
+    })
+}
+
+fn run_err(e: ort::Error) -> BackendError {
+    BackendError::Run(e.to_string())
+}
+
+/// A zero-filled tensor of `[1, dims...]`.
+fn zeros(allocator: &Allocator, dims: &[usize]) -> Result<Tensor<f32>, BackendError> {
+    let shape: Vec<usize> = std::iter::once(1).chain(dims.iter().copied()).collect();
+    let mut t = Tensor::<f32>::new(allocator, shape).map_err(run_err)?;
+    t.extract_tensor_mut().1.fill(0.0);
+    Ok(t)
+}
+
+/// A KV buffer `[1, heads, capacity, head_dim]` holding the first `len` positions of `old`.
+fn grow_kv(allocator: &Allocator, t: &StateTensor, old: Option<(&Tensor<f32>, usize)>, capacity: usize, len: usize) -> Result<Tensor<f32>, BackendError> {
+    let (heads, dim) = (t.shape[0], t.shape[2]);
+    let mut new = zeros(allocator, &[heads, capacity, dim])?;
+    if let Some((old, old_cap)) = old {
+        let src = old.extract_tensor().1;
+        let dst = new.extract_tensor_mut().1;
+        for h in 0..heads {
+            let n = len * dim;
+            dst[h * capacity * dim..][..n].copy_from_slice(&src[h * old_cap * dim..][..n]);
+        }
+    }
+    Ok(new)
 }
 
 impl OrtBackend {
@@ -62,7 +132,7 @@ impl OrtBackend {
         let load_err = |e: ort::Error| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
         let mut builder = Session::builder(&rt.env)
             .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| load_err(e.into()))?
             .with_inter_threads(1)
             .map_err(|e| load_err(e.into()))?
@@ -99,52 +169,83 @@ impl OrtBackend {
             execution_provider: "cpu".into(),
             threads: opts.threads,
         };
-        Ok(Self { session, spec: spec.clone(), states: all_states(spec).cloned().collect(), info, last_only })
+                let binding = session.create_binding().map_err(load_err)?;
+        let allocator = Allocator::default();
+        let logits = if last_only {
+            Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?)
+        } else {
+            None
+        };
+        let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
+        Ok(Self {
+            session,
+            binding,
+            bound: None,
+            allocator,
+            logits,
+            spec: spec.clone(),
+            kv,
+            linear,
+            info,
+            last_only,
+        })
     }
 
-    fn state<'s>(&self, seq: &'s Sequence) -> Result<&'s OrtState, BackendError> {
-        seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)
+
+    /// Makes room for `need` positions in every KV buffer.
+    fn reserve(&self, state: &mut OrtState, len: usize, need: usize) -> Result<(), BackendError> {
+        if need <= state.capacity {
+            return Ok(());
+        }
+        let capacity = need.max(state.capacity * 2).max(MIN_KV_CAPACITY).min(self.spec.context_length);
+        for (t, buf) in self.kv.iter().zip(state.kv.iter_mut()) {
+            *buf = grow_kv(&self.allocator, t, Some((buf, state.capacity)), capacity, len)?;
+        }
+        state.capacity = capacity;
+        state.id = next_state_id();
+        Ok(())
     }
 
-    fn inputs<'v>(&self, seq: &'v Sequence, tokens: &[u32]) -> Result<Vec<(Cow<'v, str>, SessionInputValue<'v>)>, BackendError> {
-        let state = self.state(seq)?;
-        let (past, n) = (seq.len, tokens.len());
+    /// Binds the state buffers (and the reused logits buffer) of `state`, unless they are
+    /// bound already.
+    fn bind_state(&mut self, state: &mut OrtState) -> Result<(), BackendError> {
+        if self.bound == Some(state.id) {
+            return Ok(());
+        }
+        self.bound = None;
+        let b = &mut self.binding;
+        b.clear();
+        for (t, buf) in self.kv.iter().zip(state.kv.iter_mut()).chain(self.linear.iter().zip(state.linear.iter_mut())) {
+            b.bind_input(&t.input, &*buf).map_err(run_err)?;
+            b.bind_output(&t.output, &mut *buf).map_err(run_err)?;
+        }
+        if let Some(logits) = self.logits.as_mut() {
+            b.bind_output(&self.spec.logits, logits).map_err(run_err)?;
+        }
+        self.bound = Some(state.id);
+        Ok(())
+    }
+
+    /// Binds the per-step inputs: token ids, attention mask, positions.
+    fn bind_step(&mut self, past: usize, tokens: &[u32]) -> Result<(), BackendError> {
+        let n = tokens.len();
         let total = past + n;
-        let run = |e: ort::Error| BackendError::Run(e.to_string());
-        let mut inputs: Vec<(Cow<'v, str>, SessionInputValue<'v>)> = Vec::with_capacity(3 + state.values.len());
+        let b = &mut self.binding;
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        inputs.push((self.spec.input_ids.clone().into(), Tensor::from_array(([1, n], ids)).map_err(run)?.into()));
+        b.bind_input(&self.spec.input_ids, &Tensor::from_array(([1, n], ids)).map_err(run_err)?).map_err(run_err)?;
         if let Some(name) = &self.spec.attention_mask {
-            inputs.push((name.clone().into(), Tensor::from_array(([1, total], vec![1i64; total])).map_err(run)?.into()));
+            b.bind_input(name, &Tensor::from_array(([1, total], vec![1i64; total])).map_err(run_err)?).map_err(run_err)?;
         }
         if let Some(name) = &self.spec.position_ids_name {
             let positions: Vec<i64> = (past as i64..total as i64).collect();
             let value = match self.spec.position_ids {
-                PositionIds::Sections(rows) => {
-                    Tensor::from_array(([rows, 1, n], positions.repeat(rows))).map_err(run)?
-                }
-                _ => Tensor::from_array(([1, n], positions)).map_err(run)?,
+                PositionIds::Sections(rows) => Tensor::from_array(([rows, 1, n], positions.repeat(rows))),
+                _ => Tensor::from_array(([1, n], positions)),
             };
-            inputs.push((name.clone().into(), value.into()));
+            b.bind_input(name, &value.map_err(run_err)?).map_err(run_err)?;
         }
-        for (t, v) in self.states.iter().zip(&state.values) {
-            inputs.push((t.input.clone().into(), v.into()));
-        }
-        Ok(inputs)
+        Ok(())
     }
-}
-
-fn all_states(spec: &ModelSpec) -> impl Iterator<Item = &StateTensor> {
-    spec.layers.iter().flat_map(|l| match l {
-        LayerKind::FullAttention { key, value } => [key, value],
-        LayerKind::LinearAttention { conv, recurrent } => [conv, recurrent],
-    })
-}
-
-fn zeros(t: &StateTensor) -> Result<DynValue, ort::Error> {
-    let shape: Vec<usize> = std::iter::once(1).chain(t.shape.iter().copied()).collect();
-    let n = shape.iter().product();
-    Ok(Tensor::from_array((shape, vec![0f32; n]))?.into_dyn())
 }
 
 impl Backend for OrtBackend {
@@ -153,58 +254,80 @@ impl Backend for OrtBackend {
     }
 
     fn new_sequence(&self) -> Result<Sequence, BackendError> {
-        let values = self.states.iter().map(zeros).collect::<Result<Vec<_>, _>>().map_err(|e| BackendError::Run(e.to_string()))?;
-        Ok(Sequence { len: 0, state: Box::new(OrtState { values }) })
+        let linear = self
+            .linear
+            .iter()
+            .map(|t| zeros(&self.allocator, &t.shape))
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(Sequence {
+            len: 0,
+            state: Box::new(OrtState { id: next_state_id(), kv: Vec::new(), capacity: 0, linear, broken: false }),
+        })
     }
 
     fn forward(&mut self, seq: &mut Sequence, tokens: &[u32], want: LogitsWanted, out: &mut Logits) -> Result<(), BackendError> {
         if tokens.is_empty() {
             return Err(BackendError::Limit("no tokens to process".into()));
         }
-        if seq.len + tokens.len() > self.spec.context_length {
+        let (past, n) = (seq.len, tokens.len());
+        if past + n > self.spec.context_length {
             return Err(BackendError::Limit(format!(
                 "{} tokens exceed the model's context length of {}",
-                seq.len + tokens.len(),
+                past + n,
                 self.spec.context_length
             )));
         }
-        if want == LogitsWanted::All && self.last_only && tokens.len() > 1 {
+        if want == LogitsWanted::All && self.last_only && n > 1 {
             return Err(BackendError::Run("this session computes last-position logits only (load with all_logits)".into()));
         }
-        let run = |e: ort::Error| BackendError::Run(e.to_string());
-        let inputs = self.inputs(seq, tokens)?;
-        let mut outputs = self.session.run(inputs).map_err(run)?;
-        let logits = outputs.get(&self.spec.logits).ok_or_else(|| BackendError::Run("no logits output".into()))?;
-        let (shape, data) = logits.try_extract_tensor::<f32>().map_err(run)?;
-        let vocab = *shape.last().unwrap_or(&0) as usize;
-        let rows = if vocab == 0 { 0 } else { data.len() / vocab };
-        let expected = if self.last_only { 1 } else { tokens.len() };
-        if rows != expected {
-            return Err(BackendError::Run(format!("logits have {rows} rows for {} tokens", tokens.len())));
-        }
-        let keep = if want == LogitsWanted::Last { 1 } else { rows };
-        out.rows = keep;
-        out.vocab = vocab;
-        out.data.clear();
-        out.data.extend_from_slice(&data[(rows - keep) * vocab..]);
-        let mut values = Vec::with_capacity(self.states.len());
-        for t in &self.states {
-            values.push(outputs.remove(&t.output).ok_or_else(|| BackendError::Run(format!("no output '{}'", t.output)))?);
-        }
-        seq.state = Box::new(OrtState { values });
-        seq.len += tokens.len();
+        let mut state_box = std::mem::replace(&mut seq.state, Box::new(()));
+        let result = (|| -> Result<(), BackendError> {
+            let state = state_box.downcast_mut::<OrtState>().ok_or(BackendError::ForeignState)?;
+            if state.broken {
+                return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
+            }
+            if state.kv.is_empty() && !self.kv.is_empty() {
+                state.kv = self.kv.iter().map(|t| grow_kv(&self.allocator, t, None, 0, 0)).collect::<Result<_, _>>()?;
+                state.id = next_state_id();
+            }
+            self.reserve(state, past, past + n)?;
+            self.bind_state(state)?;
+            self.bind_step(past, tokens)?;
+            let mut all_rows = None;
+            if !self.last_only {
+                let mut t = Tensor::<f32>::new(&self.allocator, [1usize, n, self.spec.vocab_size]).map_err(run_err)?;
+                self.binding.bind_output(&self.spec.logits, &mut t).map_err(run_err)?;
+                all_rows = Some(t);
+            }
+            let ran = self.session.run_binding(&self.binding).map(drop).map_err(run_err);
+            let logits = all_rows.as_ref().or(self.logits.as_ref()).expect("a logits buffer is bound");
+            let data = logits.extract_tensor().1;
+            let rows = data.len() / self.spec.vocab_size;
+            let keep = if want == LogitsWanted::Last { 1 } else { rows };
+            out.rows = keep;
+            out.vocab = self.spec.vocab_size;
+            out.data.clear();
+            out.data.extend_from_slice(&data[(rows - keep) * self.spec.vocab_size..]);
+            state.broken = ran.is_err();
+            ran
+        })();
+        seq.state = state_box;
+        result?;
+        seq.len += n;
         Ok(())
     }
 
     fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError> {
-        let state = self.state(seq)?;
-        let run = |e: ort::Error| BackendError::Run(e.to_string());
-        let mut values = Vec::with_capacity(state.values.len());
-        for v in &state.values {
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(run)?;
-            let dims: Vec<i64> = shape.iter().copied().collect();
-            values.push(Tensor::from_array((dims, data.to_vec())).map_err(run)?.into_dyn());
-        }
-        Ok(Sequence { len: seq.len, state: Box::new(OrtState { values }) })
+        let state = seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)?;
+        let copy = |src: &Tensor<f32>| -> Result<Tensor<f32>, BackendError> {
+            let dims: Vec<usize> = src.shape().iter().map(|&d| d as usize).collect();
+            let mut dst = Tensor::<f32>::new(&self.allocator, dims).map_err(run_err)?;
+            dst.extract_tensor_mut().1.copy_from_slice(src.extract_tensor().1);
+            Ok(dst)
+        };
+        let kv = state.kv.iter().map(copy).collect::<Result<Vec<_>, _>>()?;
+        let linear = state.linear.iter().map(copy).collect::<Result<Vec<_>, _>>()?;
+        let state = OrtState { id: next_state_id(), kv, capacity: state.capacity, linear, broken: state.broken };
+        Ok(Sequence { len: seq.len, state: Box::new(state) })
     }
 }
