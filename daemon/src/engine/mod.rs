@@ -4,7 +4,7 @@
 pub mod backend;
 pub mod bpe;
 pub mod model;
-pub mod onnx_proto;
+pub mod onnx;
 pub mod chat;
 pub mod tokenizer;
 pub mod sampler;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::onnx_proto::{self, Dim, ElemType, GraphSummary, ValueInfo};
+use super::onnx::{self, Dim, ElemType, GraphSummary, ValueInfo};
 
 /// Model types this engine runs (the text decoder of Qwen3.5 Small).
 pub const SUPPORTED_TYPES: &[&str] = &["qwen3_5_text", "qwen3_5"];
@@ -327,7 +327,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     let tokenizer_config_path = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
     let chat_template_path = Some(dir.join("chat_template.jinja")).filter(|p| p.is_file());
 
-    let graph = onnx_proto::parse_model(&read(&onnx_path)?)
+    let graph = onnx::parse_model(&read(&onnx_path)?)
         .map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
     let data_files = check_external_data(dir, &onnx_path, &graph)?;
 

@@ -4,7 +4,6 @@
 //! state. The loop in `engine::generate` only sees this trait, so a second runtime (a pure-Rust
 //! one, a vendor NPU library) plugs in here without touching sampling, stopping or streaming.
 
-pub mod graph_edit;
 pub mod ort;
 pub mod runtime;
 

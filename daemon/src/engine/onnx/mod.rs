@@ -1,0 +1,7 @@
+//! ONNX files without a runtime: a reader for what the engine checks before loading
+//! (`read`) and in-memory rewrites applied before a graph is handed to a runtime (`edit`).
+
+pub mod edit;
+pub mod read;
+
+pub use read::{parse_model, Dim, ElemType, ExternalRef, GraphSummary, ProtoError, ValueInfo};
