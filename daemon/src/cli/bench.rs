@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use qwenedge::engine::generate::{Completion, GenerateParams};
 
-use super::{peak_rss_mb, ModelArgs};
+use super::{peak_rss_mb, rss_mb, ModelArgs};
 
 /// Text the benchmark prompt is cut from (its content does not matter for speed).
 const PARAGRAPH: &str = "The quick brown fox jumps over the lazy dog while the kitchen lights dim to forty \
@@ -59,6 +59,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let decode = median(|c| c.timings.decode_tok_s);
     let ttft = median(|c| c.timings.ttft_ms);
     let rss = peak_rss_mb().unwrap_or(0.0);
+    let rss_now = rss_mb().unwrap_or(0.0);
     let info = engine.backend_info();
     let weights_mb = engine.spec.weight_bytes() as f64 / (1024.0 * 1024.0);
     eprintln!("qwenedge bench  {}", engine.spec.dir.display());
@@ -68,7 +69,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("  prefill          {prefill:>9.1} tok/s");
     eprintln!("  decode           {decode:>9.1} tok/s");
     eprintln!("  time to first    {ttft:>9.1} ms");
-    eprintln!("  peak RSS         {rss:>9.1} MiB  (weights {weights_mb:.1} MiB)");
+    eprintln!("  peak RSS         {rss:>9.1} MiB  (weights {weights_mb:.1} MiB; {rss_now:.1} MiB resident at the end)");
     let json = serde_json::json!({
         "engine": "qwenedge",
         "backend": info.name,
@@ -83,6 +84,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_tok_s": decode,
         "ttft_ms": ttft,
         "peak_rss_mb": rss,
+        "rss_mb": rss_now,
         "weights_mb": weights_mb,
     });
     println!("{json}");
