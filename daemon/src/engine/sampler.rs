@@ -198,15 +198,15 @@ impl Sampler {
     }
 }
 
-/// Index and value of the largest logit (lowest index on ties).
+/// Index and value of the largest logit (lowest index on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> (u32, f32) {
-    let mut best = (0u32, f32::NEG_INFINITY);
-    for (i, &l) in logits.iter().enumerate() {
-        if l > best.1 {
-            best = (i as u32, l);
-        }
-    }
-    best
+    // Two passes that vectorise: the maximum over lanes, then the first index holding it.
+    let max = logits
+        .chunks(16)
+        .map(|c| c.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m }))
+        .fold(f32::NEG_INFINITY, f32::max);
+    let index = logits.iter().position(|&x| x == max).unwrap_or(0);
+    (index as u32, max)
 }
 
 #[cfg(test)]
@@ -223,6 +223,13 @@ mod tests {
     fn greedy_picks_the_maximum_and_first_on_ties() {
         let mut s = Sampler::new(params(|_| {}), &[]);
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]).token, 1);
+    }
+
+    #[test]
+    fn argmax_skips_nan_and_takes_the_first_maximum() {
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0, 3.0, f32::NAN]), (2, 3.0));
+        let long: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32).collect();
+        assert_eq!(argmax(&long).0 as usize, long.iter().position(|&x| x == 100.0).unwrap());
     }
 
     #[test]
