@@ -21,9 +21,9 @@ fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
 
 fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let params = GenerateParams { max_tokens: n, ..Default::default() };
-    let mut seq = engine.new_sequence().unwrap();
+    let seq = engine.new_sequence().unwrap();
     let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
-    engine.generate_with(&mut seq, prompt, &params, &[], &mut sink).unwrap().tokens
+    engine.generate_with(seq, prompt, &params, &[], &mut sink).unwrap().tokens
 }
 
 #[test]

@@ -42,9 +42,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let params = GenerateParams { max_tokens: args.new_tokens, ..Default::default() };
     let mut results: Vec<Completion> = Vec::new();
     for i in 0..=args.runs {
-        let mut seq = engine.new_sequence()?;
+        let seq = engine.new_sequence()?;
         let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
-        let done = engine.generate_with(&mut seq, &prompt, &params, &[], &mut sink)?;
+        let done = engine.generate_with(seq, &prompt, &params, &[], &mut sink)?;
         anyhow::ensure!(done.tokens.len() == args.new_tokens, "generated {} tokens", done.tokens.len());
         if i > 0 {
             results.push(done);

@@ -1,6 +1,7 @@
 //! The generation loop: prefill the prompt, then decode one token at a time with the state
-//! carried in a [`Sequence`], streaming UTF-8-safe text pieces to a sink until an EOS token, a
-//! stop string, the token limit, the context end or cancellation.
+//! carried in a [`Sequence`], producing UTF-8-safe text pieces until an EOS token, a stop
+//! string, the token limit, the context end or cancellation. [`Decoder`] is the loop as a state
+//! machine the scheduler steps; [`run_to_end`] drives it for one-shot callers.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -91,114 +92,236 @@ impl<F: FnMut(&str, u32) -> ControlFlow<()>> TokenSink for F {
     }
 }
 
-/// Runs one generation from an empty or prefix-filled sequence.
-pub struct Generation<'a> {
-    /// The backend.
-    pub backend: &'a mut dyn Backend,
-    /// The tokenizer.
-    pub tokenizer: &'a TextTokenizer,
-    /// Tokens that end generation.
-    pub eos: &'a [u32],
-    /// Context length of the model.
-    pub context_length: usize,
+/// What one [`Decoder::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A chunk of the prompt was processed.
+    Prefilled {
+        /// Prompt tokens processed so far.
+        done: usize,
+        /// Prompt tokens in all.
+        total: usize,
+    },
+    /// A token was generated; `piece` is the text that became final with it (may be empty
+    /// while a character or a possible stop string is incomplete).
+    Token {
+        /// Text to emit.
+        piece: String,
+        /// The token.
+        token: u32,
+    },
+    /// Generation ended; `tail` is text still held back that belongs to the output.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Remaining text to emit.
+        tail: String,
+    },
 }
 
-impl Generation<'_> {
-    /// Generates after `prompt` (fed on top of whatever `seq` holds).
-    pub fn run(
-        &mut self,
-        seq: &mut Sequence,
-        prompt: &[u32],
-        params: &GenerateParams,
-        sink: &mut dyn TokenSink,
-    ) -> Result<Completion, BackendError> {
-        if prompt.is_empty() && seq.is_empty() {
+/// One generation as a resumable state machine, so a scheduler can interleave generations at
+/// token granularity (an interactive request overtakes a background one between two steps) and
+/// check cancellation and deadlines between any two forward passes.
+pub struct Decoder {
+    seq: Sequence,
+    prompt: Vec<u32>,
+    prefilled: usize,
+    params: GenerateParams,
+    eos: Vec<u32>,
+    context_length: usize,
+    sampler: Sampler,
+    utf8: Utf8Stream,
+    stops: StopMatcher,
+    text: String,
+    tokens: Vec<u32>,
+    logits: Logits,
+    started: Instant,
+    prefill_end: Option<Instant>,
+    first_token: Option<Instant>,
+    finished: Option<FinishReason>,
+    pending: Option<FinishReason>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").field("prompt", &self.prompt.len()).field("generated", &self.tokens.len()).finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    /// Prepares a generation of `prompt` on top of `seq`, stopping on `eos` (empty: never on a
+    /// token). Nothing runs until [`step`](Self::step).
+    pub fn new(
+        seq: Sequence,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        eos: Vec<u32>,
+        context_length: usize,
+    ) -> Result<Self, BackendError> {
+        if prompt.is_empty() {
             return Err(BackendError::Limit("the prompt is empty".into()));
         }
-        if seq.len() + prompt.len() >= self.context_length {
+        if seq.len() + prompt.len() >= context_length {
             return Err(BackendError::Limit(format!(
                 "the prompt has {} tokens; the model's context holds {}",
                 seq.len() + prompt.len(),
-                self.context_length
+                context_length
             )));
         }
-        let start = Instant::now();
-        let mut logits = Logits::default();
-        let chunk = if params.prefill_chunk == 0 { prompt.len().max(1) } else { params.prefill_chunk };
-        for part in prompt.chunks(chunk) {
-            self.backend.forward(seq, part, LogitsWanted::Last, &mut logits)?;
-        }
-        let prefill = start.elapsed();
+        let sampler = Sampler::new(params.sampling.clone(), &prompt);
+        let stops = StopMatcher::new(&params.stop);
+        Ok(Self {
+            seq,
+            prompt,
+            prefilled: 0,
+            params,
+            eos,
+            context_length,
+            sampler,
+            utf8: Utf8Stream::default(),
+            stops,
+            text: String::new(),
+            tokens: Vec::new(),
+            logits: Logits::default(),
+            started: Instant::now(),
+            prefill_end: None,
+            first_token: None,
+            finished: None,
+            pending: None,
+        })
+    }
 
-        let mut sampler = Sampler::new(params.sampling.clone(), prompt);
-        let mut utf8 = Utf8Stream::default();
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut text = String::new();
-        let mut tokens = Vec::new();
-        let mut first_token_at = None;
-        let mut stopped_by_string = false;
-        let finish = loop {
-            if tokens.len() >= params.max_tokens {
-                break FinishReason::Length;
-            }
-            let choice = sampler.sample(&mut logits.data[..logits.vocab]);
-            first_token_at.get_or_insert_with(Instant::now);
-            if self.eos.contains(&choice.token) {
-                break FinishReason::Stop;
-            }
-            sampler.accept(choice.token);
-            tokens.push(choice.token);
-            let piece = utf8.push(self.tokenizer.token_bytes(choice.token));
-            let (emit, stopped) = match stops.push(&piece) {
-                StopState::Continue(s) => (s, false),
-                StopState::Stopped(s) => (s, true),
-            };
-            text.push_str(&emit);
-            let flow = sink.on_token(&emit, choice.token);
-            if stopped {
-                stopped_by_string = true;
-                break FinishReason::Stop;
-            }
-            if flow.is_break() {
-                break FinishReason::Cancelled;
-            }
-            if tokens.len() >= params.max_tokens {
-                break FinishReason::Length;
-            }
-            if seq.len() + 1 >= self.context_length {
-                break FinishReason::ContextFull;
-            }
-            self.backend.forward(seq, &[choice.token], LogitsWanted::Last, &mut logits)?;
-        };
-        // Flush what the UTF-8 stream and the stop matcher still hold, unless a stop string
-        // ended the text or the client went away.
-        if !stopped_by_string && finish != FinishReason::Cancelled {
-            let tail = match stops.push(&utf8.finish()) {
-                StopState::Continue(s) => s + &stops.finish(),
-                StopState::Stopped(s) => s,
-            };
-            if !tail.is_empty() {
-                text.push_str(&tail);
-                let _ = sink.on_token(&tail, *tokens.last().unwrap_or(&0));
-            }
+    /// Does the next unit of work: one prefill chunk, or one token.
+    pub fn step(&mut self, backend: &mut dyn Backend, tokenizer: &TextTokenizer) -> Result<Step, BackendError> {
+        if let Some(reason) = self.finished {
+            return Ok(Step::Finished { reason, tail: String::new() });
         }
+        if let Some(reason) = self.pending.take() {
+            return Ok(self.finish(reason));
+        }
+        if self.prefilled < self.prompt.len() {
+            let chunk = if self.params.prefill_chunk == 0 { self.prompt.len() } else { self.params.prefill_chunk };
+            let end = (self.prefilled + chunk).min(self.prompt.len());
+            let result = backend.forward(&mut self.seq, &self.prompt[self.prefilled..end], LogitsWanted::Last, &mut self.logits);
+            if let Err(e) = result {
+                self.finished = Some(FinishReason::Cancelled);
+                return Err(e);
+            }
+            self.prefilled = end;
+            if end == self.prompt.len() {
+                self.prefill_end = Some(Instant::now());
+            }
+            return Ok(Step::Prefilled { done: end, total: self.prompt.len() });
+        }
+        if self.tokens.len() >= self.params.max_tokens {
+            return Ok(self.finish(FinishReason::Length));
+        }
+        let choice = self.sampler.sample(&mut self.logits.data[..self.logits.vocab]);
+        self.first_token.get_or_insert_with(Instant::now);
+        if self.eos.contains(&choice.token) {
+            return Ok(self.finish(FinishReason::Stop));
+        }
+        self.sampler.accept(choice.token);
+        self.tokens.push(choice.token);
+        let decoded = self.utf8.push(tokenizer.token_bytes(choice.token));
+        let piece = match self.stops.push(&decoded) {
+            StopState::Continue(s) => s,
+            StopState::Stopped(s) => {
+                self.text.push_str(&s);
+                self.finished = Some(FinishReason::Stop);
+                return Ok(Step::Token { piece: s, token: choice.token });
+            }
+        };
+        self.text.push_str(&piece);
+        if self.tokens.len() >= self.params.max_tokens {
+            self.pending = Some(FinishReason::Length);
+        } else if self.seq.len() + 1 >= self.context_length {
+            self.pending = Some(FinishReason::ContextFull);
+        } else if let Err(e) = backend.forward(&mut self.seq, &[choice.token], LogitsWanted::Last, &mut self.logits) {
+            self.finished = Some(FinishReason::Cancelled);
+            return Err(e);
+        }
+        Ok(Step::Token { piece, token: choice.token })
+    }
+
+    /// Ends the generation: the text held back for a possible stop string or an unfinished
+    /// character belongs to the output.
+    fn finish(&mut self, reason: FinishReason) -> Step {
+        let tail = match self.stops.push(&self.utf8.finish()) {
+            StopState::Continue(s) => s + &self.stops.finish(),
+            StopState::Stopped(s) => s,
+        };
+        self.text.push_str(&tail);
+        self.finished = Some(reason);
+        Step::Finished { reason, tail }
+    }
+
+    /// Stops the generation where it is (no more text is emitted).
+    pub fn cancel(&mut self) {
+        if self.finished.is_none() {
+            self.finished = Some(FinishReason::Cancelled);
+        }
+    }
+
+    /// True once the generation has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some()
+    }
+
+    /// Whether the prompt has been processed.
+    pub fn prefill_done(&self) -> bool {
+        self.prefilled == self.prompt.len()
+    }
+
+    /// The result so far (final once finished).
+    pub fn completion(&self) -> Completion {
         let end = Instant::now();
-        let ttft = first_token_at.map_or(prefill, |t| t - start);
-        let decode = first_token_at.map_or(Duration::ZERO, |t| end - t);
-        let decoded = tokens.len().saturating_sub(1);
-        Ok(Completion {
-            text,
-            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: tokens.len() },
-            tokens,
-            finish_reason: finish,
+        let prefill = self.prefill_end.map_or(end - self.started, |t| t - self.started);
+        let ttft = self.first_token.map_or(prefill, |t| t - self.started);
+        let decode = self.first_token.map_or(Duration::ZERO, |t| end - t);
+        Completion {
+            text: self.text.clone(),
+            tokens: self.tokens.clone(),
+            finish_reason: self.finished.unwrap_or(FinishReason::Cancelled),
+            usage: Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.tokens.len() },
             timings: Timings {
                 prefill_ms: ms(prefill),
                 ttft_ms: ms(ttft),
                 decode_ms: ms(decode),
-                prefill_tok_s: rate(prompt.len(), prefill),
-                decode_tok_s: rate(decoded, decode),
+                prefill_tok_s: rate(self.prompt.len(), prefill),
+                decode_tok_s: rate(self.tokens.len().saturating_sub(1), decode),
             },
-        })
+        }
+    }
+
+    /// The sequence, for reuse as a prefix snapshot.
+    pub fn into_sequence(self) -> Sequence {
+        self.seq
+    }
+}
+
+/// Runs a [`Decoder`] to the end, streaming into `sink`; a `Break` from the sink cancels.
+pub fn run_to_end(
+    decoder: &mut Decoder,
+    backend: &mut dyn Backend,
+    tokenizer: &TextTokenizer,
+    sink: &mut dyn TokenSink,
+) -> Result<Completion, BackendError> {
+    loop {
+        match decoder.step(backend, tokenizer)? {
+            Step::Prefilled { .. } => {}
+            Step::Token { piece, token } => {
+                if sink.on_token(&piece, token).is_break() {
+                    decoder.cancel();
+                }
+            }
+            Step::Finished { tail, .. } => {
+                if !tail.is_empty() {
+                    let _ = sink.on_token(&tail, *decoder.tokens.last().unwrap_or(&0));
+                }
+                return Ok(decoder.completion());
+            }
+        }
     }
 }
 

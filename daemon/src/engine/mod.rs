@@ -16,7 +16,7 @@ use std::path::Path;
 use backend::ort::{OrtBackend, OrtOptions};
 use backend::{Backend, BackendError, BackendInfo, Sequence};
 use chat::{ChatInput, ChatTemplate, TemplateError};
-use generate::{Completion, GenerateParams, Generation, TokenSink};
+use generate::{Completion, Decoder, GenerateParams, Step, TokenSink};
 use model::{ModelError, ModelSpec};
 use tokenizer::{TextTokenizer, TokenizerError};
 
@@ -105,6 +105,17 @@ impl Engine {
         self.backend.as_mut()
     }
 
+    /// A decoder for `prompt` on a fresh sequence, stopping on the model's EOS ids.
+    pub fn decoder(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Decoder, BackendError> {
+        let seq = self.backend.new_sequence()?;
+        Decoder::new(seq, prompt, params, self.spec.eos_token_ids.clone(), self.spec.context_length)
+    }
+
+    /// Advances `decoder` by one prefill chunk or one token.
+    pub fn step(&mut self, decoder: &mut Decoder) -> Result<Step, BackendError> {
+        decoder.step(self.backend.as_mut(), &self.tokenizer)
+    }
+
     /// Generates after `prompt` from a fresh sequence, stopping on the model's EOS ids.
     pub fn generate(
         &mut self,
@@ -112,26 +123,20 @@ impl Engine {
         params: &GenerateParams,
         sink: &mut dyn TokenSink,
     ) -> Result<Completion, BackendError> {
-        let mut seq = self.backend.new_sequence()?;
-        let eos = self.spec.eos_token_ids.clone();
-        self.generate_with(&mut seq, prompt, params, &eos, sink)
+        let mut decoder = self.decoder(prompt.to_vec(), params.clone())?;
+        generate::run_to_end(&mut decoder, self.backend.as_mut(), &self.tokenizer, sink)
     }
 
     /// Generates after `prompt` on top of `seq`, stopping on `eos` (empty: never on a token).
     pub fn generate_with(
         &mut self,
-        seq: &mut Sequence,
+        seq: Sequence,
         prompt: &[u32],
         params: &GenerateParams,
         eos: &[u32],
         sink: &mut dyn TokenSink,
     ) -> Result<Completion, BackendError> {
-        Generation {
-            backend: self.backend.as_mut(),
-            tokenizer: &self.tokenizer,
-            eos,
-            context_length: self.spec.context_length,
-        }
-        .run(seq, prompt, params, sink)
+        let mut decoder = Decoder::new(seq, prompt.to_vec(), params.clone(), eos.to_vec(), self.spec.context_length)?;
+        generate::run_to_end(&mut decoder, self.backend.as_mut(), &self.tokenizer, sink)
     }
 }
