@@ -208,6 +208,7 @@ fn describe(e: &config::ConfigError, sources: &Sources) -> ConfigError {
     let key = text.split("for key `").nth(1).and_then(|r| r.split('`').next()).map(str::to_string);
     let unknown = text.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_string);
     let origin = match (&key, &unknown) {
+        (Some(k), Some(u)) if sources.env.contains_key(&format!("{k}.{u}")) => sources.origin_of(&format!("{k}.{u}")),
         (Some(k), _) => sources.origin_of(k),
         (None, Some(u)) => sources
             .env

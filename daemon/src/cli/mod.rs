@@ -1,8 +1,10 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own file; `anyhow` is used
 //! only here, at the edge.
 
+mod ask;
 mod bench;
 mod generate;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -27,6 +29,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Run the daemon: load the model and serve requests on the Unix socket.
+    Serve(serve::ServeArgs),
+    /// Ask the running daemon (over its socket) and stream the answer.
+    Ask(ask::AskArgs),
 }
 
 /// Model and runtime options shared by the subcommands that load a model.
@@ -62,8 +68,8 @@ impl ModelArgs {
     }
 }
 
-/// Sets up logging to stderr.
-pub fn init_logging(verbose: u8) {
+/// Sets up logging to stderr for the one-shot commands.
+fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -71,14 +77,26 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QWENEDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        command => {
+            init_logging(cli.verbose);
+            match command {
+                Command::Generate(args) => generate::run(args),
+                Command::Bench(args) => bench::run(args),
+                Command::Ask(args) => ask::run(args),
+                Command::Serve(_) => unreachable!("handled above"),
+            }
+        }
     }
 }
 

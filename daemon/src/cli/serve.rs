@@ -1,0 +1,115 @@
+//! `qwenedge serve`: configuration → model → socket → READY, then serve until a signal.
+//! SIGTERM drains (running requests get the grace period), SIGINT stops at once, SIGHUP reloads
+//! the configuration. Any start-up failure is one line and exit status 1, before READY.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use qwenedge::config;
+use qwenedge::scheduler::{self, Scheduler};
+use qwenedge::service;
+use qwenedge::transport::unix::{self, Lifecycle};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+/// Arguments of `qwenedge serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (default /etc/qwenedge/config.toml when it exists).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file + QWENEDGE__ variables) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (settings, _) = config::load(args.config.as_deref(), &config::process_env())?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(());
+    }
+    service::init_logging("info");
+    let activated = service::activated_listener();
+    service::notify("STATUS=loading the model");
+    info!(model = ?settings.model.path, "loading the model");
+    let engine = scheduler::load_engine(&settings)?;
+    let socket = unix::bind(&settings, activated)?;
+    let (scheduler, stopped) = Scheduler::start(engine, settings.clone()).context("starting the engine thread")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(serve(&socket, scheduler, stopped, args.config));
+    socket.remove();
+    service::notify("STATUS=stopped");
+    result
+}
+
+async fn serve(
+    socket: &unix::BoundSocket,
+    scheduler: Scheduler,
+    mut stopped: scheduler::Stopped,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (life_tx, life_rx) = tokio::sync::watch::channel(Lifecycle::Running);
+    let server = unix::serve(socket, scheduler.clone(), life_rx);
+    tokio::pin!(server);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let watchdog = service::watchdog_interval();
+    let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let grace = Duration::from_millis(scheduler.settings().service.shutdown_grace_ms);
+    info!(socket = %socket.path.display(), "ready");
+    service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
+    let mut server_done = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                info!(grace_ms = grace.as_millis() as u64, "SIGTERM: finishing running requests, then exiting");
+                service::notify("STOPPING=1\nSTATUS=draining");
+                let _ = life_tx.send(Lifecycle::Draining);
+                scheduler.shutdown(grace);
+            }
+            _ = int.recv() => {
+                info!("SIGINT: cancelling everything and exiting");
+                service::notify("STOPPING=1\nSTATUS=stopping");
+                let _ = life_tx.send(Lifecycle::Draining);
+                scheduler.shutdown(Duration::ZERO);
+            }
+            _ = hup.recv() => {
+                match config::load(config_path.as_deref(), &config::process_env()) {
+                    Ok((settings, _)) => {
+                        info!("SIGHUP: reloading the configuration");
+                        service::notify("STATUS=reloading the configuration");
+                        scheduler.reload(settings);
+                    }
+                    Err(e) => error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the current one"),
+                }
+            }
+            _ = ticker.tick(), if watchdog.is_some() => {
+                // Ping only while the engine thread shows life; a hung engine gets restarted.
+                if scheduler.worker_silence() < watchdog.unwrap_or_default() * 4 {
+                    service::notify("WATCHDOG=1");
+                } else {
+                    warn!("the engine thread has not responded; withholding the watchdog ping");
+                }
+            }
+            result = &mut server, if !server_done => {
+                server_done = true;
+                if let Err(e) = result {
+                    error!(error = %e, "the socket listener failed; shutting down");
+                    scheduler.shutdown(Duration::ZERO);
+                }
+            }
+            _ = &mut stopped => break,
+        }
+    }
+    let _ = life_tx.send(Lifecycle::Closing);
+    if !server_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! One queue in front of the engine. Transports hand in typed jobs through the cheap, cloneable
+//! [`Scheduler`] handle; a single worker thread owns the engine and runs jobs token by token
+//! (interactive before background, a running background generation yields at the next token),
+//! enforcing cancellation and deadlines between tokens. Each job carries its own event channel,
+//! so the engine never knows which transport asked.
+
+mod admission;
+mod queue;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use admission::{admit, AdmissionView, Refusal};
+
+use crate::api::{ErrorCode, Event, GenerateRequest, Priority};
+use crate::config::Settings;
+use crate::engine::Engine;
+use queue::{JobQueue, Queued};
+
+/// Where a job's events go.
+pub type EventSender = UnboundedSender<Event>;
+
+/// A generation request handed to the scheduler.
+#[derive(Debug)]
+pub struct Job {
+    /// Client id of the request.
+    pub id: String,
+    /// What to generate.
+    pub request: GenerateRequest,
+    /// When it arrived.
+    pub received: Instant,
+    /// Set to stop it (client cancel or disconnect).
+    pub cancel: Arc<AtomicBool>,
+    /// Its events.
+    pub events: EventSender,
+}
+
+impl Queued for Job {
+    fn priority(&self) -> Priority {
+        self.request.priority
+    }
+}
+
+impl Job {
+    fn send(&self, event: crate::api::EventBody) -> bool {
+        self.events.send(Event { id: Some(self.id.clone()), body: event }).is_ok()
+    }
+
+    fn fail(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(crate::api::EventBody::Error { code, message: message.into() });
+    }
+}
+
+/// The daemon's lifecycle as the scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Ready,
+    /// Loading a model (start or reload).
+    Loading,
+    /// Finishing in-flight work before exit.
+    Draining,
+    /// The worker has exited.
+    Stopped,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Ready => "ready",
+            Phase::Loading => "loading",
+            Phase::Draining => "draining",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// State shared between the handle and the worker.
+struct State {
+    queue: JobQueue<Job>,
+    settings: Settings,
+    phase: Phase,
+    /// When draining: the time after which running jobs are cancelled.
+    grace_until: Option<Instant>,
+    /// A configuration to apply once no job is running.
+    reload: Option<Settings>,
+    /// Ids of the jobs the worker is running, with their priority.
+    running: Vec<(String, Priority)>,
+    model: Value,
+    served: u64,
+    failed: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Milliseconds since `started` at the worker's last loop turn.
+    heartbeat_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn beat(&self) {
+        self.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Handle to the scheduler; clone it into every transport.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+/// Completion of the worker thread.
+pub type Stopped = tokio::sync::oneshot::Receiver<()>;
+
+impl Scheduler {
+    /// Starts the worker thread around a loaded engine.
+    pub fn start(engine: Engine, settings: Settings) -> std::io::Result<(Self, Stopped)> {
+        let model = worker::describe(&engine, &settings);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: JobQueue::default(),
+                settings,
+                phase: Phase::Ready,
+                grace_until: None,
+                reload: None,
+                running: Vec::new(),
+                model,
+                served: 0,
+                failed: 0,
+            }),
+            wake: Condvar::new(),
+            heartbeat_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let worker_shared = Arc::clone(&shared);
+        std::thread::Builder::new().name("qwenedge-engine".into()).spawn(move || {
+            worker::run(&worker_shared, engine);
+            worker_shared.lock().phase = Phase::Stopped;
+            let _ = done_tx.send(());
+        })?;
+        Ok((Self { shared }, done_rx))
+    }
+
+    /// Queues a job, or refuses it at once (queue full, shutting down).
+    pub fn submit(&self, job: Job) -> Result<(), (Job, Refusal)> {
+        let mut state = self.shared.lock();
+        let view = AdmissionView {
+            draining: state.phase == Phase::Draining || state.phase == Phase::Stopped,
+            waiting: state.queue.len(),
+            capacity: state.settings.scheduler.queue_capacity,
+        };
+        if let Err(refusal) = admit(job.request.priority, &view) {
+            return Err((job, refusal));
+        }
+        state.queue.push(job);
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Wakes the worker so it notices a cancelled job at once.
+    pub fn nudge(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// The limits transports apply while parsing.
+    pub fn settings(&self) -> Settings {
+        self.shared.lock().settings.clone()
+    }
+
+    /// The daemon's state for `status`.
+    pub fn status(&self) -> Value {
+        let state = self.shared.lock();
+        let (interactive, background) = state.queue.counts();
+        json!({
+            "state": state.phase.as_str(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.shared.started.elapsed().as_secs(),
+            "model": state.model,
+            "queue": {
+                "interactive": interactive,
+                "background": background,
+                "capacity": state.settings.scheduler.queue_capacity,
+            },
+            "running": state.running.iter().map(|(id, p)| json!({"id": id, "priority": p})).collect::<Vec<_>>(),
+            "requests": {"done": state.served, "failed": state.failed},
+        })
+    }
+
+    /// The loaded model, for `models`.
+    pub fn models(&self) -> Vec<Value> {
+        vec![self.shared.lock().model.clone()]
+    }
+
+    /// Milliseconds since the worker last showed life (for the watchdog).
+    pub fn worker_silence(&self) -> Duration {
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.shared.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Applies `settings` once nothing is running; swaps the model if its path changed.
+    /// Queued requests stay queued.
+    pub fn reload(&self, settings: Settings) {
+        self.shared.lock().reload = Some(settings);
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops admitting; queued jobs get `shutting_down` now, running ones may finish until
+    /// `grace` has passed and are then cancelled with `shutting_down`.
+    pub fn shutdown(&self, grace: Duration) {
+        let mut state = self.shared.lock();
+        state.phase = Phase::Draining;
+        let until = Instant::now() + grace;
+        state.grace_until = Some(state.grace_until.map_or(until, |t| t.min(until)));
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.lock().phase
+    }
+}
+
+/// Loads the engine the settings describe.
+pub fn load_engine(settings: &Settings) -> Result<Engine, crate::engine::EngineError> {
+    let path = settings.model.path.clone().unwrap_or_default();
+    let opts = crate::engine::EngineOptions {
+        ort: crate::engine::backend::ort::OrtOptions {
+            library: settings.model.onnxruntime_library.clone(),
+            threads: settings.model.threads,
+            ..Default::default()
+        },
+    };
+    Engine::load(path, &opts)
+}

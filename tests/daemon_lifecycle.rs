@@ -1,0 +1,148 @@
+//! Start-up and systemd integration of `qwenedge serve`: configuration errors, stale and
+//! foreign socket files, `--print-config`, socket activation, readiness and watchdog messages.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::daemon::{chat, config_text, Client};
+use serde_json::json;
+
+fn serve(config: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qwenedge"));
+    c.args(["serve", "--config"]).arg(config).env("QWENEDGE_LOG", "info");
+    c
+}
+
+fn write_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let socket = dir.join("q.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text(&common::model_dir("tiny-a", "int4"), &socket, extra)).unwrap();
+    (config, socket)
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, socket) = write_config(dir.path(), "[scheduler]\nqueue_capacity = -3\n");
+    let out = serve(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("scheduler.queue_capacity") && stderr.contains("config.toml"), "{stderr}");
+    assert!(!socket.exists(), "nothing started");
+
+    let out = serve(&config).env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "4").env("QWENEDGE__MODEL__THREADZ", "1").output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("threadz") && stderr.contains("QWENEDGE__MODEL__THREADZ"), "{stderr}");
+}
+
+#[test]
+fn print_config_shows_the_effective_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), "");
+    let out = serve(&config).arg("--print-config").env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "7").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("queue_capacity = 7"), "{text}");
+    assert!(text.contains("[socket]") && text.contains("mode = \"0660\""), "{text}");
+}
+
+#[test]
+fn stale_socket_files_are_replaced_and_foreign_files_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, socket) = write_config(dir.path(), "");
+    drop(UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists(), "a stale socket file is left behind");
+    let mut d = serve(&config).stderr(Stdio::null()).spawn().unwrap();
+    let mut connected = false;
+    for _ in 0..3000 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(connected);
+    let mode = std::fs::metadata(&socket).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o660);
+    // A second daemon on the same path refuses to steal the live socket.
+    let out = serve(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    d.kill().unwrap();
+    d.wait().unwrap();
+
+    std::fs::remove_file(&socket).ok();
+    std::fs::write(&socket, "not a socket").unwrap();
+    let out = serve(&config).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+}
+
+#[test]
+fn socket_activation_readiness_and_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), "");
+    let activated_path = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&activated_path).unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let fd = listener.as_raw_fd();
+    // As systemd does: the listening socket is descriptor 3, and LISTEN_PID names the process
+    // that exec()s the daemon (the shell's own pid, which `exec` keeps).
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --config {:?}", config.display().to_string()))
+        .arg(env!("CARGO_BIN_EXE_qwenedge"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null());
+    // SAFETY: only dup2/fcntl on this process's descriptors run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec set, so clear it explicitly.
+            let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(child.id());
+    let mut buf = [0u8; 512];
+    let mut messages = Vec::new();
+    while !messages.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = notify.recv(&mut buf).expect("a READY notification");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY means the model is loaded and the passed-in socket answers.
+    let mut c = Client::connect(&activated_path);
+    c.writer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.send(&chat("act", "hello", json!({"max_tokens": 2})));
+    assert_eq!(c.until_terminal("act").last().unwrap()["event"], "done");
+    loop {
+        let n = notify.recv(&mut buf).expect("a watchdog ping");
+        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(activated_path.exists(), "a socket owned by systemd is left in place");
+    assert!(messages.iter().any(|m| m.contains("STATUS=loading")), "{messages:?}");
+}
