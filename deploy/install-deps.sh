@@ -6,6 +6,10 @@ need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+if [ "${1:-}" = test ]; then
+  # systemd-analyze checks the unit files; it works without systemd running.
+  command -v systemd-analyze >/dev/null || need+=(systemd)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
   sudo=""

@@ -146,3 +146,16 @@ fn socket_activation_readiness_and_watchdog() {
     assert!(activated_path.exists(), "a socket owned by systemd is left in place");
     assert!(messages.iter().any(|m| m.contains("STATUS=loading")), "{messages:?}");
 }
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = std::fs::read_to_string(root.join("deploy/config.example.toml")).unwrap();
+    let model = common::model_dir("tiny-a", "int4");
+    let text = example.replace("/var/lib/qwenedge/models/qwen3.5-0.8b-int4", &model.display().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = serve(&config).arg("--print-config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
