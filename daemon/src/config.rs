@@ -15,7 +15,7 @@ pub const DEFAULT_PATH: &str = "/etc/qwenedge/config.toml";
 pub const ENV_PREFIX: &str = "QWENEDGE";
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["socket.allowed_uids", "socket.allowed_gids"];
+const LIST_KEYS: &[&str] = &["socket.allowed_uids", "socket.allowed_gids", "model.execution_providers"];
 
 /// Everything the daemon reads at start (and again on SIGHUP).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,11 +48,28 @@ pub struct ModelSettings {
     /// Prompt tokens per forward pass during prefill (0 = the whole prompt at once). Smaller
     /// chunks let an interactive request start sooner behind a long background prompt.
     pub prefill_chunk_tokens: usize,
+    /// Execution providers in priority order (`qnn`, `xnnpack`, `cuda`, `tensorrt`,
+    /// `openvino`, `acl`, `rknpu`, `nnapi`, `coreml`, `cpu`). Unavailable ones are skipped.
+    pub execution_providers: Vec<String>,
+    /// Refuse to start when a requested provider is unavailable, instead of skipping it.
+    pub strict_providers: bool,
+    /// Options per provider, passed to ONNX Runtime as given
+    /// (`[model.provider_options.qnn] backend_path = "libQnnHtp.so"`).
+    pub provider_options: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        Self { path: None, onnxruntime_library: None, threads: 0, context_length: 0, prefill_chunk_tokens: 0 }
+        Self {
+            path: None,
+            onnxruntime_library: None,
+            threads: 0,
+            context_length: 0,
+            prefill_chunk_tokens: 0,
+            execution_providers: vec!["cpu".into()],
+            strict_providers: false,
+            provider_options: BTreeMap::new(),
+        }
     }
 }
 
@@ -236,6 +253,15 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
             return fail("model.onnxruntime_library", format!("{} does not exist", lib.display()));
         }
     }
+    for name in &s.model.execution_providers {
+        if crate::engine::backend::providers::ort_name(name).is_none() {
+            let known: Vec<&str> = crate::engine::backend::providers::PROVIDERS.iter().map(|(n, _)| *n).collect();
+            return fail("model.execution_providers", format!("unknown provider '{name}' (known: {})", known.join(", ")));
+        }
+    }
+    if let Some(name) = s.model.provider_options.keys().find(|k| !s.model.execution_providers.contains(k)) {
+        return fail(&format!("model.provider_options.{name}"), format!("'{name}' is not in model.execution_providers"));
+    }
     if s.model.threads > 256 {
         return fail("model.threads", format!("{} is more than 256", s.model.threads));
     }
@@ -343,6 +369,10 @@ mod tests {
         let f = write(dir.path(), "[model]\npath = \"/nonexistent/model\"\n");
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("model.path") && e.contains("/nonexistent/model"), "{e}");
+
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\nexecution_providers = [\"npu9000\"]\n"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("model.execution_providers") && e.contains("npu9000"), "{e}");
 
         let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[socket]\nmode = \"0999\"\n"));
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();

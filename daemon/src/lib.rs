@@ -6,6 +6,7 @@
 //! engine never knows which transport asked.
 
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod scheduler;

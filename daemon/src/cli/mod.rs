@@ -3,6 +3,7 @@
 
 mod ask;
 mod bench;
+mod doctor;
 mod generate;
 mod serve;
 
@@ -33,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Ask the running daemon (over its socket) and stream the answer.
     Ask(ask::AskArgs),
+    /// Check this device, the ONNX Runtime library, the socket and the configured model.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Model and runtime options shared by the subcommands that load a model.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Generate(args) => generate::run(args),
                 Command::Bench(args) => bench::run(args),
                 Command::Ask(args) => ask::run(args),
+                Command::Doctor(args) => doctor::run(args),
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

@@ -247,6 +247,16 @@ pub fn load_engine(settings: &Settings) -> Result<Engine, crate::engine::EngineE
         ort: crate::engine::backend::ort::OrtOptions {
             library: settings.model.onnxruntime_library.clone(),
             threads: settings.model.threads,
+            providers: settings
+                .model
+                .execution_providers
+                .iter()
+                .map(|name| crate::engine::backend::providers::ProviderRequest {
+                    name: name.clone(),
+                    options: settings.model.provider_options.get(name).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            strict_providers: settings.model.strict_providers,
             ..Default::default()
         },
     };

@@ -278,7 +278,12 @@ fn reload(shared: &Shared, engine: &mut Option<Engine>, settings: Settings) {
     if old.model.onnxruntime_library != settings.model.onnxruntime_library {
         warn!("model.onnxruntime_library changed; a different ONNX Runtime library needs a restart");
     }
-    let model_changed = old.model.path != settings.model.path || old.model.threads != settings.model.threads;
+    let (a, b) = (&old.model, &settings.model);
+    let model_changed = a.path != b.path
+        || a.threads != b.threads
+        || a.execution_providers != b.execution_providers
+        || a.provider_options != b.provider_options
+        || a.strict_providers != b.strict_providers;
     if model_changed || engine.is_none() {
         info!(model = ?settings.model.path, "loading model");
         // Free the old model first: a board rarely has room for two.

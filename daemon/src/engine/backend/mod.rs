@@ -5,6 +5,7 @@
 //! one, a vendor NPU library) plugs in here without touching sampling, stopping or streaming.
 
 pub mod ort;
+pub mod providers;
 pub mod runtime;
 
 use std::any::Any;
@@ -100,8 +101,10 @@ pub struct BackendInfo {
     pub version: String,
     /// Where the runtime library was loaded from.
     pub library: Option<String>,
-    /// Execution provider in use.
+    /// The execution provider that runs first (`cpu` when no accelerator is active).
     pub execution_provider: String,
+    /// What happened to each requested provider.
+    pub providers: Vec<providers::ProviderReport>,
     /// Intra-op threads.
     pub threads: usize,
 }

@@ -18,6 +18,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+use super::providers::{self, ProviderRequest};
 use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence};
 use crate::engine::onnx::edit;
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
@@ -40,11 +41,23 @@ pub struct OrtOptions {
     /// Use ONNX Runtime's CPU memory arena and memory patterns (off: less resident memory, no
     /// measurable speed difference on the models this engine runs).
     pub memory_arena: bool,
+    /// Execution providers in priority order (empty: CPU only).
+    pub providers: Vec<ProviderRequest>,
+    /// Fail instead of falling back when a requested provider is unavailable.
+    pub strict_providers: bool,
 }
 
 impl Default for OrtOptions {
     fn default() -> Self {
-        Self { library: None, threads: 0, spinning: true, all_logits: false, memory_arena: false }
+        Self {
+            library: None,
+            threads: 0,
+            spinning: true,
+            all_logits: false,
+            memory_arena: false,
+            providers: Vec::new(),
+            strict_providers: false,
+        }
     }
 }
 
@@ -165,6 +178,20 @@ impl OrtBackend {
             .map_err(|e| load_err(e.into()))?
             .with_intra_op_spinning(opts.spinning)
             .map_err(|e| load_err(e.into()))?;
+        let library = rt.path.display().to_string();
+        let (b, reports, primary) = providers::register(builder, &opts.providers, opts.strict_providers, &library).map_err(|(name, why)| {
+            BackendError::Load {
+                path: spec.onnx_path.clone(),
+                msg: format!("execution provider '{name}' is unavailable and model.strict_providers is set: {why}"),
+            }
+        })?;
+        builder = b;
+        for r in &reports {
+            match &r.reason {
+                Some(why) => tracing::warn!(provider = %r.name, reason = %why, "execution provider skipped"),
+                None => tracing::info!(provider = %r.name, "execution provider active"),
+            }
+        }
         if !opts.memory_arena {
             // Without the arena and memory patterns, activations are plain allocations freed
             // after each step instead of a pool sized for the largest prefill ever seen.
@@ -201,7 +228,8 @@ impl OrtBackend {
             name: "onnxruntime",
             version: rt.version.clone(),
             library: Some(rt.path.display().to_string()),
-            execution_provider: "cpu".into(),
+            execution_provider: primary,
+            providers: reports,
             threads: opts.threads,
         };
                 for (data, _) in &spec.data_files {

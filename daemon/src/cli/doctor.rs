@@ -1,0 +1,233 @@
+//! `qwenedge doctor`: what this device is, what ONNX Runtime and providers it has, how hot and
+//! how full it is, whether the socket and the daemon answer and whether the configured model
+//! directory is usable. Human output or `--json`; exit status 1 when a check fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use qwenedge::budget::readers::{self, SysRoot};
+use qwenedge::config::{self, Settings};
+use qwenedge::engine::backend::{providers, runtime};
+use qwenedge::engine::model::ModelSpec;
+use serde_json::{json, Value};
+
+/// Arguments of `qwenedge doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Configuration file (default /etc/qwenedge/config.toml when it exists).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// Read /sys and /proc under this directory (for testing against a recorded tree).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+/// One finding.
+struct Check {
+    name: &'static str,
+    status: &'static str,
+    summary: String,
+    detail: Value,
+}
+
+fn check(name: &'static str, status: &'static str, summary: impl Into<String>, detail: Value) -> Check {
+    Check { name, status, summary: summary.into(), detail }
+}
+
+/// Runs `doctor`.
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let root = SysRoot::new(&args.root);
+    let mut checks = Vec::new();
+    let settings = match config::load(args.config.as_deref(), &config::process_env()) {
+        Ok((s, sources)) => {
+            let from = sources.file.map_or("defaults".into(), |f| f.display().to_string());
+            checks.push(check("config", "ok", format!("valid ({from})"), json!({"file": from})));
+            s
+        }
+        Err(e) => {
+            checks.push(check("config", "error", e.to_string(), json!({"error": e.to_string()})));
+            Settings::default()
+        }
+    };
+    checks.push(system(&root));
+    checks.extend(onnxruntime(&settings));
+    checks.push(thermal(&root));
+    checks.push(memory(&root, &settings));
+    checks.push(socket(&settings));
+    checks.push(check("mqtt", "info", "not configured", json!({"configured": false})));
+    checks.push(model(&settings));
+
+    let failed = checks.iter().any(|c| c.status == "error");
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        let mut obj = serde_json::Map::new();
+        for c in &checks {
+            let mut d = c.detail.clone();
+            if let Value::Object(m) = &mut d {
+                m.insert("status".into(), c.status.into());
+                m.insert("summary".into(), c.summary.clone().into());
+            }
+            obj.insert(c.name.into(), d);
+        }
+        obj.insert("ok".into(), (!failed).into());
+        writeln!(out, "{}", Value::Object(obj))?;
+    } else {
+        for c in &checks {
+            writeln!(out, "[{:^5}] {:<12} {}", c.status, c.name, c.summary)?;
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn system(root: &SysRoot) -> Check {
+    let cpu = readers::cpu_info(root);
+    // SAFETY: uname fills the struct it is given.
+    let kernel = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        (libc::uname(&mut u) == 0).then(|| std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned())
+    };
+    let arch = std::env::consts::ARCH;
+    let summary = match &cpu {
+        Some(c) => format!("{arch}, {} CPUs ({}), features: {}", c.cores, c.model, c.features.join(" ")),
+        None => format!("{arch}, /proc/cpuinfo unreadable"),
+    };
+    check("system", "ok", summary, json!({"arch": arch, "kernel": kernel, "cpu": cpu}))
+}
+
+fn onnxruntime(settings: &Settings) -> Vec<Check> {
+    let explicit = settings.model.onnxruntime_library.as_deref();
+    let rt = match runtime::load(explicit) {
+        Ok(rt) => rt,
+        Err(e) => return vec![check("onnxruntime", "error", e.to_string(), json!({"error": e.to_string()}))],
+    };
+    let available = providers::available();
+    let library = rt.path.display().to_string();
+    let ort = check(
+        "onnxruntime",
+        "ok",
+        format!("{} at {library}; providers: {}", rt.version, available.join(", ")),
+        json!({"library": library, "version": rt.version, "providers": available}),
+    );
+    let requested: Vec<Value> = settings
+        .model
+        .execution_providers
+        .iter()
+        .map(|name| {
+            let ort_name = providers::ort_name(name).unwrap_or("unknown");
+            let present = name == "cpu" || available.iter().any(|a| a == ort_name);
+            json!({"name": name, "available": present})
+        })
+        .collect();
+    let missing: Vec<&str> = requested.iter().filter(|r| r["available"] == false).filter_map(|r| r["name"].as_str()).collect();
+    let (status, summary) = match (missing.is_empty(), settings.model.strict_providers) {
+        (true, _) => ("ok", format!("requested {} all available", settings.model.execution_providers.join(", "))),
+        (false, true) => ("error", format!("{} not in this library and model.strict_providers is set", missing.join(", "))),
+        (false, false) => ("warn", format!("{} not in this library; they will be skipped", missing.join(", "))),
+    };
+    vec![ort, check("providers", status, summary, json!({"requested": requested, "strict": settings.model.strict_providers}))]
+}
+
+fn thermal(root: &SysRoot) -> Check {
+    let zones = readers::thermal_zones(root);
+    let hottest = zones.iter().filter_map(|z| z.temp_c.map(|t| (t, z))).max_by(|a, b| a.0.total_cmp(&b.0));
+    let (status, summary) = match hottest {
+        None => ("info", "no thermal zones readable".to_string()),
+        Some((t, z)) => {
+            let passive = z.trips.iter().find(|p| p.kind == "passive" || p.kind == "hot").map(|p| p.temp_c).unwrap_or(80.0);
+            (if t >= passive { "warn" } else { "ok" }, format!("{} zones, hottest {} ({}) at {t:.1} °C", zones.len(), z.zone, z.kind))
+        }
+    };
+    check("thermal", status, summary, json!({"zones": zones}))
+}
+
+fn memory(root: &SysRoot, settings: &Settings) -> Check {
+    let mem = readers::meminfo(root);
+    let cg = readers::cgroup_memory(root);
+    let psi = readers::pressure(root, "memory");
+    let limit = cg.as_ref().and_then(|c| c.max_mb);
+    let room = match (mem.map(|m| m.available_mb), limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    };
+    let need = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|s| s.weight_bytes() as f64 / (1 << 20) as f64 * 1.9);
+    let (status, summary) = match (room, need) {
+        (Some(r), Some(n)) if n > r => ("warn", format!("{r:.0} MiB available, the model needs about {n:.0} MiB")),
+        (Some(r), _) => ("ok", format!("{r:.0} MiB available{}", limit.map_or(String::new(), |l| format!(" (cgroup limit {l:.0} MiB)")))),
+        (None, _) => ("info", "memory figures unreadable".to_string()),
+    };
+    check("memory", status, summary, json!({"meminfo": mem, "cgroup": cg, "pressure": psi, "model_needs_mb": need}))
+}
+
+fn socket(settings: &Settings) -> Check {
+    let path = settings.socket_path();
+    let shown = path.display().to_string();
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return check("socket", "info", format!("{shown} does not exist (daemon not running)"), json!({"path": shown, "exists": false}));
+    };
+    let detail = json!({
+        "path": shown, "exists": true, "is_socket": meta.file_type().is_socket(),
+        "mode": format!("{:04o}", meta.mode() & 0o7777), "uid": meta.uid(), "gid": meta.gid(),
+    });
+    if !meta.file_type().is_socket() {
+        return check("socket", "error", format!("{shown} exists but is not a socket"), detail);
+    }
+    let mut detail = detail;
+    match daemon_status(&path) {
+        Ok(status) => {
+            let state = status["state"].as_str().unwrap_or("?").to_string();
+            detail["daemon"] = status;
+            check("socket", "ok", format!("{shown}: daemon {state}"), detail)
+        }
+        Err(e) => {
+            detail["error"] = e.to_string().into();
+            check("socket", "warn", format!("{shown}: no answer ({e})"), detail)
+        }
+    }
+}
+
+fn daemon_status(path: &std::path::Path) -> std::io::Result<Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"{\"id\":\"doctor\",\"op\":\"status\"}\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn model(settings: &Settings) -> Check {
+    let Some(path) = &settings.model.path else {
+        return check("model", "error", "model.path is not set", json!({"configured": false}));
+    };
+    match ModelSpec::load(path) {
+        Ok(spec) => check(
+            "model",
+            "ok",
+            format!(
+                "{} ({}): {} layers ({} full attention), {:.0} MiB weights, context {}",
+                path.display(),
+                spec.model_type,
+                spec.layers.len(),
+                spec.full_attention_layers(),
+                spec.weight_bytes() as f64 / (1 << 20) as f64,
+                spec.context_length
+            ),
+            json!({
+                "path": path, "type": spec.model_type, "layers": spec.layers.len(),
+                "full_attention_layers": spec.full_attention_layers(), "weights_mb": spec.weight_bytes() / (1 << 20),
+                "context_length": spec.context_length, "kv_bytes_per_token": spec.kv_bytes_per_token(),
+                "state_bytes": spec.fixed_state_bytes(),
+            }),
+        ),
+        Err(e) => check("model", "error", e.to_string(), json!({"path": path, "error": e.to_string()})),
+    }
+}
