@@ -94,6 +94,8 @@ struct State {
     model: Value,
     served: u64,
     failed: u64,
+    /// Timings of the last completed request.
+    last: Option<crate::api::RequestTimings>,
 }
 
 struct Shared {
@@ -144,6 +146,7 @@ impl Scheduler {
                 model,
                 served: 0,
                 failed: 0,
+                last: None,
             }),
             wake: Condvar::new(),
             heartbeat_ms: AtomicU64::new(0),
@@ -202,6 +205,7 @@ impl Scheduler {
             },
             "running": state.running.iter().map(|(id, p)| json!({"id": id, "priority": p})).collect::<Vec<_>>(),
             "requests": {"done": state.served, "failed": state.failed},
+            "last_request": state.last,
         })
     }
 

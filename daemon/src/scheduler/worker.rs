@@ -261,7 +261,9 @@ fn step(shared: &Shared, engine: Option<&mut Engine>, active: &mut Vec<Active>, 
                 "done"
             );
             a.job.send(EventBody::Done { text: done.text, finish_reason: done.finish_reason, usage: done.usage, timings });
-            shared.lock().served += 1;
+            let mut state = shared.lock();
+            state.served += 1;
+            state.last = Some(timings);
         }
         Err((code, message)) => {
             let a = active.remove(i);
