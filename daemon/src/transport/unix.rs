@@ -44,12 +44,12 @@ pub enum SocketError {
     #[error("socket.group: no group named '{0}'")]
     NoGroup(String),
     /// An I/O failure.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The socket path.
         path: PathBuf,
         /// The failure.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -67,7 +67,7 @@ pub struct BoundSocket {
 /// and applies the configured mode and group.
 pub fn bind(settings: &Settings, activated: Option<std::os::unix::net::UnixListener>) -> Result<BoundSocket, SocketError> {
     let path = settings.socket_path();
-    let io = |source| SocketError::Io { path: path.clone(), source };
+    let io = |error| SocketError::Io { path: path.clone(), error };
     if let Some(listener) = activated {
         listener.set_nonblocking(true).map_err(io)?;
         let path = listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)).unwrap_or(path);

@@ -34,12 +34,12 @@ pub enum ModelError {
         why: &'static str,
     },
     /// A file exists but could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is malformed or inconsistent with the rest of the directory.
     #[error("{path}: {msg}")]
@@ -300,7 +300,7 @@ fn require(dir: &Path, name: &str, why: &'static str) -> Result<PathBuf, ModelEr
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
-    std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|error| ModelError::Read { path: path.to_path_buf(), error })
 }
 
 fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
@@ -439,7 +439,7 @@ fn check_external_data(dir: &Path, onnx: &Path, graph: &GraphSummary) -> Result<
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ModelError::Missing { path, why: "external weights referenced by the graph" })
                 }
-                Err(source) => return Err(ModelError::Read { path, source }),
+                Err(error) => return Err(ModelError::Read { path, error }),
             };
             files.insert(ext.location.clone(), (path, len));
         }
