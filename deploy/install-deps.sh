@@ -9,6 +9,10 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 if [ "${1:-}" = test ]; then
   # systemd-analyze checks the unit files; it works without systemd running.
   command -v systemd-analyze >/dev/null || need+=(systemd)
+  # The MQTT tests start their own Mosquitto brokers on free loopback ports (the package's
+  # system service is not used), and make TLS certificates with openssl.
+  [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
+  command -v openssl >/dev/null || need+=(openssl)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2

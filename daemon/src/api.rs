@@ -118,6 +118,8 @@ pub enum ErrorCode {
 pub struct RequestTimings {
     /// Waiting in the queue (ms).
     pub queue_ms: f64,
+    /// Loading the model first, when it had been unloaded (ms; 0 otherwise).
+    pub load_ms: f64,
     /// Prompt processing (ms).
     pub prefill_ms: f64,
     /// Arrival to the first generated token (ms).

@@ -29,6 +29,10 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// Process lifecycle.
     pub service: ServiceSettings,
+    /// Thermal and memory budgets.
+    pub budget: crate::budget::BudgetSettings,
+    /// The MQTT transport.
+    pub mqtt: crate::transport::mqtt::MqttSettings,
 }
 
 /// `[model]`
@@ -276,6 +280,12 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
     }
     if s.socket.path.as_ref().is_some_and(|p| p.as_os_str().len() > 107) {
         return fail("socket.path", "is longer than a Unix socket path may be (107 bytes)".into());
+    }
+    if let Err((key, msg)) = s.budget.validate() {
+        return fail(&key, msg);
+    }
+    if let Err((key, msg)) = s.mqtt.validate() {
+        return fail(&key, msg);
     }
     if s.scheduler.queue_capacity == 0 {
         return fail("scheduler.queue_capacity", "must be at least 1".into());

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod mqtt;
 
 use std::path::{Path, PathBuf};
 

@@ -55,7 +55,7 @@ pub struct ThermalZone {
 }
 
 fn millidegrees(s: &str) -> Option<f64> {
-    s.trim().parse::<f64>().ok().map(|m| m / 1000.0)
+    s.trim().parse::<f64>().ok().filter(|m| m.is_finite()).map(|m| m / 1000.0)
 }
 
 /// Every thermal zone, sorted by name.
@@ -111,7 +111,7 @@ pub fn meminfo(root: &SysRoot) -> Option<MemInfo> {
     let text = root.read("/proc/meminfo")?;
     let field = |name: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
-        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok().filter(|v: &f64| v.is_finite())?;
         Some(kb / 1024.0)
     };
     Some(MemInfo { total_mb: field("MemTotal:")?, available_mb: field("MemAvailable:")? })
@@ -143,7 +143,7 @@ pub fn cgroup_memory(root: &SysRoot) -> Option<CgroupMemory> {
         if v == "max" {
             return None;
         }
-        v.parse::<f64>().ok().map(|b| b / (1024.0 * 1024.0))
+        v.parse::<f64>().ok().filter(|b| b.is_finite()).map(|b| b / (1024.0 * 1024.0))
     };
     let oom_kills = root.read(dir.join("memory.events")).and_then(|t| {
         t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
@@ -165,7 +165,7 @@ pub fn pressure(root: &SysRoot, resource: &str) -> Option<Pressure> {
     let text = root.read(format!("/proc/pressure/{resource}"))?;
     let avg10 = |prefix: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.starts_with(prefix))?;
-        line.split_whitespace().find_map(|f| f.strip_prefix("avg10="))?.parse().ok()
+        line.split_whitespace().find_map(|f| f.strip_prefix("avg10="))?.parse().ok().filter(|v: &f64| v.is_finite())
     };
     Some(Pressure { some_avg10: avg10("some")?, full_avg10: avg10("full") })
 }

@@ -1,6 +1,7 @@
 //! `qwenedge doctor`: what this device is, what ONNX Runtime and providers it has, how hot and
-//! how full it is, whether the socket and the daemon answer and whether the configured model
-//! directory is usable. Human output or `--json`; exit status 1 when a check fails.
+//! how full it is, whether the socket and the daemon answer, whether the MQTT broker accepts a
+//! connection and whether the configured model directory is usable. Human output or `--json`;
+//! exit status 1 when a check fails.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -60,7 +61,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     checks.push(thermal(&root));
     checks.push(memory(&root, &settings));
     checks.push(socket(&settings));
-    checks.push(check("mqtt", "info", "not configured", json!({"configured": false})));
+    checks.push(mqtt(&settings));
     checks.push(model(&settings));
 
     let failed = checks.iter().any(|c| c.status == "error");
@@ -202,6 +203,28 @@ fn daemon_status(path: &std::path::Path) -> std::io::Result<Value> {
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn mqtt(settings: &Settings) -> Check {
+    let m = &settings.mqtt;
+    if !m.enabled {
+        return check("mqtt", "info", "not configured", json!({"configured": false}));
+    }
+    let detail = |reachable: bool, error: Option<String>| {
+        json!({
+            "configured": true, "url": m.url, "client_id": m.client(), "device_id": m.device(),
+            "protocol_version": m.protocol_version, "reachable": reachable, "error": error,
+        })
+    };
+    let probe = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(qwenedge::transport::mqtt::probe(m, Duration::from_secs(5))).map_err(|e| e.to_string()));
+    match probe {
+        Ok(()) => check("mqtt", "ok", format!("{} accepts client {}", m.url, m.client()), detail(true, None)),
+        Err(e) => check("mqtt", "warn", format!("{}: {e}", m.url), detail(false, Some(e))),
+    }
 }
 
 fn model(settings: &Settings) -> Check {

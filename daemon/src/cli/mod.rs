@@ -3,8 +3,10 @@
 
 mod ask;
 mod bench;
+mod bench_thermal;
 mod doctor;
 mod generate;
+mod mqtt_forget;
 mod serve;
 
 use std::path::PathBuf;
@@ -30,12 +32,16 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Simulate a board heating up under load, with and without the thermal governor.
+    BenchThermal(bench_thermal::BenchThermalArgs),
     /// Run the daemon: load the model and serve requests on the Unix socket.
     Serve(serve::ServeArgs),
     /// Ask the running daemon (over its socket) and stream the answer.
     Ask(ask::AskArgs),
     /// Check this device, the ONNX Runtime library, the socket and the configured model.
     Doctor(doctor::DoctorArgs),
+    /// Remove this device's Home Assistant discovery entries from the MQTT broker.
+    MqttForget(mqtt_forget::MqttForgetArgs),
 }
 
 /// Model and runtime options shared by the subcommands that load a model.
@@ -96,8 +102,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 Command::Generate(args) => generate::run(args),
                 Command::Bench(args) => bench::run(args),
+                Command::BenchThermal(args) => bench_thermal::run(args),
                 Command::Ask(args) => ask::run(args),
                 Command::Doctor(args) => doctor::run(args),
+                Command::MqttForget(args) => mqtt_forget::run(args),
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

@@ -1,6 +1,8 @@
-//! `qwenedge serve`: configuration → model → socket → READY, then serve until a signal.
-//! SIGTERM drains (running requests get the grace period), SIGINT stops at once, SIGHUP reloads
-//! the configuration. Any start-up failure is one line and exit status 1, before READY.
+//! `qwenedge serve`: configuration → model → socket → MQTT (when enabled) → READY, then serve
+//! until a signal. SIGTERM drains (running requests get the grace period), SIGINT stops at once,
+//! SIGHUP reloads the configuration. Any start-up failure is one line and exit status 1, before
+//! READY. The MQTT transport closes last, once the engine has stopped, so the final events
+//! still go out.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,10 +11,15 @@ use anyhow::Context;
 use clap::Args;
 use qwenedge::config;
 use qwenedge::scheduler::{self, Scheduler};
+use qwenedge::budget::monitor::{self, MonitorHandle};
 use qwenedge::service;
+use qwenedge::transport::mqtt::MqttTransport;
 use qwenedge::transport::unix::{self, Lifecycle};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
+
+/// How long the last MQTT events may take to reach the broker after the engine stopped.
+const MQTT_CLOSE: Duration = Duration::from_secs(5);
 
 /// Arguments of `qwenedge serve`.
 #[derive(Debug, Args)]
@@ -39,8 +46,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine = scheduler::load_engine(&settings)?;
     let socket = unix::bind(&settings, activated)?;
     let (scheduler, stopped) = Scheduler::start(engine, settings.clone()).context("starting the engine thread")?;
+    let mut budget = budget_monitor(&scheduler, &settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(serve(&socket, scheduler, stopped, args.config));
+    let result = runtime.block_on(serve(&socket, scheduler, stopped, args.config, &mut budget));
     socket.remove();
     service::notify("STATUS=stopped");
     result
@@ -51,6 +59,7 @@ async fn serve(
     scheduler: Scheduler,
     mut stopped: scheduler::Stopped,
     config_path: Option<PathBuf>,
+    budget: &mut MonitorHandle,
 ) -> anyhow::Result<()> {
     let (life_tx, life_rx) = tokio::sync::watch::channel(Lifecycle::Running);
     let server = unix::serve(socket, scheduler.clone(), life_rx);
@@ -61,6 +70,10 @@ async fn serve(
     let watchdog = service::watchdog_interval();
     let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = Duration::from_millis(scheduler.settings().service.shutdown_grace_ms);
+    let mqtt = match scheduler.settings().mqtt.enabled {
+        true => Some(MqttTransport::start(scheduler.clone()).context("MQTT")?),
+        false => None,
+    };
     info!(socket = %socket.path.display(), "ready");
     service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
     let mut server_done = false;
@@ -83,6 +96,10 @@ async fn serve(
                     Ok((settings, _)) => {
                         info!("SIGHUP: reloading the configuration");
                         service::notify("STATUS=reloading the configuration");
+                        match budget_monitor(&scheduler, &settings) {
+                            Ok(m) => *budget = m,
+                            Err(e) => error!(error = %e, "restarting the budget monitor failed"),
+                        }
                         scheduler.reload(settings);
                     }
                     Err(e) => error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the current one"),
@@ -107,9 +124,19 @@ async fn serve(
         }
     }
     let _ = life_tx.send(Lifecycle::Closing);
+    if let Some(mqtt) = mqtt {
+        mqtt.close(MQTT_CLOSE).await;
+    }
     if !server_done {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     info!("stopped");
     Ok(())
+}
+
+/// Starts the thermal/memory sensor thread feeding the scheduler (replacing the previous one
+/// when the returned handle is swapped in and the old one dropped).
+fn budget_monitor(scheduler: &Scheduler, settings: &config::Settings) -> anyhow::Result<MonitorHandle> {
+    let sink = scheduler.clone();
+    monitor::spawn(settings.budget.clone(), move |state| sink.set_budget(state)).context("starting the budget monitor")
 }

@@ -5,6 +5,7 @@
 //! so the engine never knows which transport asked.
 
 mod admission;
+mod job;
 mod queue;
 mod worker;
 
@@ -96,6 +97,10 @@ struct State {
     failed: u64,
     /// Timings of the last completed request.
     last: Option<crate::api::RequestTimings>,
+    /// The governors' latest decision.
+    budget: crate::budget::BudgetState,
+    /// Whether a model is loaded (false after an idle unload or a failed load).
+    loaded: bool,
 }
 
 struct Shared {
@@ -147,6 +152,8 @@ impl Scheduler {
                 served: 0,
                 failed: 0,
                 last: None,
+                budget: Default::default(),
+                loaded: true,
             }),
             wake: Condvar::new(),
             heartbeat_ms: AtomicU64::new(0),
@@ -169,6 +176,7 @@ impl Scheduler {
             draining: state.phase == Phase::Draining || state.phase == Phase::Stopped,
             waiting: state.queue.len(),
             capacity: state.settings.scheduler.queue_capacity,
+            budget: &state.budget,
         };
         if let Err(refusal) = admit(job.request.priority, &view) {
             return Err((job, refusal));
@@ -206,7 +214,20 @@ impl Scheduler {
             "running": state.running.iter().map(|(id, p)| json!({"id": id, "priority": p})).collect::<Vec<_>>(),
             "requests": {"done": state.served, "failed": state.failed},
             "last_request": state.last,
+            "model_loaded": state.loaded,
+            "budget": state.budget,
         })
+    }
+
+    /// Takes the governors' latest reading; wakes the engine thread when its level changes.
+    pub fn set_budget(&self, budget: crate::budget::BudgetState) {
+        let mut state = self.shared.lock();
+        let changed = state.budget.level != budget.level || state.budget.under_pressure != budget.under_pressure;
+        state.budget = budget;
+        drop(state);
+        if changed {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The loaded model, for `models`.
@@ -244,9 +265,38 @@ impl Scheduler {
     }
 }
 
-/// Loads the engine the settings describe.
-pub fn load_engine(settings: &Settings) -> Result<Engine, crate::engine::EngineError> {
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The files or the runtime failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The model does not fit in the memory the device leaves.
+    #[error("{0}")]
+    Memory(String),
+}
+
+/// Loads the engine the settings describe, after checking that it fits in memory.
+pub fn load_engine(settings: &Settings) -> Result<Engine, LoadError> {
     let path = settings.model.path.clone().unwrap_or_default();
+    let spec = crate::engine::model::ModelSpec::load(&path).map_err(crate::engine::EngineError::from)?;
+    let context = match settings.model.context_length {
+        0 => spec.context_length,
+        n => n.min(spec.context_length),
+    };
+    let estimate = crate::budget::memory::model_estimate(&spec, context);
+    let root = crate::budget::readers::SysRoot::new(&settings.budget.root);
+    let room = crate::budget::memory::room(&root, settings.budget.memory_reserve_mb);
+    if room.room_mb.is_some_and(|free| estimate.total_mb > free) {
+        let mut msg = format!("{}: the model needs {estimate}, but {room}", path.display());
+        if let Some(hot) = &settings.budget.hot_model {
+            msg.push_str(&format!("; a smaller variant is configured (budget.hot_model = {}): point model.path at it", hot.display()));
+        }
+        if context > 4096 {
+            msg.push_str(&format!("; a lower model.context_length (now {context}) shrinks the KV cache"));
+        }
+        return Err(LoadError::Memory(msg));
+    }
     let opts = crate::engine::EngineOptions {
         ort: crate::engine::backend::ort::OrtOptions {
             library: settings.model.onnxruntime_library.clone(),
@@ -264,5 +314,5 @@ pub fn load_engine(settings: &Settings) -> Result<Engine, crate::engine::EngineE
             ..Default::default()
         },
     };
-    Engine::load(path, &opts)
+    Ok(Engine::load(path, &opts)?)
 }

@@ -1,41 +1,40 @@
 //! The engine thread: picks the next unit of work under the lock, does it outside the lock.
+//!
 //! Policy: a running interactive generation, else a waiting interactive one, else background
-//! work. At most one generation per class is in flight, so a paused background generation
-//! holds one sequence of state while an interactive request runs.
+//! work — unless the device is warm or hotter, when background work waits. At most one
+//! generation per class is in flight, so a paused background generation holds one sequence of
+//! state while an interactive request runs. The thread also owns the model's lifecycle:
+//! reloads on SIGHUP, the switch to the hot-weather model, unloading when idle and loading
+//! again on the next request.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
-use super::{load_engine, Job, Phase, Shared, State};
-use crate::api::{ErrorCode, EventBody, Priority, Prompt, RequestTimings};
+use super::job::{self, context_length, Active, Pacer};
+use super::{load_engine, Phase, Shared, State};
+use crate::api::{ErrorCode, Priority};
+use crate::budget::ThermalLevel;
 use crate::config::Settings;
-use crate::engine::chat::ChatInput;
-use crate::engine::generate::{Decoder, GenerateParams, Step};
 use crate::engine::Engine;
 
 /// How long the worker sleeps without work before it checks deadlines and beats again.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
-struct Active {
-    job: Job,
-    decoder: Decoder,
-    started: Instant,
-    deadline: Option<Instant>,
-}
-
 enum Work {
     Step(usize),
-    Start(Job),
+    Start(super::Job),
     Reload(Settings),
+    Swap(PathBuf),
+    Unload,
 }
 
 /// What `status`/`models` report about the loaded model.
 pub(super) fn describe(engine: &Engine, settings: &Settings) -> Value {
     let spec = &engine.spec;
-    let backend = engine.backend_info();
     json!({
         "id": spec.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
         "path": spec.dir,
@@ -46,83 +45,139 @@ pub(super) fn describe(engine: &Engine, settings: &Settings) -> Value {
         "full_attention_layers": spec.full_attention_layers(),
         "weights_mb": spec.weight_bytes() / (1 << 20),
         "chat_template": engine.has_chat_template(),
-        "backend": backend,
+        "backend": engine.backend_info(),
     })
 }
 
-fn context_length(engine: &Engine, settings: &Settings) -> usize {
-    match settings.model.context_length {
-        0 => engine.spec.context_length,
-        n => n.min(engine.spec.context_length),
+/// The model directory the budget wants: the hot-weather model while hot, else the configured.
+fn wanted_model(state: &State) -> Option<PathBuf> {
+    let b = &state.settings.budget;
+    match (&b.hot_model, state.budget.level >= ThermalLevel::Hot) {
+        (Some(hot), true) => Some(hot.clone()),
+        _ => state.settings.model.path.clone(),
     }
 }
 
 /// The worker loop; returns when draining has finished.
 pub(super) fn run(shared: &Shared, engine: Engine) {
     let mut engine = Some(engine);
+    let mut loaded_path = engine.as_ref().map(|e| e.spec.dir.clone());
     let mut active: Vec<Active> = Vec::new();
+    let mut pacer = Pacer::default();
+    let mut last_busy = Instant::now();
     loop {
         shared.beat();
-        let work = {
+        let (work, level, duty) = {
             let mut state = shared.lock();
             loop {
-                settle_queue(&mut state);
+                settle(&mut state, &mut active);
                 let draining = state.phase == Phase::Draining;
-                if draining && state.grace_until.is_some_and(|t| Instant::now() >= t) {
-                    for a in active.drain(..) {
-                        a.job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
-                    }
-                }
                 if draining && active.is_empty() && state.queue.is_empty() {
                     state.running.clear();
                     return;
                 }
+                let level = state.budget.level;
+                let duty = if level >= ThermalLevel::Warm { state.settings.budget.warm_duty_cycle } else { 1.0 };
                 if active.is_empty() && !draining {
                     if let Some(settings) = state.reload.take() {
-                        break Work::Reload(settings);
+                        break (Work::Reload(settings), level, duty);
+                    }
+                    let wanted = wanted_model(&state);
+                    if engine.is_some() && wanted.is_some() && wanted != loaded_path {
+                        break (Work::Swap(wanted.unwrap_or_default()), level, duty);
+                    }
+                    let idle = state.settings.budget.idle_unload_s;
+                    if idle > 0 && engine.is_some() && state.queue.is_empty() && last_busy.elapsed() >= Duration::from_secs(idle) {
+                        break (Work::Unload, level, duty);
                     }
                 }
-                if let Some(work) = pick(&mut state, &active) {
-                    break work;
+                if let Some(work) = pick(&mut state, &active, level) {
+                    break (work, level, duty);
                 }
                 let timeout = state.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(Instant::now()).min(IDLE_TICK));
                 state = shared.wake.wait_timeout(state, timeout).unwrap_or_else(|p| p.into_inner()).0;
                 shared.beat();
             }
         };
-        match work {
+        let busy = match work {
             Work::Reload(settings) => {
-                shared.lock().phase = Phase::Loading;
-                reload(shared, &mut engine, settings);
-                let mut state = shared.lock();
-                if state.phase == Phase::Loading {
-                    state.phase = Phase::Ready;
-                }
+                reload(shared, &mut engine, &mut loaded_path, settings);
+                Duration::ZERO
+            }
+            Work::Swap(path) => {
+                let settings = shared.lock().settings.clone();
+                info!(model = %path.display(), ?level, "switching model for the thermal level");
+                swap(shared, &mut engine, &mut loaded_path, &settings, path);
+                Duration::ZERO
+            }
+            Work::Unload => {
+                info!("unloading the model after being idle");
+                engine = None;
+                loaded_path = None;
+                shared.lock().loaded = false;
+                Duration::ZERO
             }
             Work::Start(job) => {
-                let settings = shared.lock().settings.clone();
-                if let Some(a) = start(engine.as_mut(), &settings, job) {
-                    active.push(a);
-                    let i = active.len() - 1;
-                    step(shared, engine.as_mut(), &mut active, i);
+                let (settings, budget, wanted) = {
+                    let state = shared.lock();
+                    (state.settings.clone(), state.budget.clone(), wanted_model(&state))
+                };
+                let mut load_ms = 0.0;
+                if engine.is_none() {
+                    let began = Instant::now();
+                    swap(shared, &mut engine, &mut loaded_path, &settings, wanted.unwrap_or_default());
+                    load_ms = began.elapsed().as_secs_f64() * 1e3;
+                }
+                match engine.as_mut() {
+                    None => {
+                        shared.lock().failed += 1;
+                        job.fail(ErrorCode::ModelError, "no model is loaded (loading it failed; see the daemon log)");
+                        Duration::ZERO
+                    }
+                    Some(e) => match job::start(e, &settings, &budget, job, load_ms) {
+                        Ok(a) => {
+                            active.push(a);
+                            let i = active.len() - 1;
+                            job::step(shared, engine.as_mut(), &mut active, i)
+                        }
+                        Err((job, code, message)) => {
+                            shared.lock().failed += 1;
+                            job.fail(code, message);
+                            Duration::ZERO
+                        }
+                    },
                 }
             }
-            Work::Step(i) => step(shared, engine.as_mut(), &mut active, i),
+            Work::Step(i) => job::step(shared, engine.as_mut(), &mut active, i),
+        };
+        last_busy = Instant::now();
+        let sleep = pacer.after(busy, duty);
+        if !sleep.is_zero() {
+            let began = Instant::now();
+            std::thread::sleep(sleep);
+            pacer.slept(began.elapsed());
         }
         let mut state = shared.lock();
         state.running = active.iter().map(|a| (a.job.id.clone(), a.job.request.priority)).collect();
     }
 }
 
-/// Answers queued jobs that were cancelled or whose deadline passed, and all of them when
-/// draining.
-fn settle_queue(state: &mut State) {
+/// Answers what must end now: queued jobs that were cancelled, timed out, or arrive while
+/// draining or critically hot; running jobs past the grace period or while critically hot.
+fn settle(state: &mut State, active: &mut Vec<Active>) {
     let now = Instant::now();
     let default_deadline = state.settings.scheduler.default_deadline_ms;
     let draining = state.phase == Phase::Draining;
-    for job in state.queue.take_where(|j| draining || j.cancel.load(Ordering::Relaxed) || deadline(j, default_deadline).is_some_and(|d| now >= d)) {
+    let critical = state.budget.level == ThermalLevel::Critical;
+    let temp = state.budget.temperature_c.map_or(String::new(), |t| format!(" ({t:.1} °C)"));
+    let ended = state.queue.take_where(|j| {
+        draining || critical || j.cancel.load(Ordering::Relaxed) || job::deadline(j, default_deadline).is_some_and(|d| now >= d)
+    });
+    for job in ended {
         if draining {
             job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
+        } else if critical {
+            job.fail(ErrorCode::Thermal, format!("the device is critically hot{temp}"));
         } else if job.cancel.load(Ordering::Relaxed) {
             job.fail(ErrorCode::Cancelled, "cancelled while queued");
         } else {
@@ -130,17 +185,25 @@ fn settle_queue(state: &mut State) {
         }
         state.failed += 1;
     }
-}
-
-fn deadline(job: &Job, default_ms: u64) -> Option<Instant> {
-    match job.request.deadline_ms.unwrap_or(default_ms) {
-        0 => None,
-        ms => Some(job.received + Duration::from_millis(ms)),
+    let grace_over = draining && state.grace_until.is_some_and(|t| now >= t);
+    if grace_over || critical {
+        for a in active.drain(..) {
+            let (code, message) = if grace_over {
+                (ErrorCode::ShuttingDown, "the daemon is shutting down".to_string())
+            } else {
+                (ErrorCode::Thermal, format!("stopped: the device is critically hot{temp}"))
+            };
+            a.job.fail(code, message);
+            state.failed += 1;
+        }
     }
 }
 
-fn pick(state: &mut State, active: &[Active]) -> Option<Work> {
+fn pick(state: &mut State, active: &[Active], level: ThermalLevel) -> Option<Work> {
     for priority in [Priority::Interactive, Priority::Background] {
+        if priority == Priority::Background && level >= ThermalLevel::Warm {
+            break;
+        }
         if let Some(i) = active.iter().position(|a| a.job.request.priority == priority) {
             return Some(Work::Step(i));
         }
@@ -151,131 +214,36 @@ fn pick(state: &mut State, active: &[Active]) -> Option<Work> {
     None
 }
 
-/// Renders and tokenizes the prompt and creates the decoder; answers the job on failure.
-fn start(engine: Option<&mut Engine>, settings: &Settings, job: Job) -> Option<Active> {
-    let Some(engine) = engine else {
-        job.fail(ErrorCode::ModelError, "no model is loaded (the last load failed; see the daemon log)");
-        return None;
-    };
-    let req = &job.request;
-    let text = match &req.prompt {
-        Prompt::Text(t) => t.clone(),
-        Prompt::Chat { messages, tools, thinking } => {
-            let input = ChatInput {
-                messages: messages.clone(),
-                tools: tools.clone(),
-                add_generation_prompt: true,
-                enable_thinking: Some(*thinking),
-            };
-            match engine.render_chat(&input) {
-                Ok(t) => t,
-                Err(e) => {
-                    job.fail(ErrorCode::BadRequest, e.to_string());
-                    return None;
-                }
-            }
-        }
-    };
-    let prompt = match engine.tokenizer.encode(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            job.fail(ErrorCode::BadRequest, e.to_string());
-            return None;
-        }
-    };
-    let s = &settings.scheduler;
-    let params = GenerateParams {
-        max_tokens: req.max_tokens.unwrap_or(s.default_max_tokens).min(s.max_tokens_limit),
-        stop: req.stop.clone(),
-        sampling: req.sampling.clone(),
-        prefill_chunk: settings.model.prefill_chunk_tokens,
-    };
-    let seq = match engine.new_sequence() {
-        Ok(seq) => seq,
-        Err(e) => {
-            job.fail(ErrorCode::ModelError, e.to_string());
-            return None;
-        }
-    };
-    let eos = engine.spec.eos_token_ids.clone();
-    match Decoder::new(seq, prompt, params, eos, context_length(engine, settings)) {
-        Ok(decoder) => {
-            let deadline = deadline(&job, s.default_deadline_ms);
-            Some(Active { job, decoder, started: Instant::now(), deadline })
-        }
-        Err(e) => {
-            job.fail(ErrorCode::BadRequest, e.to_string());
-            None
-        }
-    }
-}
-
-/// One unit of work for `active[i]`; removes it when it ends.
-fn step(shared: &Shared, engine: Option<&mut Engine>, active: &mut Vec<Active>, i: usize) {
-    let a = &mut active[i];
-    let _span = info_span!("request", id = %a.job.id).entered();
-    let outcome = if a.job.cancel.load(Ordering::Relaxed) {
-        Err((ErrorCode::Cancelled, "cancelled".to_string()))
-    } else if a.deadline.is_some_and(|d| Instant::now() >= d) {
-        let n = a.decoder.completion().usage.completion_tokens;
-        Err((ErrorCode::Timeout, format!("the deadline passed after {n} generated tokens")))
-    } else if let Some(engine) = engine {
-        match engine.step(&mut a.decoder) {
-            Ok(Step::Prefilled { .. }) => Ok(false),
-            Ok(Step::Token { piece, .. }) => {
-                if a.job.request.stream && !piece.is_empty() && !a.job.send(EventBody::Token { text: piece }) {
-                    a.job.cancel.store(true, Ordering::Relaxed);
-                }
-                Ok(false)
-            }
-            Ok(Step::Finished { tail, .. }) => {
-                if a.job.request.stream && !tail.is_empty() {
-                    a.job.send(EventBody::Token { text: tail });
-                }
-                Ok(true)
-            }
-            Err(e) => Err((ErrorCode::ModelError, e.to_string())),
-        }
-    } else {
-        Err((ErrorCode::ModelError, "no model is loaded".to_string()))
-    };
-    match outcome {
-        Ok(false) => {}
-        Ok(true) => {
-            let a = active.remove(i);
-            let done = a.decoder.completion();
-            let queue_ms = (a.started - a.job.received).as_secs_f64() * 1e3;
-            let timings = RequestTimings {
-                queue_ms,
-                prefill_ms: done.timings.prefill_ms,
-                ttft_ms: queue_ms + done.timings.ttft_ms,
-                decode_tok_s: done.timings.decode_tok_s,
-                total_ms: a.job.received.elapsed().as_secs_f64() * 1e3,
-            };
-            info!(
-                finish = ?done.finish_reason,
-                prompt_tokens = done.usage.prompt_tokens,
-                completion_tokens = done.usage.completion_tokens,
-                ttft_ms = timings.ttft_ms as u64,
-                decode_tok_s = done.timings.decode_tok_s as u64,
-                "done"
-            );
-            a.job.send(EventBody::Done { text: done.text, finish_reason: done.finish_reason, usage: done.usage, timings });
+/// Loads `path` under `settings` in place of the current model (freed first: a board rarely
+/// has room for two). On failure the slot stays empty and the next request tries again.
+fn swap(shared: &Shared, engine: &mut Option<Engine>, loaded: &mut Option<PathBuf>, settings: &Settings, path: PathBuf) {
+    shared.lock().phase = Phase::Loading;
+    *engine = None;
+    let mut target = settings.clone();
+    target.model.path = Some(path.clone());
+    match load_engine(&target) {
+        Ok(e) => {
             let mut state = shared.lock();
-            state.served += 1;
-            state.last = Some(timings);
+            state.model = describe(&e, settings);
+            state.loaded = true;
+            *engine = Some(e);
+            *loaded = Some(path);
         }
-        Err((code, message)) => {
-            let a = active.remove(i);
-            info!(?code, %message, "failed");
-            a.job.fail(code, message);
-            shared.lock().failed += 1;
+        Err(err) => {
+            warn!(error = %err, model = %path.display(), "loading the model failed");
+            shared.lock().loaded = false;
+            *loaded = None;
         }
+    }
+    let mut state = shared.lock();
+    if state.phase == Phase::Loading {
+        state.phase = Phase::Ready;
     }
 }
 
-/// Applies new settings; loads another model when the model settings changed.
-fn reload(shared: &Shared, engine: &mut Option<Engine>, settings: Settings) {
+/// Applies new settings; loads another model when the model settings changed, falling back to
+/// the previous model if the new one does not load.
+fn reload(shared: &Shared, engine: &mut Option<Engine>, loaded: &mut Option<PathBuf>, settings: Settings) {
     let old = shared.lock().settings.clone();
     if old.model.onnxruntime_library != settings.model.onnxruntime_library {
         warn!("model.onnxruntime_library changed; a different ONNX Runtime library needs a restart");
@@ -286,31 +254,18 @@ fn reload(shared: &Shared, engine: &mut Option<Engine>, settings: Settings) {
         || a.execution_providers != b.execution_providers
         || a.provider_options != b.provider_options
         || a.strict_providers != b.strict_providers;
+    shared.lock().settings = settings.clone();
     if model_changed || engine.is_none() {
-        info!(model = ?settings.model.path, "loading model");
-        // Free the old model first: a board rarely has room for two.
-        *engine = None;
-        match load_engine(&settings) {
-            Ok(e) => *engine = Some(e),
-            Err(err) => {
-                warn!(error = %err, "loading the new model failed; going back to the previous one");
-                match load_engine(&old) {
-                    Ok(e) => *engine = Some(e),
-                    Err(err) => warn!(error = %err, "reloading the previous model failed too"),
-                }
-                let mut state = shared.lock();
-                state.settings = Settings { model: old.model.clone(), ..settings };
-                if let Some(e) = engine.as_ref() {
-                    state.model = describe(e, &state.settings);
-                }
-                return;
-            }
+        info!(model = ?settings.model.path, "loading the model");
+        swap(shared, engine, loaded, &settings, settings.model.path.clone().unwrap_or_default());
+        if engine.is_none() {
+            warn!("going back to the previous model");
+            swap(shared, engine, loaded, &old, old.model.path.clone().unwrap_or_default());
+            shared.lock().settings = Settings { model: old.model.clone(), ..settings };
+            return;
         }
+    } else if let Some(e) = engine.as_ref() {
+        shared.lock().model = describe(e, &settings);
     }
-    let mut state = shared.lock();
-    if let Some(e) = engine.as_ref() {
-        state.model = describe(e, &settings);
-    }
-    state.settings = settings;
     info!("configuration reloaded");
 }

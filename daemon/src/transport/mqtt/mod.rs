@@ -1,0 +1,174 @@
+//! The MQTT transport: requests on `qwenedge/<device>/request` (and, in a fleet, a shared
+//! subscription to `qwenedge/fleet/request`) in the socket's JSON, events back to a reply
+//! topic, a retained status topic with a last will, Hermes NLU answers and Home Assistant
+//! discovery. Like the socket transport it only turns messages into typed scheduler jobs and
+//! events back into messages.
+//!
+//! Delivery: the daemon keeps a persistent session and its own [`outbox`] of unacknowledged
+//! publishes that is re-sent after every reconnect; redelivered requests are recognised by
+//! their id and reply topic and run once. The pieces: [`settings`] (`[mqtt]`, topics),
+//! [`link`] (rumqttc, TLS, reconnect pacing with [`backoff`]), [`session`] (the loop),
+//! [`request`] (payload → request + reply topic), [`outbox`], [`status`], [`hermes`],
+//! [`discovery`].
+
+pub mod backoff;
+pub mod discovery;
+pub mod hermes;
+pub mod link;
+pub mod outbox;
+pub mod request;
+mod session;
+pub mod settings;
+pub mod status;
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+pub use settings::{MqttSettings, ProtocolVersion};
+
+use crate::scheduler::Scheduler;
+use link::{LinkEvent, LinkOptions};
+use outbox::{Message, Outbox};
+
+/// What can go wrong setting up or using the MQTT connection.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A setting's contents are unusable (certificate, key).
+    #[error("{key}: {message}")]
+    Setting {
+        /// The key, `mqtt.…`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file named by a setting cannot be read (the message names the key).
+    #[error("{0}")]
+    File(String),
+    /// rustls refused the TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// rumqttc refused a request (its queue is full or closed).
+    #[error("MQTT client: {0}")]
+    Client(String),
+    /// The broker could not be reached or refused the connection.
+    #[error("{0}")]
+    Broker(String),
+    /// No CONNACK or acknowledgements in time.
+    #[error("no answer from the broker within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The running MQTT transport.
+#[derive(Debug)]
+pub struct MqttTransport {
+    close: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl MqttTransport {
+    /// Starts the transport with `[mqtt]` of the scheduler's settings; it connects in the
+    /// background and keeps reconnecting. Fails at once only when the settings are unusable
+    /// (unreadable password file, bad certificates). Must run inside a tokio runtime.
+    pub fn start(scheduler: Scheduler) -> Result<Self, MqttError> {
+        let settings = scheduler.settings().mqtt;
+        let topics = settings.topics();
+        let will = (topics.status.clone(), serde_json::to_vec(&status::offline(&topics.device)).unwrap_or_default());
+        let opts = LinkOptions { client_id: settings.client(), persistent: true, will: Some(will) };
+        let (client, link) = link::open(&settings, &opts)?;
+        tracing::info!(url = %settings.url, client_id = %opts.client_id, device = %topics.device, "MQTT transport starting");
+        let (close, closing) = oneshot::channel();
+        let session = session::Session::new(settings, topics, client, scheduler);
+        let task = tokio::spawn(session.run(link, closing));
+        Ok(Self { close: Some(close), task })
+    }
+
+    /// Delivers what is still in the outbox (the scheduler has finished, so nothing more
+    /// comes), publishes `offline`, disconnects cleanly. Gives up after `within` when the
+    /// broker is unreachable.
+    pub async fn close(mut self, within: Duration) {
+        if let Some(c) = self.close.take() {
+            let _ = c.send(());
+        }
+        if tokio::time::timeout(within, &mut self.task).await.is_err() {
+            warn!(within_ms = within.as_millis() as u64, "MQTT: the broker did not take the last messages in time; closing anyway");
+            self.task.abort();
+        }
+    }
+}
+
+/// Connects once with a clean session under `<client id>-<suffix>` and waits for CONNACK.
+async fn connect_once(settings: &MqttSettings, suffix: &str, within: Duration) -> Result<(link::Client, tokio::sync::mpsc::Receiver<LinkEvent>), MqttError> {
+    let opts = LinkOptions { client_id: format!("{}-{suffix}", settings.client()), persistent: false, will: None };
+    let (client, mut link) = link::open(settings, &opts)?;
+    let connected = tokio::time::timeout(within, async {
+        loop {
+            match link.recv().await {
+                Some(LinkEvent::Connected { .. }) => return Ok(()),
+                Some(LinkEvent::Lost { error, .. }) => return Err(MqttError::Broker(error)),
+                Some(_) => {}
+                None => return Err(MqttError::Broker("the connection ended".into())),
+            }
+        }
+    })
+    .await
+    .map_err(|_| MqttError::Timeout(within))?;
+    connected.map(|()| (client, link))
+}
+
+/// Checks that the broker accepts a connection with these settings (`qwenedge doctor`).
+pub async fn probe(settings: &MqttSettings, within: Duration) -> Result<(), MqttError> {
+    let (client, link) = connect_once(settings, "doctor", within).await?;
+    disconnect(&client, link).await;
+    Ok(())
+}
+
+/// Removes this device from Home Assistant: empty retained payloads on every discovery
+/// configuration topic and the sensor state topic. Returns how many topics were cleared.
+pub async fn forget(settings: &MqttSettings, within: Duration) -> Result<usize, MqttError> {
+    let topics = settings.topics();
+    let (client, mut link) = connect_once(settings, "forget", within).await?;
+    let mut outbox = Outbox::new(link::WINDOW);
+    let mut cleared = discovery::config_topics(&topics);
+    cleared.push(topics.state.clone());
+    for t in &cleared {
+        outbox.push(Message::retained(t.clone(), Vec::new()));
+    }
+    outbox.connected();
+    let delivered = tokio::time::timeout(within, async {
+        while !outbox.is_empty() {
+            while let Some((no, p)) = outbox.next() {
+                if client.publish(&p).is_err() {
+                    outbox.unhand(no);
+                    break;
+                }
+            }
+            match link.recv().await {
+                Some(LinkEvent::Published(pkid)) => {
+                    outbox.published(pkid);
+                }
+                Some(LinkEvent::Acked(pkid)) => {
+                    outbox.acked(pkid, std::time::Instant::now());
+                }
+                Some(LinkEvent::Lost { error, .. }) => return Err(MqttError::Broker(error)),
+                Some(_) => {}
+                None => return Err(MqttError::Broker("the connection ended".into())),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| MqttError::Timeout(within))?;
+    delivered?;
+    disconnect(&client, link).await;
+    Ok(cleared.len())
+}
+
+/// Sends DISCONNECT and waits (briefly) until it has left.
+async fn disconnect(client: &link::Client, mut link: tokio::sync::mpsc::Receiver<LinkEvent>) {
+    if client.disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while !matches!(link.recv().await, Some(LinkEvent::Closed) | None) {} }).await;
+    }
+}

@@ -1,0 +1,239 @@
+//! Thermal and memory budgets end to end: the daemon reads a fake /sys and /proc tree that the
+//! tests script, and its admission, pacing, caps, model switching and unloading follow.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::daemon::{chat, Daemon};
+use serde_json::{json, Value};
+
+/// A fake device: one thermal zone, memory and a cgroup, all writable by the test.
+struct Device {
+    dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn new() -> Self {
+        let d = Device { dir: tempfile::tempdir().unwrap() };
+        d.put("/sys/class/thermal/thermal_zone0/type", "cpu-thermal");
+        d.temp(45.0);
+        d.put("/proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    6000000 kB\n");
+        d.put("/proc/self/cgroup", "0::/qwenedge.service\n");
+        d.put("/sys/fs/cgroup/qwenedge.service/memory.max", "max\n");
+        d.put("/sys/fs/cgroup/qwenedge.service/memory.current", "0\n");
+        d.put("/proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
+        d
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn put(&self, rel: &str, text: &str) {
+        let p = self.root().join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, p).unwrap();
+    }
+
+    fn temp(&self, c: f64) {
+        self.put("/sys/class/thermal/thermal_zone0/temp", &format!("{}\n", (c * 1000.0) as i64));
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[budget]\nroot = {:?}\npoll_ms = 50\nthermal_warm_c = 70.0\nthermal_hot_c = 80.0\nthermal_critical_c = 90.0\nthermal_hysteresis_c = 3.0\nmemory_reserve_mb = 0\n{extra}",
+            self.root().display().to_string()
+        )
+    }
+}
+
+fn budget(d: &Daemon) -> Value {
+    d.status()["budget"].clone()
+}
+
+/// Waits until `status.budget.level` is `level`.
+fn wait_level(d: &Daemon, level: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while budget(d)["level"] != level {
+        assert!(Instant::now() < until, "level never became {level}: {}", budget(d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ask(d: &Daemon, id: &str, extra: Value) -> Value {
+    let mut c = d.client();
+    c.send(&chat(id, "turn on the lights", extra));
+    c.until_terminal(id).pop().unwrap()
+}
+
+#[test]
+fn a_temperature_ramp_moves_through_every_level_and_back() {
+    let dev = Device::new();
+    let d = Daemon::start(&dev.config("hot_max_tokens = 5\n"));
+    wait_level(&d, "normal");
+    assert_eq!(budget(&d)["temperature_c"], 45.0);
+    let mut current = "normal";
+    for (t, level) in [(72.0, "warm"), (82.0, "hot"), (92.0, "critical"), (88.0, "critical"), (86.5, "hot"), (78.0, "hot"), (76.5, "warm"), (67.5, "warm"), (66.5, "normal")] {
+        dev.temp(t);
+        if level != current {
+            wait_level(&d, level);
+            current = level;
+        } else {
+            // Inside the hysteresis band the level holds.
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(budget(&d)["level"], level, "at {t} °C");
+        }
+    }
+}
+
+#[test]
+fn hot_refuses_background_and_caps_answers_critical_stops_everything() {
+    let dev = Device::new();
+    let d = Daemon::start(&dev.config("hot_max_tokens = 5\n[scheduler]\nmax_tokens_limit = 100000\n"));
+    dev.temp(82.0);
+    wait_level(&d, "hot");
+    let e = ask(&d, "bg", json!({"priority": "background", "max_tokens": 10}));
+    assert_eq!((e["event"].as_str(), e["code"].as_str()), (Some("error"), Some("thermal")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("82.0 °C"), "{e}");
+    let done = ask(&d, "fg", json!({"max_tokens": 50}));
+    assert_eq!(done["event"], "done");
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() <= 5, "capped while hot: {done}");
+
+    dev.temp(60.0);
+    wait_level(&d, "normal");
+    let mut c = d.client();
+    c.send(&chat("long", "story", json!({"max_tokens": 50000})));
+    assert_eq!(c.recv()["event"], "token");
+    dev.temp(95.0);
+    let end = c.until_terminal("long").pop().unwrap();
+    assert_eq!((end["event"].as_str(), end["code"].as_str()), (Some("error"), Some("thermal")), "{end}");
+    let e = ask(&d, "new", json!({"max_tokens": 2}));
+    assert_eq!(e["code"], "thermal", "{e}");
+}
+
+fn decode_rate(d: &Daemon, id: &str) -> f64 {
+    let done = ask(d, id, json!({"max_tokens": 400, "stream": false}));
+    assert_eq!(done["usage"]["completion_tokens"], 400, "{done}");
+    done["timings"]["decode_tok_s"].as_f64().unwrap()
+}
+
+#[test]
+fn warm_paces_decoding_to_the_duty_cycle() {
+    let dev = Device::new();
+    let d = Daemon::start_with_model(&common::model_dir("tiny-b", "fp32"), &dev.config("warm_duty_cycle = 0.5\n"));
+    decode_rate(&d, "warmup");
+    let normal = decode_rate(&d, "normal");
+    dev.temp(72.0);
+    wait_level(&d, "warm");
+    let warm = decode_rate(&d, "warm");
+    let ratio = warm / normal;
+    assert!((0.5 * 0.85..=0.5 * 1.15).contains(&ratio), "decode {normal:.0} tok/s normal, {warm:.0} warm: ratio {ratio:.3}");
+}
+
+#[test]
+fn background_work_waits_while_warm() {
+    let dev = Device::new();
+    let d = Daemon::start(&dev.config(""));
+    dev.temp(72.0);
+    wait_level(&d, "warm");
+    let mut c = d.client();
+    c.send(&chat("bg", "later", json!({"priority": "background", "max_tokens": 3})));
+    c.send(&chat("fg", "now", json!({"max_tokens": 3})));
+    let events = c.until_terminal("fg");
+    assert!(events.iter().all(|e| e["id"] == "fg"), "background did not run while warm: {events:?}");
+    assert_eq!(d.status()["queue"]["background"], 1);
+    dev.temp(50.0);
+    assert_eq!(c.until_terminal("bg").pop().unwrap()["event"], "done");
+}
+
+fn serve_output(model: &Path, extra: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, common::daemon::config_text(model, &dir.path().join("q.sock"), extra)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output().unwrap()
+}
+
+#[test]
+fn a_model_larger_than_the_cgroup_limit_is_refused_with_the_numbers() {
+    let dev = Device::new();
+    dev.put("/sys/fs/cgroup/qwenedge.service/memory.max", &format!("{}\n", 40u64 << 20));
+    dev.put("/sys/fs/cgroup/qwenedge.service/memory.current", &format!("{}\n", 10u64 << 20));
+    let small: PathBuf = common::model_dir("tiny-a", "int4");
+    let out = serve_output(&common::model_dir("tiny-b", "fp32"), &dev.config(&format!("hot_model = {:?}\n", small.display().to_string())));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let line = err.lines().last().unwrap();
+    for needle in ["needs about", "weights", "KV cache", "30 MiB free", "memory.max 40 MiB", "memory.current 10 MiB", "budget.hot_model"] {
+        assert!(line.contains(needle), "{needle:?} missing from: {line}");
+    }
+}
+
+#[test]
+fn requests_whose_state_does_not_fit_get_memory_and_pressure_refuses_background() {
+    let dev = Device::new();
+    let d = Daemon::start(&dev.config("[scheduler]\nmax_tokens_limit = 4000\n"));
+    dev.put("/proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    1024 kB\n");
+    let until = Instant::now() + Duration::from_secs(20);
+    while budget(&d)["memory_room_mb"] != 1.0 {
+        assert!(Instant::now() < until, "{}", budget(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = ask(&d, "big", json!({"max_tokens": 4000}));
+    assert_eq!(e["code"], "memory", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("MiB"), "{e}");
+    assert_eq!(ask(&d, "small", json!({"max_tokens": 2}))["event"], "done");
+
+    dev.put("/proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    6000000 kB\n");
+    dev.put("/proc/pressure/memory", "some avg10=45.00 avg60=10.00 avg300=1.00 total=99\n");
+    let until = Instant::now() + Duration::from_secs(20);
+    while budget(&d)["under_pressure"] != true {
+        assert!(Instant::now() < until, "{}", budget(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ask(&d, "bg", json!({"priority": "background", "max_tokens": 2}))["code"], "memory");
+    assert_eq!(ask(&d, "fg", json!({"max_tokens": 2}))["event"], "done");
+}
+
+#[test]
+fn an_idle_model_is_unloaded_and_reloaded_on_demand() {
+    let dev = Device::new();
+    let d = Daemon::start(&dev.config("idle_unload_s = 1\n"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.status()["model_loaded"] != false {
+        assert!(Instant::now() < until, "never unloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = ask(&d, "wake", json!({"max_tokens": 3}));
+    assert_eq!(done["event"], "done", "{done}");
+    assert!(done["timings"]["load_ms"].as_f64().unwrap() > 0.0, "the reload is reported: {done}");
+    assert_eq!(d.status()["model_loaded"], true);
+}
+
+#[test]
+fn a_smaller_model_is_used_while_hot() {
+    let dev = Device::new();
+    let hot = common::model_dir("tiny-b", "int4");
+    let d = Daemon::start(&dev.config(&format!("hot_model = {:?}\n", hot.display().to_string())));
+    let path = |d: &Daemon| d.status()["model"]["path"].as_str().unwrap().to_string();
+    assert!(path(&d).ends_with("tiny-a/int4"));
+    dev.temp(83.0);
+    wait_level(&d, "hot");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !path(&d).ends_with("tiny-b/int4") {
+        assert!(Instant::now() < until, "no switch: {}", path(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask(&d, "hot", json!({"max_tokens": 2}))["event"], "done");
+    dev.temp(50.0);
+    wait_level(&d, "normal");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !path(&d).ends_with("tiny-a/int4") {
+        assert!(Instant::now() < until, "no switch back: {}", path(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,187 @@
+//! MQTT delivery under faults and load: the broker killed (SIGKILL) while requests stream and
+//! restarted from its persistence two seconds later, a fleet of two daemons splitting one
+//! request stream through a shared subscription, and 500 requests from 10 clients with the
+//! daemon's memory checked before and after.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::daemon::{chat, Daemon};
+use common::mqtt::{mqtt_section, Answers, Broker, Tester, TesterOptions};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn done_and_failed(d: &Daemon) -> (u64, u64) {
+    let s = d.status();
+    (s["requests"]["done"].as_u64().unwrap(), s["requests"]["failed"].as_u64().unwrap())
+}
+
+/// Collects events from topics under `prefix` until every id has a terminal event, then a
+/// little longer for late duplicates.
+fn collect_answers(t: &Tester, prefix: &str, ids: &[String], answers: &mut Answers) {
+    let until = Instant::now() + WAIT;
+    while !answers.complete(ids) {
+        let left = until.saturating_duration_since(Instant::now());
+        let m = t.recv(left).unwrap_or_else(|| {
+            let missing: Vec<_> = ids.iter().filter(|id| answers.terminals(id).is_empty()).collect();
+            panic!("no terminal event for {missing:?}")
+        });
+        if m.topic.starts_with(prefix) {
+            answers.add(m.json());
+        }
+    }
+    for m in t.drain(Duration::from_millis(700)) {
+        if m.topic.starts_with(prefix) {
+            answers.add(m.json());
+        }
+    }
+}
+
+fn broker_restart_mid_stream(protocol: &str, device: &str) {
+    let mut broker = Broker::start();
+    let d = Daemon::start(&format!("[scheduler]\nqueue_capacity = 32\n{}", mqtt_section(broker.port, device, &format!("protocol_version = {protocol}\n"))));
+    let t = Tester::connect_with(broker.port, &format!("{device}-client"), TesterOptions { persistent: true, ..Default::default() });
+    t.wait_online(device);
+    let prefix = format!("qwenedge/{device}/response/");
+    t.subscribe(&format!("{prefix}#"));
+    std::thread::sleep(Duration::from_millis(300));
+    let ids: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        t.publish(&format!("qwenedge/{device}/request"), chat(id, &format!("story number {id}"), json!({"max_tokens": 150})).to_string());
+    }
+    t.wait_acked(ids.len(), WAIT);
+    let mut answers = Answers::default();
+    let mut tokens = 0;
+    t.collect(WAIT, |m| {
+        if m.topic.starts_with(&prefix) {
+            answers.add(m.json());
+            tokens += 1;
+        }
+        tokens >= 20
+    });
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    collect_answers(&t, &prefix, &ids, &mut answers);
+
+    for id in &ids {
+        let ends = answers.terminals(id);
+        assert_eq!(ends.len(), 1, "{id}: exactly one terminal event: {ends:?}");
+        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
+        assert_eq!(answers.text(id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
+    }
+    let (done, failed) = done_and_failed(&d);
+    assert_eq!(done + failed, 10, "no request ran twice");
+    let log = d.log_text();
+    assert!(log.contains("no connection to the broker") && log.matches("connected to the broker").count() >= 2, "{log}");
+    eprintln!("{protocol}: {} events, {} duplicates dropped", answers.received, answers.duplicates);
+}
+
+#[test]
+fn a_broker_killed_mid_stream_loses_nothing_mqtt311() {
+    broker_restart_mid_stream("\"3.1.1\"", "f4");
+}
+
+#[test]
+fn a_broker_killed_mid_stream_loses_nothing_mqtt5() {
+    broker_restart_mid_stream("5", "f5");
+}
+
+#[test]
+fn a_fleet_splits_one_request_stream() {
+    let broker = Broker::start();
+    // Room for the whole stream on either daemon: the broker does not split it evenly.
+    let queue = "[scheduler]\nqueue_capacity = 64\n";
+    let a = Daemon::start(&format!("{queue}{}", mqtt_section(broker.port, "fa", "fleet_group = \"kitchen\"\n")));
+    let b = Daemon::start(&format!("{queue}{}", mqtt_section(broker.port, "fb", "fleet_group = \"kitchen\"\nprotocol_version = 4\n")));
+    let t = Tester::connect(broker.port, "fleet-client");
+    t.wait_online("fa");
+    t.wait_online("fb");
+    t.subscribe("qwenedge/fleet/response/#");
+    t.subscribe("fleet/inbox/#");
+    let ids: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let mut req = chat(id, "which device answers?", json!({"max_tokens": 4}));
+        if i % 2 == 1 {
+            req["reply_to"] = format!("fleet/inbox/{id}").into();
+        }
+        t.publish("qwenedge/fleet/request", req.to_string());
+    }
+    let mut answers = Answers::default();
+    let until = Instant::now() + WAIT;
+    while !answers.complete(&ids) {
+        let m = t.recv(until.saturating_duration_since(Instant::now())).expect("all fleet requests answered");
+        if m.topic.starts_with("qwenedge/fleet/response/") || m.topic.starts_with("fleet/inbox/") {
+            let v = m.json();
+            let id = v["id"].as_str().unwrap();
+            let odd = id[1..].parse::<usize>().unwrap() % 2 == 1;
+            assert_eq!(m.topic.starts_with("fleet/inbox/"), odd, "{id} answered on {}", m.topic);
+            answers.add(v);
+        }
+    }
+    for m in t.drain(Duration::from_millis(500)) {
+        if m.topic.contains("fleet") && !m.topic.contains("/status") {
+            answers.add(m.json());
+        }
+    }
+    for id in &ids {
+        let ends = answers.terminals(id);
+        assert_eq!(ends.len(), 1, "{id}");
+        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
+    }
+    assert_eq!(answers.duplicates, 0, "no broker fault, so no duplicates");
+    let (da, db) = (done_and_failed(&a).0, done_and_failed(&b).0);
+    assert_eq!(da + db, 40, "each request ran once: {da} + {db}");
+    assert!(da > 0 && db > 0, "both daemons took requests: {da} and {db}");
+}
+
+#[test]
+fn load_500_requests_from_10_clients_none_lost_memory_stable() {
+    let broker = Broker::start();
+    let d = Daemon::start(&format!("[scheduler]\nqueue_capacity = 600\n{}", mqtt_section(broker.port, "ld", "")));
+    let warm = Tester::connect(broker.port, "warm");
+    warm.wait_online("ld");
+    warm.subscribe("qwenedge/ld/response/#");
+    for i in 0..3 {
+        let id = format!("warm{i}");
+        warm.publish("qwenedge/ld/request", chat(&id, "warm up", json!({"max_tokens": 4})).to_string());
+        warm.collect(WAIT, |m| m.json()["id"] == id.as_str() && m.json()["event"] == "done");
+    }
+    let before = d.rss_kb();
+    let started = Instant::now();
+    let port = broker.port;
+    let clients: Vec<_> = (0..10)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let t = Tester::connect(port, &format!("load{c}"));
+                let prefix = format!("load/c{c}/");
+                t.subscribe(&format!("{prefix}#"));
+                let ids: Vec<String> = (0..50).map(|r| format!("c{c}r{r}")).collect();
+                for id in &ids {
+                    let req = chat(id, &format!("request {id}"), json!({"max_tokens": 4, "reply_to": format!("{prefix}{id}")}));
+                    t.publish("qwenedge/ld/request", req.to_string());
+                }
+                let mut answers = Answers::default();
+                collect_answers(&t, &prefix, &ids, &mut answers);
+                let ended: HashSet<String> = ids.iter().filter(|id| answers.terminals(id).len() == 1 && answers.terminals(id)[0]["event"] == "done").cloned().collect();
+                (ended.len(), answers.duplicates)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in clients {
+        let (n, dups) = c.join().unwrap();
+        assert_eq!(dups, 0);
+        answered += n;
+    }
+    assert_eq!(answered, 500, "every request answered exactly once with done");
+    let (done, failed) = done_and_failed(&d);
+    assert_eq!((done, failed), (503, 0));
+    let after = d.rss_kb();
+    let growth = after as f64 / before as f64;
+    eprintln!("500 requests in {:.1} s; RSS {before} KiB -> {after} KiB ({growth:.3}x)", started.elapsed().as_secs_f64());
+    assert!(growth <= 1.10, "RSS grew from {before} KiB to {after} KiB ({growth:.3}x)");
+}
