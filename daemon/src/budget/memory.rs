@@ -41,6 +41,20 @@ impl std::fmt::Display for ModelEstimate {
     }
 }
 
+/// Context tokens assumed when the configuration leaves `model.context_length` at 0 (the
+/// model's own, often 256k tokens, whose full KV cache alone would not fit a small board).
+/// Longer requests are still served: each one is admitted against its own KV reservation.
+pub const DEFAULT_LOAD_CONTEXT: usize = 4096;
+
+/// The context the load-time estimate covers: the configured cap (`model.context_length`,
+/// 0 = none) or [`DEFAULT_LOAD_CONTEXT`], never more than the model's own.
+pub fn load_context(configured: usize, model: usize) -> usize {
+    match configured {
+        0 => DEFAULT_LOAD_CONTEXT.min(model),
+        n => n.min(model),
+    }
+}
+
 /// Estimates the memory of `spec` serving contexts of `context_tokens`.
 pub fn model_estimate(spec: &ModelSpec, context_tokens: usize) -> ModelEstimate {
     let weights_mb = spec.weight_bytes() as f64 / MIB;

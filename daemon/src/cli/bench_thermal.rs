@@ -84,7 +84,8 @@ fn write_temp(zone: &Path, c: f64) {
 
 fn simulate(args: &BenchThermalArgs, zone: PathBuf, soc: Arc<Mutex<Soc>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let (ambient, rise, tau) = (args.ambient_c, args.rise_c, args.tau_s);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Full use means every engine thread busy (capped at the cores there are).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(args.threads.max(1)) as f64;
     std::thread::spawn(move || {
         let dt = 0.05;
         let mut last_cpu = cpu_seconds();

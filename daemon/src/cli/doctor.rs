@@ -45,6 +45,7 @@ fn check(name: &'static str, status: &'static str, summary: impl Into<String>, d
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let root = SysRoot::new(&args.root);
     let mut checks = Vec::new();
+    let mut config_ok = true;
     let settings = match config::load(args.config.as_deref(), &config::process_env()) {
         Ok((s, sources)) => {
             let from = sources.file.map_or("defaults".into(), |f| f.display().to_string());
@@ -53,6 +54,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             checks.push(check("config", "error", e.to_string(), json!({"error": e.to_string()})));
+            config_ok = false;
             Settings::default()
         }
     };
@@ -62,7 +64,13 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     checks.push(memory(&root, &settings));
     checks.push(socket(&settings));
     checks.push(mqtt(&settings));
-    checks.push(model(&settings));
+    if config_ok {
+        checks.push(model(&settings));
+    } else {
+        // The defaults stand in for the broken file, so their model.path says nothing.
+        let why = "not checked: the configuration did not load (see config)";
+        checks.push(check("model", "info", why, json!({"configured": null})));
+    }
 
     let failed = checks.iter().any(|c| c.status == "error");
     let stdout = std::io::stdout();
@@ -160,7 +168,10 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
         (Some(a), Some(l)) => Some(a.min(l)),
         (a, l) => a.or(l),
     };
-    let need = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|s| s.weight_bytes() as f64 / (1 << 20) as f64 * 1.9);
+    let need = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
+        let context = qwenedge::budget::memory::load_context(settings.model.context_length, spec.context_length);
+        qwenedge::budget::memory::model_estimate(&spec, context).total_mb
+    });
     let (status, summary) = match (room, need) {
         (Some(r), Some(n)) if n > r => ("warn", format!("{r:.0} MiB available, the model needs about {n:.0} MiB")),
         (Some(r), _) => ("ok", format!("{r:.0} MiB available{}", limit.map_or(String::new(), |l| format!(" (cgroup limit {l:.0} MiB)")))),

@@ -280,10 +280,7 @@ pub enum LoadError {
 pub fn load_engine(settings: &Settings) -> Result<Engine, LoadError> {
     let path = settings.model.path.clone().unwrap_or_default();
     let spec = crate::engine::model::ModelSpec::load(&path).map_err(crate::engine::EngineError::from)?;
-    let context = match settings.model.context_length {
-        0 => spec.context_length,
-        n => n.min(spec.context_length),
-    };
+    let context = crate::budget::memory::load_context(settings.model.context_length, spec.context_length);
     let estimate = crate::budget::memory::model_estimate(&spec, context);
     let root = crate::budget::readers::SysRoot::new(&settings.budget.root);
     let room = crate::budget::memory::room(&root, settings.budget.memory_reserve_mb);
