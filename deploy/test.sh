@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian machine: packages, the fixture Python environment
 # (cached), the generated test models (cached), the ONNX Runtime library (cached), then every
-# cargo test against them. Expensive parts live in $QWENEDGE_CACHE (default ~/.cache/qwenedge),
+# cargo test against them, then the package test (tests/package-deb.sh) and the aarch64 build
+# under emulation (tests/aarch64-qemu.sh). Expensive parts live in $QWENEDGE_CACHE (default ~/.cache/qwenedge),
 # so a second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,24 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
-echo "test summary: $passed passed, $failed failed, $(( $(date +%s) - started ))s total (status $status)"
+summary="cargo test: $passed passed, $failed failed (status $status)"
+
+# The scripted checks, each run even when an earlier part failed, so one run shows everything.
+# The package test installs into a scratch root, which needs root.
+scripts=(tests/package-deb.sh tests/aarch64-qemu.sh)
+for script in "${scripts[@]}"; do
+  echo "test: $script" >&2
+  t0=$(date +%s)
+  set +e
+  if [ "$(id -u)" -eq 0 ] || [ "$script" != tests/package-deb.sh ]; then
+    "$script"
+  else
+    sudo --preserve-env=QWENEDGE_FIXTURES,QWENEDGE_CACHE,PATH "$script"
+  fi
+  rc=$?
+  set -e
+  summary="$summary; $script: $([ "$rc" -eq 0 ] && echo ok || echo "FAILED (status $rc)") in $(( $(date +%s) - t0 ))s"
+  [ "$rc" -eq 0 ] || status=1
+done
+echo "test summary: $summary; $(( $(date +%s) - started ))s total"
 exit "$status"

@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# End-to-end check of the aarch64 build under user-mode emulation (qemu-aarch64):
+#   1. installs qemu-user >= 10 when missing or older (Debian bookworm's 7.2 crashes inside ONNX
+#      Runtime's CPU detection; bookworm-backports has 10.x, and that source is added if absent);
+#   2. builds the aarch64 and x86_64 bundles with deploy/build.sh (each binary with its own
+#      official libonnxruntime in <bundle>/lib/qwenedge/);
+#   3. for each model below, starts both daemons (`qwenedge serve`) on temporary Unix sockets, the
+#      aarch64 one as `qemu-aarch64 -L /usr/aarch64-linux-gnu <bundle>/bin/qwenedge`, each finding
+#      its ONNX Runtime through the bundle layout (ORT_DYLIB_PATH is unset); sends each one greedy
+#      raw completion (the first reference prompt) over the socket; compares the answers; stops
+#      both with SIGTERM and requires a clean exit.
+#
+# The models (tiny random-weight test fixtures):
+#   int4-fp32act  the int4 fixture with MatMulNBits accuracy_level 4 -> 1 (same int4 weights, the
+#                 activations stay fp32): aarch64 must give exactly the x86_64 tokens;
+#   fp32          the fp32 fixture: aarch64 must give exactly the x86_64 tokens;
+#   int4          the int4 fixture as exported (accuracy_level 4): aarch64 must serve the request;
+#                 the text is compared and printed but may differ. With accuracy_level 4 ONNX
+#                 Runtime quantizes the activations to int8 and the two architectures do it
+#                 differently (x86_64 MLAS: symmetric int8 per 32-value block; aarch64 with the
+#                 dot-product extension: KleidiAI kernels, asymmetric int8 per row), and these
+#                 random-weight models are sensitive enough for that to change the greedy tokens.
+#
+# usage: tests/aarch64-qemu.sh [--tokens N]      (default 8 new tokens)
+# Needs the test fixtures: $QWENEDGE_FIXTURES, else $QWENEDGE_CACHE/fixtures/current (made by
+# deploy/test.sh). QWENEDGE_QEMU_TIMEOUT (seconds, default 300) bounds each model load and request
+# under emulation; QEMU_CPU picks the emulated CPU (default cortex-a76, the Raspberry Pi 5's core,
+# with the same instruction set extensions as the Jetson Orin's A78AE; "max" enables everything
+# qemu has, SVE and SME included). Exits non-zero with a reason on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+say() { echo "aarch64-qemu: $*" >&2; }
+fail() { echo "aarch64-qemu: FAIL: $*" >&2; exit 1; }
+
+tokens=8
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tokens) [ $# -ge 2 ] || fail "--tokens needs a value"; tokens="$2"; shift 2 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) fail "unknown argument: $1 (usage: tests/aarch64-qemu.sh [--tokens N])" ;;
+  esac
+done
+case "$tokens" in ''|*[!0-9]*|0) fail "--tokens must be a positive integer, not '$tokens'" ;; esac
+[ "$(uname -m)" = x86_64 ] || fail "this check runs on an x86_64 machine (this one is $(uname -m))"
+timeout_s="${QWENEDGE_QEMU_TIMEOUT:-300}"
+export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
+cache="${QWENEDGE_CACHE:-$HOME/.cache/qwenedge}"
+fixtures="${QWENEDGE_FIXTURES:-$cache/fixtures/current}"
+reference="$fixtures/tiny-a/reference.json"
+for f in "$reference" "$fixtures/tiny-a/int4/model.onnx" "$fixtures/tiny-a/fp32/model.onnx"; do
+  [ -f "$f" ] || fail "no test fixtures at $fixtures ($f is missing; run deploy/test.sh once, or set QWENEDGE_FIXTURES)"
+done
+python=$(command -v python3 || true)
+[ -n "$python" ] || fail "python3 is needed (socket client)"
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() {
+  command -v apt-get >/dev/null || fail "missing $*, and apt-get is not available to install it"
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# --- 1. qemu-user >= 10 -----------------------------------------------------------------------
+qemu_major() {
+  command -v qemu-aarch64 >/dev/null || { echo 0; return; }
+  qemu-aarch64 --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\)\..*/\1/p' | grep . || echo 0
+}
+if [ "$(qemu_major)" -lt 10 ]; then
+  command -v apt-get >/dev/null \
+    || fail "qemu-aarch64 >= 10 is needed (found: $(qemu-aarch64 --version 2>/dev/null | head -n1 || echo none))"
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$codename" ] || fail "cannot tell the Debian release from /etc/os-release"
+  $sudo apt-get update -qq >&2
+  candidate=$(apt-cache policy qemu-user | sed -n 's/^ *Candidate: *//p')
+  if [ "$(echo "$candidate" | sed -n 's/^\([0-9]*:\)\{0,1\}\([0-9][0-9]*\)\..*/\2/p' | grep . || echo 0)" -ge 10 ]; then
+    apt_install qemu-user
+  else
+    backports="$codename-backports"
+    if ! grep -qsE "^[^#]*\b$backports\b" /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; then
+      # The same mirror as the release's own source (the first Debian archive URI found).
+      mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '$1 == "URIs:" && $2 ~ /\/debian\/?$/ { sub(/\/$/, "", $2); print $2; exit }' || true)
+      [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\/.*\/debian\/?$/) { sub(/\/$/, "", $i); print $i; exit } }' \
+        /etc/apt/sources.list 2>/dev/null || true)
+      [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+      say "adding the $backports source ($mirror)"
+      printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$mirror" "$backports" | $sudo tee "/etc/apt/sources.list.d/$backports.sources" >/dev/null
+      $sudo apt-get update -qq >&2
+    fi
+    apt_install -t "$backports" qemu-user
+  fi
+  hash -r
+  [ "$(qemu_major)" -ge 10 ] \
+    || fail "qemu-aarch64 >= 10 is needed; after installing, found: $(qemu-aarch64 --version 2>/dev/null | head -n1 || echo none)"
+fi
+say "$(qemu-aarch64 --version | head -n1), emulated CPU: $QEMU_CPU"
+
+# --- 2. bundles ---------------------------------------------------------------------------------
+say "building the aarch64 bundle"
+arm=$(deploy/build.sh --target aarch64 | tail -n1) || fail "deploy/build.sh --target aarch64 failed"
+say "building the x86_64 bundle"
+x86=$(deploy/build.sh --target x86_64 | tail -n1) || fail "deploy/build.sh --target x86_64 failed"
+sysroot=/usr/aarch64-linux-gnu
+# The emulated loader needs the aarch64 C and C++ runtimes (ONNX Runtime links libstdc++).
+[ -e "$sysroot/lib/ld-linux-aarch64.so.1" ] || apt_install libc6-arm64-cross
+[ -e "$sysroot/lib/libstdc++.so.6" ] || apt_install libstdc++6-arm64-cross
+
+# --- 3. daemons ---------------------------------------------------------------------------------
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+prompt=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["prompts"][0]["text"], end="")' "$reference")
+
+# The int4 fixture with accuracy_level 1 on every MatMulNBits node. The attribute is rewritten in
+# the serialized graph (AttributeProto: name "accuracy_level", then i = 4 as one varint byte), so
+# nothing but python3 is needed; the other files are hard links (or copies across filesystems:
+# ONNX Runtime refuses external data reached through a symlink out of the model directory).
+int4_fp32act="$tmp/int4-fp32act"
+mkdir "$int4_fp32act"
+for f in "$fixtures/tiny-a/int4"/*; do
+  [ "$(basename "$f")" = model.onnx ] && continue
+  ln "$f" "$int4_fp32act/" 2>/dev/null || cp "$f" "$int4_fp32act/"
+done
+"$python" - "$fixtures/tiny-a/int4/model.onnx" "$int4_fp32act/model.onnx" <<'PY' || exit 1
+import sys
+src, dst = sys.argv[1:]
+graph = open(src, "rb").read()
+attr = b"\x0a\x0eaccuracy_level\x18"
+n = graph.count(attr + b"\x04")
+if n == 0 or graph.count(attr) != n:
+    sys.exit(f"aarch64-qemu: FAIL: {src}: expected MatMulNBits nodes with accuracy_level 4, "
+             f"found {graph.count(attr)} accuracy_level attributes of which {n} are 4")
+open(dst, "wb").write(graph.replace(attr + b"\x04", attr + b"\x01"))
+print(f"aarch64-qemu: int4-fp32act: accuracy_level 4 -> 1 on {n} MatMulNBits nodes", file=sys.stderr)
+PY
+
+# start NAME MODEL COMMAND...: a daemon with its own configuration and socket, logging to NAME.log.
+start() {
+  local name="$1" model="$2"; shift 2
+  cat >"$tmp/$name.toml" <<EOF
+[model]
+path = "$model"
+threads = 1
+
+[socket]
+path = "$tmp/$name.sock"
+EOF
+  env -u ORT_DYLIB_PATH -u QWENEDGE__MODEL__ONNXRUNTIME_LIBRARY -u QWENEDGE__MODEL__PATH \
+    -u QWENEDGE__SOCKET__PATH QWENEDGE_LOG=info \
+    "$@" serve --config "$tmp/$name.toml" >"$tmp/$name.log" 2>&1 &
+  pids+=("$!")
+  echo "$!" >"$tmp/$name.pid"
+}
+
+# ready NAME: waits for the socket (the daemon binds it only once the model is loaded).
+ready() {
+  local name="$1" pid since=$SECONDS
+  pid=$(cat "$tmp/$name.pid")
+  while [ ! -S "$tmp/$name.sock" ]; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$tmp/$name.log" >&2
+      fail "the $name daemon exited before it was ready (log above)"
+    fi
+    if [ $((SECONDS - since)) -ge "$timeout_s" ]; then
+      tail -n 20 "$tmp/$name.log" >&2
+      fail "the $name daemon was not ready after ${timeout_s}s (log above)"
+    fi
+    sleep 0.2
+  done
+}
+
+# ask NAME: sends `models` and one greedy `complete` on one connection; prints one JSON line
+# {"library", "version", "text", "finish_reason", "usage", "timings"}.
+ask() {
+  "$python" - "$tmp/$1.sock" "$prompt" "$tokens" "$timeout_s" <<'PY'
+import json, socket, sys
+path, prompt, tokens, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(timeout)
+s.connect(path)
+reqs = [{"id": "m", "op": "models"},
+        {"id": "c", "op": "complete", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": False}]
+s.sendall("".join(json.dumps(r) + "\n" for r in reqs).encode())
+terminal, buf = {}, b""
+try:
+    while len(terminal) < 2:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            ev = json.loads(line)
+            if ev.get("event") != "token":
+                terminal[ev.get("id")] = ev
+except socket.timeout:
+    sys.exit(f"no answer within {timeout:.0f}s (got {sorted(map(str, terminal))})")
+done = terminal.get("c")
+if not done or done.get("event") != "done":
+    sys.exit(f"the completion failed: {json.dumps(done)}")
+def find(o, key):  # the backend's library/version, wherever the `models` event puts them
+    if isinstance(o, dict):
+        if key in o and isinstance(o[key], str):
+            return o[key]
+        o = list(o.values())
+    if isinstance(o, list):
+        for v in o:
+            r = find(v, key)
+            if r is not None:
+                return r
+    return None
+models = terminal.get("m", {})
+print(json.dumps({"library": find(models, "library"), "version": find(models, "version"),
+                  "text": done["text"], "finish_reason": done.get("finish_reason"),
+                  "usage": done.get("usage"), "timings": done.get("timings")}, ensure_ascii=False))
+PY
+}
+
+# stop NAME: SIGTERM, then a clean exit (status 0, socket file removed) within the timeout.
+stop() {
+  local name="$1" pid since=$SECONDS status=0
+  pid=$(cat "$tmp/$name.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - since)) -lt "$timeout_s" ]; do sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && fail "the $name daemon did not exit within ${timeout_s}s of SIGTERM"
+  wait "$pid" || status=$?
+  [ "$status" -eq 0 ] || { tail -n 10 "$tmp/$name.log" >&2; fail "the $name daemon exited with status $status after SIGTERM (log above)"; }
+  [ ! -e "$tmp/$name.sock" ] || fail "the $name daemon left its socket file behind"
+}
+
+# check LABEL MODEL strict|report: one request to each build, compared.
+mismatch=""
+check() {
+  local label="$1" model="$2" mode="$3" t0=$SECONDS x86_out arm_out verdict
+  start "x86-$label" "$model" "$x86/bin/qwenedge"
+  start "arm-$label" "$model" qemu-aarch64 -L "$sysroot" "$arm/bin/qwenedge"
+  ready "x86-$label"
+  x86_out=$(ask "x86-$label") || fail "x86_64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/x86-$label.log" | tr '\n' ' '))"
+  ready "arm-$label"
+  arm_out=$(ask "arm-$label") || fail "aarch64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/arm-$label.log" | tr '\n' ' '))"
+  stop "x86-$label"
+  stop "arm-$label"
+  verdict=$("$python" - "$label" "$x86_out" "$arm_out" "$x86" "$arm" <<'PY'
+import json, os, sys
+label, x86, arm, x86_dir, arm_dir = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+for name, out, bundle in (("x86_64", x86, x86_dir), ("aarch64", arm, arm_dir)):
+    lib = out["library"]
+    if lib is not None and not os.path.realpath(lib).startswith(os.path.realpath(bundle) + os.sep):
+        sys.exit(f"aarch64-qemu: FAIL: {label}: the {name} daemon loaded ONNX Runtime from {lib}, not from its bundle")
+    print(f"aarch64-qemu:   {name:<7} {json.dumps(out['text'], ensure_ascii=False)} "
+          f"({out['usage']['completion_tokens']} tokens, {out['finish_reason']}, "
+          f"{out['timings']['decode_tok_s']:.1f} tok/s, ONNX Runtime {out['version']})", file=sys.stderr)
+same = all(arm[k] == x86[k] for k in ("text", "finish_reason", "usage"))
+print("same" if same else "different")
+PY
+) || exit 1
+  if [ "$verdict" = same ]; then
+    say "$label: same greedy output ($((SECONDS - t0))s)"
+  elif [ "$mode" = strict ]; then
+    mismatch="$mismatch $label"
+    say "$label: MISMATCH: the aarch64 greedy output differs from x86_64's"
+  else
+    say "$label: differs, as expected with int8 activations (see the header of $0)"
+  fi
+}
+
+say "prompt: $(printf '%q' "$prompt"), $tokens greedy tokens, models from $fixtures/tiny-a"
+check int4-fp32act "$int4_fp32act" strict
+check fp32 "$fixtures/tiny-a/fp32" strict
+check int4 "$fixtures/tiny-a/int4" report
+pids=()
+[ -z "$mismatch" ] || fail "greedy output differs between aarch64 and x86_64 for:$mismatch"
+say "PASS: the aarch64 build serves over its socket under emulation and gives the x86_64 build's greedy tokens ($(( $(date +%s) - started ))s)"
