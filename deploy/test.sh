@@ -17,7 +17,7 @@ echo "test: fixtures at $QWENEDGE_FIXTURES, ONNX Runtime at $ORT_DYLIB_PATH" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --release --workspace --locked 2>&1 | tee "$log"
+cargo test --release --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
