@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::constrain::Grammar;
 use crate::engine::generate::{FinishReason, Usage};
 use crate::engine::sampler::SamplingParams;
 
@@ -36,6 +37,13 @@ pub enum Prompt {
     },
     /// Raw text, no template.
     Text(String),
+    /// An utterance to resolve against the intent catalog.
+    Intent {
+        /// What was said.
+        text: String,
+        /// Only these intents may be answered (`None`: any).
+        filter: Option<Vec<String>>,
+    },
 }
 
 /// A `chat` or `complete` request after validation.
@@ -55,6 +63,8 @@ pub struct GenerateRequest {
     pub priority: Priority,
     /// Time allowed from arrival to the last token (`None`: the configured default).
     pub deadline_ms: Option<u64>,
+    /// A grammar the output must follow (`response_format`).
+    pub format: Option<Grammar>,
 }
 
 /// What a request asks for.
@@ -126,6 +136,8 @@ pub struct RequestTimings {
     pub ttft_ms: f64,
     /// Generated tokens per second after the first.
     pub decode_tok_s: f64,
+    /// Time spent pausing between tokens to keep to the warm duty cycle (ms; 0 when cool).
+    pub paced_ms: f64,
     /// Arrival to the end (ms).
     pub total_ms: f64,
 }
@@ -167,6 +179,22 @@ pub enum EventBody {
         /// Human-readable explanation.
         message: String,
     },
+    /// Answer to `intent` (terminal).
+    Intent {
+        /// Whether an intent was recognised (at or above the configured confidence).
+        recognized: bool,
+        /// The intent and the model's confidence; present when one was chosen, even below the
+        /// threshold.
+        intent: Option<IntentSummary>,
+        /// The filled slots (empty when not recognised).
+        slots: Vec<crate::intent::Slot>,
+        /// The model's answer as written.
+        text: String,
+        /// Token counts.
+        usage: Usage,
+        /// Timings.
+        timings: RequestTimings,
+    },
     /// Answer to `status` (terminal).
     Status(Value),
     /// Answer to `models` (terminal).
@@ -197,6 +225,15 @@ impl Event {
     }
 }
 
+/// The intent of an `intent` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntentSummary {
+    /// Intent name.
+    pub name: String,
+    /// The model's confidence, 0–1.
+    pub confidence: f64,
+}
+
 /// The body of `chat` / `complete`; every field optional here, required ones checked per op.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,7 +255,24 @@ struct GenerateBody {
     stream: Option<bool>,
     priority: Option<Priority>,
     deadline_ms: Option<u64>,
+    response_format: Option<Value>,
 }
+
+/// The body of `intent`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntentBody {
+    text: Option<String>,
+    intent_filter: Option<Vec<String>>,
+    site_id: Option<String>,
+    temperature: Option<f32>,
+    seed: Option<u64>,
+    priority: Option<Priority>,
+    deadline_ms: Option<u64>,
+}
+
+/// Longest utterance accepted by `intent`, in bytes.
+pub const MAX_INTENT_TEXT: usize = 2000;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -259,11 +313,16 @@ pub fn parse_request(line: &[u8], max_tokens_limit: usize) -> Result<Request, Ba
                 serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
             Op::Generate(Box::new(generate(&op, body, max_tokens_limit).map_err(|m| bad(id_ref, m))?))
         }
+        "intent" => {
+            let body: IntentBody =
+                serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
+            Op::Generate(Box::new(intent(body).map_err(|m| bad(id_ref, m))?))
+        }
         "cancel" => no_fields(&obj, &op).map(|()| Op::Cancel)?,
         "status" => no_fields(&obj, &op).map(|()| Op::Status)?,
         "models" => no_fields(&obj, &op).map(|()| Op::Models)?,
         other => {
-            return Err(bad(id_ref, format!("op: unknown operation '{other}' (chat, complete, cancel, status, models)")))
+            return Err(bad(id_ref, format!("op: unknown operation '{other}' (chat, complete, intent, cancel, status, models)")))
         }
     };
     Ok(Request { id, op })
@@ -277,6 +336,34 @@ fn field_message(e: &str) -> String {
         }
     }
     e.split(" at line").next().unwrap_or(e).to_string()
+}
+
+fn intent(b: IntentBody) -> Result<GenerateRequest, String> {
+    let text = b.text.ok_or("text: missing")?;
+    if text.trim().is_empty() || text.len() > MAX_INTENT_TEXT {
+        return Err(format!("text: must be 1 to {MAX_INTENT_TEXT} bytes and not blank"));
+    }
+    if b.site_id.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
+        return Err(format!("site_id: must be at most {MAX_ID_LEN} bytes"));
+    }
+    if b.intent_filter.as_ref().is_some_and(|f| f.len() > 1000) {
+        return Err("intent_filter: at most 1000 names".into());
+    }
+    let sampling = SamplingParams { temperature: b.temperature.unwrap_or(0.0), seed: b.seed, ..SamplingParams::default() };
+    sampling.validate().map_err(|e| e.to_string())?;
+    if b.deadline_ms.is_some_and(|d| d == 0 || d > 86_400_000) {
+        return Err("deadline_ms: must be between 1 and 86400000".into());
+    }
+    Ok(GenerateRequest {
+        prompt: Prompt::Intent { text, filter: b.intent_filter },
+        max_tokens: None,
+        sampling,
+        stop: Vec::new(),
+        stream: false,
+        priority: b.priority.unwrap_or_default(),
+        deadline_ms: b.deadline_ms,
+        format: None,
+    })
 }
 
 fn generate(op: &str, b: GenerateBody, max_tokens_limit: usize) -> Result<GenerateRequest, String> {
@@ -336,8 +423,13 @@ fn generate(op: &str, b: GenerateBody, max_tokens_limit: usize) -> Result<Genera
     if b.deadline_ms.is_some_and(|d| d == 0 || d > 86_400_000) {
         return Err("deadline_ms: must be between 1 and 86400000".into());
     }
+    let format = match b.response_format {
+        Some(v) => Grammar::from_response_format(&v)?,
+        None => None,
+    };
     Ok(GenerateRequest {
         prompt,
+        format,
         max_tokens: b.max_tokens,
         sampling,
         stop,

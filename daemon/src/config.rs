@@ -33,6 +33,10 @@ pub struct Settings {
     pub budget: crate::budget::BudgetSettings,
     /// The MQTT transport.
     pub mqtt: crate::transport::mqtt::MqttSettings,
+    /// The prefix-state cache.
+    pub cache: crate::engine::cache::CacheSettings,
+    /// Intent recognition.
+    pub intents: IntentSettings,
 }
 
 /// `[model]`
@@ -60,6 +64,9 @@ pub struct ModelSettings {
     /// Options per provider, passed to ONNX Runtime as given
     /// (`[model.provider_options.qnn] backend_path = "libQnnHtp.so"`).
     pub provider_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Runtime: `ort`, `tract` (pure Rust, builds with the `tract` feature) or `auto` (ONNX
+    /// Runtime when its library loads, else tract).
+    pub backend: crate::engine::backend::select::BackendKind,
 }
 
 impl Default for ModelSettings {
@@ -73,6 +80,7 @@ impl Default for ModelSettings {
             execution_providers: vec!["cpu".into()],
             strict_providers: false,
             provider_options: BTreeMap::new(),
+            backend: Default::default(),
         }
     }
 }
@@ -149,6 +157,41 @@ impl Default for ServiceSettings {
     }
 }
 
+/// `[intents]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntentSettings {
+    /// Intent catalog (TOML); unset: the built-in catalog of Home Assistant intents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<PathBuf>,
+    /// A file of `[[device]]` tables that replaces the catalog's devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<PathBuf>,
+    /// Intents the model chose with a lower confidence (0–1) are answered "not recognized".
+    pub min_confidence: f64,
+    /// Sampling temperature of Hermes NLU queries, which carry none (0 = greedy).
+    pub temperature: f32,
+    /// The catalog as read and validated at load (not a configuration key).
+    #[serde(skip)]
+    pub loaded: Option<std::sync::Arc<crate::intent::Catalog>>,
+}
+
+impl Default for IntentSettings {
+    fn default() -> Self {
+        Self { catalog: None, devices: None, min_confidence: 0.5, temperature: 0.0, loaded: None }
+    }
+}
+
+impl IntentSettings {
+    /// The loaded catalog, else the built-in one.
+    pub fn catalog(&self) -> Result<std::sync::Arc<crate::intent::Catalog>, crate::intent::CatalogError> {
+        match &self.loaded {
+            Some(c) => Ok(c.clone()),
+            None => crate::intent::Catalog::builtin().map(std::sync::Arc::new),
+        }
+    }
+}
+
 /// A configuration problem, naming the key and where its value came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{origin}: {msg}")]
@@ -217,8 +260,14 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<(Sett
         environment = environment.with_list_parse_key(key);
     }
     let merged = builder.add_source(environment).build().map_err(|e| describe(&e, &sources))?;
-    let settings: Settings = merged.try_deserialize().map_err(|e| describe(&e, &sources))?;
+    let mut settings: Settings = merged.try_deserialize().map_err(|e| describe(&e, &sources))?;
     validate(&settings, &sources)?;
+    let i = &settings.intents;
+    let catalog = crate::intent::Catalog::load(i.catalog.as_deref(), i.devices.as_deref()).map_err(|e| {
+        let key = if i.devices.is_some() && e.to_string().contains("device") { "intents.devices" } else { "intents.catalog" };
+        ConfigError { origin: sources.origin_of(key), msg: format!("{key}: {e}") }
+    })?;
+    settings.intents.loaded = Some(std::sync::Arc::new(catalog));
     Ok((settings, sources))
 }
 
@@ -286,6 +335,18 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
     }
     if let Err((key, msg)) = s.mqtt.validate() {
         return fail(&key, msg);
+    }
+    if let Err((key, msg)) = s.cache.validate() {
+        return fail(&key, msg);
+    }
+    if s.model.backend == crate::engine::backend::select::BackendKind::Tract && !crate::engine::backend::select::TRACT_BUILT {
+        return fail("model.backend", "\"tract\" needs a build with the `tract` cargo feature".into());
+    }
+    if !(0.0..=1.0).contains(&s.intents.min_confidence) {
+        return fail("intents.min_confidence", format!("{} is outside 0..=1", s.intents.min_confidence));
+    }
+    if !(0.0..=2.0).contains(&s.intents.temperature) {
+        return fail("intents.temperature", format!("{} is outside 0..=2", s.intents.temperature));
     }
     if s.scheduler.queue_capacity == 0 {
         return fail("scheduler.queue_capacity", "must be at least 1".into());
@@ -383,6 +444,20 @@ mod tests {
         let f = write(dir.path(), &format!("[model]\npath = {model:?}\nexecution_providers = [\"npu9000\"]\n"));
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("model.execution_providers") && e.contains("npu9000"), "{e}");
+
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[cache]\nmin_tokens = 0\n"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("cache.min_tokens") && e.contains("config.toml"), "{e}");
+
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[intents]\nmin_confidence = 1.5\n"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("intents.min_confidence"), "{e}");
+
+        let catalog = dir.path().join("intents.toml");
+        std::fs::write(&catalog, "[[intent]]\nname = \"Dim\"\n[[intent.slots]]\nname = \"level\"\ntype = \"number\"\nmin = 9\nmax = 1\n").unwrap();
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[intents]\ncatalog = {catalog:?}\n"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("intents.catalog") && e.contains("intent 'Dim', slot 'level'") && e.contains("min (9)"), "{e}");
 
         let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[socket]\nmode = \"0999\"\n"));
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();

@@ -9,6 +9,7 @@ pub mod api;
 pub mod budget;
 pub mod config;
 pub mod engine;
+pub mod intent;
 pub mod scheduler;
 pub mod service;
 pub mod transport;

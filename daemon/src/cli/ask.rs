@@ -1,5 +1,7 @@
 //! `qwenedge ask`: a small client for the daemon's socket. Streams the answer to stdout, or
-//! every event as JSON with `--json`; an error event becomes the exit status and a message.
+//! every event as JSON with `--json`; with `--intent` the text is resolved against the intent
+//! catalog and the intent and its slots are printed. An error event becomes the exit status and
+//! a message.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -24,6 +26,12 @@ pub struct AskArgs {
     /// Send the text as a raw completion prompt instead of a chat message.
     #[arg(long)]
     raw: bool,
+    /// Resolve the text to an intent of the catalog instead of chatting.
+    #[arg(long, conflicts_with_all = ["raw", "system", "thinking", "max_tokens"])]
+    intent: bool,
+    /// With `--intent`: only this intent may be answered (repeat for several).
+    #[arg(long = "intent-filter", requires = "intent")]
+    intent_filter: Vec<String>,
     /// Let the model think first.
     #[arg(long)]
     thinking: bool,
@@ -58,7 +66,13 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
     let path = args.socket.clone().unwrap_or_else(|| Settings::default().socket_path());
     let stream = UnixStream::connect(&path).map_err(|e| anyhow::anyhow!("{}: cannot connect to the daemon: {e}", path.display()))?;
     let id = format!("ask-{}", std::process::id());
-    let mut request = if args.raw {
+    let mut request = if args.intent {
+        let mut r = json!({"id": id, "op": "intent", "text": args.text});
+        if !args.intent_filter.is_empty() {
+            r["intent_filter"] = json!(args.intent_filter);
+        }
+        r
+    } else if args.raw {
         json!({"id": id, "op": "complete", "prompt": args.text})
     } else {
         let mut messages = Vec::new();
@@ -100,6 +114,12 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
                 write!(out, "{}", event["text"].as_str().unwrap_or(""))?;
                 out.flush()?;
             }
+            Some("intent") => {
+                if !args.json {
+                    print_intent(&mut out, &event)?;
+                }
+                return Ok(());
+            }
             Some("done") => {
                 if !args.json {
                     writeln!(out)?;
@@ -114,4 +134,22 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
     }
     sent?;
     anyhow::bail!("the daemon closed the connection before answering")
+}
+
+/// One line for the intent, then one per slot; or `not recognized`.
+fn print_intent(out: &mut impl Write, event: &Value) -> std::io::Result<()> {
+    let name = event["intent"]["name"].as_str();
+    let confidence = event["intent"]["confidence"].as_f64().unwrap_or(0.0);
+    if event["recognized"] != true {
+        return match name {
+            Some(n) => writeln!(out, "not recognized (best guess {n}, confidence {confidence:.2})"),
+            None => writeln!(out, "not recognized"),
+        };
+    }
+    writeln!(out, "{} (confidence {confidence:.2})", name.unwrap_or("?"))?;
+    for slot in event["slots"].as_array().into_iter().flatten() {
+        let entity = slot["entity"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+        writeln!(out, "  {} = {}{entity}", slot["name"].as_str().unwrap_or("?"), slot["raw_value"].as_str().unwrap_or(""))?;
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `qwenedge bench`: prefill and decode throughput, time to first token and peak memory on a
-//! fixed synthetic prompt. A human table goes to stderr, one JSON line to stdout.
+//! fixed synthetic prompt (or, with `--intent`, the prefix cache's effect on an intent
+//! request's time to first token). A human table goes to stderr, one JSON line to stdout.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -28,6 +29,16 @@ pub struct BenchArgs {
     /// Measured runs after one warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Measure time to first token of an intent request (catalog prompt + utterance), cold
+    /// and with the catalog's prefix state cached, instead of throughput.
+    #[arg(long)]
+    intent: bool,
+    /// Utterance length in tokens for --intent.
+    #[arg(long, default_value_t = 12)]
+    utterance_tokens: usize,
+    /// Intent catalog for --intent (default: the built-in catalog).
+    #[arg(long)]
+    catalog: Option<std::path::PathBuf>,
 }
 
 /// Runs `bench`.
@@ -37,6 +48,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let load_start = Instant::now();
     let mut engine = args.model.load()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    if args.intent {
+        anyhow::ensure!(args.utterance_tokens > 0, "--utterance-tokens must be > 0");
+        let catalog = qwenedge::intent::Catalog::load(args.catalog.as_deref(), None)?;
+        return super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, args.model.threads);
+    }
     let unit = engine.tokenizer.encode(PARAGRAPH)?;
     let prompt: Vec<u32> = unit.iter().copied().cycle().take(args.prompt_tokens).collect();
     let params = GenerateParams { max_tokens: args.new_tokens, ..Default::default() };

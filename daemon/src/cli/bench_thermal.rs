@@ -119,6 +119,7 @@ fn request(id: String, priority: Priority, max_tokens: usize, events: qwenedge::
             stream: false,
             priority,
             deadline_ms: None,
+            format: None,
         },
         received: Instant::now(),
         cancel: Arc::new(AtomicBool::new(false)),

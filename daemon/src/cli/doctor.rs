@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use qwenedge::budget::readers::{self, SysRoot};
 use qwenedge::config::{self, Settings};
+use qwenedge::engine::backend::select::{self, BackendKind};
 use qwenedge::engine::backend::{providers, runtime};
 use qwenedge::engine::model::ModelSpec;
 use serde_json::{json, Value};
@@ -60,6 +61,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     };
     checks.push(system(&root));
     checks.extend(onnxruntime(&settings));
+    checks.push(backend(&settings));
     checks.push(thermal(&root));
     checks.push(memory(&root, &settings));
     checks.push(socket(&settings));
@@ -117,7 +119,11 @@ fn onnxruntime(settings: &Settings) -> Vec<Check> {
     let explicit = settings.model.onnxruntime_library.as_deref();
     let rt = match runtime::load(explicit) {
         Ok(rt) => rt,
-        Err(e) => return vec![check("onnxruntime", "error", e.to_string(), json!({"error": e.to_string()}))],
+        Err(e) => {
+            // Without the library the tract backend still serves, where it can be chosen.
+            let status = if select::TRACT_BUILT && settings.model.backend != BackendKind::Ort { "warn" } else { "error" };
+            return vec![check("onnxruntime", status, e.to_string(), json!({"error": e.to_string()}))];
+        }
     };
     let available = providers::available();
     let library = rt.path.display().to_string();
@@ -144,6 +150,26 @@ fn onnxruntime(settings: &Settings) -> Vec<Check> {
         (false, false) => ("warn", format!("{} not in this library; they will be skipped", missing.join(", "))),
     };
     vec![ort, check("providers", status, summary, json!({"requested": requested, "strict": settings.model.strict_providers}))]
+}
+
+/// Which backend `serve` would use, and why.
+fn backend(settings: &Settings) -> Check {
+    let kind = settings.model.backend;
+    let ort = runtime::load(settings.model.onnxruntime_library.as_deref());
+    let (status, name, why) = match kind {
+        BackendKind::Ort => match &ort {
+            Ok(_) => ("ok", "onnxruntime", "model.backend = \"ort\"".to_string()),
+            Err(e) => ("error", "none", format!("model.backend = \"ort\" but the library does not load: {e}")),
+        },
+        BackendKind::Tract if select::TRACT_BUILT => ("ok", "tract", "model.backend = \"tract\"".to_string()),
+        BackendKind::Tract => ("error", "none", "model.backend = \"tract\" but this build has no tract backend".to_string()),
+        BackendKind::Auto => match &ort {
+            Ok(rt) => ("ok", "onnxruntime", format!("auto: ONNX Runtime {} loads", rt.version)),
+            Err(e) if select::TRACT_BUILT => ("ok", "tract", format!("auto: ONNX Runtime unavailable ({e}); the pure-Rust tract backend serves")),
+            Err(e) => ("error", "none", format!("auto: ONNX Runtime unavailable ({e}) and this build has no tract backend")),
+        },
+    };
+    check("backend", status, format!("{name}: {why}"), json!({"configured": kind, "backend": name, "why": why, "tract_built": select::TRACT_BUILT}))
 }
 
 fn thermal(root: &SysRoot) -> Check {

@@ -3,8 +3,10 @@
 
 mod ask;
 mod bench;
+mod bench_intent;
 mod bench_thermal;
 mod doctor;
+mod eval_intents;
 mod generate;
 mod mqtt_forget;
 mod serve;
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::backend::select::{self, BackendKind};
 use qwenedge::engine::{Engine, EngineOptions};
 
 /// On-device inference daemon for Qwen3.5 Small ONNX models.
@@ -38,6 +41,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Ask the running daemon (over its socket) and stream the answer.
     Ask(ask::AskArgs),
+    /// Measure intent recognition on a labelled dataset through the running daemon.
+    EvalIntents(eval_intents::EvalIntentsArgs),
     /// Check this device, the ONNX Runtime library, the socket and the configured model.
     Doctor(doctor::DoctorArgs),
     /// Remove this device's Home Assistant discovery entries from the MQTT broker.
@@ -56,6 +61,9 @@ pub struct ModelArgs {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, then the documented search order).
     #[arg(long, env = "QWENEDGE__MODEL__ONNXRUNTIME_LIBRARY")]
     pub onnxruntime: Option<PathBuf>,
+    /// Runtime: ONNX Runtime, the pure-Rust tract backend, or ONNX Runtime when it loads.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto, env = "QWENEDGE__MODEL__BACKEND")]
+    pub backend: BackendKind,
 }
 
 impl ModelArgs {
@@ -64,10 +72,17 @@ impl ModelArgs {
             ort: OrtOptions { library: self.onnxruntime.clone(), threads: self.threads, ..Default::default() },
         };
         let started = std::time::Instant::now();
-        let engine = Engine::load(&self.model, &opts)?;
+        let mut why = String::new();
+        let engine = Engine::load_with(&self.model, |spec| {
+            let chosen = select::load(spec, self.backend, &opts.ort)?;
+            why = chosen.why;
+            Ok(chosen.backend)
+        })?;
         let info = engine.backend_info();
         tracing::info!(
             model = %self.model.display(),
+            backend = info.name,
+            chosen = %why,
             runtime = %info.version,
             library = info.library.as_deref().unwrap_or(""),
             load_ms = started.elapsed().as_millis() as u64,
@@ -105,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::BenchThermal(args) => bench_thermal::run(args),
                 Command::Ask(args) => ask::run(args),
                 Command::Doctor(args) => doctor::run(args),
+                Command::EvalIntents(args) => eval_intents::run(args),
                 Command::MqttForget(args) => mqtt_forget::run(args),
                 Command::Serve(_) => unreachable!("handled above"),
             }

@@ -40,6 +40,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     service::init_logging("info");
+    if settings.mqtt.enabled {
+        MqttTransport::check(&settings.mqtt).context("MQTT")?;
+    }
     let activated = service::activated_listener();
     service::notify("STATUS=loading the model");
     info!(model = ?settings.model.path, "loading the model");

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, BackendError, Logits, LogitsWanted, Sequence};
+use super::backend::{Backend, BackendError, Logits, LogitsWanted, Sequence, Snapshot};
+use super::constrain::{Allowed, Constraint};
 use super::detok::{StopMatcher, StopState, Utf8Stream};
 use super::sampler::{Sampler, SamplingParams};
 use super::tokenizer::TextTokenizer;
@@ -47,6 +48,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// Prompt tokens restored from the prefix cache instead of prefilled.
+    #[serde(default)]
+    pub cached_tokens: usize,
 }
 
 /// Where the time went.
@@ -126,6 +130,11 @@ pub struct Decoder {
     seq: Sequence,
     prompt: Vec<u32>,
     prefilled: usize,
+    /// Prompt tokens the sequence already held when the decoder was made.
+    reused: usize,
+    /// Prompt position at which to take a snapshot during prefill.
+    snapshot_at: Option<usize>,
+    snapshot: Option<Snapshot>,
     params: GenerateParams,
     eos: Vec<u32>,
     context_length: usize,
@@ -140,6 +149,8 @@ pub struct Decoder {
     first_token: Option<Instant>,
     finished: Option<FinishReason>,
     pending: Option<FinishReason>,
+    /// The grammar the output must follow, if any.
+    constraint: Option<Constraint>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -174,6 +185,9 @@ impl Decoder {
             seq,
             prompt,
             prefilled: 0,
+            reused: 0,
+            snapshot_at: None,
+            snapshot: None,
             params,
             eos,
             context_length,
@@ -188,7 +202,70 @@ impl Decoder {
             first_token: None,
             finished: None,
             pending: None,
+            constraint: None,
         })
+    }
+
+    /// Prepares a generation of `prompt` on a sequence that already holds its first
+    /// `seq.len()` tokens (restored from a prefix snapshot): only the rest is prefilled, while
+    /// sampling (penalties) and usage still see the whole prompt.
+    pub fn resume(
+        seq: Sequence,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        eos: Vec<u32>,
+        context_length: usize,
+    ) -> Result<Self, BackendError> {
+        let reused = seq.len();
+        if reused >= prompt.len() {
+            return Err(BackendError::Limit(format!(
+                "the restored state holds {reused} tokens; the prompt has only {}",
+                prompt.len()
+            )));
+        }
+        if prompt.len() >= context_length {
+            return Err(BackendError::Limit(format!(
+                "the prompt has {} tokens; the model's context holds {context_length}",
+                prompt.len()
+            )));
+        }
+        let mut decoder = Self::new(seq, prompt, params, eos, usize::MAX)?;
+        decoder.context_length = context_length;
+        decoder.prefilled = reused;
+        decoder.reused = reused;
+        Ok(decoder)
+    }
+
+    /// Asks for a snapshot of the state after the first `at` prompt tokens (a prefix worth
+    /// caching); the prefill then stops at that position once. Ignored unless `at` lies after
+    /// what is already prefilled and inside the prompt.
+    pub fn snapshot_at(&mut self, at: usize) {
+        if at > self.prefilled && at <= self.prompt.len() {
+            self.snapshot_at = Some(at);
+        }
+    }
+
+    /// The snapshot asked for with [`snapshot_at`](Self::snapshot_at), with the prompt tokens
+    /// it holds, once the prefill has passed that position.
+    pub fn take_snapshot(&mut self) -> Option<(Vec<u32>, Snapshot)> {
+        let snap = self.snapshot.take()?;
+        Some((self.prompt[..snap.len()].to_vec(), snap))
+    }
+
+    /// Holds the output to `constraint`'s grammar: disallowed tokens are masked before
+    /// sampling and the generation stops once the grammar is complete.
+    pub fn constrain(&mut self, constraint: Constraint) {
+        self.constraint = Some(constraint);
+    }
+
+    /// The grammar state, when the output is constrained.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
+    }
+
+    /// Prompt tokens restored instead of prefilled.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
     }
 
     /// Does the next unit of work: one prefill chunk, or one token.
@@ -201,13 +278,23 @@ impl Decoder {
         }
         if self.prefilled < self.prompt.len() {
             let chunk = if self.params.prefill_chunk == 0 { self.prompt.len() } else { self.params.prefill_chunk };
-            let end = (self.prefilled + chunk).min(self.prompt.len());
+            let mut end = (self.prefilled + chunk).min(self.prompt.len());
+            if let Some(at) = self.snapshot_at {
+                end = end.min(at);
+            }
             let result = backend.forward(&mut self.seq, &self.prompt[self.prefilled..end], LogitsWanted::Last, &mut self.logits);
             if let Err(e) = result {
                 self.finished = Some(FinishReason::Cancelled);
                 return Err(e);
             }
             self.prefilled = end;
+            if self.snapshot_at == Some(end) {
+                self.snapshot_at = None;
+                match backend.snapshot(&self.seq) {
+                    Ok(snap) => self.snapshot = Some(snap),
+                    Err(e) => tracing::warn!(error = %e, "taking a prefix snapshot failed; continuing without it"),
+                }
+            }
             if end == self.prompt.len() {
                 self.prefill_end = Some(Instant::now());
             }
@@ -216,8 +303,27 @@ impl Decoder {
         if self.tokens.len() >= self.params.max_tokens {
             return Ok(self.finish(FinishReason::Length));
         }
+        if let Some(c) = self.constraint.as_mut() {
+            match c.mask(&mut self.logits.data[..self.logits.vocab]) {
+                Ok(Allowed::Tokens) => {}
+                Ok(Allowed::EndOnly) => return Ok(self.finish(FinishReason::Stop)),
+                Err(e) => {
+                    self.finished = Some(FinishReason::Cancelled);
+                    return Err(BackendError::Run(e.to_string()));
+                }
+            }
+        }
         let choice = self.sampler.sample(&mut self.logits.data[..self.logits.vocab]);
         self.first_token.get_or_insert_with(Instant::now);
+        if let Some(c) = self.constraint.as_mut() {
+            if let Err(e) = c.commit(choice.token, &self.logits.data[..self.logits.vocab]) {
+                self.finished = Some(FinishReason::Cancelled);
+                return Err(BackendError::Run(e.to_string()));
+            }
+            if c.is_finished() && !self.eos.contains(&choice.token) {
+                self.pending = Some(FinishReason::Stop);
+            }
+        }
         if self.eos.contains(&choice.token) {
             return Ok(self.finish(FinishReason::Stop));
         }
@@ -233,7 +339,9 @@ impl Decoder {
             }
         };
         self.text.push_str(&piece);
-        if self.tokens.len() >= self.params.max_tokens {
+        if self.pending.is_some() {
+            // The grammar is complete: no further forward pass.
+        } else if self.tokens.len() >= self.params.max_tokens {
             self.pending = Some(FinishReason::Length);
         } else if self.seq.len() + 1 >= self.context_length {
             self.pending = Some(FinishReason::ContextFull);
@@ -283,12 +391,12 @@ impl Decoder {
             text: self.text.clone(),
             tokens: self.tokens.clone(),
             finish_reason: self.finished.unwrap_or(FinishReason::Cancelled),
-            usage: Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.tokens.len() },
+            usage: Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.tokens.len(), cached_tokens: self.reused },
             timings: Timings {
                 prefill_ms: ms(prefill),
                 ttft_ms: ms(ttft),
                 decode_ms: ms(decode),
-                prefill_tok_s: rate(self.prompt.len(), prefill),
+                prefill_tok_s: rate(self.prompt.len() - self.reused, prefill),
                 decode_tok_s: rate(self.tokens.len().saturating_sub(1), decode),
             },
         }

@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod bpe;
+pub mod cache;
+pub mod constrain;
 pub mod model;
 pub mod onnx;
 pub mod chat;
@@ -14,7 +16,8 @@ pub mod generate;
 use std::path::Path;
 
 use backend::ort::{OrtBackend, OrtOptions};
-use backend::{Backend, BackendError, BackendInfo, Sequence};
+use backend::{Backend, BackendError, BackendInfo, Sequence, Snapshot};
+use cache::{CacheError, CacheStats, PrefixCache};
 use chat::{ChatInput, ChatTemplate, TemplateError};
 use generate::{Completion, Decoder, GenerateParams, Step, TokenSink};
 use model::{ModelError, ModelSpec};
@@ -37,6 +40,23 @@ pub enum EngineError {
     Backend(#[from] BackendError),
 }
 
+/// Why a prefix could not be pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// Prefilling it failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The cache would not hold it.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The chat could not be rendered.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The rendered chat could not be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
 /// Options for loading an engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
@@ -52,6 +72,10 @@ pub struct Engine {
     pub tokenizer: TextTokenizer,
     chat: Option<ChatTemplate>,
     backend: Box<dyn Backend>,
+    /// Prefix snapshots of this backend's sequences (off until configured).
+    cache: PrefixCache<Snapshot>,
+    /// Grammar compiler for this vocabulary, built on first use.
+    constrainer: Option<std::sync::Arc<constrain::Constrainer>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -64,6 +88,14 @@ impl Engine {
     /// Validates `dir` and loads everything; fails before touching the runtime when the files
     /// are wrong.
     pub fn load(dir: impl AsRef<Path>, opts: &EngineOptions) -> Result<Self, EngineError> {
+        Self::load_with(dir, |spec| Ok(Box::new(OrtBackend::load(spec, &opts.ort)?)))
+    }
+
+    /// Like [`load`](Self::load), with the backend built by `make` from the validated spec.
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
+    ) -> Result<Self, EngineError> {
         let spec = ModelSpec::load(dir)?;
         let tokenizer = TextTokenizer::load(&spec)?;
         let chat = match ChatTemplate::load(&spec) {
@@ -71,8 +103,8 @@ impl Engine {
             Err(TemplateError::Absent) => None,
             Err(e) => return Err(e.into()),
         };
-        let backend = Box::new(OrtBackend::load(&spec, &opts.ort)?);
-        Ok(Self { spec, tokenizer, chat, backend })
+        let backend = make(&spec)?;
+        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None })
     }
 
     /// The backend's description.
@@ -111,9 +143,116 @@ impl Engine {
         Decoder::new(seq, prompt, params, self.spec.eos_token_ids.clone(), self.spec.context_length)
     }
 
-    /// Advances `decoder` by one prefill chunk or one token.
+    /// Advances `decoder` by one prefill chunk or one token; a prefix snapshot it took goes
+    /// into the prefix cache.
     pub fn step(&mut self, decoder: &mut Decoder) -> Result<Step, BackendError> {
-        decoder.step(self.backend.as_mut(), &self.tokenizer)
+        let step = decoder.step(self.backend.as_mut(), &self.tokenizer)?;
+        if let Some((tokens, snap)) = decoder.take_snapshot() {
+            let bytes = snap.bytes();
+            if let Err(e) = self.cache.insert(tokens, snap, bytes, false) {
+                tracing::debug!(reason = %e, "prefix not cached");
+            }
+        }
+        Ok(step)
+    }
+
+    /// The grammar compiler for this model's vocabulary (built on the first call, which takes
+    /// a moment for a large vocabulary).
+    pub fn constrainer(&mut self) -> Result<std::sync::Arc<constrain::Constrainer>, constrain::ConstrainError> {
+        if let Some(c) = &self.constrainer {
+            return Ok(c.clone());
+        }
+        let c = constrain::Constrainer::new(&self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)?;
+        self.constrainer = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sets the prefix cache's budget (0: off) and the fewest tokens a stored conversation
+    /// prefix must save; what no longer fits is evicted.
+    pub fn configure_cache(&mut self, max_bytes: usize, min_tokens: usize) {
+        self.cache.configure(max_bytes, min_tokens);
+    }
+
+    /// Turns memory-pressure mode of the prefix cache on or off (on: conversation prefixes
+    /// are dropped and none are stored; pinned prefixes stay).
+    pub fn set_cache_pressure(&mut self, on: bool) {
+        self.cache.set_pressure(on);
+    }
+
+    /// The prefix cache's counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Drops every cached prefix.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Drops the pinned prefixes (before the current ones are registered again).
+    pub fn unpin_prefixes(&mut self) {
+        self.cache.unpin_all();
+    }
+
+    /// Prefills `tokens` once and keeps their state as a pinned prefix, so every prompt that
+    /// starts with them prefills only the rest. Does nothing when it is pinned already.
+    pub fn pin_prefix(&mut self, tokens: &[u32]) -> Result<(), PinError> {
+        if !self.cache.enabled() {
+            return Err(PinError::Cache(CacheError::Disabled));
+        }
+        if tokens.is_empty() || self.cache.contains(tokens, true) {
+            return Ok(());
+        }
+        let mut seq = self.backend.new_sequence()?;
+        let mut logits = backend::Logits::default();
+        self.backend.forward(&mut seq, tokens, backend::LogitsWanted::Last, &mut logits)?;
+        let snap = self.backend.snapshot(&seq)?;
+        let bytes = snap.bytes();
+        Ok(self.cache.insert(tokens.to_vec(), snap, bytes, true)?)
+    }
+
+    /// Makes the part of `chat` that every request of its kind shares the pinned prefix,
+    /// replacing other pinned prefixes: the messages before the last user message with the
+    /// same tools and no generation prompt (for an intent request, the catalog's system prompt
+    /// and tools). Prefills only when it is not pinned already. Returns its length in tokens.
+    pub fn pin_chat_prefix(&mut self, chat: &ChatInput) -> Result<usize, PinError> {
+        let last_user = chat.messages.iter().rposition(|m| m["role"] == "user").unwrap_or(chat.messages.len());
+        let fixed = ChatInput { messages: chat.messages[..last_user].to_vec(), add_generation_prompt: false, ..chat.clone() };
+        let tokens = self.tokenizer.encode(&self.render_chat(&fixed)?)?;
+        self.cache.unpin_except(&tokens);
+        self.pin_prefix(&tokens)?;
+        Ok(tokens.len())
+    }
+
+    /// A decoder for `prompt` that starts from the longest cached prefix of it and, when
+    /// `store_at` marks a prefix worth keeping (a message boundary), snapshots the state there
+    /// for later prompts. Stops on the model's EOS ids; `context_length` caps prompt + output.
+    pub fn cached_decoder(
+        &mut self,
+        prompt: Vec<u32>,
+        store_at: Option<usize>,
+        params: GenerateParams,
+        context_length: usize,
+    ) -> Result<Decoder, BackendError> {
+        let eos = self.spec.eos_token_ids.clone();
+        let restored = match self.cache.lookup(&prompt) {
+            Some((reused, snap)) => match self.backend.restore(snap, prompt.len() - reused + params.max_tokens) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring a cached prefix failed; prefilling the whole prompt");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut decoder = match restored {
+            Some(seq) => Decoder::resume(seq, prompt, params, eos, context_length)?,
+            None => Decoder::new(self.backend.new_sequence()?, prompt, params, eos, context_length)?,
+        };
+        if let Some(at) = store_at.filter(|&at| self.cache.worth_storing(at, decoder.reused_tokens())) {
+            decoder.snapshot_at(at);
+        }
+        Ok(decoder)
     }
 
     /// Generates after `prompt` from a fresh sequence, stopping on the model's EOS ids.

@@ -11,6 +11,9 @@ use crate::api::{ErrorCode, EventBody, Prompt, RequestTimings};
 use crate::budget::{memory, BudgetState, ThermalLevel};
 use crate::config::Settings;
 use crate::engine::chat::ChatInput;
+use crate::engine::constrain::{ConstrainError, Grammar};
+use crate::intent::Catalog;
+use crate::engine::backend::BackendError;
 use crate::engine::generate::{Decoder, GenerateParams, Step};
 use crate::engine::Engine;
 
@@ -21,6 +24,10 @@ pub(super) struct Active {
     started: Instant,
     deadline: Option<Instant>,
     load_ms: f64,
+    /// Time the engine thread slept after this request's steps to keep to the warm duty cycle.
+    pub(super) paced: Duration,
+    /// For an `intent` request: the catalog it was asked against and the confidence needed.
+    intent: Option<(std::sync::Arc<Catalog>, f64)>,
 }
 
 /// The request's deadline: its own `deadline_ms`, else the configured default.
@@ -46,16 +53,38 @@ pub(super) type Refused = (Job, ErrorCode, String);
 /// decoder.
 pub(super) fn start(engine: &mut Engine, settings: &Settings, budget: &BudgetState, job: Job, load_ms: f64) -> Result<Active, Refused> {
     let req = &job.request;
+    let mut history = None;
+    let mut grammar = req.format.clone();
+    let mut intent = None;
     let text = match &req.prompt {
         Prompt::Text(t) => t.clone(),
+        Prompt::Intent { text, filter } => {
+            let catalog = match settings.intents.catalog() {
+                Ok(c) => c,
+                Err(e) => return Err((job, ErrorCode::ModelError, e.to_string())),
+            };
+            let prepared = crate::intent::prepare(&catalog, text, filter.as_deref());
+            let rendered = match engine.render_chat(&prepared.chat) {
+                Ok(t) => t,
+                Err(e) => return Err((job, ErrorCode::ModelError, e.to_string())),
+            };
+            grammar = Some(Grammar::Lark(prepared.grammar));
+            intent = Some((catalog, settings.intents.min_confidence, prepared.max_tokens));
+            rendered
+        }
         Prompt::Chat { messages, tools, thinking } => {
-            let input = ChatInput { messages: messages.clone(), tools: tools.clone(), add_generation_prompt: true, enable_thinking: Some(*thinking) };
-            match engine.render_chat(&input) {
+            let mut input = ChatInput { messages: messages.clone(), tools: tools.clone(), add_generation_prompt: true, enable_thinking: Some(*thinking) };
+            let text = match engine.render_chat(&input) {
                 Ok(t) => t,
                 Err(e) => {
                     return Err((job, ErrorCode::BadRequest, e.to_string().to_string()));
                 }
+            };
+            if engine.cache_stats().max_bytes > 0 {
+                input.add_generation_prompt = false;
+                history = engine.render_chat(&input).ok();
             }
+            text
         }
     };
     let prompt = match engine.tokenizer.encode(&text) {
@@ -64,10 +93,15 @@ pub(super) fn start(engine: &mut Engine, settings: &Settings, budget: &BudgetSta
             return Err((job, ErrorCode::BadRequest, e.to_string().to_string()));
         }
     };
+    let store_at = history.and_then(|h| message_boundary(engine, &prompt, &h));
     let s = &settings.scheduler;
     let mut max_tokens = req.max_tokens.unwrap_or(s.default_max_tokens).min(s.max_tokens_limit);
     if budget.level >= ThermalLevel::Hot {
         max_tokens = max_tokens.min(settings.budget.hot_max_tokens);
+    }
+    if let Some((_, _, n)) = &intent {
+        // The grammar ends every answer within this many tokens; a lower cap would cut it.
+        max_tokens = *n;
     }
     let context = context_length(engine, settings);
     let tokens = (prompt.len() + max_tokens).min(context);
@@ -77,20 +111,33 @@ pub(super) fn start(engine: &mut Engine, settings: &Settings, budget: &BudgetSta
         return Err((job, ErrorCode::Memory, msg));
     }
     let params = GenerateParams { max_tokens, stop: req.stop.clone(), sampling: req.sampling.clone(), prefill_chunk: settings.model.prefill_chunk_tokens };
-    let seq = match engine.new_sequence() {
-        Ok(seq) => seq,
-        Err(e) => {
-            return Err((job, ErrorCode::ModelError, e.to_string().to_string()));
-        }
+    let constraint = match grammar.map(|g| engine.constrainer().and_then(|c| c.constraint(&g))) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e @ ConstrainError::Grammar(_))) => return Err((job, ErrorCode::BadRequest, e.to_string())),
+        Some(Err(e)) => return Err((job, ErrorCode::ModelError, e.to_string())),
     };
-    let eos = engine.spec.eos_token_ids.clone();
-    match Decoder::new(seq, prompt, params, eos, context) {
-        Ok(decoder) => {
+    match engine.cached_decoder(prompt, store_at, params, context) {
+        Ok(mut decoder) => {
+            if let Some(c) = constraint {
+                decoder.constrain(c);
+            }
             let deadline = deadline(&job, s.default_deadline_ms);
-            Ok(Active { job, decoder, started: Instant::now(), deadline, load_ms })
+            let intent = intent.map(|(c, min, _)| (c, min));
+            Ok(Active { job, decoder, started: Instant::now(), deadline, load_ms, paced: Duration::ZERO, intent })
         }
-        Err(e) => Err((job, ErrorCode::BadRequest, e.to_string())),
+        Err(e @ BackendError::Limit(_)) => Err((job, ErrorCode::BadRequest, e.to_string())),
+        Err(e) => Err((job, ErrorCode::ModelError, e.to_string())),
     }
+}
+
+/// Where the conversation's messages end inside `prompt` (before the assistant turn opener):
+/// the state there is what the next turn of the same conversation starts with. `history` is
+/// the chat rendered without the generation prompt; `None` unless its tokens are a prefix of
+/// `prompt`.
+fn message_boundary(engine: &Engine, prompt: &[u32], history: &str) -> Option<usize> {
+    let tokens = engine.tokenizer.encode(history).ok()?;
+    (!tokens.is_empty() && prompt.starts_with(&tokens)).then_some(tokens.len())
 }
 
 /// Does one unit of work for `active[i]`, removing it when it ends. Returns how long the
@@ -155,6 +202,7 @@ fn finish(shared: &Shared, a: Active) {
     let timings = RequestTimings {
         queue_ms: queue_ms.max(0.0),
         load_ms: a.load_ms,
+        paced_ms: a.paced.as_secs_f64() * 1e3,
         prefill_ms: done.timings.prefill_ms,
         ttft_ms: (a.started - a.job.received).as_secs_f64() * 1e3 + done.timings.ttft_ms,
         decode_tok_s: done.timings.decode_tok_s,
@@ -172,6 +220,14 @@ fn finish(shared: &Shared, a: Active) {
         let mut state = shared.lock();
         state.served += 1;
         state.last = Some(timings);
+    }
+    if let (Some((catalog, min)), Prompt::Intent { text, .. }) = (&a.intent, &a.job.request.prompt) {
+        let confidence = a.decoder.constraint().map_or(0.0, |c| c.confidence());
+        match crate::intent::event(catalog, &done.text, text, confidence, *min, done.usage, timings) {
+            Ok(body) => a.job.send(body),
+            Err(e) => a.job.send(EventBody::Error { code: ErrorCode::ModelError, message: e.to_string() }),
+        };
+        return;
     }
     a.job.send(EventBody::Done { text: done.text, finish_reason: done.finish_reason, usage: done.usage, timings });
 }

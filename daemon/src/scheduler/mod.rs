@@ -101,6 +101,8 @@ struct State {
     budget: crate::budget::BudgetState,
     /// Whether a model is loaded (false after an idle unload or a failed load).
     loaded: bool,
+    /// The loaded engine's prefix-cache counters.
+    cache: Option<crate::engine::cache::CacheStats>,
 }
 
 struct Shared {
@@ -154,6 +156,7 @@ impl Scheduler {
                 last: None,
                 budget: Default::default(),
                 loaded: true,
+                cache: None,
             }),
             wake: Condvar::new(),
             heartbeat_ms: AtomicU64::new(0),
@@ -216,6 +219,7 @@ impl Scheduler {
             "last_request": state.last,
             "model_loaded": state.loaded,
             "budget": state.budget,
+            "cache": state.cache,
         })
     }
 
@@ -311,5 +315,7 @@ pub fn load_engine(settings: &Settings) -> Result<Engine, LoadError> {
             ..Default::default()
         },
     };
-    Ok(Engine::load(path, &opts)?)
+    let mut engine = Engine::load(path, &opts)?;
+    engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+    Ok(engine)
 }

@@ -30,6 +30,7 @@ enum Work {
     Reload(Settings),
     Swap(PathBuf),
     Unload,
+    Pin,
 }
 
 /// What `status`/`models` report about the loaded model.
@@ -65,12 +66,16 @@ pub(super) fn run(shared: &Shared, engine: Engine) {
     let mut active: Vec<Active> = Vec::new();
     let mut pacer = Pacer::default();
     let mut last_busy = Instant::now();
+    let mut pressure = false;
+    // The intent catalog's prefix is (re)built when the engine is idle after a (re)load.
+    let mut pin_pending = true;
     loop {
         shared.beat();
         let (work, level, duty) = {
             let mut state = shared.lock();
             loop {
                 settle(&mut state, &mut active);
+                sync_cache(&mut state, engine.as_mut(), &mut pressure);
                 let draining = state.phase == Phase::Draining;
                 if draining && active.is_empty() && state.queue.is_empty() {
                     state.running.clear();
@@ -86,6 +91,9 @@ pub(super) fn run(shared: &Shared, engine: Engine) {
                     if engine.is_some() && wanted.is_some() && wanted != loaded_path {
                         break (Work::Swap(wanted.unwrap_or_default()), level, duty);
                     }
+                    if pin_pending && engine.is_some() && state.queue.is_empty() {
+                        break (Work::Pin, level, duty);
+                    }
                     let idle = state.settings.budget.idle_unload_s;
                     if idle > 0 && engine.is_some() && state.queue.is_empty() && last_busy.elapsed() >= Duration::from_secs(idle) {
                         break (Work::Unload, level, duty);
@@ -99,15 +107,33 @@ pub(super) fn run(shared: &Shared, engine: Engine) {
                 shared.beat();
             }
         };
+        let may_load = !matches!(work, Work::Step(_));
+        // Which request the pause after this piece of work is charged to.
+        let stepped = match &work {
+            Work::Step(i) => active.get(*i).map(|a| a.job.id.clone()),
+            Work::Start(job) => Some(job.id.clone()),
+            _ => None,
+        };
         let busy = match work {
             Work::Reload(settings) => {
                 reload(shared, &mut engine, &mut loaded_path, settings);
+                pin_pending = true;
                 Duration::ZERO
+            }
+            Work::Pin => {
+                let settings = shared.lock().settings.clone();
+                let began = Instant::now();
+                if let Some(e) = engine.as_mut() {
+                    pin_intents(e, &settings);
+                }
+                pin_pending = false;
+                began.elapsed()
             }
             Work::Swap(path) => {
                 let settings = shared.lock().settings.clone();
                 info!(model = %path.display(), ?level, "switching model for the thermal level");
                 swap(shared, &mut engine, &mut loaded_path, &settings, path);
+                pin_pending = true;
                 Duration::ZERO
             }
             Work::Unload => {
@@ -127,6 +153,7 @@ pub(super) fn run(shared: &Shared, engine: Engine) {
                     let began = Instant::now();
                     swap(shared, &mut engine, &mut loaded_path, &settings, wanted.unwrap_or_default());
                     load_ms = began.elapsed().as_secs_f64() * 1e3;
+                    pin_pending = true;
                 }
                 match engine.as_mut() {
                     None => {
@@ -150,16 +177,63 @@ pub(super) fn run(shared: &Shared, engine: Engine) {
             }
             Work::Step(i) => job::step(shared, engine.as_mut(), &mut active, i),
         };
+        if may_load {
+            // A new engine starts without pressure mode; apply it again if it still holds.
+            pressure = false;
+        }
         last_busy = Instant::now();
         let sleep = pacer.after(busy, duty);
         if !sleep.is_zero() {
             let began = Instant::now();
             std::thread::sleep(sleep);
-            pacer.slept(began.elapsed());
+            let slept = began.elapsed();
+            pacer.slept(slept);
+            if let Some(a) = active.iter_mut().find(|a| Some(&a.job.id) == stepped.as_ref()) {
+                a.paced += slept;
+            }
         }
         let mut state = shared.lock();
         state.running = active.iter().map(|a| (a.job.id.clone(), a.job.request.priority)).collect();
     }
+}
+
+/// Prefills the intent catalog's fixed prompt (system prompt + tools) and pins its state, so
+/// `intent` requests prefill only the utterance; drops the pinned prefix when turned off.
+fn pin_intents(engine: &mut Engine, settings: &Settings) {
+    if !settings.cache.pin_intents || settings.cache.max_mb == 0 {
+        engine.unpin_prefixes();
+        return;
+    }
+    let catalog = match settings.intents.catalog() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "the intent catalog is unusable; its prefix is not cached");
+            return;
+        }
+    };
+    let chat = crate::intent::prepare(&catalog, "", None).chat;
+    let began = Instant::now();
+    match engine.pin_chat_prefix(&chat) {
+        Ok(tokens) => info!(tokens, ms = began.elapsed().as_millis() as u64, "intent catalog prefix cached"),
+        Err(e) => warn!(error = %e, "caching the intent catalog prefix failed"),
+    }
+}
+
+/// Puts the prefix cache in or out of pressure mode when the budget's memory pressure changed
+/// (`applied` is the mode the engine's cache is in), and publishes its counters.
+fn sync_cache(state: &mut State, engine: Option<&mut Engine>, applied: &mut bool) {
+    let Some(e) = engine else {
+        state.cache = None;
+        return;
+    };
+    if state.budget.under_pressure != *applied {
+        *applied = state.budget.under_pressure;
+        if *applied {
+            warn!("memory is under pressure: dropping cached conversation prefixes");
+        }
+        e.set_cache_pressure(*applied);
+    }
+    state.cache = Some(e.cache_stats());
 }
 
 /// Answers what must end now: queued jobs that were cancelled, timed out, or arrive while
@@ -264,7 +338,8 @@ fn reload(shared: &Shared, engine: &mut Option<Engine>, loaded: &mut Option<Path
             shared.lock().settings = Settings { model: old.model.clone(), ..settings };
             return;
         }
-    } else if let Some(e) = engine.as_ref() {
+    } else if let Some(e) = engine.as_mut() {
+        e.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
         shared.lock().model = describe(e, &settings);
     }
     info!("configuration reloaded");

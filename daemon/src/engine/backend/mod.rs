@@ -7,6 +7,9 @@
 pub mod ort;
 pub mod providers;
 pub mod runtime;
+pub mod select;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use std::any::Any;
 
@@ -58,6 +61,38 @@ impl Sequence {
     /// True before the first forward pass.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A compact, immutable copy of a sequence's state after its first [`len`](Self::len) tokens:
+/// the KV of the full-attention layers trimmed to those positions plus the fixed-size linear
+/// state. Restoring it gives a sequence that continues exactly where the snapshot was taken.
+pub struct Snapshot {
+    pub(crate) len: usize,
+    pub(crate) bytes: usize,
+    pub(crate) state: Box<dyn Any + Send>,
+}
+
+impl Snapshot {
+    /// Tokens the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a snapshot of an empty sequence.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of state it keeps.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("len", &self.len).field("bytes", &self.bytes).finish_non_exhaustive()
     }
 }
 
@@ -130,4 +165,11 @@ pub trait Backend: Send {
 
     /// An independent copy of `seq` (prefix snapshots).
     fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError>;
+
+    /// A compact copy of `seq`'s state, holding only the positions it has consumed.
+    fn snapshot(&self, seq: &Sequence) -> Result<Snapshot, BackendError>;
+
+    /// A new sequence continuing from `snap`, with room for `room` more tokens before its
+    /// buffers have to grow.
+    fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError>;
 }

@@ -19,7 +19,7 @@ use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
 use super::providers::{self, ProviderRequest};
-use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence};
+use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence, Snapshot};
 use crate::engine::onnx::edit;
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
 
@@ -86,6 +86,13 @@ struct OrtState {
     capacity: usize,
     linear: Vec<Tensor<f32>>,
     broken: bool,
+}
+
+/// A snapshot's content: each KV tensor trimmed to `[heads, len, head_dim]`, each linear state
+/// tensor as is, in the order of the backend's `kv` and `linear` lists.
+struct OrtSnapshot {
+    kv: Vec<Vec<f32>>,
+    linear: Vec<Vec<f32>>,
 }
 
 fn next_state_id() -> u64 {
@@ -395,5 +402,74 @@ impl Backend for OrtBackend {
         let linear = state.linear.iter().map(copy).collect::<Result<Vec<_>, _>>()?;
         let state = OrtState { id: next_state_id(), kv, capacity: state.capacity, linear, broken: state.broken };
         Ok(Sequence { len: seq.len, state: Box::new(state) })
+    }
+
+    fn snapshot(&self, seq: &Sequence) -> Result<Snapshot, BackendError> {
+        let state = seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)?;
+        if state.broken {
+            return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
+        }
+        let len = seq.len;
+        let kv = self
+            .kv
+            .iter()
+            .zip(&state.kv)
+            .map(|(t, buf)| {
+                let (heads, dim) = (t.shape[0], t.shape[2]);
+                let src = buf.extract_tensor().1;
+                let mut out = Vec::with_capacity(heads * len * dim);
+                for h in 0..heads {
+                    out.extend_from_slice(&src[h * state.capacity * dim..][..len * dim]);
+                }
+                out
+            })
+            .collect::<Vec<_>>();
+        let linear = state.linear.iter().map(|t| t.extract_tensor().1.to_vec()).collect::<Vec<_>>();
+        let floats: usize = kv.iter().chain(&linear).map(Vec::len).sum();
+        Ok(Snapshot { len, bytes: floats * std::mem::size_of::<f32>(), state: Box::new(OrtSnapshot { kv, linear }) })
+    }
+
+    fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError> {
+        let saved = snap.state.downcast_ref::<OrtSnapshot>().ok_or(BackendError::ForeignState)?;
+        let len = snap.len;
+        let kv_fits = saved.kv.len() == self.kv.len() || (len == 0 && saved.kv.is_empty());
+        let kv_shapes = self.kv.iter().zip(&saved.kv).all(|(t, v)| v.len() == t.shape[0] * len * t.shape[2]);
+        let linear_shapes = saved.linear.len() == self.linear.len()
+            && self.linear.iter().zip(&saved.linear).all(|(t, v)| v.len() == t.shape.iter().product::<usize>());
+        if !(kv_fits && kv_shapes && linear_shapes) {
+            return Err(BackendError::ForeignState);
+        }
+        let linear = self
+            .linear
+            .iter()
+            .zip(&saved.linear)
+            .map(|(t, v)| {
+                let mut buf = zeros(&self.allocator, &t.shape)?;
+                buf.extract_tensor_mut().1.copy_from_slice(v);
+                Ok(buf)
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        let (kv, capacity) = if saved.kv.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            let capacity = (len + room).max(MIN_KV_CAPACITY).min(self.spec.context_length).max(len);
+            let kv = self
+                .kv
+                .iter()
+                .zip(&saved.kv)
+                .map(|(t, v)| {
+                    let (heads, dim) = (t.shape[0], t.shape[2]);
+                    let mut buf = zeros(&self.allocator, &[heads, capacity, dim])?;
+                    let dst = buf.extract_tensor_mut().1;
+                    for h in 0..heads {
+                        dst[h * capacity * dim..][..len * dim].copy_from_slice(&v[h * len * dim..][..len * dim]);
+                    }
+                    Ok(buf)
+                })
+                .collect::<Result<Vec<_>, BackendError>>()?;
+            (kv, capacity)
+        };
+        let state = OrtState { id: next_state_id(), kv, capacity, linear, broken: false };
+        Ok(Sequence { len, state: Box::new(state) })
     }
 }

@@ -1,11 +1,15 @@
 //! The Hermes protocol (Rhasspy / Snips voice assistants), NLU side: a query on
 //! `hermes/nlu/query` is answered with `hermes/nlu/intentParsed` plus `hermes/intent/<name>`
 //! when an intent is recognised, else `hermes/nlu/intentNotRecognized`; a payload that is not a
-//! query gets `hermes/error/nlu`. Recognition itself is [`recognize`]; everything else here is
-//! the wire format, without I/O.
+//! query gets `hermes/error/nlu`. Recognition is an `intent` request through the scheduler
+//! ([`request`]); its terminal event becomes the Hermes messages ([`reply`]). Everything here
+//! is the wire format, without I/O.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+use crate::api::{EventBody, GenerateRequest, Priority, Prompt};
+use crate::engine::sampler::SamplingParams;
 
 /// Where queries arrive.
 pub const QUERY: &str = "hermes/nlu/query";
@@ -60,8 +64,9 @@ pub struct Slot {
     pub raw_value: String,
     /// The normalised value: `{"kind": "Custom" | "Number" | …, "value": …}`.
     pub value: SlotValue,
-    /// Character range in `input`.
-    pub range: SlotRange,
+    /// Character range in `input`, when the value was heard there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<SlotRange>,
     /// 0–1.
     pub confidence: f64,
 }
@@ -113,10 +118,57 @@ pub fn parse_query(payload: &[u8]) -> Result<NluQuery, NluError> {
     })
 }
 
-/// Intent recognition. Nothing is recognised yet: every query is answered
-/// `intentNotRecognized` until recognition runs through the scheduler.
-pub fn recognize(_query: &NluQuery) -> Option<Intent> {
-    None
+/// The `intent` request that recognises `query`: its input, restricted to its intent filter,
+/// sampled at `temperature`.
+pub fn request(query: &NluQuery, temperature: f32) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Intent { text: query.input.clone(), filter: query.intent_filter.clone() },
+        max_tokens: None,
+        sampling: SamplingParams { temperature, ..SamplingParams::default() },
+        stop: Vec::new(),
+        stream: false,
+        priority: Priority::Interactive,
+        deadline_ms: None,
+        format: None,
+    }
+}
+
+/// The messages that answer `query` once its request ended with `event`: the intent when one
+/// was recognised, `intentNotRecognized` when none was, `hermes/error/nlu` when it failed.
+pub fn reply(query: &NluQuery, event: &EventBody) -> Vec<(String, Vec<u8>)> {
+    match event {
+        EventBody::Intent { recognized: true, intent: Some(i), slots, .. } => {
+            let intent = Intent {
+                name: i.name.clone(),
+                confidence: i.confidence,
+                slots: slots.iter().map(|s| hermes_slot(s, i.confidence)).collect(),
+            };
+            answer(query, Some(&intent))
+        }
+        EventBody::Error { message, .. } => {
+            let e = NluError {
+                session_id: query.session_id.clone(),
+                site_id: query.site_id.clone(),
+                error: message.clone(),
+                context: query.input.chars().take(200).collect(),
+            };
+            vec![error_message(&e)]
+        }
+        _ => answer(query, None),
+    }
+}
+
+/// A slot of an `intent` event in Hermes' shape.
+fn hermes_slot(s: &crate::intent::Slot, confidence: f64) -> Slot {
+    let kind = if s.value.is_number() { "Number" } else { "Custom" };
+    Slot {
+        entity: s.name.clone(),
+        slot_name: s.name.clone(),
+        raw_value: s.raw_value.clone(),
+        value: SlotValue { kind: kind.into(), value: s.value.clone() },
+        range: s.range.map(|r| SlotRange { start: r.start, end: r.end }),
+        confidence,
+    }
 }
 
 /// The messages that answer `query` given what was recognised (topic, payload).
@@ -172,7 +224,7 @@ mod tests {
                 slot_name: "room".into(),
                 raw_value: "kitchen".into(),
                 value: SlotValue { kind: "Custom".into(), value: "kitchen".into() },
-                range: SlotRange { start: 12, end: 19 },
+                range: Some(SlotRange { start: 12, end: 19 }),
                 confidence: 1.0,
             }],
         }
@@ -182,7 +234,8 @@ mod tests {
     fn a_query_with_defaults() {
         let q = parse_query(br#"{"input":"turn on the kitchen light","futureField":1}"#).unwrap();
         assert_eq!((q.site_id.as_str(), q.id.as_deref(), q.intent_filter.as_ref()), ("default", None, None));
-        assert_eq!(recognize(&q), None);
+        let r = request(&q, 0.0);
+        assert_eq!(r.prompt, Prompt::Intent { text: "turn on the kitchen light".into(), filter: None });
     }
 
     #[test]
@@ -209,6 +262,33 @@ mod tests {
         });
         assert_eq!(parsed(&out[0].1), want);
         assert_eq!(out[0].1, out[1].1);
+    }
+
+    #[test]
+    fn intent_events_become_hermes_messages() {
+        let q = parse_query(br#"{"input":"kitchen light to 40","id":"q3"}"#).unwrap();
+        let slot = crate::intent::Slot {
+            name: "brightness".into(),
+            value: json!(40),
+            raw_value: "40".into(),
+            entity: None,
+            range: Some(crate::intent::SlotRange { start: 17, end: 19 }),
+        };
+        let event = EventBody::Intent {
+            recognized: true,
+            intent: Some(crate::api::IntentSummary { name: "HassLightSet".into(), confidence: 0.5 }),
+            slots: vec![slot],
+            text: String::new(),
+            usage: Default::default(),
+            timings: Default::default(),
+        };
+        let out = reply(&q, &event);
+        assert_eq!(out[1].0, "hermes/intent/HassLightSet");
+        let v = parsed(&out[1].1);
+        assert_eq!(v["slots"][0]["value"], json!({"kind": "Number", "value": 40}));
+        assert_eq!(v["slots"][0]["range"], json!({"start": 17, "end": 19}));
+        let failed = reply(&q, &EventBody::Error { code: crate::api::ErrorCode::Overloaded, message: "busy".into() });
+        assert_eq!(failed[0].0, "hermes/error/nlu");
     }
 
     #[test]

@@ -282,6 +282,17 @@ impl Loop {
     }
 }
 
+/// Reads the files the settings name (password, certificates, key) and builds the TLS
+/// configuration, without connecting: what [`open`] would refuse, refused before anything
+/// starts.
+pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
+    s.password().map_err(|e| MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display())))?;
+    if s.endpoint().tls {
+        tls_config(s)?;
+    }
+    Ok(())
+}
+
 /// Builds the client and starts the link task. Fails only on settings (files, TLS).
 pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Receiver<LinkEvent>), MqttError> {
     let endpoint = s.endpoint();

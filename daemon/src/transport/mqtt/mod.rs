@@ -69,6 +69,12 @@ pub struct MqttTransport {
 }
 
 impl MqttTransport {
+    /// Checks the files `[mqtt]` names (password, certificates) without connecting, so that a
+    /// bad one stops start-up before the model is loaded.
+    pub fn check(settings: &MqttSettings) -> Result<(), MqttError> {
+        link::check(settings)
+    }
+
     /// Starts the transport with `[mqtt]` of the scheduler's settings; it connects in the
     /// background and keeps reconnecting. Fails at once only when the settings are unusable
     /// (unreadable password file, bad certificates). Must run inside a tokio runtime.

@@ -48,6 +48,9 @@ pub(super) struct Session {
     recent: Recent,
     events_tx: mpsc::UnboundedSender<Tagged>,
     events_rx: mpsc::UnboundedReceiver<Tagged>,
+    /// Hermes answers (topic, payload) of finished NLU queries.
+    hermes_tx: mpsc::UnboundedSender<Vec<(String, Vec<u8>)>>,
+    hermes_rx: mpsc::UnboundedReceiver<Vec<(String, Vec<u8>)>>,
     forwarders: JoinSet<()>,
     connected: bool,
     failures: u64,
@@ -57,6 +60,7 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(settings: MqttSettings, topics: Topics, client: Client, scheduler: Scheduler) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (hermes_tx, hermes_rx) = mpsc::unbounded_channel();
         Self {
             settings,
             topics,
@@ -67,6 +71,8 @@ impl Session {
             recent: Recent::new(request::REMEMBERED),
             events_tx,
             events_rx,
+            hermes_tx,
+            hermes_rx,
             forwarders: JoinSet::new(),
             connected: false,
             failures: 0,
@@ -91,6 +97,11 @@ impl Session {
                     Some(event) => self.on_link(event),
                 },
                 Some(tagged) = self.events_rx.recv() => self.on_event(tagged),
+                Some(answers) = self.hermes_rx.recv() => {
+                    for (topic, payload) in answers {
+                        self.outbox.push(Message::raw(topic, payload));
+                    }
+                }
                 Some(_) = self.forwarders.join_next(), if !self.forwarders.is_empty() => {}
                 _ = status_tick.tick(), if !offline_sent => self.refresh_status(),
                 _ = state_tick.tick(), if self.settings.discovery && !close_requested => self.publish_state(),
@@ -102,6 +113,11 @@ impl Session {
             if close_requested && !offline_sent && self.forwarders.is_empty() {
                 while let Ok(tagged) = self.events_rx.try_recv() {
                     self.on_event(tagged);
+                }
+                while let Ok(answers) = self.hermes_rx.try_recv() {
+                    for (topic, payload) in answers {
+                        self.outbox.push(Message::raw(topic, payload));
+                    }
                 }
                 let offline = serde_json::to_vec(&status::offline(&self.topics.device)).unwrap_or_default();
                 self.outbox.push(Message::retained(self.topics.status.clone(), offline));
@@ -289,11 +305,27 @@ impl Session {
     fn on_hermes(&mut self, payload: &[u8]) {
         match hermes::parse_query(payload) {
             Ok(query) => {
-                let intent = hermes::recognize(&query);
-                debug!(id = ?query.id, site = %query.site_id, recognised = intent.is_some(), "Hermes: NLU query");
-                for (topic, payload) in hermes::answer(&query, intent.as_ref()) {
-                    self.outbox.push(Message::raw(topic, payload));
+                debug!(id = ?query.id, site = %query.site_id, "Hermes: NLU query");
+                let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+                let id = query.id.clone().unwrap_or_else(|| "hermes".into());
+                let temperature = self.scheduler.settings().intents.temperature;
+                let job = Job { id, request: hermes::request(&query, temperature), received: Instant::now(), cancel: Arc::new(AtomicBool::new(false)), events: tx };
+                if let Err((_, refusal)) = self.scheduler.submit(job) {
+                    let event = EventBody::Error { code: refusal.code, message: refusal.message };
+                    for (topic, payload) in hermes::reply(&query, &event) {
+                        self.outbox.push(Message::raw(topic, payload));
+                    }
+                    return;
                 }
+                let out = self.hermes_tx.clone();
+                self.forwarders.spawn(async move {
+                    while let Some(event) = rx.recv().await {
+                        if event.is_terminal() {
+                            let _ = out.send(hermes::reply(&query, &event.body));
+                            break;
+                        }
+                    }
+                });
             }
             Err(e) => {
                 warn!(error = %e, "Hermes: malformed NLU query");

@@ -1,0 +1,61 @@
+//! Which runtime runs a model: `model.backend = "ort" | "tract" | "auto"`. `auto` takes ONNX
+//! Runtime when its library loads and the pure-Rust tract backend otherwise (when this build
+//! has it), and says why it chose what it chose.
+
+use super::ort::{OrtBackend, OrtOptions};
+use super::{runtime, Backend, BackendError};
+use crate::engine::model::ModelSpec;
+
+/// The configured choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// ONNX Runtime when its library loads, else tract.
+    #[default]
+    Auto,
+    /// ONNX Runtime only.
+    Ort,
+    /// tract only (needs a build with the `tract` feature).
+    Tract,
+}
+
+/// Whether this build contains the tract backend.
+pub const TRACT_BUILT: bool = cfg!(feature = "tract");
+
+/// A loaded backend and the reason it was chosen.
+pub struct Chosen {
+    /// The backend.
+    pub backend: Box<dyn Backend>,
+    /// One line for logs, `status` and `doctor`.
+    pub why: String,
+}
+
+fn tract(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
+    #[cfg(feature = "tract")]
+    {
+        Ok(Box::new(super::tract::TractBackend::load(spec, &super::tract::TractOptions::default())?))
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        Err(BackendError::Load {
+            path: spec.onnx_path.clone(),
+            msg: "this build has no tract backend (rebuild with the `tract` cargo feature)".into(),
+        })
+    }
+}
+
+/// Loads the backend `kind` names for `spec`.
+pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Chosen, BackendError> {
+    match kind {
+        BackendKind::Ort => Ok(Chosen { backend: Box::new(OrtBackend::load(spec, ort)?), why: "model.backend = \"ort\"".into() }),
+        BackendKind::Tract => Ok(Chosen { backend: tract(spec)?, why: "model.backend = \"tract\"".into() }),
+        BackendKind::Auto => match runtime::load(ort.library.as_deref()) {
+            Ok(rt) => Ok(Chosen {
+                backend: Box::new(OrtBackend::load(spec, ort)?),
+                why: format!("auto: ONNX Runtime {} loaded from {}", rt.version, rt.path.display()),
+            }),
+            Err(e) if TRACT_BUILT => Ok(Chosen { backend: tract(spec)?, why: format!("auto: ONNX Runtime unavailable ({e}); using tract") }),
+            Err(e) => Err(e.into()),
+        },
+    }
+}

@@ -1,0 +1,241 @@
+//! Grammar-constrained decoding: before each token the logits of every token that would break
+//! the grammar are set to −∞, so whatever the sampler picks keeps the output inside the
+//! grammar (Lark or JSON Schema, compiled by `llguidance`). The token trie is built once per
+//! model from our own tokenizer's token bytes; each request gets its own [`Constraint`], which
+//! also measures how sure the model was of the choices the grammar left open.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{SimpleVob, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+use super::tokenizer::TextTokenizer;
+
+/// A grammar the output must follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    /// Lark syntax (llguidance's dialect; `%json {…}` embeds a JSON Schema).
+    Lark(String),
+    /// A JSON Schema; the output is one JSON value valid under it.
+    JsonSchema(Value),
+}
+
+impl Grammar {
+    /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}`,
+    /// `{"type": "json_schema", "json_schema": {"schema": {…}}}` or `{"type": "lark", "lark": "…"}`.
+    pub fn from_response_format(v: &Value) -> Result<Option<Self>, String> {
+        let kind = v.get("type").and_then(Value::as_str).ok_or("response_format.type: missing or not a string")?;
+        match kind {
+            "text" => Ok(None),
+            "json_object" => Ok(Some(Self::JsonSchema(serde_json::json!({"type": "object"})))),
+            "json_schema" => {
+                let spec = v.get("json_schema").ok_or("response_format.json_schema: missing")?;
+                let schema = spec.get("schema").unwrap_or(spec);
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err("response_format.json_schema.schema: must be a JSON Schema object".into());
+                }
+                Ok(Some(Self::JsonSchema(schema.clone())))
+            }
+            "lark" => match v.get("lark") {
+                Some(Value::String(g)) if !g.trim().is_empty() => Ok(Some(Self::Lark(g.clone()))),
+                _ => Err("response_format.lark: missing or not a grammar string".into()),
+            },
+            other => Err(format!("response_format.type: '{other}' is not one of text, json_object, json_schema, lark")),
+        }
+    }
+}
+
+/// Why a grammar cannot be used or decoding under it failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConstrainError {
+    /// The token trie could not be built for this tokenizer.
+    #[error("constrained decoding is unavailable for this tokenizer: {0}")]
+    Setup(String),
+    /// The grammar does not compile.
+    #[error("the grammar is invalid: {0}")]
+    Grammar(String),
+    /// The grammar rejected a token or left no token allowed.
+    #[error("constrained decoding failed: {0}")]
+    Decode(String),
+}
+
+/// The tokenizer as llguidance sees it: token bytes in a trie, special tokens marked.
+struct Env {
+    trie: TokTrie,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        self.trie.greedy_tokenize(s)
+    }
+
+    fn tokenize_is_canonical(&self) -> bool {
+        false
+    }
+}
+
+/// Compiles grammars for one model's vocabulary (built once; cheap to share).
+pub struct Constrainer {
+    factory: ParserFactory,
+    eos: Vec<u32>,
+}
+
+impl std::fmt::Debug for Constrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constrainer").field("eos", &self.eos).finish_non_exhaustive()
+    }
+}
+
+impl Constrainer {
+    /// Builds the token trie of `tokenizer` for a model whose logits have `vocab` entries and
+    /// which ends on `eos`.
+    pub fn new(tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Result<Arc<Self>, ConstrainError> {
+        let vocab = vocab.max(tokenizer.vocab_size());
+        if eos.is_empty() || eos.iter().any(|&e| e as usize >= vocab) {
+            return Err(ConstrainError::Setup(format!("end-of-sequence ids {eos:?} are not inside the vocabulary of {vocab}")));
+        }
+        let words: Vec<Vec<u8>> = (0..vocab as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id);
+                if tokenizer.is_special(id) && !bytes.is_empty() {
+                    let mut marked = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                    marked.extend_from_slice(bytes);
+                    marked
+                } else {
+                    bytes.to_vec()
+                }
+            })
+            .collect();
+        let info = TokRxInfo::new(vocab as u32, eos[0]);
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(eos);
+        let env: llguidance::toktrie::TokEnv = Arc::new(Env { trie });
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| ConstrainError::Setup(e.to_string()))?;
+        factory.quiet();
+        Ok(Arc::new(Self { factory, eos: eos.to_vec() }))
+    }
+
+    /// A fresh constraint for one generation under `grammar`.
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, ConstrainError> {
+        let top = match grammar {
+            Grammar::Lark(s) => TopLevelGrammar::from_lark(s.clone()),
+            Grammar::JsonSchema(v) => {
+                // Compact JSON unless the schema says otherwise: free whitespace would let a
+                // weak model pad the answer until it runs out of tokens.
+                let mut schema = v.clone();
+                if let Some(obj) = schema.as_object_mut() {
+                    obj.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
+        };
+        let parser = self.factory.create_parser(top).map_err(|e| ConstrainError::Grammar(format!("{e:#}")))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(ConstrainError::Grammar(e));
+        }
+        Ok(Constraint { matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
+    }
+}
+
+/// What [`Constraint::mask`] left allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// Some tokens (the logits of the others are −∞).
+    Tokens,
+    /// The grammar is complete: only ending is allowed.
+    EndOnly,
+}
+
+/// The grammar state of one generation.
+pub struct Constraint {
+    matcher: Matcher,
+    eos: Vec<u32>,
+    /// log Σ exp(logit) over the allowed tokens of the current step, when it was a free choice.
+    lse: Option<f32>,
+    log_sum: f64,
+    free: usize,
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint").field("free_choices", &self.free).finish_non_exhaustive()
+    }
+}
+
+impl Constraint {
+    fn matcher_error(&self, what: &str) -> ConstrainError {
+        ConstrainError::Decode(self.matcher.get_error().unwrap_or_else(|| what.to_string()))
+    }
+
+    /// Sets the logits of disallowed tokens to −∞.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<Allowed, ConstrainError> {
+        self.lse = None;
+        if self.matcher.is_stopped() {
+            return Ok(Allowed::EndOnly);
+        }
+        let mask: SimpleVob = self.matcher.compute_mask().map_err(|e| ConstrainError::Decode(e.to_string()))?;
+        let mut allowed = 0usize;
+        let mut only_eos = true;
+        let mut max = f32::NEG_INFINITY;
+        for (i, l) in logits.iter_mut().enumerate() {
+            if i < mask.len() && mask.get(i) && !l.is_nan() {
+                allowed += 1;
+                only_eos &= self.eos.contains(&(i as u32));
+                max = max.max(*l);
+            } else {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        if allowed == 0 {
+            return Err(self.matcher_error("no token is allowed"));
+        }
+        if only_eos {
+            return Ok(Allowed::EndOnly);
+        }
+        if allowed > 1 && max.is_finite() {
+            let sum: f32 = logits.iter().filter(|l| l.is_finite()).map(|l| (l - max).exp()).sum();
+            self.lse = Some(max + sum.ln());
+        }
+        Ok(Allowed::Tokens)
+    }
+
+    /// Records the chosen token (`logits` as masked): its probability among the allowed tokens
+    /// counts towards the confidence; a non-EOS token advances the grammar.
+    pub fn commit(&mut self, token: u32, logits: &[f32]) -> Result<(), ConstrainError> {
+        if let (Some(lse), Some(&l)) = (self.lse.take(), logits.get(token as usize)) {
+            if l.is_finite() {
+                self.log_sum += f64::from(l - lse);
+                self.free += 1;
+            }
+        }
+        if self.eos.contains(&token) {
+            return Ok(());
+        }
+        self.matcher.consume_token(token).map_err(|e| ConstrainError::Decode(e.to_string()))?;
+        if self.matcher.is_error() {
+            return Err(self.matcher_error("the token broke the grammar"));
+        }
+        Ok(())
+    }
+
+    /// True when the grammar admits nothing more.
+    pub fn is_finished(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+
+    /// Geometric mean of the probabilities (renormalised over the allowed tokens) of the tokens
+    /// chosen where the grammar allowed more than one; 1 when it never did.
+    pub fn confidence(&self) -> f64 {
+        if self.free == 0 {
+            1.0
+        } else {
+            (self.log_sum / self.free as f64).exp()
+        }
+    }
+}

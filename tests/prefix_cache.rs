@@ -1,0 +1,303 @@
+//! The prefix-state cache changes nothing but speed: greedy output with the cache equals the
+//! output without it, token for token, on every fixture and precision — for prompts behind a
+//! pinned system prompt with tools, for prompts sharing cached prefixes of many lengths, and for
+//! multi-turn chats that resume from the previous turn's messages. Also: snapshots restore the
+//! exact state, their size is what the model's shapes say, and the daemon reports reuse.
+
+mod common;
+
+use common::daemon::{chat, Daemon};
+use common::{model_dir, CONFIGS};
+use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::backend::{Logits, LogitsWanted};
+use qwenedge::engine::chat::ChatInput;
+use qwenedge::engine::generate::{Completion, Decoder, GenerateParams, Step};
+use qwenedge::engine::{Engine, EngineOptions};
+use serde_json::{json, Value};
+
+const NEW_TOKENS: usize = 16;
+
+fn engine(dir: &std::path::Path) -> Engine {
+    let opts = EngineOptions { ort: OrtOptions { threads: 2, ..Default::default() } };
+    Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn params() -> GenerateParams {
+    GenerateParams { max_tokens: NEW_TOKENS, ..Default::default() }
+}
+
+fn finish(e: &mut Engine, mut d: Decoder) -> Completion {
+    loop {
+        if let Step::Finished { .. } = e.step(&mut d).unwrap() {
+            return d.completion();
+        }
+    }
+}
+
+/// Runs `prompt` without the cache and through it, asserts equal tokens, and returns the
+/// cached run (whose usage says how much was reused).
+fn compare(e: &mut Engine, prompt: &[u32], store_at: Option<usize>, what: &str) -> Completion {
+    let mut sink = |_: &str, _: u32| std::ops::ControlFlow::Continue(());
+    let plain = e.generate(prompt, &params(), &mut sink).unwrap();
+    let context = e.spec.context_length;
+    let d = e.cached_decoder(prompt.to_vec(), store_at, params(), context).unwrap();
+    let cached = finish(e, d);
+    assert_eq!(cached.tokens, plain.tokens, "{what}: cached output differs (reused {} tokens)", cached.usage.cached_tokens);
+    assert_eq!(cached.usage.prompt_tokens, prompt.len());
+    cached
+}
+
+fn tools() -> Vec<Value> {
+    let tool = |name: &str, description: &str, slots: Value| {
+        json!({"type": "function", "function": {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": slots}}})
+    };
+    vec![
+        tool("HassTurnOn", "Turns on a device or entity", json!({"name": {"type": "string"}, "area": {"type": "string"}})),
+        tool("HassLightSet", "Sets the brightness or color of a light", json!({"brightness": {"type": "integer", "minimum": 0, "maximum": 100}})),
+        tool("HassGetWeather", "Gets the current weather", json!({"name": {"type": "string"}})),
+    ]
+}
+
+fn render(e: &Engine, messages: &[Value], tools: Option<Vec<Value>>, generation: bool) -> Vec<u32> {
+    let input = ChatInput { messages: messages.to_vec(), tools, add_generation_prompt: generation, enable_thinking: Some(false) };
+    e.tokenizer.encode(&e.render_chat(&input).unwrap()).unwrap()
+}
+
+/// Requests behind a pinned system prompt with tools: every one reuses exactly the pinned part.
+fn pinned_catalog(e: &mut Engine, what: &str) -> usize {
+    let system = json!({"role": "system", "content": "You control a smart home. Answer with one tool call."});
+    let fixed = render(e, &[system.clone()], Some(tools()), false);
+    e.pin_prefix(&fixed).unwrap();
+    let utterances = ["turn on the kitchen lights", "set the bedroom light to 40 percent", "what's the weather like", "hello"];
+    for u in utterances {
+        let prompt = render(e, &[system.clone(), json!({"role": "user", "content": u})], Some(tools()), true);
+        assert!(prompt.starts_with(&fixed), "the rendered catalog is a token prefix of the request");
+        let done = compare(e, &prompt, None, &format!("{what} catalog {u:?}"));
+        assert_eq!(done.usage.cached_tokens, fixed.len());
+    }
+    utterances.len()
+}
+
+/// Prompts that share prefixes of lengths 1 to 90 with earlier ones.
+fn shared_prefixes(e: &mut Engine, what: &str) -> usize {
+    let text = "The quick brown fox jumps over the lazy dog while the kitchen lights dim to forty percent, \
+        the thermostat settles at twenty-one degrees, and a voice assistant on a small board answers without \
+        sending a single word to the cloud. Later that evening the living room speaker played quiet jazz.";
+    let base = e.tokenizer.encode(text).unwrap();
+    assert!(base.len() >= 50, "base prompt has {} tokens", base.len());
+    let long = base.len() - 2;
+    // (prefix length, where to store a snapshot, tokens expected to be reused)
+    let plan = [(long, Some(long), 0), (long, None, long), (1, Some(1), 0), (17, Some(17), 1), (40, Some(40), 17), (29, None, 17), (long, Some(long), long), (3, None, 1)];
+    for (i, &(len, store_at, reused)) in plan.iter().enumerate() {
+        let mut prompt = base[..len].to_vec();
+        prompt.extend(e.tokenizer.encode(&format!(" Request number {i}: do it now.")).unwrap());
+        let done = compare(e, &prompt, store_at, &format!("{what} prefix {len}"));
+        assert_eq!(done.usage.cached_tokens, reused, "{what} prefix {len}");
+    }
+    plan.len()
+}
+
+/// Three-turn conversations; each turn starts from the state where the previous turn's messages
+/// ended.
+fn conversations(e: &mut Engine, what: &str) -> usize {
+    let mut n = 0;
+    for (c, opener) in ["Hi there, who are you?", "Can you dim the lights?", "Tell me a story about a robot."].iter().enumerate() {
+        let mut messages = vec![json!({"role": "system", "content": format!("You are assistant number {c}.")})];
+        let mut boundary = 0;
+        for turn in 0..3 {
+            let user = if turn == 0 { opener.to_string() } else { format!("And what about turn {turn}?") };
+            messages.push(json!({"role": "user", "content": user}));
+            let prompt = render(e, &messages, None, true);
+            let history = render(e, &messages, None, false);
+            assert!(prompt.starts_with(&history));
+            let done = compare(e, &prompt, Some(history.len()), &format!("{what} chat {c} turn {turn}"));
+            assert_eq!(done.usage.cached_tokens, boundary, "{what} chat {c} turn {turn} resumes the previous turn");
+            boundary = history.len();
+            messages.push(json!({"role": "assistant", "content": done.text}));
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn greedy_output_with_the_cache_equals_the_output_without_it() {
+    let mut requests = 0;
+    for config in CONFIGS {
+        for precision in ["fp32", "int4"] {
+            let what = format!("{config} {precision}");
+            let mut e = engine(&model_dir(config, precision));
+            e.configure_cache(256 << 20, 1);
+            requests += pinned_catalog(&mut e, &what);
+            e.clear_cache();
+            requests += shared_prefixes(&mut e, &what);
+            e.clear_cache();
+            e.configure_cache(256 << 20, 4);
+            requests += conversations(&mut e, &what);
+            let stats = e.cache_stats();
+            assert!(stats.hits > 0 && stats.reused_tokens > 0, "{what}: {stats:?}");
+            assert!(stats.bytes <= stats.max_bytes);
+        }
+    }
+    assert!(requests >= 50, "{requests} requests compared");
+}
+
+#[test]
+fn a_restored_snapshot_continues_exactly_and_is_as_large_as_the_shapes_say() {
+    for config in CONFIGS {
+        let mut e = engine(&model_dir(config, "fp32"));
+        let prompt = &common::reference(config).prompts[1].ids;
+        let cut = prompt.len() / 2;
+        let mut seq = e.new_sequence().unwrap();
+        let mut logits = Logits::default();
+        e.backend_mut().forward(&mut seq, &prompt[..cut], LogitsWanted::Last, &mut logits).unwrap();
+        let snap = e.backend_mut().snapshot(&seq).unwrap();
+        assert_eq!(snap.len(), cut);
+        assert_eq!(snap.bytes(), e.spec.kv_bytes_per_token() * cut + e.spec.fixed_state_bytes());
+        let mut want = Logits::default();
+        e.backend_mut().forward(&mut seq, &prompt[cut..], LogitsWanted::Last, &mut want).unwrap();
+        // No spare room: the restored KV buffers must grow during the next steps.
+        for room in [0, 4096] {
+            let mut restored = e.backend_mut().restore(&snap, room).unwrap();
+            let mut got = Logits::default();
+            e.backend_mut().forward(&mut restored, &prompt[cut..], LogitsWanted::Last, &mut got).unwrap();
+            assert_eq!(restored.len(), prompt.len());
+            assert_eq!(common::max_abs_diff(got.last(), want.last()), 0.0, "{config} room {room}");
+        }
+        let mut other = engine(&model_dir(if *config == "tiny-a" { "tiny-b" } else { "tiny-a" }, "fp32"));
+        assert!(other.backend_mut().restore(&snap, 0).is_err(), "a snapshot of another model's shapes is refused");
+    }
+}
+
+#[test]
+fn the_daemon_resumes_a_conversation_and_reports_the_cache_in_status() {
+    let turns = ["Turn on the kitchen lights", "Now dim them to 30 percent", "And the bedroom too"];
+    let run = |extra: &str| -> (Vec<String>, Vec<u64>, Value) {
+        let d = Daemon::start(extra);
+        let mut c = d.client();
+        let mut messages = vec![json!({"role": "system", "content": "You are a helpful voice assistant in a smart home."})];
+        let (mut texts, mut cached) = (Vec::new(), Vec::new());
+        for (i, turn) in turns.iter().enumerate() {
+            messages.push(json!({"role": "user", "content": turn}));
+            let id = format!("t{i}");
+            let mut req = chat(&id, "", json!({"max_tokens": 10, "stream": false}));
+            req["messages"] = json!(messages);
+            c.send(&req);
+            let done = c.until_terminal(&id).pop().unwrap();
+            assert_eq!(done["event"], "done", "{done}");
+            let text = done["text"].as_str().unwrap().to_string();
+            messages.push(json!({"role": "assistant", "content": text}));
+            texts.push(text);
+            cached.push(done["usage"]["cached_tokens"].as_u64().unwrap());
+        }
+        (texts, cached, d.status())
+    };
+    let (plain, none, status) = run("[cache]\nmax_mb = 0\n");
+    assert_eq!(none, vec![0, 0, 0]);
+    assert_eq!(status["cache"]["max_bytes"], 0, "{status}");
+    let (cached, reused, status) = run("[cache]\nmax_mb = 64\nmin_tokens = 4\n");
+    assert_eq!(cached, plain, "the cache changes no output");
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] > 0 && reused[2] > reused[1], "later turns resume earlier ones: {reused:?}");
+    let cache = &status["cache"];
+    assert_eq!((cache["hits"].as_u64(), cache["misses"].as_u64()), (Some(2), Some(1)), "{status}");
+    assert!(cache["bytes"].as_u64().unwrap() > 0 && cache["entries"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(cache["max_bytes"], 64 << 20);
+}
+
+/// Writes `text` to `rel` under the fake device root `root`.
+fn put(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, p).unwrap();
+}
+
+fn wait_for(d: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = d.status();
+        if ok(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < until, "{what}: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
+    let dev = tempfile::tempdir().unwrap();
+    let root = dev.path();
+    put(root, "proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    6000000 kB\n");
+    put(root, "proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
+    let budget = format!("[budget]\nroot = {:?}\npoll_ms = 50\nmemory_reserve_mb = 0\n", root.display().to_string());
+    let d = Daemon::start(&format!("{budget}[cache]\nmax_mb = 64\nmin_tokens = 4\n"));
+    let mut c = d.client();
+    let mut ask = |id: &str, messages: &Value| {
+        let mut req = chat(id, "", json!({"max_tokens": 4, "stream": false}));
+        req["messages"] = messages.clone();
+        c.send(&req);
+        c.until_terminal(id).pop().unwrap()
+    };
+    let first = json!([{"role": "system", "content": "You are a voice assistant."}, {"role": "user", "content": "Lights on"}]);
+    assert_eq!(ask("a", &first)["event"], "done");
+    // Conversation prefixes, not counting the pinned intent catalog.
+    let entries = |s: &Value| s["cache"]["entries"].as_u64().unwrap() - s["cache"]["pinned"].as_u64().unwrap();
+    wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    assert_eq!(entries(&d.status()), 1, "the conversation prefix is stored");
+
+    put(root, "proc/pressure/memory", "some avg10=45.00 avg60=10.00 avg300=1.00 total=99\n");
+    let status = wait_for(&d, "pressure empties the cache", |s| s["budget"]["under_pressure"] == true && entries(s) == 0);
+    assert_eq!(status["cache"]["pinned"], 1, "the catalog stays: {status}");
+    assert!(status["cache"]["evictions"].as_u64().unwrap() >= 1, "{status}");
+    let second = json!([{"role": "system", "content": "You are a voice assistant."}, {"role": "user", "content": "Lights off"}]);
+    let done = ask("b", &second);
+    assert_eq!((done["event"].as_str(), done["usage"]["cached_tokens"].as_u64()), (Some("done"), Some(0)), "{done}");
+    assert_eq!(entries(&d.status()), 0, "nothing is stored under pressure");
+
+    put(root, "proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=99\n");
+    wait_for(&d, "pressure ends", |s| s["budget"]["under_pressure"] == false);
+    assert_eq!(ask("c", &first)["event"], "done");
+    assert_eq!(entries(&d.status()), 1, "storing resumes once the pressure is gone");
+
+    std::fs::write(&d.config, common::daemon::config_text(&model_dir("tiny-a", "int4"), &d.socket, &format!("{budget}[cache]\nmax_mb = 8\n")))
+        .unwrap();
+    d.signal(libc::SIGHUP);
+    wait_for(&d, "the reload applies the new budget", |s| s["cache"]["max_bytes"] == 8 << 20);
+}
+
+#[test]
+fn intent_requests_reuse_the_pinned_catalog_and_a_changed_catalog_is_pinned_again() {
+    let d = Daemon::start("[cache]
+max_mb = 64
+");
+    let status = wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    let catalog_bytes = status["cache"]["bytes"].as_u64().unwrap();
+    let mut c = d.client();
+    for (i, text) in ["turn on the kitchen lights", "set the timer for five minutes"].iter().enumerate() {
+        let id = format!("i{i}");
+        c.send(&json!({"id": id, "op": "intent", "text": text}));
+        let end = c.until_terminal(&id).pop().unwrap();
+        assert_eq!(end["event"], "intent", "{end}");
+        let usage = &end["usage"];
+        let (prompt, cached) = (usage["prompt_tokens"].as_u64().unwrap(), usage["cached_tokens"].as_u64().unwrap());
+        assert!(cached > 200 && prompt - cached < 40, "only the utterance turn is prefilled: {end}");
+    }
+    let cache = d.status()["cache"].clone();
+    assert_eq!(cache["hits"], 2, "{cache}");
+    let reused = cache["reused_tokens"].as_u64().unwrap();
+    assert!(reused > 400, "both requests reused the catalog prompt: {cache}");
+
+    let catalog = d.dir.path().join("intents.toml");
+    std::fs::write(&catalog, "[[intent]]\nname = \"HassNevermind\"\ndescription = \"Does nothing\"\n").unwrap();
+    let text = std::fs::read_to_string(&d.config).unwrap() + &format!("\n[intents]\ncatalog = {:?}\n", catalog.display().to_string());
+    std::fs::write(&d.config, text).unwrap();
+    d.signal(libc::SIGHUP);
+    let status = wait_for(&d, "the new catalog replaces the pinned prefix", |s| {
+        s["cache"]["pinned"] == 1 && s["cache"]["bytes"].as_u64().unwrap() < catalog_bytes
+    });
+    assert!(status["cache"]["insertions"].as_u64().unwrap() >= 2, "{status}");
+}
