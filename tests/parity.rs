@@ -6,7 +6,7 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{max_abs_diff, model_dir, reference, CONFIGS};
+use common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::{Logits, LogitsWanted};
 use qwenedge::engine::generate::{FinishReason, GenerateParams};
@@ -17,13 +17,6 @@ use qwenedge::engine::{Engine, EngineOptions};
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
     let opts = EngineOptions { ort: OrtOptions { threads: 2, all_logits, ..Default::default() } };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let params = GenerateParams { max_tokens: n, ..Default::default() };
-    let seq = engine.new_sequence().unwrap();
-    let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
-    engine.generate_with(seq, prompt, &params, &[], &mut sink).unwrap().tokens
 }
 
 #[test]

@@ -3,16 +3,13 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-
-use common::{model_dir, reference, CONFIGS};
+use common::{greedy, model_dir, reference, CONFIGS};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 use prost::Message;
 use qwenedge::engine::backend::ort::{OrtBackend, OrtOptions};
 use qwenedge::engine::backend::tract::{ops, TractBackend, TractOptions};
 use qwenedge::engine::backend::{runtime, Backend, Logits, LogitsWanted};
-use qwenedge::engine::generate::GenerateParams;
 use qwenedge::engine::Engine;
 use rand::{Rng, SeedableRng};
 use tract_onnx::pb;
@@ -302,13 +299,6 @@ fn matmul_nbits_and_gather_block_quantized_match_onnxruntime() {
     let attrs = [Attr::I("bits", 4), Attr::I("block_size", 32), Attr::I("gather_axis", 0), Attr::I("quantize_axis", 1)];
     let d = compare("GatherBlockQuantized", &inputs, &attrs, 1);
     assert!(d < 1e-6, "GatherBlockQuantized: max diff {d}");
-}
-
-fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let params = GenerateParams { max_tokens: n, ..Default::default() };
-    let seq = engine.new_sequence().unwrap();
-    let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
-    engine.generate_with(seq, prompt, &params, &[], &mut sink).unwrap().tokens
 }
 
 #[test]

@@ -172,11 +172,22 @@ impl Decoder {
         if prompt.is_empty() {
             return Err(BackendError::Limit("the prompt is empty".into()));
         }
-        if seq.len() + prompt.len() >= context_length {
+        Self::build(seq, prompt, params, eos, context_length, 0)
+    }
+
+    /// A decoder whose `seq` already holds the first `reused` tokens of `prompt`.
+    fn build(
+        seq: Sequence,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        eos: Vec<u32>,
+        context_length: usize,
+        reused: usize,
+    ) -> Result<Self, BackendError> {
+        let total = seq.len() - reused + prompt.len();
+        if total >= context_length {
             return Err(BackendError::Limit(format!(
-                "the prompt has {} tokens; the model's context holds {}",
-                seq.len() + prompt.len(),
-                context_length
+                "the prompt has {total} tokens; the model's context holds {context_length}"
             )));
         }
         let sampler = Sampler::new(params.sampling.clone(), &prompt);
@@ -184,8 +195,8 @@ impl Decoder {
         Ok(Self {
             seq,
             prompt,
-            prefilled: 0,
-            reused: 0,
+            prefilled: reused,
+            reused,
             snapshot_at: None,
             snapshot: None,
             params,
@@ -223,17 +234,7 @@ impl Decoder {
                 prompt.len()
             )));
         }
-        if prompt.len() >= context_length {
-            return Err(BackendError::Limit(format!(
-                "the prompt has {} tokens; the model's context holds {context_length}",
-                prompt.len()
-            )));
-        }
-        let mut decoder = Self::new(seq, prompt, params, eos, usize::MAX)?;
-        decoder.context_length = context_length;
-        decoder.prefilled = reused;
-        decoder.reused = reused;
-        Ok(decoder)
+        Self::build(seq, prompt, params, eos, context_length, reused)
     }
 
     /// Asks for a snapshot of the state after the first `at` prompt tokens (a prefix worth

@@ -352,48 +352,26 @@ impl<'a> Iterator for Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn field_bytes(num: u64, payload: &[u8], out: &mut Vec<u8>) {
-        varint(num << 3 | 2, out);
-        varint(payload.len() as u64, out);
-        out.extend_from_slice(payload);
-    }
-
-    fn field_varint(num: u64, v: u64, out: &mut Vec<u8>) {
-        varint(num << 3, out);
-        varint(v, out);
-    }
+    use crate::engine::onnx::edit::{bytes_field, varint_field};
 
     fn value_info(name: &str, elem: u64, dims: &[Result<u64, &str>]) -> Vec<u8> {
         let mut shape = Vec::new();
         for d in dims {
             let mut dim = Vec::new();
             match d {
-                Ok(v) => field_varint(1, *v, &mut dim),
-                Err(p) => field_bytes(2, p.as_bytes(), &mut dim),
+                Ok(v) => varint_field(1, *v, &mut dim),
+                Err(p) => bytes_field(2, p.as_bytes(), &mut dim),
             }
-            field_bytes(1, &dim, &mut shape);
+            bytes_field(1, &dim, &mut shape);
         }
         let mut tensor = Vec::new();
-        field_varint(1, elem, &mut tensor);
-        field_bytes(2, &shape, &mut tensor);
+        varint_field(1, elem, &mut tensor);
+        bytes_field(2, &shape, &mut tensor);
         let mut ty = Vec::new();
-        field_bytes(1, &tensor, &mut ty);
+        bytes_field(1, &tensor, &mut ty);
         let mut vi = Vec::new();
-        field_bytes(1, name.as_bytes(), &mut vi);
-        field_bytes(2, &ty, &mut vi);
+        bytes_field(1, name.as_bytes(), &mut vi);
+        bytes_field(2, &ty, &mut vi);
         vi
     }
 
@@ -401,29 +379,29 @@ mod tests {
     fn parses_inputs_outputs_ops_and_external_data() {
         let mut graph = Vec::new();
         let mut node = Vec::new();
-        field_bytes(4, b"LinearAttention", &mut node);
-        field_bytes(7, b"com.microsoft", &mut node);
-        field_bytes(1, &node, &mut graph);
+        bytes_field(4, b"LinearAttention", &mut node);
+        bytes_field(7, b"com.microsoft", &mut node);
+        bytes_field(1, &node, &mut graph);
         let mut init = Vec::new();
-        field_bytes(8, b"w", &mut init);
-        field_varint(14, 1, &mut init);
+        bytes_field(8, b"w", &mut init);
+        varint_field(14, 1, &mut init);
         for (k, v) in [("location", "model.onnx.data"), ("offset", "4096"), ("length", "128")] {
             let mut entry = Vec::new();
-            field_bytes(1, k.as_bytes(), &mut entry);
-            field_bytes(2, v.as_bytes(), &mut entry);
-            field_bytes(13, &entry, &mut init);
+            bytes_field(1, k.as_bytes(), &mut entry);
+            bytes_field(2, v.as_bytes(), &mut entry);
+            bytes_field(13, &entry, &mut init);
         }
-        field_bytes(5, &init, &mut graph);
-        field_bytes(11, &value_info("input_ids", 7, &[Err("batch_size"), Err("sequence_length")]), &mut graph);
-        field_bytes(11, &value_info("w", 1, &[Ok(4)]), &mut graph);
-        field_bytes(12, &value_info("logits", 1, &[Err("b"), Err("s"), Ok(248320)]), &mut graph);
+        bytes_field(5, &init, &mut graph);
+        bytes_field(11, &value_info("input_ids", 7, &[Err("batch_size"), Err("sequence_length")]), &mut graph);
+        bytes_field(11, &value_info("w", 1, &[Ok(4)]), &mut graph);
+        bytes_field(12, &value_info("logits", 1, &[Err("b"), Err("s"), Ok(248320)]), &mut graph);
         let mut model = Vec::new();
-        field_varint(1, 10, &mut model);
-        field_bytes(7, &graph, &mut model);
+        varint_field(1, 10, &mut model);
+        bytes_field(7, &graph, &mut model);
         let mut opset = Vec::new();
-        field_bytes(1, b"com.microsoft", &mut opset);
-        field_varint(2, 1, &mut opset);
-        field_bytes(8, &opset, &mut model);
+        bytes_field(1, b"com.microsoft", &mut opset);
+        varint_field(2, 1, &mut opset);
+        bytes_field(8, &opset, &mut model);
 
         let s = parse_model(&model).unwrap();
         assert_eq!(s.inputs.len(), 1, "initializer-backed inputs are not graph inputs");
@@ -439,9 +417,9 @@ mod tests {
     #[test]
     fn truncated_input_is_an_error_not_a_panic() {
         let mut graph = Vec::new();
-        field_bytes(11, &value_info("x", 1, &[Ok(3)]), &mut graph);
+        bytes_field(11, &value_info("x", 1, &[Ok(3)]), &mut graph);
         let mut model = Vec::new();
-        field_bytes(7, &graph, &mut model);
+        bytes_field(7, &graph, &mut model);
         for cut in 1..model.len() {
             assert!(parse_model(&model[..cut]).is_err(), "cut at {cut} should fail");
         }

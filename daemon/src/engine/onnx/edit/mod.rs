@@ -20,7 +20,8 @@ use super::read::{Fields, ProtoError, Wire};
 const INDEX: &str = "qwenedge/last_position_index";
 const HIDDEN: &str = "qwenedge/last_position_hidden";
 
-fn varint(mut v: u64, out: &mut Vec<u8>) {
+/// Appends `v` as a protobuf varint.
+pub(in crate::engine::onnx) fn varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let b = (v & 0x7f) as u8;
         v >>= 7;
@@ -32,13 +33,15 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
     }
 }
 
-fn bytes_field(num: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// Appends a length-delimited field.
+pub(in crate::engine::onnx) fn bytes_field(num: u64, payload: &[u8], out: &mut Vec<u8>) {
     varint(num << 3 | 2, out);
     varint(payload.len() as u64, out);
     out.extend_from_slice(payload);
 }
 
-fn varint_field(num: u64, v: u64, out: &mut Vec<u8>) {
+/// Appends a varint field.
+pub(in crate::engine::onnx) fn varint_field(num: u64, v: u64, out: &mut Vec<u8>) {
     varint(num << 3, out);
     varint(v, out);
 }
