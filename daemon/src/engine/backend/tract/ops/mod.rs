@@ -3,7 +3,8 @@
 //! the Gated DeltaNet ops and `MRotaryEmbedding` (absent from tract), `GroupQueryAttention`
 //! (tract's cannot serve prefill and decode from one plan) and the 4-bit `MatMulNBits` /
 //! `GatherBlockQuantized` (tract's round scales to float16 and do not quantize activations as
-//! ONNX Runtime's `accuracy_level` 4 does, which changes greedy tokens).
+//! ONNX Runtime's `accuracy_level` 4 does, which changes greedy tokens), and the RMS norms
+//! (summed in ONNX Runtime's order, which the int8 activations of `MatMulNBits` are sensitive to).
 //!
 //! Each op is a plain kernel over `f32` tensors: a typed op that evaluates itself, wrapped in
 //! [`Hir`] so the loader's shape inference sees its output shapes. The semantics follow ONNX
@@ -11,6 +12,7 @@
 
 mod attention;
 mod linear;
+mod norm;
 mod quant;
 mod rope;
 
@@ -20,6 +22,7 @@ use tract_onnx::Onnx;
 
 pub use attention::GroupQueryAttention;
 pub use linear::{CausalConvWithState, GatedRmsNorm, LinearAttention, LinearAttentionGate};
+pub use norm::{SimplifiedLayerNorm, SkipSimplifiedLayerNorm};
 pub use quant::{GatherBlockQuantized, MatMulNBits};
 pub use rope::MRotaryEmbedding;
 
@@ -33,6 +36,8 @@ pub const OPS: &[&str] = &[
     "LinearAttentionGate",
     "MatMulNBits",
     "MRotaryEmbedding",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
 ];
 
 /// Registers every op of [`OPS`] with `onnx`, replacing tract's own versions of those it has.
@@ -45,12 +50,19 @@ pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("MRotaryEmbedding", rope::mrotary_embedding);
     onnx.op_register.insert("MatMulNBits", quant::mat_mul_nbits);
     onnx.op_register.insert("GatherBlockQuantized", quant::gather_block_quantized);
+    onnx.op_register.insert("SimplifiedLayerNormalization", norm::simplified_layer_norm);
+    onnx.op_register.insert("SkipSimplifiedLayerNormalization", norm::skip_simplified_layer_norm);
 }
 
 /// A kernel that evaluates itself and states its output shapes for the loader's inference.
 pub(crate) trait Kernel: TypedOp + Clone {
     /// Number of outputs.
     const OUTPUTS: usize;
+
+    /// Number of outputs of this instance (ops with optional outputs override it).
+    fn outputs(&self) -> usize {
+        Self::OUTPUTS
+    }
 
     /// Shape and type relations between inputs and outputs.
     fn relate<'r, 'p: 'r, 's: 'r>(
@@ -71,7 +83,7 @@ impl<K: Kernel> Expansion for Hir<K> {
     }
 
     fn nboutputs(&self) -> TractResult<usize> {
-        Ok(K::OUTPUTS)
+        Ok(self.0.outputs())
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -80,7 +92,7 @@ impl<K: Kernel> Expansion for Hir<K> {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_output_arity(outputs, K::OUTPUTS)?;
+        check_output_arity(outputs, self.0.outputs())?;
         self.0.relate(s, inputs, outputs)
     }
 

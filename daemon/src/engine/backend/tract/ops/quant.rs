@@ -4,7 +4,7 @@
 //! - `MatMulNBits`: `y = a · dequant(B)ᵀ (+ bias)`, with `B [N, K/bs, bs/2]` nibbles (low
 //!   first), `scales [N, K/bs]` and optional packed 4-bit zero points (default 8). With
 //!   `accuracy_level` 4 ONNX Runtime quantizes each block of `a` to int8 (scale `max|a|/127`,
-//!   round to nearest even) and accumulates integer block dot products scaled by both scales;
+//!   values times `127/max|a|`, rounded to nearest even) and accumulates integer block dot products scaled by both scales;
 //!   that is reproduced here. Other levels use float32 arithmetic.
 //! - `GatherBlockQuantized`: rows of a `[rows, cols/2]` nibble table picked by `indices` and
 //!   dequantized as `(q - zero) * scale` with float32 scales (tract's own version stores them
@@ -63,7 +63,9 @@ fn quantize_row(a: &[f32], block: usize, q: &mut [i8], scales: &mut [f32]) {
     for ((src, dst), s) in a.chunks(block).zip(q.chunks_mut(block)).zip(scales.iter_mut()) {
         let amax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
         *s = amax / 127.0;
-        let inv = if *s != 0.0 { 1.0 / *s } else { 0.0 };
+        // `127 / max` rather than `1 / scale`: the two differ in the last bit, and rows made of
+        // few distinct magnitudes (dequantized embeddings) land exactly on .5 with ONNX Runtime's.
+        let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         for (d, &x) in dst.iter_mut().zip(src) {
             *d = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
