@@ -10,6 +10,7 @@ use common::daemon::{chat, Daemon};
 use common::mqtt::{mqtt_section, Broker, Tester};
 use common::model_dir;
 use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::constrain::Grammar;
 use qwenedge::engine::generate::{FinishReason, GenerateParams, Step};
 use qwenedge::engine::sampler::SamplingParams;
@@ -79,7 +80,7 @@ fn check_in_type(catalog: &Catalog, i: &intent::Intent) {
 fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
     let catalog = Catalog::builtin().unwrap();
     let utterances = utterances(&catalog, 300);
-    let opts = EngineOptions { ort: OrtOptions { threads: 2, ..Default::default() } };
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
     let mut engine = Engine::load(&model_dir("tiny-a", "fp32"), &opts).unwrap();
     let constrainer = engine.constrainer().unwrap();
     // The catalog part of the prompt is prefilled once (the prefix cache), as the daemon does.

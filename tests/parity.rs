@@ -8,6 +8,7 @@ use std::ops::ControlFlow;
 
 use common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
 use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::backend::{Logits, LogitsWanted};
 use qwenedge::engine::generate::{FinishReason, GenerateParams};
 use qwenedge::engine::model::LayerKind;
@@ -15,7 +16,7 @@ use qwenedge::engine::sampler::SamplingParams;
 use qwenedge::engine::{Engine, EngineOptions};
 
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
-    let opts = EngineOptions { ort: OrtOptions { threads: 2, all_logits, ..Default::default() } };
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, all_logits, ..Default::default() } };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 

@@ -9,6 +9,7 @@ mod common;
 use common::daemon::{chat, Daemon};
 use common::{model_dir, CONFIGS};
 use qwenedge::engine::backend::ort::OrtOptions;
+use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::backend::{Logits, LogitsWanted};
 use qwenedge::engine::chat::ChatInput;
 use qwenedge::engine::generate::{Completion, Decoder, GenerateParams, Step};
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 const NEW_TOKENS: usize = 16;
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let opts = EngineOptions { ort: OrtOptions { threads: 2, ..Default::default() } };
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 

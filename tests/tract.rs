@@ -366,7 +366,7 @@ fn chunked_and_restored_steps_match_onnxruntime() {
     let dir = model_dir("tiny-a", "fp32");
     let spec = qwenedge::engine::model::ModelSpec::load(&dir).unwrap();
     let mut ort = OrtBackend::load(&spec, &OrtOptions { threads: 2, all_logits: true, ..Default::default() }).unwrap();
-    let mut tract = TractBackend::load(&spec, &TractOptions { all_logits: true }).unwrap();
+    let mut tract = TractBackend::load(&spec, &TractOptions { all_logits: true, ..Default::default() }).unwrap();
     let ids = &reference("tiny-a").prompts[0].ids;
     let (mut a, mut b) = (Logits::default(), Logits::default());
     let mut sa = ort.new_sequence().unwrap();

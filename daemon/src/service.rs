@@ -62,10 +62,17 @@ pub fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
     }
 }
 
+/// The log filter when `QWENEDGE_LOG` is unset: `level`, minus tract's warning that the
+/// export's opset is newer than the ones tract is tested with (the backend's own tests check
+/// these graphs against ONNX Runtime).
+pub fn default_filter(level: &str) -> String {
+    format!("{level},tract_onnx::model=error")
+}
+
 /// Logs go to the journal when the daemon runs under systemd with a journal socket, to stderr
 /// otherwise. `QWENEDGE_LOG` takes a `tracing` filter (default `default_level`).
 pub fn init_logging(default_level: &str) {
-    let filter = EnvFilter::try_from_env("QWENEDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_env("QWENEDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter(default_level)));
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
     if under_systemd && std::path::Path::new("/run/systemd/journal/socket").exists() {
         if let Ok(journald) = tracing_journald::layer() {

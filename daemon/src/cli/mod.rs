@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::{self, BackendKind};
+use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::{Engine, EngineOptions};
 
 /// On-device inference daemon for Qwen3.5 Small ONNX models.
@@ -69,20 +69,16 @@ pub struct ModelArgs {
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<Engine> {
         let opts = EngineOptions {
+            backend: self.backend,
             ort: OrtOptions { library: self.onnxruntime.clone(), threads: self.threads, ..Default::default() },
         };
         let started = std::time::Instant::now();
-        let mut why = String::new();
-        let engine = Engine::load_with(&self.model, |spec| {
-            let chosen = select::load(spec, self.backend, &opts.ort)?;
-            why = chosen.why;
-            Ok(chosen.backend)
-        })?;
+        let engine = Engine::load(&self.model, &opts)?;
         let info = engine.backend_info();
         tracing::info!(
             model = %self.model.display(),
             backend = info.name,
-            chosen = %why,
+            chosen = %info.chosen,
             runtime = %info.version,
             library = info.library.as_deref().unwrap_or(""),
             load_ms = started.elapsed().as_millis() as u64,
@@ -100,7 +96,7 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QWENEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(qwenedge::service::default_filter(default)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -15,7 +15,8 @@ pub mod generate;
 
 use std::path::Path;
 
-use backend::ort::{OrtBackend, OrtOptions};
+use backend::ort::OrtOptions;
+use backend::select::{self, BackendKind};
 use backend::{Backend, BackendError, BackendInfo, Sequence, Snapshot};
 use cache::{CacheError, CacheStats, PrefixCache};
 use chat::{ChatInput, ChatTemplate, TemplateError};
@@ -60,6 +61,8 @@ pub enum PinError {
 /// Options for loading an engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
+    /// Which runtime runs the model (`model.backend`).
+    pub backend: BackendKind,
     /// ONNX Runtime settings.
     pub ort: OrtOptions,
 }
@@ -76,6 +79,8 @@ pub struct Engine {
     cache: PrefixCache<Snapshot>,
     /// Grammar compiler for this vocabulary, built on first use.
     constrainer: Option<std::sync::Arc<constrain::Constrainer>>,
+    /// Why this backend was chosen (see [`backend::select`]).
+    chosen: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -85,10 +90,17 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Validates `dir` and loads everything; fails before touching the runtime when the files
-    /// are wrong.
+    /// Validates `dir` and loads everything with the backend `opts.backend` selects; fails
+    /// before touching the runtime when the files are wrong.
     pub fn load(dir: impl AsRef<Path>, opts: &EngineOptions) -> Result<Self, EngineError> {
-        Self::load_with(dir, |spec| Ok(Box::new(OrtBackend::load(spec, &opts.ort)?)))
+        let mut chosen = String::new();
+        let mut engine = Self::load_with(dir, |spec| {
+            let c = select::load(spec, opts.backend, &opts.ort)?;
+            chosen = c.why;
+            Ok(c.backend)
+        })?;
+        engine.chosen = chosen;
+        Ok(engine)
     }
 
     /// Like [`load`](Self::load), with the backend built by `make` from the validated spec.
@@ -104,12 +116,12 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let backend = make(&spec)?;
-        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None })
+        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None, chosen: String::new() })
     }
 
     /// The backend's description.
     pub fn backend_info(&self) -> BackendInfo {
-        self.backend.info()
+        BackendInfo { chosen: self.chosen.clone(), ..self.backend.info() }
     }
 
     /// Renders a chat with the model's template.

@@ -299,6 +299,7 @@ pub fn load_engine(settings: &Settings) -> Result<Engine, LoadError> {
         return Err(LoadError::Memory(msg));
     }
     let opts = crate::engine::EngineOptions {
+        backend: settings.model.backend,
         ort: crate::engine::backend::ort::OrtOptions {
             library: settings.model.onnxruntime_library.clone(),
             threads: settings.model.threads,
@@ -315,7 +316,9 @@ pub fn load_engine(settings: &Settings) -> Result<Engine, LoadError> {
             ..Default::default()
         },
     };
-    let mut engine = Engine::load(path, &opts)?;
+    let mut engine = Engine::load(&path, &opts)?;
+    let info = engine.backend_info();
+    tracing::info!(model = %path.display(), backend = info.name, runtime = %info.version, chosen = %info.chosen, "backend chosen");
     engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
     Ok(engine)
 }

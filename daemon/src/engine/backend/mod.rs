@@ -142,6 +142,10 @@ pub struct BackendInfo {
     pub providers: Vec<providers::ProviderReport>,
     /// Intra-op threads.
     pub threads: usize,
+    /// Why this backend runs the model (`model.backend` and what `auto` found); empty when
+    /// the caller built the backend itself.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub chosen: String,
 }
 
 /// Runs a decoder graph step by step.

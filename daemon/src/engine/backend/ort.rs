@@ -238,6 +238,7 @@ impl OrtBackend {
             execution_provider: primary,
             providers: reports,
             threads: opts.threads,
+            chosen: String::new(),
         };
                 for (data, _) in &spec.data_files {
             advise_random_access(data);

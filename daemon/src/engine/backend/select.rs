@@ -1,6 +1,7 @@
 //! Which runtime runs a model: `model.backend = "ort" | "tract" | "auto"`. `auto` takes ONNX
 //! Runtime when its library loads and the pure-Rust tract backend otherwise (when this build
-//! has it), and says why it chose what it chose.
+//! has it, and `model.strict_providers` does not forbid leaving the configured execution
+//! providers), and says why it chose what it chose.
 
 use super::ort::{OrtBackend, OrtOptions};
 use super::{runtime, Backend, BackendError};
@@ -30,13 +31,15 @@ pub struct Chosen {
     pub why: String,
 }
 
-fn tract(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
+fn tract(spec: &ModelSpec, ort: &OrtOptions) -> Result<Box<dyn Backend>, BackendError> {
     #[cfg(feature = "tract")]
     {
-        Ok(Box::new(super::tract::TractBackend::load(spec, &super::tract::TractOptions::default())?))
+        let opts = super::tract::TractOptions { threads: ort.threads, ..Default::default() };
+        Ok(Box::new(super::tract::TractBackend::load(spec, &opts)?))
     }
     #[cfg(not(feature = "tract"))]
     {
+        let _ = ort;
         Err(BackendError::Load {
             path: spec.onnx_path.clone(),
             msg: "this build has no tract backend (rebuild with the `tract` cargo feature)".into(),
@@ -48,13 +51,19 @@ fn tract(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
 pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Chosen, BackendError> {
     match kind {
         BackendKind::Ort => Ok(Chosen { backend: Box::new(OrtBackend::load(spec, ort)?), why: "model.backend = \"ort\"".into() }),
-        BackendKind::Tract => Ok(Chosen { backend: tract(spec)?, why: "model.backend = \"tract\"".into() }),
+        BackendKind::Tract => Ok(Chosen { backend: tract(spec, ort)?, why: "model.backend = \"tract\"".into() }),
         BackendKind::Auto => match runtime::load(ort.library.as_deref()) {
             Ok(rt) => Ok(Chosen {
                 backend: Box::new(OrtBackend::load(spec, ort)?),
                 why: format!("auto: ONNX Runtime {} loaded from {}", rt.version, rt.path.display()),
             }),
-            Err(e) if TRACT_BUILT => Ok(Chosen { backend: tract(spec)?, why: format!("auto: ONNX Runtime unavailable ({e}); using tract") }),
+            Err(e) if TRACT_BUILT && ort.strict_providers && !ort.providers.is_empty() => Err(BackendError::Load {
+                path: spec.onnx_path.clone(),
+                msg: format!(
+                    "ONNX Runtime unavailable ({e}), and model.strict_providers forbids falling back from the configured execution providers to tract on the CPU"
+                ),
+            }),
+            Err(e) if TRACT_BUILT => Ok(Chosen { backend: tract(spec, ort)?, why: format!("auto: ONNX Runtime unavailable ({e}); using tract") }),
             Err(e) => Err(e.into()),
         },
     }

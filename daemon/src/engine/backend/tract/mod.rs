@@ -27,6 +27,8 @@ pub struct TractOptions {
     /// Keep logits for every position (parity checks); otherwise the graph is rewritten to
     /// compute only the last position's logits.
     pub all_logits: bool,
+    /// Threads for the 4-bit matrix products (0: one per core, as `model.threads`).
+    pub threads: usize,
 }
 
 /// What each graph input is fed with, in the plan's input order.
@@ -50,6 +52,7 @@ pub struct TractBackend {
     kv: Vec<bool>,
     spec: ModelSpec,
     last_only: bool,
+    threads: usize,
 }
 
 /// One sequence's state tensors, in the backend's state order; `None` while a step runs.
@@ -130,7 +133,13 @@ impl TractBackend {
             model.set_input_fact(ix, fact.into()).map_err(|e| load_err(path, e))?;
             feeds.push(feed);
         }
-        let typed = model.into_optimized().map_err(|e| load_err(path, format!("{e:#}")))?;
+        let mut typed = model.into_optimized().map_err(|e| load_err(path, format!("{e:#}")))?;
+        let threads = if opts.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { opts.threads };
+        for node in &mut typed.nodes {
+            if let Some(op) = node.op_as_mut::<ops::MatMulNBits>() {
+                op.threads = threads;
+            }
+        }
         let label = |slot: usize| -> Result<String, BackendError> {
             let outlet = typed.output_outlets().map_err(|e| load_err(path, e))?[slot];
             Ok(typed.outlet_label(outlet).map(str::to_string).unwrap_or_else(|| typed.node(outlet.node).name.clone()))
@@ -151,6 +160,7 @@ impl TractBackend {
             states: states.into_iter().map(|(t, _)| t).collect(),
             spec: spec.clone(),
             last_only,
+            threads,
         })
     }
 
@@ -198,7 +208,8 @@ impl Backend for TractBackend {
             library: None,
             execution_provider: "cpu".into(),
             providers: Vec::new(),
-            threads: 1,
+            threads: self.threads,
+            chosen: String::new(),
         }
     }
 

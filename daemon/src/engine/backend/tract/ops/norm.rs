@@ -6,9 +6,10 @@
 //! magnitudes) many values land exactly on a rounding boundary, so a one-ulp difference in the
 //! norm changes the integer and, with random weights, the greedy token.
 //!
-//! - `SimplifiedLayerNormalization` runs MLAS's vector kernel on x86-64 (rows of at least 8):
+//! - `SimplifiedLayerNormalization` as MLAS's x86-64 vector kernel computes rows of at least 8:
 //!   eight lanes of fused multiply-add, reduced as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`,
-//!   then `x * (1/rms) * weight`. Elsewhere, and for short rows, one running sum.
+//!   then `x * (1/rms) * weight`; shorter rows with one running sum and `x / rms * weight`.
+//!   The same order on every architecture, so this backend gives the same tokens everywhere.
 //! - `SkipSimplifiedLayerNormalization` (`s = input + skip`) uses one running sum of `s*s` and
 //!   `s / rms * gamma`; its optional second output is `s`.
 
@@ -18,9 +19,9 @@ use tract_onnx::tract_hir::internal::*;
 use super::linear::{eval_op, kernel_op, typed_op};
 use super::{built, f32s, tensor, Built, Kernel};
 
-/// Whether ONNX Runtime's vector RMS-norm kernel (x86-64 only) handles rows of `n` values.
+/// Whether ONNX Runtime's vector RMS-norm kernel handles rows of `n` values (on x86-64).
 fn vector_kernel(n: usize) -> bool {
-    cfg!(target_arch = "x86_64") && n >= 8
+    n >= 8
 }
 
 /// The sum of squares of `x` as MLAS's eight-lane kernel forms it, or one running sum.
