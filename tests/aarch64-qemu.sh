@@ -20,6 +20,10 @@
 #                 differently (x86_64 MLAS: symmetric int8 per 32-value block; aarch64 with the
 #                 dot-product extension: KleidiAI kernels, asymmetric int8 per row), and these
 #                 random-weight models are sensitive enough for that to change the greedy tokens.
+#   tract-int4    the int4 fixture again, served by the aarch64 binary alone with no libonnxruntime
+#                 anywhere it looks: model.backend "auto" must fall back to the pure-Rust tract
+#                 backend (checked in the `models` answer) and give exactly the x86_64 ONNX Runtime
+#                 daemon's tokens (tract computes the int8 activations as x86_64 ONNX Runtime does).
 #
 # usage: tests/aarch64-qemu.sh [--tokens N]      (default 8 new tokens)
 # Needs the test fixtures: $QWENEDGE_FIXTURES, else $QWENEDGE_CACHE/fixtures/current (made by
@@ -186,7 +190,7 @@ ready() {
 }
 
 # ask NAME: sends `models` and one greedy `complete` on one connection; prints one JSON line
-# {"library", "version", "text", "finish_reason", "usage", "timings"}.
+# {"backend", "chosen", "library", "version", "text", "finish_reason", "usage", "timings"}.
 ask() {
   "$python" - "$tmp/$1.sock" "$prompt" "$tokens" "$timeout_s" <<'PY'
 import json, socket, sys
@@ -225,8 +229,21 @@ def find(o, key):  # the backend's library/version, wherever the `models` event 
             if r is not None:
                 return r
     return None
+def backend(o):  # the first {"backend": {...}} object of the `models` event
+    if isinstance(o, dict):
+        if isinstance(o.get("backend"), dict):
+            return o["backend"]
+        o = list(o.values())
+    if isinstance(o, list):
+        for v in o:
+            r = backend(v)
+            if r is not None:
+                return r
+    return None
 models = terminal.get("m", {})
-print(json.dumps({"library": find(models, "library"), "version": find(models, "version"),
+b = backend(models) or {}
+print(json.dumps({"backend": b.get("name"), "chosen": b.get("chosen"),
+                  "library": find(models, "library"), "version": find(models, "version"),
                   "text": done["text"], "finish_reason": done.get("finish_reason"),
                   "usage": done.get("usage"), "timings": done.get("timings")}, ensure_ascii=False))
 PY
@@ -244,39 +261,59 @@ stop() {
   [ ! -e "$tmp/$name.sock" ] || fail "the $name daemon left its socket file behind"
 }
 
-# check LABEL MODEL strict|report: one request to each build, compared.
+# check LABEL MODEL strict|report|tract: one request to each build, compared.
+#   strict  the aarch64 build with its ONNX Runtime must give the x86_64 build's tokens;
+#   report  the same, printed but not required;
+#   tract   the aarch64 binary alone (no libonnxruntime anywhere it looks: not beside it, no
+#           ORT_DYLIB_PATH, an empty cache directory) with model.backend = "auto" must fall back
+#           to the pure-Rust tract backend, say so, and give the x86_64 ONNX Runtime daemon's
+#           tokens (tract computes the int4 ops as ONNX Runtime's x86_64 kernels do).
 mismatch=""
 check() {
   local label="$1" model="$2" mode="$3" t0=$SECONDS x86_out arm_out verdict
+  local arm_cmd=(qemu-aarch64 -L "$sysroot" "$arm/bin/qwenedge")
+  if [ "$mode" = tract ]; then
+    mkdir -p "$tmp/nolib/bin" "$tmp/nolib/home"
+    cp "$arm/bin/qwenedge" "$tmp/nolib/bin/qwenedge"
+    arm_cmd=(env HOME="$tmp/nolib/home" QWENEDGE_CACHE="$tmp/nolib/home/cache" qemu-aarch64 -L "$sysroot" "$tmp/nolib/bin/qwenedge")
+  fi
   start "x86-$label" "$model" "$x86/bin/qwenedge"
-  start "arm-$label" "$model" qemu-aarch64 -L "$sysroot" "$arm/bin/qwenedge"
+  start "arm-$label" "$model" "${arm_cmd[@]}"
   ready "x86-$label"
   x86_out=$(ask "x86-$label") || fail "x86_64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/x86-$label.log" | tr '\n' ' '))"
   ready "arm-$label"
   arm_out=$(ask "arm-$label") || fail "aarch64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/arm-$label.log" | tr '\n' ' '))"
   stop "x86-$label"
   stop "arm-$label"
-  verdict=$("$python" - "$label" "$x86_out" "$arm_out" "$x86" "$arm" <<'PY'
+  verdict=$("$python" - "$label" "$mode" "$x86_out" "$arm_out" "$x86" "$arm" <<'PY'
 import json, os, sys
-label, x86, arm, x86_dir, arm_dir = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+label, mode, x86, arm, x86_dir, arm_dir = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5], sys.argv[6]
 for name, out, bundle in (("x86_64", x86, x86_dir), ("aarch64", arm, arm_dir)):
     lib = out["library"]
     if lib is not None and not os.path.realpath(lib).startswith(os.path.realpath(bundle) + os.sep):
         sys.exit(f"aarch64-qemu: FAIL: {label}: the {name} daemon loaded ONNX Runtime from {lib}, not from its bundle")
+if x86["backend"] != "onnxruntime":
+    sys.exit(f"aarch64-qemu: FAIL: {label}: the x86_64 daemon runs {x86['backend']}, not ONNX Runtime")
+want = "tract" if mode == "tract" else "onnxruntime"
+if arm["backend"] != want or (mode == "tract" and not (arm["chosen"] or "").startswith("auto: ONNX Runtime unavailable")):
+    sys.exit(f"aarch64-qemu: FAIL: {label}: the aarch64 daemon should run {want}; it runs {arm['backend']} ({arm['chosen']})")
+for name, out in (("x86_64", x86), ("aarch64", arm)):
     print(f"aarch64-qemu:   {name:<7} {json.dumps(out['text'], ensure_ascii=False)} "
           f"({out['usage']['completion_tokens']} tokens, {out['finish_reason']}, "
-          f"{out['timings']['decode_tok_s']:.1f} tok/s, ONNX Runtime {out['version']})", file=sys.stderr)
+          f"{out['timings']['decode_tok_s']:.1f} tok/s, {out['backend']} {out['version']})", file=sys.stderr)
+if mode == "tract":
+    print(f"aarch64-qemu:   aarch64 backend chosen: {arm['chosen']}", file=sys.stderr)
 same = all(arm[k] == x86[k] for k in ("text", "finish_reason", "usage"))
 print("same" if same else "different")
 PY
 ) || exit 1
   if [ "$verdict" = same ]; then
     say "$label: same greedy output ($((SECONDS - t0))s)"
-  elif [ "$mode" = strict ]; then
+  elif [ "$mode" = report ]; then
+    say "$label: differs, as expected with int8 activations (see the header of $0)"
+  else
     mismatch="$mismatch $label"
     say "$label: MISMATCH: the aarch64 greedy output differs from x86_64's"
-  else
-    say "$label: differs, as expected with int8 activations (see the header of $0)"
   fi
 }
 
@@ -284,6 +321,7 @@ say "prompt: $(printf '%q' "$prompt"), $tokens greedy tokens, models from $fixtu
 check int4-fp32act "$int4_fp32act" strict
 check fp32 "$fixtures/tiny-a/fp32" strict
 check int4 "$fixtures/tiny-a/int4" report
+check tract-int4 "$fixtures/tiny-a/int4" tract
 pids=()
 [ -z "$mismatch" ] || fail "greedy output differs between aarch64 and x86_64 for:$mismatch"
-say "PASS: the aarch64 build serves over its socket under emulation and gives the x86_64 build's greedy tokens ($(( $(date +%s) - started ))s)"
+say "PASS: the aarch64 build serves over its socket under emulation and gives the x86_64 build's greedy tokens, with ONNX Runtime and, without it, with tract ($(( $(date +%s) - started ))s)"
