@@ -64,7 +64,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
-command -v cargo >/dev/null || { echo "build: cargo not found; install Rust >= 1.85 (https://rustup.rs)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "build: cargo not found; install Rust >= 1.91 (https://rustup.rs)" >&2; exit 1; }
 
 if [ "$arch" = "$host" ]; then
   # A native build: no --target, so it shares target/release with `cargo test --release`

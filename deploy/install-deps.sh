@@ -22,6 +22,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
 if ! command -v cargo >/dev/null; then
-  echo "install-deps: cargo not found; install Rust >= 1.85 (https://rustup.rs) and re-run" >&2
+  echo "install-deps: cargo not found; install Rust >= 1.91 (https://rustup.rs) and re-run" >&2
   exit 1
 fi
