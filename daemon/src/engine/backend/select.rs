@@ -57,7 +57,7 @@ pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Cho
                 backend: Box::new(OrtBackend::load(spec, ort)?),
                 why: format!("auto: ONNX Runtime {} loaded from {}", rt.version, rt.path.display()),
             }),
-            Err(e) if TRACT_BUILT && ort.strict_providers && !ort.providers.is_empty() => Err(BackendError::Load {
+            Err(e) if TRACT_BUILT && ort.strict_providers && ort.providers.iter().any(|p| !p.name.eq_ignore_ascii_case("cpu")) => Err(BackendError::Load {
                 path: spec.onnx_path.clone(),
                 msg: format!(
                     "ONNX Runtime unavailable ({e}), and model.strict_providers forbids falling back from the configured execution providers to tract on the CPU"
