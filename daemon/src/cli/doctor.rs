@@ -121,7 +121,8 @@ fn onnxruntime(settings: &Settings) -> Vec<Check> {
         Ok(rt) => rt,
         Err(e) => {
             // Without the library the tract backend still serves, where it can be chosen.
-            let status = if select::TRACT_BUILT && settings.model.backend != BackendKind::Ort { "warn" } else { "error" };
+            let fallback = select::TRACT_BUILT && settings.model.backend != BackendKind::Ort && !select::named_library(explicit);
+            let status = if fallback { "warn" } else { "error" };
             return vec![check("onnxruntime", status, e.to_string(), json!({"error": e.to_string()}))];
         }
     };
@@ -165,6 +166,9 @@ fn backend(settings: &Settings) -> Check {
         BackendKind::Tract => ("error", "none", "model.backend = \"tract\" but this build has no tract backend".to_string()),
         BackendKind::Auto => match &ort {
             Ok(rt) => ("ok", "onnxruntime", format!("auto: ONNX Runtime {} loads", rt.version)),
+            Err(e) if select::named_library(settings.model.onnxruntime_library.as_deref()) => {
+                ("error", "none", format!("auto: the named ONNX Runtime library does not load: {e}"))
+            }
             Err(e) if select::TRACT_BUILT => ("ok", "tract", format!("auto: ONNX Runtime unavailable ({e}); the pure-Rust tract backend serves")),
             Err(e) => ("error", "none", format!("auto: ONNX Runtime unavailable ({e}) and this build has no tract backend")),
         },

@@ -1,7 +1,8 @@
 //! Which runtime runs a model: `model.backend = "ort" | "tract" | "auto"`. `auto` takes ONNX
-//! Runtime when its library loads and the pure-Rust tract backend otherwise (when this build
-//! has it, and `model.strict_providers` does not forbid leaving the configured execution
-//! providers), and says why it chose what it chose.
+//! Runtime when its library loads and the pure-Rust tract backend otherwise, provided this build
+//! has it, no library was named explicitly (a named library that fails is an error to report),
+//! and `model.strict_providers` does not forbid leaving the configured accelerator providers.
+//! It says why it chose what it chose.
 
 use super::ort::{OrtBackend, OrtOptions};
 use super::{runtime, Backend, BackendError};
@@ -47,6 +48,12 @@ fn tract(spec: &ModelSpec, ort: &OrtOptions) -> Result<Box<dyn Backend>, Backend
     }
 }
 
+/// Whether an ONNX Runtime library was named explicitly (`explicit`, else `ORT_DYLIB_PATH`)
+/// rather than searched for.
+pub fn named_library(explicit: Option<&std::path::Path>) -> bool {
+    explicit.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
+}
+
 /// Loads the backend `kind` names for `spec`.
 pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Chosen, BackendError> {
     match kind {
@@ -57,6 +64,9 @@ pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Cho
                 backend: Box::new(OrtBackend::load(spec, ort)?),
                 why: format!("auto: ONNX Runtime {} loaded from {}", rt.version, rt.path.display()),
             }),
+            // A library the user named (configuration, --onnxruntime, ORT_DYLIB_PATH) that does
+            // not load is a mistake to report, not a reason to switch runtimes.
+            Err(e) if named_library(ort.library.as_deref()) => Err(e.into()),
             Err(e) if TRACT_BUILT && ort.strict_providers && ort.providers.iter().any(|p| !p.name.eq_ignore_ascii_case("cpu")) => Err(BackendError::Load {
                 path: spec.onnx_path.clone(),
                 msg: format!(
