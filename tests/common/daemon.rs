@@ -36,19 +36,23 @@ impl Daemon {
 
     /// Starts a daemon on `model`.
     pub fn start_with_model(model: &Path, extra: &str) -> Self {
+        Self::start_customized(model, "", extra, |_| {})
+    }
+
+    /// Starts a daemon on `model` with `model_keys` (TOML lines) added to its `[model]` section,
+    /// `extra` appended, and `customize` applied to the command (environment, say) before it
+    /// is spawned.
+    pub fn start_customized(model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qwenedge.sock");
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_text(model, &socket, extra)).unwrap();
+        let text = config_text(model, &socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
+        std::fs::write(&config, text).unwrap();
         let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_qwenedge"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("QWENEDGE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qwenedge"));
+        command.args(["serve", "--config"]).arg(&config).env("QWENEDGE_LOG", "info");
+        customize(&mut command);
+        let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let mut daemon = Daemon { child, dir, socket, config, log };
         daemon.wait_ready();
         daemon
