@@ -94,7 +94,10 @@ impl TractBackend {
         if states.iter().any(|(t, _)| t.dtype != StateType::F32) || spec.logits_dtype != StateType::F32 {
             return Err(load_err(path, "float16 state or logits are not supported by the tract backend (use a CPU int4/fp32 export)"));
         }
-        let bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
+        let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
+        if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
+            bytes = b;
+        }
         let edited = if opts.all_logits { None } else { edit::last_position_logits(&bytes, &spec.logits).map_err(|e| load_err(path, e))? };
         let last_only = edited.is_some();
         // The builder's value_info entries are hints that do not always agree with the

@@ -5,11 +5,11 @@ use super::{bytes_field, strings, varint};
 use crate::engine::onnx::read::{Fields, ProtoError, Wire};
 
 /// An initializer as found in the graph: its encoding, dimensions and where its data is.
-struct Initializer<'a> {
+pub(super) struct Initializer<'a> {
     raw: &'a [u8],
-    dims: Vec<i64>,
+    pub(super) dims: Vec<i64>,
     external: bool,
-    int64s: Option<Vec<i64>>,
+    pub(super) int64s: Option<Vec<i64>>,
 }
 
 fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
@@ -37,7 +37,7 @@ fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
     Ok(out)
 }
 
-fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoError> {
+pub(super) fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoError> {
     let mut name = String::new();
     let mut dims = Vec::new();
     let mut external = false;
@@ -68,7 +68,7 @@ fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoE
 }
 
 /// The int64 values of a `Constant` node's `value` tensor.
-fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoError> {
+pub(super) fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoError> {
     for f in Fields::new(node, 0) {
         if let (5, Wire::Bytes(attr, _)) = f? {
             let mut tensor = None;
@@ -88,7 +88,7 @@ fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoError> {
     Ok(None)
 }
 
-fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoError> {
+pub(super) fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoError> {
     for f in Fields::new(node, 0) {
         if let (5, Wire::Bytes(attr, _)) = f? {
             let (mut matches, mut value) = (false, None);
@@ -108,7 +108,7 @@ fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoError> {
 }
 
 /// Reshape's target dimensions: `0` copies the input dimension, `-1` takes what is left.
-fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
+pub(super) fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
     let total: i64 = input.iter().product();
     let mut dims: Vec<i64> = shape.iter().enumerate().map(|(i, &d)| if d == 0 { *input.get(i).unwrap_or(&0) } else { d }).collect();
     let known: i64 = dims.iter().filter(|&&d| d != -1).product();

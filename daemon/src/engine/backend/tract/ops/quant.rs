@@ -8,7 +8,9 @@
 //!   that is reproduced here. Other levels use float32 arithmetic.
 //! - `GatherBlockQuantized`: rows of a `[rows, cols/2]` nibble table picked by `indices` and
 //!   dequantized as `(q - zero) * scale` with float32 scales (tract's own version stores them
-//!   as float16).
+//!   as float16). Data of higher rank is read as rows of its first axis, so the lookup can take
+//!   the LM head's stored `[rows, blocks, block/2]` weights without a Reshape (see
+//!   `onnx::edit::lookup_reads_stored_rows`).
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -371,7 +373,10 @@ impl GatherBlockQuantized {
         let scales = f32s(OP, inputs, 2)?;
         let zp_view = if self.zero_points { Some(inputs[3].try_as_plain_ram()?) } else { None };
         let zp = zp_view.as_ref().map(|v| v.as_slice::<u8>()).transpose().with_context(|| format!("{OP}: zero points are not uint8"))?;
-        let &[rows, packed] = inputs[0].shape() else { bail!("{OP}: data is not [rows, cols/2]: {:?}", inputs[0].shape()) };
+        let (rows, packed) = match inputs[0].shape() {
+            [rows, rest @ ..] if !rest.is_empty() => (*rows, rest.iter().product::<usize>()),
+            other => bail!("{OP}: data is not [rows, cols/2]: {other:?}"),
+        };
         let cols = packed * 2;
         let blocks = cols.div_ceil(self.block);
         if scales.len() != rows * blocks || zp.is_some_and(|z| z.len() != rows * blocks.div_ceil(2)) {
@@ -395,9 +400,14 @@ impl GatherBlockQuantized {
 
 kernel_op!(GatherBlockQuantized, "GatherBlockQuantized");
 eval_op!(GatherBlockQuantized);
+/// Values per row of a lookup table `[rows, …]` of packed nibbles.
+fn row_values(data: &[TDim]) -> TDim {
+    data.iter().skip(1).fold(2.to_dim(), |acc, d| acc * d.clone())
+}
+
 typed_op!(GatherBlockQuantized, |_op, inputs| {
     let mut shape: TVec<TDim> = inputs[1].shape.iter().cloned().collect();
-    shape.push(inputs[0].shape[1].clone() * 2);
+    shape.push(row_values(&inputs[0].shape));
     Ok(tvec![f32::fact(shape)])
 });
 
@@ -407,7 +417,7 @@ impl Kernel for GatherBlockQuantized {
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, data, idx| {
             let mut shape: TVec<TDim> = idx.iter().cloned().collect();
-            shape.push(data[1].clone() * 2);
+            shape.push(row_values(&data));
             s.equals(&outputs[0].shape, shape)
         })
     }
