@@ -1,7 +1,7 @@
 //! Replacing `Reshape(external initializer, constant shape)` by an initializer that points at
 //! the same bytes of the data file with the new dimensions (see the parent module).
 
-use super::{bytes_field, strings, varint};
+use super::{bytes_field, strings, varint, with_graph};
 use crate::engine::onnx::read::{Fields, ProtoError, Wire};
 
 /// An initializer as found in the graph: its encoding, dimensions and where its data is.
@@ -127,22 +127,7 @@ pub(super) fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
 /// reshaped dimensions that points at the same external bytes. Returns `None` when there is
 /// nothing to replace.
 pub fn alias_reshaped_initializers(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
-    let mut out = Vec::with_capacity(model.len() + 1024);
-    let mut changed = false;
-    let mut fields = Fields::new(model, 0);
-    while let Some(field) = fields.next() {
-        match field? {
-            (7, Wire::Bytes(graph, _)) => match alias_in_graph(graph)? {
-                Some(g) => {
-                    bytes_field(7, &g, &mut out);
-                    changed = true;
-                }
-                None => out.extend_from_slice(fields.raw()),
-            },
-            _ => out.extend_from_slice(fields.raw()),
-        }
-    }
-    Ok(changed.then_some(out))
+    with_graph(model, alias_in_graph)
 }
 
 fn alias_in_graph(graph: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {

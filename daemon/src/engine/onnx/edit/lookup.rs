@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::alias::{constant_values, int_attr, parse_initializer, reshaped};
-use super::{bytes_field, strings};
+use super::{bytes_field, strings, with_graph};
 use crate::engine::onnx::read::{Fields, ProtoError, Wire};
 
 const LOOKUP: &str = "GatherBlockQuantized";
@@ -19,22 +19,7 @@ const LOOKUP: &str = "GatherBlockQuantized";
 /// nothing else reads its output; the Reshape is dropped. Returns `None` when there is nothing
 /// to change.
 pub fn lookup_reads_stored_rows(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
-    let mut out = Vec::with_capacity(model.len());
-    let mut changed = false;
-    let mut fields = Fields::new(model, 0);
-    while let Some(field) = fields.next() {
-        match field? {
-            (7, Wire::Bytes(graph, _)) => match in_graph(graph)? {
-                Some(g) => {
-                    bytes_field(7, &g, &mut out);
-                    changed = true;
-                }
-                None => out.extend_from_slice(fields.raw()),
-            },
-            _ => out.extend_from_slice(fields.raw()),
-        }
-    }
-    Ok(changed.then_some(out))
+    with_graph(model, in_graph)
 }
 
 /// Reshape outputs that can be skipped, mapped to the initializer they reshape.

@@ -66,22 +66,30 @@ fn strings(msg: &[u8], field: u64) -> Result<Vec<String>, ProtoError> {
 /// Returns `None` when the node producing the logits is not a plain (quantized) MatMul, in
 /// which case the graph is used as it is.
 pub fn last_position_logits(model: &[u8], logits: &str) -> Result<Option<Vec<u8>>, ProtoError> {
-    let mut out = Vec::with_capacity(model.len() + 256);
-    let mut done = false;
+    with_graph(model, |graph| edit_graph(graph, logits))
+}
+
+/// Applies `edit` to the model's graph; `None` when it changed nothing.
+pub(super) fn with_graph(
+    model: &[u8],
+    edit: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, ProtoError>,
+) -> Result<Option<Vec<u8>>, ProtoError> {
+    let mut out = Vec::with_capacity(model.len() + 1024);
+    let mut changed = false;
     let mut fields = Fields::new(model, 0);
     while let Some(field) = fields.next() {
         match field? {
-            (7, Wire::Bytes(graph, _)) => match edit_graph(graph, logits)? {
+            (7, Wire::Bytes(graph, _)) => match edit(graph)? {
                 Some(g) => {
                     bytes_field(7, &g, &mut out);
-                    done = true;
+                    changed = true;
                 }
-                None => return Ok(None),
+                None => out.extend_from_slice(fields.raw()),
             },
             _ => out.extend_from_slice(fields.raw()),
         }
     }
-    Ok(done.then_some(out))
+    Ok(changed.then_some(out))
 }
 
 fn edit_graph(graph: &[u8], logits: &str) -> Result<Option<Vec<u8>>, ProtoError> {
