@@ -138,9 +138,10 @@ impl TractBackend {
         }
         let mut typed = model.into_optimized().map_err(|e| load_err(path, format!("{e:#}")))?;
         let threads = if opts.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { opts.threads };
+        let workers = ops::Workers::new(threads).map_err(|e| load_err(path, format!("cannot start {threads} threads: {e}")))?;
         for node in &mut typed.nodes {
             if let Some(op) = node.op_as_mut::<ops::MatMulNBits>() {
-                op.threads = threads;
+                op.workers = Some(workers.clone());
             }
         }
         let label = |slot: usize| -> Result<String, BackendError> {

@@ -15,6 +15,7 @@ mod linear;
 mod norm;
 mod quant;
 mod rope;
+mod workers;
 
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -25,6 +26,7 @@ pub use linear::{CausalConvWithState, GatedRmsNorm, LinearAttention, LinearAtten
 pub use norm::{SimplifiedLayerNorm, SkipSimplifiedLayerNorm};
 pub use quant::{GatherBlockQuantized, MatMulNBits};
 pub use rope::MRotaryEmbedding;
+pub use workers::Workers;
 
 /// The operators this module adds (or replaces) in tract's ONNX loader.
 pub const OPS: &[&str] = &[

@@ -3,9 +3,9 @@
 //!
 //! - `MatMulNBits`: `y = a · dequant(B)ᵀ (+ bias)`, with `B [N, K/bs, bs/2]` nibbles (low
 //!   first), `scales [N, K/bs]` and optional packed 4-bit zero points (default 8). With
-//!   `accuracy_level` 4 ONNX Runtime quantizes each block of `a` to int8 (scale `max|a|/127`,
-//!   values times `127/max|a|`, rounded to nearest even) and accumulates integer block dot products scaled by both scales;
-//!   that is reproduced here. Other levels use float32 arithmetic.
+//!   `accuracy_level` 4 ONNX Runtime quantizes each block of `a` to int8 and accumulates
+//!   integer block dot products scaled by both scales; that is reproduced in [`int8`] (with an
+//!   AVX2 kernel on x86-64 and a NEON one on aarch64). Other levels use float32 arithmetic.
 //! - `GatherBlockQuantized`: rows of a `[rows, cols/2]` nibble table picked by `indices` and
 //!   dequantized as `(q - zero) * scale` with float32 scales (tract's own version stores them
 //!   as float16). Data of higher rank is read as rows of its first axis, so the lookup can take
@@ -15,8 +15,15 @@
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod int8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
 use super::linear::{eval_op, kernel_op, typed_op};
 use super::{built, f32s, tensor, Built, Kernel};
+use int8::{Int8Rows, Weights};
 
 /// See the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +40,9 @@ pub struct MatMulNBits {
     pub zero_points: bool,
     /// Whether the bias input is wired.
     pub bias: bool,
-    /// Threads that share the output columns (set by the backend after loading).
-    pub threads: usize,
+    /// The threads that share the output columns (set by the backend after loading; the
+    /// calling thread alone when absent).
+    pub workers: Option<super::Workers>,
 }
 
 pub(super) fn mat_mul_nbits(_: &tract_onnx::model::ParsingContext, node: &NodeProto) -> Built {
@@ -54,7 +62,7 @@ pub(super) fn mat_mul_nbits(_: &tract_onnx::model::ParsingContext, node: &NodePr
         bail!("MatMulNBits node '{name}': A, B and scales are required");
     }
     let int8 = node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == 4;
-    built(MatMulNBits { k, n, block, int8, zero_points: wired(3), bias: wired(5), threads: 1 })
+    built(MatMulNBits { k, n, block, int8, zero_points: wired(3), bias: wired(5), workers: None })
 }
 
 /// The `i`-th 4-bit value of a packed byte slice, low nibble first.
@@ -62,172 +70,28 @@ fn nibble(bytes: &[u8], i: usize) -> u8 {
     (bytes[i / 2] >> (4 * (i % 2))) & 0x0f
 }
 
-/// Quantizes `a` to int8 with one scale per block of `block`, as ONNX Runtime does. `q` holds
-/// `block` values per block (zero-padded), the even positions first and then the odd ones, so
-/// that they line up with the low and high nibbles of the packed weights; `sums` gets each
-/// block's sum (for the zero-point correction).
-fn quantize_row(a: &[f32], block: usize, q: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
-    let half = block / 2;
-    for (((src, dst), s), sum) in a.chunks(block).zip(q.chunks_mut(block)).zip(scales.iter_mut()).zip(sums.iter_mut()) {
-        let amax = src.iter().fold(0f32, |m, x| m.max(x.abs()));
-        *s = amax / 127.0;
-        // `127 / max` rather than `1 / scale`: the two differ in the last bit, and rows made of
-        // few distinct magnitudes (dequantized embeddings) land exactly on .5 with ONNX Runtime's.
-        let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        *sum = 0;
-        for (i, &x) in src.iter().enumerate() {
-            let v = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            dst[(i % 2) * half + i / 2] = v;
-            *sum += i32::from(v);
-        }
-    }
-}
-
-/// `Σ q[i] * nibble(i)` over one block: `q` is the block's activations as [`quantize_row`]
-/// lays them out (even positions, then odd), `packed` its `q.len() / 2` weight bytes.
-#[inline]
-fn block_dot(q: &[i8], packed: &[u8]) -> i32 {
-    let (even, odd) = q.split_at(q.len() / 2);
-    even.iter().zip(odd).zip(packed).map(|((&e, &o), &b)| i32::from(e) * i32::from(b & 0x0f) + i32::from(o) * i32::from(b >> 4)).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{int8_columns, Activations, Weights};
-    use std::arch::x86_64::*;
-
-    /// Whether this CPU runs [`columns`] for blocks of `block` values.
-    pub(super) fn usable(block: usize) -> bool {
-        block % 32 == 0 && std::arch::is_x86_feature_detected!("avx2")
-    }
-
-    /// [`super::int8_columns`] with the AVX2 block dot product inlined.
-    pub(super) fn columns(w: &Weights, x: &Activations, first: usize, out: &mut [f32]) {
-        assert!(usable(w.block), "AVX2 and blocks of a multiple of 32 values");
-        // SAFETY: the CPU has AVX2 (checked just above).
-        unsafe { columns_avx2(w, x, first, out) }
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn columns_avx2(w: &Weights, x: &Activations, first: usize, out: &mut [f32]) {
-        int8_columns(w, x, first, out, |q, packed| block_dot(q, packed));
-    }
-
-    /// [`super::block_dot`] with AVX2: sixteen weight bytes become 32 unsigned nibbles (low
-    /// ones in the first half, high ones in the second, matching the activations' layout),
-    /// multiplied with the signed activations pairwise into 16-bit sums (at most 2·15·127, no
-    /// saturation) and widened to 32 bits.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn block_dot(q: &[i8], packed: &[u8]) -> i32 {
-        let half = q.len() / 2;
-        assert!(half % 16 == 0 && packed.len() >= half, "blocks of a multiple of 32 values");
-        let mask = _mm_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_si256();
-        for j in (0..half).step_by(16) {
-            // SAFETY: each load reads 16 bytes; j + 16 <= half <= packed.len() and
-            // half + j + 16 <= q.len() (asserted above).
-            let (b, even, odd) = unsafe {
-                (
-                    _mm_loadu_si128(packed.as_ptr().add(j).cast()),
-                    _mm_loadu_si128(q.as_ptr().add(j).cast()),
-                    _mm_loadu_si128(q.as_ptr().add(half + j).cast()),
-                )
-            };
-            let lo = _mm_and_si128(b, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
-            let prod = _mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), _mm256_set_m128i(odd, even));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
-        }
-        let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
-    }
-}
-
-/// Below this many multiply-adds a call runs on the calling thread (spawning costs more).
+/// Below this many multiply-adds a call runs on the calling thread (handing work to the other
+/// threads costs more).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
-/// The packed 4-bit weights of one `MatMulNBits` node.
-struct Weights<'a> {
-    b: &'a [u8],
-    scales: &'a [f32],
-    zp: Option<&'a [u8]>,
-    k: usize,
-    block: usize,
-    blocks: usize,
-}
-
-/// The activations: float rows, and their int8 blocks with one scale and sum each when
-/// quantized (`qa` laid out by [`quantize_row`], `block` values per block).
-struct Activations<'a> {
-    a: &'a [f32],
-    qa: &'a [i8],
-    sa: &'a [f32],
-    qsum: &'a [i32],
-    rows: usize,
-    int8: bool,
-}
-
-/// Computes the columns `first..` that fit in `out` (column-major, `rows` values per column).
-/// Per row and column the block results are summed in block order, as ONNX Runtime does.
-fn columns(w: &Weights, x: &Activations, first: usize, out: &mut [f32]) {
-    if x.int8 {
-        #[cfg(target_arch = "x86_64")]
-        if avx2::usable(w.block) {
-            return avx2::columns(w, x, first, out);
-        }
-        int8_columns(w, x, first, out, block_dot);
-    } else {
-        float_columns(w, x, first, out);
-    }
-}
-
-/// The zero point of column `col`, block `blk` (8 when the node has none).
-#[inline]
-fn zero_point(w: &Weights, col: usize, blk: usize) -> u8 {
-    w.zp.map_or(8, |z| nibble(&z[col * w.blocks.div_ceil(2)..], blk))
-}
-
-/// [`columns`] with int8 activations: `Σ q·(w − zero) = Σ q·w − zero·Σ q` per block, in exact
-/// integers, times both scales.
-#[inline]
-fn int8_columns(w: &Weights, x: &Activations, first: usize, out: &mut [f32], dot: impl Fn(&[i8], &[u8]) -> i32) {
-    let (bs, blocks, blob) = (w.block, w.blocks, w.block / 2);
-    for (c, ys) in out.chunks_mut(x.rows.max(1)).enumerate() {
-        let col = first + c;
-        let packed_col = &w.b[col * blocks * blob..][..blocks * blob];
-        let scales = &w.scales[col * blocks..][..blocks];
-        for (r, y) in ys.iter_mut().enumerate() {
-            let (q, sa, qsum) = (&x.qa[r * blocks * bs..][..blocks * bs], &x.sa[r * blocks..][..blocks], &x.qsum[r * blocks..][..blocks]);
-            let mut acc = 0f32;
-            for (blk, ((packed, qb), scale)) in packed_col.chunks_exact(blob).zip(q.chunks_exact(bs)).zip(scales).enumerate() {
-                let d = dot(qb, packed) - i32::from(zero_point(w, col, blk)) * qsum[blk];
-                acc += d as f32 * (sa[blk] * scale);
-            }
-            *y = acc;
-        }
-    }
-}
-
-/// [`columns`] with float activations: each block dequantized once, used for every row.
-fn float_columns(w: &Weights, x: &Activations, first: usize, out: &mut [f32]) {
+/// Float activations (`accuracy_level` below 4): columns `first..` that fit in `out`
+/// (column-major, `rows` values per column), each block dequantized once for every row.
+fn float_columns(w: &Weights, a: &[f32], k: usize, rows: usize, first: usize, out: &mut [f32]) {
     let (bs, blocks, blob) = (w.block, w.blocks, w.block / 2);
     let mut wf = vec![0f32; bs];
-    for (c, ys) in out.chunks_mut(x.rows.max(1)).enumerate() {
+    for (c, ys) in out.chunks_mut(rows.max(1)).enumerate() {
         let col = first + c;
         for blk in 0..blocks {
             let packed = &w.b[(col * blocks + blk) * blob..][..blob];
-            let zero = zero_point(w, col, blk) as i8;
+            let zero = w.zero_point(col, blk) as i8;
             let scale = w.scales[col * blocks + blk];
-            let len = bs.min(w.k - blk * bs);
+            let len = bs.min(k - blk * bs);
             for (pair, &byte) in wf.chunks_exact_mut(2).zip(packed) {
                 pair[0] = f32::from((byte & 0x0f) as i8 - zero) * scale;
                 pair[1] = f32::from((byte >> 4) as i8 - zero) * scale;
             }
             for (r, y) in ys.iter_mut().enumerate() {
-                *y += x.a[r * w.k + blk * bs..][..len].iter().zip(&wf[..len]).map(|(a, b)| a * b).sum::<f32>();
+                *y += a[r * k + blk * bs..][..len].iter().zip(&wf[..len]).map(|(a, b)| a * b).sum::<f32>();
             }
         }
     }
@@ -261,33 +125,21 @@ impl MatMulNBits {
             bail!("{OP}: A is {shape:?}, its last axis is not K={k}");
         }
         let rows = a.len() / k.max(1);
+        let w = Weights { b, scales, zp, block: bs, blocks };
         // Activations quantized once per call; every column reuses them.
-        let quantized = if self.int8 { rows * blocks } else { 0 };
-        let (mut qa, mut sa, mut qsum) = (vec![0i8; quantized * bs], vec![0f32; quantized], vec![0i32; quantized]);
-        if self.int8 {
-            let per_row = blocks * bs;
-            for (((row, q), s), sum) in a.chunks(k).zip(qa.chunks_mut(per_row)).zip(sa.chunks_mut(blocks)).zip(qsum.chunks_mut(blocks)) {
-                quantize_row(row, bs, q, s, sum);
-            }
-        }
-        let w = Weights { b, scales, zp, k, block: bs, blocks };
-        let acts = Activations { a, qa: &qa, sa: &sa, qsum: &qsum, rows, int8: self.int8 };
-        let threads = self.threads.clamp(1, n.max(1));
-        // Column-major results per thread, gathered into the row-major output.
+        let quantized = self.int8.then(|| Int8Rows::quantize(a, k, bs));
+        let columns = |first: usize, out: &mut [f32]| match &quantized {
+            Some(x) => int8::columns(&w, x, first, out),
+            None => float_columns(&w, a, k, rows, first, out),
+        };
+        // Column-major results, gathered into the row-major output below.
         let mut y_cols = vec![0f32; n * rows];
-        if threads == 1 || rows * n * k < PARALLEL_MIN_MACS {
-            columns(&w, &acts, 0, &mut y_cols);
-        } else {
-            let per = n.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let mut chunks = y_cols.chunks_mut(per * rows).enumerate();
-                let (_, own) = chunks.next().expect("n > 0");
-                for (i, chunk) in chunks {
-                    let (w, acts) = (&w, &acts);
-                    scope.spawn(move || columns(w, acts, i * per, chunk));
-                }
-                columns(&w, &acts, 0, own);
-            });
+        match &self.workers {
+            Some(workers) if workers.threads() > 1 && rows * n * k >= PARALLEL_MIN_MACS => {
+                // Whole tiles of four columns per thread.
+                workers.for_chunks(&mut y_cols, 4 * rows, |at, chunk| columns(at / rows, chunk));
+            }
+            _ => columns(0, &mut y_cols),
         }
         let y = if rows == 1 {
             if let Some(bias) = bias {
@@ -420,40 +272,5 @@ impl Kernel for GatherBlockQuantized {
             shape.push(row_values(&data));
             s.equals(&outputs[0].shape, shape)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every block-dot kernel gives the plain loop's integers, on blocks of 32 and 64 with
-    /// extreme values.
-    #[test]
-    fn block_dot_kernels_agree() {
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
-        for block in [32, 64, 128] {
-            for round in 0..50 {
-                let q: Vec<i8> = (0..block).map(|i| if round == 0 { if i % 2 == 0 { 127 } else { -127 } } else { (next() % 255) as i8 }).collect();
-                let packed: Vec<u8> = (0..block / 2).map(|_| if round == 0 { 0xff } else { next() as u8 }).collect();
-                let want = block_dot(&q, &packed);
-                #[cfg(target_arch = "x86_64")]
-                if avx2::usable(block) {
-                    // SAFETY: usable() checked that the CPU has AVX2.
-                    assert_eq!(unsafe { avx2::block_dot(&q, &packed) }, want, "block {block}, round {round}");
-                }
-                let naive: i32 = (0..block).map(|i| {
-                    let v = if i < block / 2 { packed[i] & 0x0f } else { packed[i - block / 2] >> 4 };
-                    i32::from(q[i]) * i32::from(v)
-                }).sum();
-                assert_eq!(want, naive);
-            }
-        }
     }
 }
