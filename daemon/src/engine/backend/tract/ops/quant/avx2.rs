@@ -24,34 +24,16 @@ pub(super) fn columns(w: &Weights, x: &Int8Rows, first: usize, out: &mut [f32]) 
 #[target_feature(enable = "avx2,fma")]
 fn columns_avx2(w: &Weights, x: &Int8Rows, first: usize, out: &mut [f32]) {
     let rows = x.rows.max(1);
-    let cols = out.len() / rows;
-    if rows == 1 {
-        // One row (decoding): four columns at a time share the activations.
-        let mut c = 0;
-        while c + 4 <= cols {
-            tile::<4, 1>(w, x, first + c, 0, &mut out[c..c + 4], 1);
-            c += 4;
+    super::int8::tiles(rows, out.len() / rows, |cs, g, c, r| {
+        let dst = &mut out[c * rows + r..];
+        match (cs, g) {
+            (4, _) => tile::<4, 1>(w, x, first + c, r, dst, rows),
+            (_, 4) => tile::<1, 4>(w, x, first + c, r, dst, rows),
+            (_, 3) => tile::<1, 3>(w, x, first + c, r, dst, rows),
+            (_, 2) => tile::<1, 2>(w, x, first + c, r, dst, rows),
+            _ => tile::<1, 1>(w, x, first + c, r, dst, rows),
         }
-        for c in c..cols {
-            tile::<1, 1>(w, x, first + c, 0, &mut out[c..c + 1], 1);
-        }
-        return;
-    }
-    // Several rows (prefill): each unpacked unit of a column serves four rows at a time.
-    for (c, ys) in out.chunks_mut(rows).enumerate() {
-        let mut r = 0;
-        while r < rows {
-            let g = (rows - r).min(4);
-            let dst = &mut ys[r..r + g];
-            match g {
-                4 => tile::<1, 4>(w, x, first + c, r, dst, rows),
-                3 => tile::<1, 3>(w, x, first + c, r, dst, rows),
-                2 => tile::<1, 2>(w, x, first + c, r, dst, rows),
-                _ => tile::<1, 1>(w, x, first + c, r, dst, rows),
-            }
-            r += g;
-        }
-    }
+    });
 }
 
 /// The weight scale of each lane of full unit `u` (its block's).

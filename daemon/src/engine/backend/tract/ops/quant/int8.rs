@@ -160,6 +160,24 @@ pub(super) fn unit_dots(w: &[u8; 32], q: &[i8]) -> [i32; LANES] {
     })
 }
 
+/// Walks a column-major output of `rows` values per column and `cols` columns in the tiles the
+/// SIMD kernels compute: four columns × one row when there is one row (decoding: the columns
+/// share the activations), else one column × up to four rows (prefill: each unpacked unit of
+/// weights serves four rows). Calls `tile(columns, rows, first column, first row)`.
+pub(super) fn tiles(rows: usize, cols: usize, mut tile: impl FnMut(usize, usize, usize, usize)) {
+    if rows == 1 {
+        let whole = cols / 4 * 4;
+        (0..whole).step_by(4).for_each(|c| tile(4, 1, c, 0));
+        (whole..cols).for_each(|c| tile(1, 1, c, 0));
+        return;
+    }
+    for c in 0..cols {
+        for r in (0..rows).step_by(4) {
+            tile(1, (rows - r).min(4), c, r);
+        }
+    }
+}
+
 /// Portable kernel: columns `first..` that fit in `out` (column-major, `x.rows` per column).
 pub(super) fn portable(w: &Weights, x: &Int8Rows, first: usize, out: &mut [f32]) {
     let shift = w.block.trailing_zeros();

@@ -61,6 +61,8 @@ impl Dot for Sdot {
         // SAFETY: SDOT reads and writes only these registers; the caller has the extension.
         unsafe {
             asm!(
+                // The directive lets the assembler take SDOT wherever this is inlined.
+                ".arch_extension dotprod",
                 "sdot {acc:v}.4s, {w1:v}.16b, {q1:v}.16b",
                 "sdot {acc:v}.4s, {w2:v}.16b, {q2:v}.16b",
                 acc = inout(vreg) acc, w1 = in(vreg) w1, q1 = in(vreg) q1, w2 = in(vreg) w2, q2 = in(vreg) q2,
@@ -84,7 +86,7 @@ impl Dot for Widening {
     }
 }
 
-/// Tiles over `out`: four columns × one row when decoding, one column × four rows otherwise.
+/// The tiles of [`super::int8::tiles`] over `out`.
 ///
 /// # Safety
 /// The CPU must run `D`'s instructions, and the caller must enable them (this and everything
@@ -92,37 +94,19 @@ impl Dot for Widening {
 #[inline(always)]
 unsafe fn drive<D: Dot>(w: &Weights, x: &Int8Rows, first: usize, out: &mut [f32]) {
     let rows = x.rows.max(1);
-    let cols = out.len() / rows;
-    if rows == 1 {
-        let mut c = 0;
-        while c + 4 <= cols {
-            // SAFETY: as for this function.
-            unsafe { tile::<D, 4, 1>(w, x, first + c, 0, &mut out[c..c + 4], 1) };
-            c += 4;
-        }
-        for c in c..cols {
-            // SAFETY: as for this function.
-            unsafe { tile::<D, 1, 1>(w, x, first + c, 0, &mut out[c..c + 1], 1) };
-        }
-        return;
-    }
-    for (c, ys) in out.chunks_mut(rows).enumerate() {
-        let mut r = 0;
-        while r < rows {
-            let g = (rows - r).min(4);
-            let dst = &mut ys[r..r + g];
-            // SAFETY: as for this function.
-            unsafe {
-                match g {
-                    4 => tile::<D, 1, 4>(w, x, first + c, r, dst, rows),
-                    3 => tile::<D, 1, 3>(w, x, first + c, r, dst, rows),
-                    2 => tile::<D, 1, 2>(w, x, first + c, r, dst, rows),
-                    _ => tile::<D, 1, 1>(w, x, first + c, r, dst, rows),
-                }
+    super::int8::tiles(rows, out.len() / rows, |cs, g, c, r| {
+        let dst = &mut out[c * rows + r..];
+        // SAFETY: as for this function.
+        unsafe {
+            match (cs, g) {
+                (4, _) => tile::<D, 4, 1>(w, x, first + c, r, dst, rows),
+                (_, 4) => tile::<D, 1, 4>(w, x, first + c, r, dst, rows),
+                (_, 3) => tile::<D, 1, 3>(w, x, first + c, r, dst, rows),
+                (_, 2) => tile::<D, 1, 2>(w, x, first + c, r, dst, rows),
+                _ => tile::<D, 1, 1>(w, x, first + c, r, dst, rows),
             }
-            r += g;
         }
-    }
+    });
 }
 
 /// The weight scales of lanes 0–3 and 4–7 of full unit `u`.
