@@ -142,6 +142,8 @@ impl TractBackend {
         for node in &mut typed.nodes {
             if let Some(op) = node.op_as_mut::<ops::MatMulNBits>() {
                 op.workers = Some(workers.clone());
+            } else if let Some(op) = node.op_as_mut::<ops::LinearAttention>() {
+                op.workers = Some(workers.clone());
             }
         }
         let label = |slot: usize| -> Result<String, BackendError> {

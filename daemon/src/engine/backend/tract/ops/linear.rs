@@ -193,6 +193,9 @@ pub struct LinearAttention {
     pub v_heads: usize,
     /// Output scale (0 = `1/sqrt(Dk)`).
     pub scale: f32,
+    /// The threads that share the heads (set by the backend after loading; the calling thread
+    /// alone when absent).
+    pub workers: Option<super::Workers>,
 }
 
 impl Eq for LinearAttention {}
@@ -212,7 +215,7 @@ pub(super) fn linear_attention(_: &tract_onnx::model::ParsingContext, node: &Nod
     }
     let scale = node.get_attr_opt::<f32>("scale")?.unwrap_or(0.0);
     expect_inputs(node, &[true; 6])?;
-    built(LinearAttention { q_heads, v_heads, scale })
+    built(LinearAttention { q_heads, v_heads, scale, workers: None })
 }
 
 impl LinearAttention {
@@ -238,38 +241,58 @@ impl LinearAttention {
         let scale = if self.scale == 0.0 { 1.0 / (dk as f32).sqrt() } else { self.scale };
         let group = hv / hk;
         let mut state = past.to_vec();
-        let mut y = vec![0f32; b * t * hv * dv];
-        let mut delta = vec![0f32; dv];
-        for bi in 0..b {
-            for ti in 0..t {
-                let row = bi * t + ti;
-                for h in 0..hv {
-                    let s = &mut state[(bi * hv + h) * dk * dv..][..dk * dv];
+        // Each (sequence, head) runs on its own: its state, and its outputs head-major.
+        let mut by_head = vec![0f32; b * hv * t * dv];
+        let mut heads: Vec<(&mut [f32], &mut [f32])> = state.chunks_mut(dk * dv).zip(by_head.chunks_mut(t * dv)).collect();
+        let run = |first: usize, heads: &mut [(&mut [f32], &mut [f32])]| {
+            let mut delta = vec![0f32; dv];
+            for (i, (s, out)) in heads.iter_mut().enumerate() {
+                let (bi, h) = ((first + i) / hv, (first + i) % hv);
+                for (ti, out) in out.chunks_exact_mut(dv).enumerate() {
+                    let row = bi * t + ti;
                     let qh = &q[(row * hk + h / group) * dk..][..dk];
                     let kh = &k[(row * hk + h / group) * dk..][..dk];
                     let vh = &v[(row * hv + h) * dv..][..dv];
-                    let (g, bt) = (decay[row * hv + h].exp(), beta[row * hv + h]);
-                    s.iter_mut().for_each(|x| *x *= g);
-                    delta.copy_from_slice(vh);
-                    for (i, &ki) in kh.iter().enumerate() {
-                        for (d, &sv) in delta.iter_mut().zip(&s[i * dv..][..dv]) {
-                            *d -= ki * sv;
-                        }
-                    }
-                    delta.iter_mut().for_each(|d| *d *= bt);
-                    let out = &mut y[(row * hv + h) * dv..][..dv];
-                    for (i, (&ki, &qi)) in kh.iter().zip(qh).enumerate() {
-                        for ((sv, &d), o) in s[i * dv..][..dv].iter_mut().zip(&delta).zip(out.iter_mut()) {
-                            *sv += ki * d;
-                            *o += qi * *sv;
-                        }
-                    }
-                    out.iter_mut().for_each(|o| *o *= scale);
+                    step(s, qh, kh, vh, decay[row * hv + h].exp(), beta[row * hv + h], scale, &mut delta, out);
                 }
+            }
+        };
+        match &self.workers {
+            Some(workers) => workers.for_chunks(&mut heads, 1, run),
+            None => run(0, &mut heads),
+        }
+        drop(heads);
+        let mut y = vec![0f32; b * t * hv * dv];
+        for (i, out) in by_head.chunks_exact(t * dv).enumerate() {
+            let (bi, h) = (i / hv, i % hv);
+            for (ti, o) in out.chunks_exact(dv).enumerate() {
+                y[((bi * t + ti) * hv + h) * dv..][..dv].copy_from_slice(o);
             }
         }
         Ok(tvec![tensor(&[b, t, hv * dv], y)?, tensor(&[b, hv, dk, dv], state)?])
     }
+}
+
+/// One token of one head: decays the state `s [Dk, Dv]` by `g`, applies the delta rule with
+/// `beta`, and writes `scale · qᵀS` to `out`.
+#[allow(clippy::too_many_arguments)]
+fn step(s: &mut [f32], q: &[f32], k: &[f32], v: &[f32], g: f32, beta: f32, scale: f32, delta: &mut [f32], out: &mut [f32]) {
+    let dv = v.len();
+    s.iter_mut().for_each(|x| *x *= g);
+    delta.copy_from_slice(v);
+    for (i, &ki) in k.iter().enumerate() {
+        for (d, &sv) in delta.iter_mut().zip(&s[i * dv..][..dv]) {
+            *d -= ki * sv;
+        }
+    }
+    delta.iter_mut().for_each(|d| *d *= beta);
+    for (i, (&ki, &qi)) in k.iter().zip(q).enumerate() {
+        for ((sv, &d), o) in s[i * dv..][..dv].iter_mut().zip(&*delta).zip(out.iter_mut()) {
+            *sv += ki * d;
+            *o += qi * *sv;
+        }
+    }
+    out.iter_mut().for_each(|o| *o *= scale);
 }
 
 kernel_op!(LinearAttention, "LinearAttention");

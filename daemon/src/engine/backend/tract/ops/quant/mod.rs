@@ -147,11 +147,15 @@ impl MatMulNBits {
             }
             y_cols
         } else {
+            // Transposed 32 columns at a time, so that the reads stay within a few cache lines
+            // per row and the writes are runs.
             let mut y = vec![0f32; rows * n];
-            for (col, ys) in y_cols.chunks(rows.max(1)).enumerate() {
-                let b = bias.map_or(0.0, |v| v[col]);
-                for (r, &v) in ys.iter().enumerate() {
-                    y[r * n + col] = v + b;
+            for c0 in (0..n).step_by(32) {
+                let cols = c0..(c0 + 32).min(n);
+                for (r, out) in y.chunks_exact_mut(n).enumerate() {
+                    for c in cols.clone() {
+                        out[c] = y_cols[c * rows + r] + bias.map_or(0.0, |v| v[c]);
+                    }
                 }
             }
             y
