@@ -24,6 +24,9 @@
 #                 anywhere it looks: model.backend "auto" must fall back to the pure-Rust tract
 #                 backend (checked in the `models` answer) and give exactly the x86_64 ONNX Runtime
 #                 daemon's tokens (tract computes the int8 activations as x86_64 ONNX Runtime does).
+#                 The emulated Cortex-A76 has the dot-product extension (tract's SDOT kernel);
+#   tract-int4-a72  the same on an emulated Cortex-A72 (the Raspberry Pi 4's core), which has
+#                 not: tract's widening-multiply NEON kernel must give the same tokens.
 #
 # usage: tests/aarch64-qemu.sh [--tokens N]      (default 8 new tokens)
 # Needs the test fixtures: $QWENEDGE_FIXTURES, else $QWENEDGE_CACHE/fixtures/current (made by
@@ -261,7 +264,8 @@ stop() {
   [ ! -e "$tmp/$name.sock" ] || fail "the $name daemon left its socket file behind"
 }
 
-# check LABEL MODEL strict|report|tract: one request to each build, compared.
+# check LABEL MODEL strict|report|tract [CPU]: one request to each build, compared (CPU: the
+# core qemu emulates for the aarch64 daemon, default $QEMU_CPU).
 #   strict  the aarch64 build with its ONNX Runtime must give the x86_64 build's tokens;
 #   report  the same, printed but not required;
 #   tract   the aarch64 binary alone (no libonnxruntime anywhere it looks: not beside it, no
@@ -270,12 +274,12 @@ stop() {
 #           tokens (tract computes the int4 ops as ONNX Runtime's x86_64 kernels do).
 mismatch=""
 check() {
-  local label="$1" model="$2" mode="$3" t0=$SECONDS x86_out arm_out verdict
-  local arm_cmd=(qemu-aarch64 -L "$sysroot" "$arm/bin/qwenedge")
+  local label="$1" model="$2" mode="$3" cpu="${4:-$QEMU_CPU}" t0=$SECONDS x86_out arm_out verdict
+  local arm_cmd=(env QEMU_CPU="$cpu" qemu-aarch64 -L "$sysroot" "$arm/bin/qwenedge")
   if [ "$mode" = tract ]; then
     mkdir -p "$tmp/nolib/bin" "$tmp/nolib/home"
     cp "$arm/bin/qwenedge" "$tmp/nolib/bin/qwenedge"
-    arm_cmd=(env HOME="$tmp/nolib/home" QWENEDGE_CACHE="$tmp/nolib/home/cache" qemu-aarch64 -L "$sysroot" "$tmp/nolib/bin/qwenedge")
+    arm_cmd=(env HOME="$tmp/nolib/home" QWENEDGE_CACHE="$tmp/nolib/home/cache" QEMU_CPU="$cpu" qemu-aarch64 -L "$sysroot" "$tmp/nolib/bin/qwenedge")
   fi
   start "x86-$label" "$model" "$x86/bin/qwenedge"
   start "arm-$label" "$model" "${arm_cmd[@]}"
@@ -322,6 +326,7 @@ check int4-fp32act "$int4_fp32act" strict
 check fp32 "$fixtures/tiny-a/fp32" strict
 check int4 "$fixtures/tiny-a/int4" report
 check tract-int4 "$fixtures/tiny-a/int4" tract
+check tract-int4-a72 "$fixtures/tiny-a/int4" tract cortex-a72
 pids=()
 [ -z "$mismatch" ] || fail "greedy output differs between aarch64 and x86_64 for:$mismatch"
 say "PASS: the aarch64 build serves over its socket under emulation and gives the x86_64 build's greedy tokens, with ONNX Runtime and, without it, with tract ($(( $(date +%s) - started ))s)"
