@@ -446,8 +446,9 @@ fn generate_and_serve_with_tract_give_onnxruntime_text() {
 }
 
 /// `model.backend = "auto"` with no ONNX Runtime anywhere the daemon looks (no
-/// `ORT_DYLIB_PATH`, an empty cache, nothing beside the binary) serves with tract and says why;
-/// with `ORT_DYLIB_PATH` naming a file that does not exist it refuses to start instead.
+/// `ORT_DYLIB_PATH`, an empty cache, nothing beside the binary) serves with tract and says why,
+/// and `doctor` says the same; with `ORT_DYLIB_PATH` naming a file that does not exist it refuses
+/// to start instead.
 #[test]
 fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     let model = model_dir("tiny-a", "int4");
@@ -470,6 +471,11 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     assert!(chosen.ends_with("; using tract"), "{chosen}");
     assert!(daemon.log_text().contains("using tract"), "the log names the choice:\n{}", daemon.log_text());
     assert_eq!(text + "\n", generate_text("ort", &model, prompt), "tract's answer is ONNX Runtime's");
+    let mut doctor = std::process::Command::new(env!("CARGO_BIN_EXE_qwenedge"));
+    doctor.args(["doctor", "--json", "--config"]).arg(&daemon.config);
+    no_library(&mut doctor);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.output().unwrap().stdout).unwrap();
+    assert_eq!((&report["backend"]["backend"], &report["backend"]["status"]), (&"tract".into(), &"ok".into()), "doctor: {}", report["backend"]);
     drop(daemon);
 
     let dir = tempfile::tempdir().unwrap();
