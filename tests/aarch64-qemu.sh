@@ -4,7 +4,10 @@
 #      Runtime's CPU detection; bookworm-backports has 10.x, and that source is added if absent);
 #   2. builds the aarch64 and x86_64 bundles with deploy/build.sh (each binary with its own
 #      official libonnxruntime in <bundle>/lib/qwenedge/);
-#   3. for each model below, starts both daemons (`qwenedge serve`) on temporary Unix sockets, the
+#   3. runs the unit tests of tract's int8 kernels as aarch64 code under qemu, once on an emulated
+#      Cortex-A76 (the SDOT kernel) and once on a Cortex-A72 (the widening-multiply kernel): each
+#      must give the portable kernel's bits;
+#   4. for each model below, starts both daemons (`qwenedge serve`) on temporary Unix sockets, the
 #      aarch64 one as `qemu-aarch64 -L /usr/aarch64-linux-gnu <bundle>/bin/qwenedge`, each finding
 #      its ONNX Runtime through the bundle layout (ORT_DYLIB_PATH is unset); sends each one greedy
 #      raw completion (the first reference prompt) over the socket; compares the answers; stops
@@ -115,7 +118,15 @@ sysroot=/usr/aarch64-linux-gnu
 [ -e "$sysroot/lib/ld-linux-aarch64.so.1" ] || apt_install libc6-arm64-cross
 [ -e "$sysroot/lib/libstdc++.so.6" ] || apt_install libstdc++6-arm64-cross
 
-# --- 3. daemons ---------------------------------------------------------------------------------
+# --- 3. tract's aarch64 kernels -----------------------------------------------------------------
+# The runner for the aarch64 target is qemu (.cargo/config.toml).
+for cpu in cortex-a76 cortex-a72; do
+  say "tract int8 kernel tests, emulated $cpu"
+  QEMU_CPU="$cpu" cargo test --release --locked --target aarch64-unknown-linux-gnu --lib engine::backend::tract::ops::quant >&2 \
+    || fail "tract's int8 kernel tests failed on an emulated $cpu"
+done
+
+# --- 4. daemons ---------------------------------------------------------------------------------
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

@@ -18,6 +18,11 @@ use super::{Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence, 
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
 use crate::engine::onnx::edit;
 
+/// The most tokens one run of the plan takes when only the last logits are wanted (a longer
+/// prompt runs in several): 256 tokens of the 0.8B model's activations are tens of MiB, a
+/// 2048-token step would hold over a GiB.
+const STEP_TOKENS: usize = 256;
+
 /// The tract release this backend is built against.
 pub const TRACT_VERSION: &str = "tract-onnx 0.23";
 
@@ -144,6 +149,8 @@ impl TractBackend {
                 op.workers = Some(workers.clone());
             } else if let Some(op) = node.op_as_mut::<ops::LinearAttention>() {
                 op.workers = Some(workers.clone());
+            } else if let Some(op) = node.op_as_mut::<ops::GroupQueryAttention>() {
+                op.workers = Some(workers.clone());
             }
         }
         let label = |slot: usize| -> Result<String, BackendError> {
@@ -230,19 +237,30 @@ impl Backend for TractBackend {
         if want == LogitsWanted::All && self.last_only && tokens.len() > 1 {
             return Err(BackendError::Run("this plan computes last-position logits only (load with all_logits)".into()));
         }
-        let past = seq.len;
         let state = seq.state.downcast_mut::<TractState>().ok_or(BackendError::ForeignState)?;
         if state.broken {
             return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
         }
         state.broken = true;
-        let inputs = self.inputs(state, past, tokens)?;
-        let mut outputs = self.plan.run(inputs).map_err(run_err)?;
-        for (i, &slot) in self.state_slots.iter().enumerate() {
-            let t = std::mem::replace(&mut outputs[slot], Tensor::default().into_tvalue());
-            state.tensors[i] = Some(t.into_tensor());
+        // A long prompt runs in steps of at most STEP_TOKENS, which bounds the activations that
+        // tract holds at once; every op treats positions independently or in order, so steps
+        // change nothing but the peak memory (and make prefill faster: the activations of a
+        // step stay in cache).
+        let step = if want == LogitsWanted::Last { STEP_TOKENS } else { tokens.len() };
+        let mut past = seq.len;
+        let mut logits = None;
+        for chunk in tokens.chunks(step) {
+            let inputs = self.inputs(state, past, chunk)?;
+            let mut outputs = self.plan.run(inputs).map_err(run_err)?;
+            for (i, &slot) in self.state_slots.iter().enumerate() {
+                let t = std::mem::replace(&mut outputs[slot], Tensor::default().into_tvalue());
+                state.tensors[i] = Some(t.into_tensor());
+            }
+            past += chunk.len();
+            logits = Some(std::mem::replace(&mut outputs[self.logits_slot], Tensor::default().into_tvalue()));
         }
-        let logits = outputs[self.logits_slot].try_as_plain_ram().map_err(run_err)?;
+        let logits = logits.expect("at least one token (checked)");
+        let logits = logits.try_as_plain_ram().map_err(run_err)?;
         let data = logits.as_slice::<f32>().map_err(run_err)?;
         let vocab = self.spec.vocab_size;
         let rows = data.len() / vocab;
@@ -255,7 +273,7 @@ impl Backend for TractBackend {
         out.data.clear();
         out.data.extend_from_slice(&data[(rows - keep) * vocab..]);
         state.broken = false;
-        seq.len += tokens.len();
+        seq.len = past;
         Ok(())
     }
 

@@ -26,6 +26,9 @@ pub struct GroupQueryAttention {
     pub scale: f32,
     /// Whether past key/value are wired.
     pub past: bool,
+    /// The threads that share the query heads (set by the backend after loading; the calling
+    /// thread alone when absent).
+    pub workers: Option<super::Workers>,
 }
 
 impl Eq for GroupQueryAttention {}
@@ -50,7 +53,7 @@ pub(super) fn group_query_attention(_: &tract_onnx::model::ParsingContext, node:
     }
     let past = node.input.get(3).is_some_and(|s| !s.is_empty());
     expect_inputs(node, &[true, true, true, past, past, true, true])?;
-    built(GroupQueryAttention { heads, kv_heads, scale: node.get_attr_opt::<f32>("scale")?.unwrap_or(0.0), past })
+    built(GroupQueryAttention { heads, kv_heads, scale: node.get_attr_opt::<f32>("scale")?.unwrap_or(0.0), past, workers: None })
 }
 
 impl GroupQueryAttention {
@@ -97,36 +100,55 @@ impl GroupQueryAttention {
         };
         let (kk, vv) = (present(pk, k), present(pv, v));
         let scale = if self.scale == 0.0 { 1.0 / (d as f32).sqrt() } else { self.scale };
-        let mut y = vec![0f32; b * s * qw];
-        let mut w = vec![0f32; total];
-        for bi in 0..b {
-            for h in 0..nq {
+        // Each (sequence, query head) runs on its own, its outputs head-major.
+        let mut by_head = vec![0f32; b * nq * s * d];
+        let run = |at: usize, outs: &mut [f32]| {
+            let mut w = vec![0f32; total];
+            for (i, out) in outs.chunks_exact_mut(s * d).enumerate() {
+                let (bi, h) = ((at / (s * d) + i) / nq, (at / (s * d) + i) % nq);
                 let kvh = bi * nkv + h / (nq / nkv);
                 let (keys, values) = (&kk[kvh * total * d..][..total * d], &vv[kvh * total * d..][..total * d]);
-                for t in 0..s {
+                for (t, out) in out.chunks_exact_mut(d).enumerate() {
                     let qv = &q[((bi * s + t) * nq + h) * d..][..d];
-                    let seen = p + t + 1;
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, wj) in w[..seen].iter_mut().enumerate() {
-                        *wj = keys[j * d..][..d].iter().zip(qv).map(|(a, b)| a * b).sum::<f32>() * scale;
-                        max = max.max(*wj);
-                    }
-                    let mut sum = 0f32;
-                    for wj in &mut w[..seen] {
-                        *wj = (*wj - max).exp();
-                        sum += *wj;
-                    }
-                    let out = &mut y[((bi * s + t) * nq + h) * d..][..d];
-                    for (j, wj) in w[..seen].iter().enumerate() {
-                        let a = wj / sum;
-                        for (o, x) in out.iter_mut().zip(&values[j * d..][..d]) {
-                            *o += a * x;
-                        }
-                    }
+                    attend(qv, &keys[..(p + t + 1) * d], &values[..(p + t + 1) * d], scale, &mut w, out);
                 }
+            }
+        };
+        match &self.workers {
+            Some(workers) => workers.for_chunks(&mut by_head, s * d, run),
+            None => run(0, &mut by_head),
+        }
+        let mut y = vec![0f32; b * s * qw];
+        for (i, out) in by_head.chunks_exact(s * d).enumerate() {
+            let (bi, h) = (i / nq, i % nq);
+            for (t, o) in out.chunks_exact(d).enumerate() {
+                y[((bi * s + t) * nq + h) * d..][..d].copy_from_slice(o);
             }
         }
         Ok(tvec![tensor(&[b, s, qw], y)?, tensor(&[b, nkv, total, d], kk)?, tensor(&[b, nkv, total, d], vv)?])
+    }
+}
+
+/// Softmax attention of one query `q [D]` over `keys`, `values [n, D]` into `out [D]`
+/// (`w`: room for `n` weights).
+fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, w: &mut [f32], out: &mut [f32]) {
+    let d = q.len();
+    let w = &mut w[..keys.len() / d];
+    let mut max = f32::NEG_INFINITY;
+    for (wj, key) in w.iter_mut().zip(keys.chunks_exact(d)) {
+        *wj = super::dot(key, q) * scale;
+        max = max.max(*wj);
+    }
+    let mut sum = 0f32;
+    for wj in w.iter_mut() {
+        *wj = (*wj - max).exp();
+        sum += *wj;
+    }
+    for (wj, value) in w.iter().zip(values.chunks_exact(d)) {
+        let a = wj / sum;
+        for (o, x) in out.iter_mut().zip(value) {
+            *o += a * x;
+        }
     }
 }
 

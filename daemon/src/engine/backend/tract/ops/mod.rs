@@ -140,6 +140,19 @@ pub(crate) fn tensor(shape: &[usize], data: Vec<f32>) -> TractResult<TValue> {
     Ok(tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), data)?.into_tensor().into_tvalue())
 }
 
+/// `Σ a·b` with eight partial sums (so that it vectorizes), added in a fixed order.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
+}
+
 /// `x * sigmoid(x)`.
 pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
