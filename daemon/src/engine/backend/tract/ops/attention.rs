@@ -114,17 +114,8 @@ impl GroupQueryAttention {
                 }
             }
         };
-        match &self.workers {
-            Some(workers) => workers.for_chunks(&mut by_head, s * d, run),
-            None => run(0, &mut by_head),
-        }
-        let mut y = vec![0f32; b * s * qw];
-        for (i, out) in by_head.chunks_exact(s * d).enumerate() {
-            let (bi, h) = (i / nq, i % nq);
-            for (t, o) in out.chunks_exact(d).enumerate() {
-                y[((bi * s + t) * nq + h) * d..][..d].copy_from_slice(o);
-            }
-        }
+        super::for_chunks(self.workers.as_ref(), &mut by_head, s * d, run);
+        let y = super::heads_to_rows(&by_head, nq, s, d);
         Ok(tvec![tensor(&[b, s, qw], y)?, tensor(&[b, nkv, total, d], kk)?, tensor(&[b, nkv, total, d], vv)?])
     }
 }

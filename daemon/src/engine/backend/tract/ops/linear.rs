@@ -257,18 +257,9 @@ impl LinearAttention {
                 }
             }
         };
-        match &self.workers {
-            Some(workers) => workers.for_chunks(&mut heads, 1, run),
-            None => run(0, &mut heads),
-        }
+        super::for_chunks(self.workers.as_ref(), &mut heads, 1, run);
         drop(heads);
-        let mut y = vec![0f32; b * t * hv * dv];
-        for (i, out) in by_head.chunks_exact(t * dv).enumerate() {
-            let (bi, h) = (i / hv, i % hv);
-            for (ti, o) in out.chunks_exact(dv).enumerate() {
-                y[((bi * t + ti) * hv + h) * dv..][..dv].copy_from_slice(o);
-            }
-        }
+        let y = super::heads_to_rows(&by_head, hv, t, dv);
         Ok(tvec![tensor(&[b, t, hv * dv], y)?, tensor(&[b, hv, dk, dv], state)?])
     }
 }

@@ -27,6 +27,7 @@ pub use norm::{SimplifiedLayerNorm, SkipSimplifiedLayerNorm};
 pub use quant::{GatherBlockQuantized, MatMulNBits};
 pub use rope::MRotaryEmbedding;
 pub use workers::Workers;
+use workers::for_chunks;
 
 /// The operators this module adds (or replaces) in tract's ONNX loader.
 pub const OPS: &[&str] = &[
@@ -138,6 +139,19 @@ pub(crate) fn f32s<'a>(op: &str, inputs: &'a [TValue], ix: usize) -> TractResult
 /// A tensor of `shape` over `data`.
 pub(crate) fn tensor(shape: &[usize], data: Vec<f32>) -> TractResult<TValue> {
     Ok(tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), data)?.into_tensor().into_tvalue())
+}
+
+/// Rearranges per-head outputs `[B·H, T, D]` (head-major, as the attention kernels compute
+/// them, one head per task) into the graph's `[B, T, H·D]`.
+pub(crate) fn heads_to_rows(by_head: &[f32], heads: usize, t: usize, d: usize) -> Vec<f32> {
+    let mut y = vec![0f32; by_head.len()];
+    for (i, out) in by_head.chunks_exact(t * d).enumerate() {
+        let (bi, h) = (i / heads, i % heads);
+        for (ti, o) in out.chunks_exact(d).enumerate() {
+            y[((bi * t + ti) * heads + h) * d..][..d].copy_from_slice(o);
+        }
+    }
+    y
 }
 
 /// `Σ a·b` with eight partial sums (so that it vectorizes), added in a fixed order.

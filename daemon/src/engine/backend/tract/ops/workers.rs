@@ -32,9 +32,8 @@ impl Workers {
 
     /// Runs `f(offset, chunk)` for [`Self::threads`] near-equal chunks of `data` cut at multiples
     /// of `align` values (`offset`: where the chunk starts in `data`); the calling thread takes
-    /// the first. Returns when all are
-    /// done. There are no more runnable threads than `model.threads`, so on a small board the
-    /// helpers do not compete with the caller for cores.
+    /// the first. Returns when all are done. There are no more runnable threads than
+    /// `model.threads`, so on a small board the helpers do not compete with the caller for cores.
     pub fn for_chunks<T: Send>(&self, data: &mut [T], align: usize, f: impl Fn(usize, &mut [T]) + Sync) {
         let align = align.max(1);
         let per = (data.len() / align).div_ceil(self.threads).max(1) * align;
@@ -48,6 +47,14 @@ impl Workers {
             }
             f(0, first);
         });
+    }
+}
+
+/// [`Workers::for_chunks`] on `workers`, or `f(0, data)` on the calling thread without them.
+pub(crate) fn for_chunks<T: Send>(workers: Option<&Workers>, data: &mut [T], align: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    match workers {
+        Some(workers) => workers.for_chunks(data, align, f),
+        None => f(0, data),
     }
 }
 

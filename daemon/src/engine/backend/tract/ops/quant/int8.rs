@@ -36,7 +36,7 @@ impl Weights<'_> {
     /// The zero point of column `col`, block `blk`.
     #[inline]
     pub(super) fn zero_point(&self, col: usize, blk: usize) -> i32 {
-        self.zp.map_or(8, |z| i32::from((z[col * self.blocks.div_ceil(2) + blk / 2] >> (4 * (blk % 2))) & 0x0f))
+        self.zp.map_or(8, |z| i32::from(super::nibble(&z[col * self.blocks.div_ceil(2)..], blk)))
     }
 
     /// Weight scale and zero point of each lane of unit `u` of column `col` (zero past the last

@@ -134,13 +134,9 @@ impl MatMulNBits {
         };
         // Column-major results, gathered into the row-major output below.
         let mut y_cols = vec![0f32; n * rows];
-        match &self.workers {
-            Some(workers) if workers.threads() > 1 && rows * n * k >= PARALLEL_MIN_MACS => {
-                // Whole tiles of four columns per thread.
-                workers.for_chunks(&mut y_cols, 4 * rows, |at, chunk| columns(at / rows, chunk));
-            }
-            _ => columns(0, &mut y_cols),
-        }
+        // Whole tiles of four columns per thread.
+        let workers = self.workers.as_ref().filter(|_| rows * n * k >= PARALLEL_MIN_MACS);
+        super::for_chunks(workers, &mut y_cols, 4 * rows, |at, chunk| columns(at / rows, chunk));
         let y = if rows == 1 {
             if let Some(bias) = bias {
                 y_cols.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
