@@ -1,6 +1,8 @@
 //! Replacing `Reshape(external initializer, constant shape)` by an initializer that points at
 //! the same bytes of the data file with the new dimensions (see the parent module).
 
+use std::collections::HashMap;
+
 use super::{bytes_field, strings, varint, with_graph};
 use crate::engine::onnx::read::{Fields, ProtoError, Wire};
 
@@ -9,7 +11,7 @@ pub(super) struct Initializer<'a> {
     raw: &'a [u8],
     pub(super) dims: Vec<i64>,
     external: bool,
-    pub(super) int64s: Option<Vec<i64>>,
+    int64s: Option<Vec<i64>>,
 }
 
 fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
@@ -37,7 +39,7 @@ fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
     Ok(out)
 }
 
-pub(super) fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoError> {
+fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoError> {
     let mut name = String::new();
     let mut dims = Vec::new();
     let mut external = false;
@@ -68,7 +70,7 @@ pub(super) fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'
 }
 
 /// The int64 values of a `Constant` node's `value` tensor.
-pub(super) fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoError> {
+fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoError> {
     for f in Fields::new(node, 0) {
         if let (5, Wire::Bytes(attr, _)) = f? {
             let mut tensor = None;
@@ -88,7 +90,7 @@ pub(super) fn constant_values(node: &[u8]) -> Result<Option<Vec<i64>>, ProtoErro
     Ok(None)
 }
 
-pub(super) fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoError> {
+fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoError> {
     for f in Fields::new(node, 0) {
         if let (5, Wire::Bytes(attr, _)) = f? {
             let (mut matches, mut value) = (false, None);
@@ -108,7 +110,7 @@ pub(super) fn int_attr(node: &[u8], name: &[u8]) -> Result<Option<i64>, ProtoErr
 }
 
 /// Reshape's target dimensions: `0` copies the input dimension, `-1` takes what is left.
-pub(super) fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
+fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
     let total: i64 = input.iter().product();
     let mut dims: Vec<i64> = shape.iter().enumerate().map(|(i, &d)| if d == 0 { *input.get(i).unwrap_or(&0) } else { d }).collect();
     let known: i64 = dims.iter().filter(|&&d| d != -1).product();
@@ -130,39 +132,70 @@ pub fn alias_reshaped_initializers(model: &[u8]) -> Result<Option<Vec<u8>>, Prot
     with_graph(model, alias_in_graph)
 }
 
-fn alias_in_graph(graph: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
-    let mut inits = std::collections::HashMap::new();
-    let mut constants = std::collections::HashMap::new();
-    for f in Fields::new(graph, 0) {
-        match f? {
-            (5, Wire::Bytes(t, _)) => {
-                let (name, init) = parse_initializer(t)?;
-                inits.insert(name, init);
-            }
-            (1, Wire::Bytes(node, _)) if strings(node, 4)?.first().map(String::as_str) == Some("Constant") => {
-                if let (Some(out), Some(values)) = (strings(node, 2)?.pop(), constant_values(node)?) {
-                    constants.insert(out, values);
+/// A graph's initializers and the int64 values of its `Constant` nodes: where the operands of
+/// a `Reshape` of an initializer come from.
+pub(super) struct Known<'a> {
+    inits: HashMap<String, Initializer<'a>>,
+    constants: HashMap<String, Vec<i64>>,
+}
+
+/// `Reshape(initializer, known shape)`, resolved.
+pub(super) struct ReshapeOf<'k, 'a> {
+    /// The initializer's name.
+    pub(super) data: &'k str,
+    /// The initializer.
+    pub(super) init: &'k Initializer<'a>,
+    /// The dimensions after the Reshape.
+    pub(super) dims: Vec<i64>,
+    /// The Reshape's output.
+    pub(super) out: String,
+}
+
+impl<'a> Known<'a> {
+    /// Reads the initializers and `Constant` nodes of `graph`.
+    pub(super) fn scan(graph: &'a [u8]) -> Result<Self, ProtoError> {
+        let mut known = Known { inits: HashMap::new(), constants: HashMap::new() };
+        for f in Fields::new(graph, 0) {
+            match f? {
+                (5, Wire::Bytes(t, _)) => {
+                    let (name, init) = parse_initializer(t)?;
+                    known.inits.insert(name, init);
                 }
+                (1, Wire::Bytes(node, _)) if strings(node, 4)?.first().map(String::as_str) == Some("Constant") => {
+                    if let (Some(out), Some(values)) = (strings(node, 2)?.pop(), constant_values(node)?) {
+                        known.constants.insert(out, values);
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
+        Ok(known)
     }
+
+    /// `node` as a Reshape (without `allowzero`) of an initializer by a shape this graph
+    /// fixes, when it is one.
+    pub(super) fn reshape_of_initializer(&self, node: &[u8]) -> Result<Option<ReshapeOf<'_, 'a>>, ProtoError> {
+        if strings(node, 4)?.first().map(String::as_str) != Some("Reshape") || int_attr(node, b"allowzero")?.unwrap_or(0) != 0 {
+            return Ok(None);
+        }
+        let (inputs, output) = (strings(node, 1)?, strings(node, 2)?);
+        let Some((data, init)) = inputs.first().and_then(|n| self.inits.get_key_value(n)) else { return Ok(None) };
+        let shape = inputs.get(1).and_then(|n| self.inits.get(n).and_then(|i| i.int64s.clone()).or_else(|| self.constants.get(n).cloned()));
+        let (Some(shape), [out]) = (shape, output.as_slice()) else { return Ok(None) };
+        Ok(reshaped(&init.dims, &shape).map(|dims| ReshapeOf { data, init, dims, out: out.clone() }))
+    }
+}
+
+fn alias_in_graph(graph: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
+    let known = Known::scan(graph)?;
     let mut out = Vec::with_capacity(graph.len() + 1024);
     let mut added = Vec::new();
     let mut fields = Fields::new(graph, 0);
     while let Some(field) = fields.next() {
         if let (1, Wire::Bytes(node, _)) = field? {
-            if strings(node, 4)?.first().map(String::as_str) == Some("Reshape") && int_attr(node, b"allowzero")?.unwrap_or(0) == 0 {
-                let inputs = strings(node, 1)?;
-                let output = strings(node, 2)?;
-                let data = inputs.first().and_then(|n| inits.get(n)).filter(|i| i.external);
-                let shape = inputs.get(1).and_then(|n| inits.get(n).and_then(|i| i.int64s.clone()).or_else(|| constants.get(n).cloned()));
-                if let (Some(data), Some(shape), [out_name]) = (data, shape, output.as_slice()) {
-                    if let Some(dims) = reshaped(&data.dims, &shape) {
-                        added.push(retagged(data.raw, out_name, &dims)?);
-                        continue;
-                    }
-                }
+            if let Some(r) = known.reshape_of_initializer(node)?.filter(|r| r.init.external) {
+                added.push(retagged(r.init.raw, &r.out, &r.dims)?);
+                continue;
             }
         }
         out.extend_from_slice(fields.raw());

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::alias::{constant_values, int_attr, parse_initializer, reshaped};
+use super::alias::Known;
 use super::{bytes_field, strings, with_graph};
 use crate::engine::onnx::read::{Fields, ProtoError, Wire};
 
@@ -24,54 +24,30 @@ pub fn lookup_reads_stored_rows(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoEr
 
 /// Reshape outputs that can be skipped, mapped to the initializer they reshape.
 fn skippable(graph: &[u8]) -> Result<HashMap<String, String>, ProtoError> {
-    let mut dims = HashMap::new();
-    let mut shapes = HashMap::new();
+    let known = Known::scan(graph)?;
     let mut graph_outputs = Vec::new();
     let mut readers: HashMap<String, Vec<(String, usize)>> = HashMap::new();
-    let mut reshapes = Vec::new();
+    let mut rows_kept = Vec::new();
     for f in Fields::new(graph, 0) {
         match f? {
-            (5, Wire::Bytes(t, _)) => {
-                let (name, init) = parse_initializer(t)?;
-                if let Some(v) = init.int64s {
-                    shapes.insert(name.clone(), v);
-                }
-                dims.insert(name, init.dims);
-            }
             (12, Wire::Bytes(info, _)) => graph_outputs.extend(strings(info, 1)?),
             (1, Wire::Bytes(node, _)) => {
                 let op = strings(node, 4)?.pop().unwrap_or_default();
-                let inputs = strings(node, 1)?;
-                for (i, name) in inputs.iter().enumerate() {
-                    readers.entry(name.clone()).or_default().push((op.clone(), i));
+                for (i, name) in strings(node, 1)?.into_iter().enumerate() {
+                    readers.entry(name).or_default().push((op.clone(), i));
                 }
-                match op.as_str() {
-                    "Constant" => {
-                        if let (Some(out), Some(values)) = (strings(node, 2)?.pop(), constant_values(node)?) {
-                            shapes.insert(out, values);
-                        }
+                if let Some(r) = known.reshape_of_initializer(node)? {
+                    let from = &r.init.dims;
+                    if r.dims.len() == 2 && from.len() >= 2 && r.dims[0] == from[0] {
+                        rows_kept.push((r.out, r.data.to_string()));
                     }
-                    "Reshape" if int_attr(node, b"allowzero")?.unwrap_or(0) == 0 => {
-                        if let ([data, shape], [out]) = (inputs.as_slice(), strings(node, 2)?.as_slice()) {
-                            reshapes.push((data.clone(), shape.clone(), out.clone()));
-                        }
-                    }
-                    _ => {}
                 }
             }
             _ => {}
         }
     }
-    let mut skip = HashMap::new();
-    for (data, shape, out) in reshapes {
-        let (Some(from), Some(shape)) = (dims.get(&data), shapes.get(&shape)) else { continue };
-        let rows_kept = reshaped(from, shape).is_some_and(|to| to.len() == 2 && from.len() >= 2 && to[0] == from[0]);
-        let only_lookups = readers.get(&out).is_some_and(|r| r.iter().all(|(op, i)| op == LOOKUP && *i == 0));
-        if rows_kept && only_lookups && !graph_outputs.contains(&out) {
-            skip.insert(out, data);
-        }
-    }
-    Ok(skip)
+    let only_lookups = |out: &String| readers.get(out).is_some_and(|r| r.iter().all(|(op, i)| op == LOOKUP && *i == 0));
+    Ok(rows_kept.into_iter().filter(|(out, _)| only_lookups(out) && !graph_outputs.contains(out)).collect())
 }
 
 fn in_graph(graph: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
