@@ -78,7 +78,17 @@ fn a_temperature_ramp_moves_through_every_level_and_back() {
     wait_level(&d, "normal");
     assert_eq!(budget(&d)["temperature_c"], 45.0);
     let mut current = "normal";
-    for (t, level) in [(72.0, "warm"), (82.0, "hot"), (92.0, "critical"), (88.0, "critical"), (86.5, "hot"), (78.0, "hot"), (76.5, "warm"), (67.5, "warm"), (66.5, "normal")] {
+    for (t, level) in [
+        (72.0, "warm"),
+        (82.0, "hot"),
+        (92.0, "critical"),
+        (88.0, "critical"),
+        (86.5, "hot"),
+        (78.0, "hot"),
+        (76.5, "warm"),
+        (67.5, "warm"),
+        (66.5, "normal"),
+    ] {
         dev.temp(t);
         if level != current {
             wait_level(&d, level);

@@ -242,7 +242,11 @@ fn bad_input_gets_bad_request_and_the_connection_keeps_working() {
         (format!("{{\"id\":\"big\",\"op\":\"complete\",\"prompt\":\"{}\"}}\n", "x".repeat(5000)).into_bytes(), None, "max_request_bytes"),
         (b"{not json\n".to_vec(), None, "invalid JSON"),
         (b"{\"id\":\"u\",\"op\":\"complete\",\"prompt\":\"\xff\xfe\"}\n".to_vec(), None, "UTF-8"),
-        (b"{\"id\":\"f\",\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"colour\":1}\n".to_vec(), Some("f"), "colour"),
+        (
+            b"{\"id\":\"f\",\"op\":\"chat\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"colour\":1}\n".to_vec(),
+            Some("f"),
+            "colour",
+        ),
         (b"{\"id\":\"o\",\"op\":\"sing\"}\n".to_vec(), Some("o"), "op"),
         (b"{\"id\":\"t\",\"op\":\"complete\",\"prompt\":\"x\",\"temperature\":-1}\n".to_vec(), Some("t"), "temperature"),
         (b"{\"id\":\"m\",\"op\":\"complete\",\"prompt\":\"x\",\"max_tokens\":999999}\n".to_vec(), Some("m"), "max_tokens"),

@@ -60,7 +60,10 @@ fn strict_providers_make_a_missing_provider_a_start_up_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let last = stderr.lines().last().unwrap();
-    assert!(last.contains("execution provider 'qnn'") && last.contains("strict_providers") && last.contains("not compiled into"), "{stderr}");
+    assert!(
+        last.contains("execution provider 'qnn'") && last.contains("strict_providers") && last.contains("not compiled into"),
+        "{stderr}"
+    );
     assert!(!socket.exists(), "nothing started");
 }
 

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{chat, Daemon};
-use common::mqtt::{mqtt_section, Broker, Tester};
 use common::model_dir;
+use common::mqtt::{mqtt_section, Broker, Tester};
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::constrain::Grammar;
@@ -175,7 +175,11 @@ fn the_socket_intent_op_answers_with_typed_slots_and_honours_the_filter() {
     assert!(ask.status.success() && (said.starts_with("HassGetCurrentTime (confidence") || said.starts_with("not recognized")), "{said}");
 
     let dataset = d.dir.path().join("eval.jsonl");
-    std::fs::write(&dataset, "{\"text\": \"what time is it\", \"intent\": \"HassGetCurrentTime\"}\n{\"text\": \"tell me a joke\", \"intent\": null}\n").unwrap();
+    std::fs::write(
+        &dataset,
+        "{\"text\": \"what time is it\", \"intent\": \"HassGetCurrentTime\"}\n{\"text\": \"tell me a joke\", \"intent\": null}\n",
+    )
+    .unwrap();
     let eval = std::process::Command::new(env!("CARGO_BIN_EXE_qwenedge"))
         .args(["eval-intents", "--dataset"])
         .arg(&dataset)
@@ -253,19 +257,25 @@ fn hermes_queries_get_real_intents_and_respect_the_filter() {
     for i in 0..30 {
         let q = json!({"input": "turn off the bedroom light", "id": format!("q{i}"), "siteId": "hall", "sessionId": format!("s{i}")});
         t.publish("hermes/nlu/query", q.to_string());
-        let msgs = t.collect(wait, |m| {
-            m.topic != "hermes/nlu/query" && m.json()["id"] == format!("q{i}") && m.topic != "hermes/nlu/intentParsed"
-        });
+        let msgs =
+            t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.json()["id"] == format!("q{i}") && m.topic != "hermes/nlu/intentParsed");
         let last = msgs.last().unwrap();
         let v = last.json();
-        assert_eq!((v["input"].as_str(), v["siteId"].as_str(), v["sessionId"].as_str()), (Some("turn off the bedroom light"), Some("hall"), Some(&*format!("s{i}"))), "{v}");
+        assert_eq!(
+            (v["input"].as_str(), v["siteId"].as_str(), v["sessionId"].as_str()),
+            (Some("turn off the bedroom light"), Some("hall"), Some(&*format!("s{i}"))),
+            "{v}"
+        );
         if last.topic == "hermes/nlu/intentNotRecognized" {
             continue;
         }
         parsed += 1;
         let name = v["intent"]["intentName"].as_str().unwrap();
         assert_eq!(last.topic, format!("hermes/intent/{name}"));
-        assert!(msgs.iter().any(|m| m.topic == "hermes/nlu/intentParsed" && m.payload == last.payload), "intentParsed carries the same payload");
+        assert!(
+            msgs.iter().any(|m| m.topic == "hermes/nlu/intentParsed" && m.payload == last.payload),
+            "intentParsed carries the same payload"
+        );
         assert!(v["intent"]["confidenceScore"].as_f64().is_some(), "{v}");
         for s in v["slots"].as_array().unwrap() {
             for key in ["entity", "slotName", "rawValue", "value", "confidence"] {
@@ -283,9 +293,8 @@ fn hermes_queries_get_real_intents_and_respect_the_filter() {
     for i in 0..4 {
         let q = json!({"input": "turn off the bedroom light", "id": format!("f{i}"), "intentFilter": ["HassGetCurrentTime"]});
         t.publish("hermes/nlu/query", q.to_string());
-        let msgs = t.collect(wait, |m| {
-            m.topic != "hermes/nlu/query" && m.json()["id"] == format!("f{i}") && m.topic != "hermes/nlu/intentParsed"
-        });
+        let msgs =
+            t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.json()["id"] == format!("f{i}") && m.topic != "hermes/nlu/intentParsed");
         let last = msgs.last().unwrap();
         assert!(
             last.topic == "hermes/nlu/intentNotRecognized" || last.topic == "hermes/intent/HassGetCurrentTime",

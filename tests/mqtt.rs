@@ -92,10 +92,17 @@ fn hermes_queries_and_home_assistant_discovery() {
         t.subscribe(f);
     }
 
-    t.publish("hermes/nlu/query", json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd", "lang": "en"}).to_string());
+    t.publish(
+        "hermes/nlu/query",
+        json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd", "lang": "en"})
+            .to_string(),
+    );
     let m = t.collect(WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
     assert_eq!(m.topic, "hermes/nlu/intentNotRecognized");
-    assert_eq!(m.json(), json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd"}));
+    assert_eq!(
+        m.json(),
+        json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd"})
+    );
     t.publish("hermes/nlu/query", json!({"input": "what time is it"}).to_string());
     let m = t.collect(WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
     assert_eq!(m.json(), json!({"input": "what time is it", "id": null, "siteId": "default", "sessionId": null}));
@@ -127,7 +134,9 @@ fn hermes_queries_and_home_assistant_discovery() {
     assert_eq!(state["state"], "ready");
     for (topic, c) in &configs {
         assert!(topic.starts_with("homeassistant/sensor/qwenedge_d2/"), "{topic}");
-        for key in ["name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available", "payload_not_available"] {
+        for key in
+            ["name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available", "payload_not_available"]
+        {
             assert!(c[key].is_string(), "{key} in {c}");
         }
         assert_eq!((c["availability_topic"].as_str(), c["payload_available"].as_str()), (Some("qwenedge/d2/status"), Some("online")));
@@ -171,7 +180,11 @@ fn bad_payloads_get_bad_request_and_the_daemon_stays_connected() {
         (json!({"id": "w", "op": "status", "reply_to": 5}).to_string(), "qwenedge/d3/response/w", "reply_to"),
         (json!({"id": "o", "op": "sing", "reply_to": "box/o"}).to_string(), "box/o", "op"),
         (json!({"id": "m", "op": "complete", "prompt": "x", "max_tokens": 999_999}).to_string(), "qwenedge/d3/response/m", "max_tokens"),
-        (json!({"id": "f", "op": "chat", "messages": [{"role": "user", "content": "x"}], "colour": 1}).to_string(), "qwenedge/d3/response/f", "colour"),
+        (
+            json!({"id": "f", "op": "chat", "messages": [{"role": "user", "content": "x"}], "colour": 1}).to_string(),
+            "qwenedge/d3/response/f",
+            "colour",
+        ),
     ];
     for unanswerable in ["{not json", "[1,2,3]", "{\"op\":\"status\"}"] {
         t.publish("qwenedge/d3/request", unanswerable);

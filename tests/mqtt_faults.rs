@@ -42,7 +42,10 @@ fn collect_answers(t: &Tester, prefix: &str, ids: &[String], answers: &mut Answe
 
 fn broker_restart_mid_stream(protocol: &str, device: &str) {
     let mut broker = Broker::start();
-    let d = Daemon::start(&format!("[scheduler]\nqueue_capacity = 32\n{}", mqtt_section(broker.port, device, &format!("protocol_version = {protocol}\n"))));
+    let d = Daemon::start(&format!(
+        "[scheduler]\nqueue_capacity = 32\n{}",
+        mqtt_section(broker.port, device, &format!("protocol_version = {protocol}\n"))
+    ));
     let t = Tester::connect_with(broker.port, &format!("{device}-client"), TesterOptions { persistent: true, ..Default::default() });
     t.wait_online(device);
     let prefix = format!("qwenedge/{device}/response/");
@@ -166,7 +169,11 @@ fn load_500_requests_from_10_clients_none_lost_memory_stable() {
                 }
                 let mut answers = Answers::default();
                 collect_answers(&t, &prefix, &ids, &mut answers);
-                let ended: HashSet<String> = ids.iter().filter(|id| answers.terminals(id).len() == 1 && answers.terminals(id)[0]["event"] == "done").cloned().collect();
+                let ended: HashSet<String> = ids
+                    .iter()
+                    .filter(|id| answers.terminals(id).len() == 1 && answers.terminals(id)[0]["event"] == "done")
+                    .cloned()
+                    .collect();
                 (ended.len(), answers.duplicates)
             })
         })

@@ -68,14 +68,8 @@ fn older_state_names_load_and_match() {
 #[test]
 fn layer_kinds_and_state_shapes_come_from_the_graph() {
     let e = engine(&model_dir("tiny-b", "int4"), false);
-    let full: Vec<usize> = e
-        .spec
-        .layers
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| matches!(l, LayerKind::FullAttention { .. }))
-        .map(|(i, _)| i)
-        .collect();
+    let full: Vec<usize> =
+        e.spec.layers.iter().enumerate().filter(|(_, l)| matches!(l, LayerKind::FullAttention { .. })).map(|(i, _)| i).collect();
     let config = reference("tiny-b").config;
     let expected: Vec<usize> = config["layer_types"]
         .as_array()
@@ -181,7 +175,11 @@ fn stop_strings_max_tokens_and_cancellation() {
     let mut n = 0;
     let mut sink = |_: &str, _: u32| {
         n += 1;
-        if n == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if n == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     };
     let cancelled = e.generate(&p.ids, &GenerateParams { max_tokens: 20, ..Default::default() }, &mut sink).unwrap();
     assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);

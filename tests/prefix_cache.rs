@@ -55,7 +55,11 @@ fn tools() -> Vec<Value> {
     };
     vec![
         tool("HassTurnOn", "Turns on a device or entity", json!({"name": {"type": "string"}, "area": {"type": "string"}})),
-        tool("HassLightSet", "Sets the brightness or color of a light", json!({"brightness": {"type": "integer", "minimum": 0, "maximum": 100}})),
+        tool(
+            "HassLightSet",
+            "Sets the brightness or color of a light",
+            json!({"brightness": {"type": "integer", "minimum": 0, "maximum": 100}}),
+        ),
         tool("HassGetWeather", "Gets the current weather", json!({"name": {"type": "string"}})),
     ]
 }
@@ -89,7 +93,16 @@ fn shared_prefixes(e: &mut Engine, what: &str) -> usize {
     assert!(base.len() >= 50, "base prompt has {} tokens", base.len());
     let long = base.len() - 2;
     // (prefix length, where to store a snapshot, tokens expected to be reused)
-    let plan = [(long, Some(long), 0), (long, None, long), (1, Some(1), 0), (17, Some(17), 1), (40, Some(40), 17), (29, None, 17), (long, Some(long), long), (3, None, 1)];
+    let plan = [
+        (long, Some(long), 0),
+        (long, None, long),
+        (1, Some(1), 0),
+        (17, Some(17), 1),
+        (40, Some(40), 17),
+        (29, None, 17),
+        (long, Some(long), long),
+        (3, None, 1),
+    ];
     for (i, &(len, store_at, reused)) in plan.iter().enumerate() {
         let mut prompt = base[..len].to_vec();
         prompt.extend(e.tokenizer.encode(&format!(" Request number {i}: do it now.")).unwrap());
@@ -264,17 +277,22 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     assert_eq!(ask("c", &first)["event"], "done");
     assert_eq!(entries(&d.status()), 1, "storing resumes once the pressure is gone");
 
-    std::fs::write(&d.config, common::daemon::config_text(&model_dir("tiny-a", "int4"), &d.socket, &format!("{budget}[cache]\nmax_mb = 8\n")))
-        .unwrap();
+    std::fs::write(
+        &d.config,
+        common::daemon::config_text(&model_dir("tiny-a", "int4"), &d.socket, &format!("{budget}[cache]\nmax_mb = 8\n")),
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
     wait_for(&d, "the reload applies the new budget", |s| s["cache"]["max_bytes"] == 8 << 20);
 }
 
 #[test]
 fn intent_requests_reuse_the_pinned_catalog_and_a_changed_catalog_is_pinned_again() {
-    let d = Daemon::start("[cache]
+    let d = Daemon::start(
+        "[cache]
 max_mb = 64
-");
+",
+    );
     let status = wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
     let catalog_bytes = status["cache"]["bytes"].as_u64().unwrap();
     let mut c = d.client();

@@ -18,8 +18,7 @@ const MAX_EXPOSURE: f64 = 3.0;
 /// Targets the units depend on (After=, WantedBy=, and the implicit
 /// dependencies of DefaultDependencies=yes). The temporary root gets an empty
 /// unit for each so that verify can build its start transaction.
-const TARGETS: &[&str] =
-    &["basic.target", "multi-user.target", "network.target", "shutdown.target", "sockets.target", "sysinit.target"];
+const TARGETS: &[&str] = &["basic.target", "multi-user.target", "network.target", "shutdown.target", "sockets.target", "sysinit.target"];
 
 fn repo_root() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().expect("repository root")
@@ -127,8 +126,7 @@ fn units_verify_without_warnings() {
 #[test]
 fn service_exposure_is_low() {
     let root = Root::new();
-    let out =
-        run("systemd-analyze", &["security", "--offline=true", "--no-pager", &root.root_arg(), "qwenedge.service"]);
+    let out = run("systemd-analyze", &["security", "--offline=true", "--no-pager", &root.root_arg(), "qwenedge.service"]);
     let output = text(&out);
     assert!(out.status.success(), "systemd-analyze security failed: {}\n{output}", out.status);
 
@@ -224,8 +222,5 @@ fn socket_lives_in_the_service_runtime_directory() {
         "stopping the service must keep /run/qwenedge, where qwenedge.socket keeps listening"
     );
     assert_eq!(value(&service, "Type").as_deref(), Some("notify"));
-    assert!(
-        service.lines().any(|l| l.trim() == "ExecStart=/usr/bin/qwenedge serve --config /etc/qwenedge/config.toml"),
-        "ExecStart"
-    );
+    assert!(service.lines().any(|l| l.trim() == "ExecStart=/usr/bin/qwenedge serve --config /etc/qwenedge/config.toml"), "ExecStart");
 }

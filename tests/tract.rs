@@ -71,8 +71,12 @@ fn graph_bytes(op: &str, inputs: &[Input], attrs: &[Attr], outputs: usize) -> Ve
         .iter()
         .zip(&names)
         .filter_map(|(x, n)| match x {
-            Input::ConstU8(s, d) => Some(pb::TensorProto { name: n.clone(), dims: dims(s), data_type: 2, raw_data: d.clone(), ..Default::default() }),
-            Input::ConstF32(s, d) => Some(pb::TensorProto { name: n.clone(), dims: dims(s), data_type: 1, float_data: d.clone(), ..Default::default() }),
+            Input::ConstU8(s, d) => {
+                Some(pb::TensorProto { name: n.clone(), dims: dims(s), data_type: 2, raw_data: d.clone(), ..Default::default() })
+            }
+            Input::ConstF32(s, d) => {
+                Some(pb::TensorProto { name: n.clone(), dims: dims(s), data_type: 1, float_data: d.clone(), ..Default::default() })
+            }
             _ => None,
         })
         .collect();
@@ -201,7 +205,8 @@ fn linear_attention_matches_onnxruntime() {
         let decay = Input::F32(s, g.iter().map(|x| -x.abs()).collect());
         let Input::F32(s, b) = randn(r, &[1, t, hv]) else { unreachable!() };
         let beta = Input::F32(s, b.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect());
-        let inputs = [randn(r, &[1, t, hk * dk]), randn(r, &[1, t, hk * dk]), randn(r, &[1, t, hv * dv]), randn(r, &[1, hv, dk, dv]), decay, beta];
+        let inputs =
+            [randn(r, &[1, t, hk * dk]), randn(r, &[1, t, hk * dk]), randn(r, &[1, t, hv * dv]), randn(r, &[1, hv, dk, dv]), decay, beta];
         let attrs = [
             Attr::I("q_num_heads", hk as i64),
             Attr::I("kv_num_heads", hv as i64),
@@ -311,8 +316,11 @@ fn matmul_nbits_and_gather_block_quantized_match_onnxruntime() {
     let zp: Vec<u8> = (0..n * (k / 32).div_ceil(2)).map(|_| r.random()).collect();
     for level in [0, 4] {
         for zero_points in [false, true] {
-            let mut inputs =
-                vec![randn(r, &[1, 3, k]), Input::ConstU8(vec![n, k / 32, 16], q.clone()), Input::ConstF32(vec![n, k / 32], scales.clone())];
+            let mut inputs = vec![
+                randn(r, &[1, 3, k]),
+                Input::ConstU8(vec![n, k / 32, 16], q.clone()),
+                Input::ConstF32(vec![n, k / 32], scales.clone()),
+            ];
             if zero_points {
                 inputs.push(Input::ConstU8(vec![zp.len()], zp.clone()));
             }
@@ -331,8 +339,13 @@ fn matmul_nbits_and_gather_block_quantized_match_onnxruntime() {
     // whose largest value is `8c` lands exactly on 63.5 when scaled to int8.
     let c = 0.0123f32;
     let tied: Vec<f32> = (0..2 * k).map(|i| c * ((i * 7 % 17) as f32 - 8.0)).collect();
-    let inputs = vec![Input::F32(vec![1, 2, k], tied), Input::ConstU8(vec![n, k / 32, 16], q.clone()), Input::ConstF32(vec![n, k / 32], scales.clone())];
-    let attrs = [Attr::I("K", k as i64), Attr::I("N", n as i64), Attr::I("bits", 4), Attr::I("block_size", 32), Attr::I("accuracy_level", 4)];
+    let inputs = vec![
+        Input::F32(vec![1, 2, k], tied),
+        Input::ConstU8(vec![n, k / 32, 16], q.clone()),
+        Input::ConstF32(vec![n, k / 32], scales.clone()),
+    ];
+    let attrs =
+        [Attr::I("K", k as i64), Attr::I("N", n as i64), Attr::I("bits", 4), Attr::I("block_size", 32), Attr::I("accuracy_level", 4)];
     let d = compare("MatMulNBits", &inputs, &attrs, 1);
     assert!(d < 1e-4, "MatMulNBits on rows with exact rounding ties: max diff {d}");
     let ids = Input::I64(vec![1, 3], vec![0, 17, 47]);
@@ -343,7 +356,8 @@ fn matmul_nbits_and_gather_block_quantized_match_onnxruntime() {
     // The tract backend hands the lookup the LM head's stored `[rows, blocks, block/2]` tensor
     // (no Reshape): the same rows come out.
     let want = run_ort(&graph_bytes("GatherBlockQuantized", &inputs, &attrs, 1), &inputs, 1);
-    let stored = [Input::ConstU8(vec![n, k / 32, 16], q), Input::I64(vec![1, 3], vec![0, 17, 47]), Input::ConstF32(vec![n, k / 32], scales)];
+    let stored =
+        [Input::ConstU8(vec![n, k / 32, 16], q), Input::I64(vec![1, 3], vec![0, 17, 47]), Input::ConstF32(vec![n, k / 32], scales)];
     assert_eq!(run_tract(&graph_bytes("GatherBlockQuantized", &stored, &attrs, 1), &stored), want);
 }
 
@@ -354,8 +368,7 @@ fn greedy_tokens_match_onnxruntime_on_every_fixture() {
             let dir = model_dir(config, precision);
             let ort_opts = OrtOptions { threads: 2, ..Default::default() };
             let mut with_ort = Engine::load_with(&dir, |spec| Ok(Box::new(OrtBackend::load(spec, &ort_opts)?))).unwrap();
-            let mut with_tract =
-                Engine::load_with(&dir, |spec| Ok(Box::new(TractBackend::load(spec, &TractOptions::default())?))).unwrap();
+            let mut with_tract = Engine::load_with(&dir, |spec| Ok(Box::new(TractBackend::load(spec, &TractOptions::default())?))).unwrap();
             for (i, p) in reference(config).prompts.iter().enumerate() {
                 let want = greedy(&mut with_ort, &p.ids, 32);
                 assert_eq!(want.len(), 32);

@@ -91,7 +91,12 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     doctor.args(["doctor", "--json", "--config"]).arg(&daemon.config);
     no_library(&mut doctor);
     let report: serde_json::Value = serde_json::from_slice(&doctor.output().unwrap().stdout).unwrap();
-    assert_eq!((&report["backend"]["backend"], &report["backend"]["status"]), (&"tract".into(), &"ok".into()), "doctor: {}", report["backend"]);
+    assert_eq!(
+        (&report["backend"]["backend"], &report["backend"]["status"]),
+        (&"tract".into(), &"ok".into()),
+        "doctor: {}",
+        report["backend"]
+    );
     drop(daemon);
 
     let dir = tempfile::tempdir().unwrap();

@@ -217,9 +217,8 @@ impl Event {
 
     /// One JSON line (with the trailing newline).
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"id":null,"event":"error","code":"model_error","message":"unserialisable event: {e}"}}"#)
-        });
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|e| format!(r#"{{"id":null,"event":"error","code":"model_error","message":"unserialisable event: {e}"}}"#));
         s.push('\n');
         s
     }
@@ -309,21 +308,17 @@ pub fn parse_request(line: &[u8], max_tokens_limit: usize) -> Result<Request, Ba
     };
     let op = match op.as_str() {
         "chat" | "complete" => {
-            let body: GenerateBody =
-                serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
+            let body: GenerateBody = serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
             Op::Generate(Box::new(generate(&op, body, max_tokens_limit).map_err(|m| bad(id_ref, m))?))
         }
         "intent" => {
-            let body: IntentBody =
-                serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
+            let body: IntentBody = serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
             Op::Generate(Box::new(intent(body).map_err(|m| bad(id_ref, m))?))
         }
         "cancel" => no_fields(&obj, &op).map(|()| Op::Cancel)?,
         "status" => no_fields(&obj, &op).map(|()| Op::Status)?,
         "models" => no_fields(&obj, &op).map(|()| Op::Models)?,
-        other => {
-            return Err(bad(id_ref, format!("op: unknown operation '{other}' (chat, complete, intent, cancel, status, models)")))
-        }
+        other => return Err(bad(id_ref, format!("op: unknown operation '{other}' (chat, complete, intent, cancel, status, models)"))),
     };
     Ok(Request { id, op })
 }
@@ -332,7 +327,10 @@ pub fn parse_request(line: &[u8], max_tokens_limit: usize) -> Result<Request, Ba
 fn field_message(e: &str) -> String {
     if let Some(rest) = e.strip_prefix("unknown field `") {
         if let Some((field, tail)) = rest.split_once('`') {
-            return format!("{field}: unknown field{}", tail.split(" at line").next().unwrap_or("").replacen(", expected", " (expected", 1) + ")");
+            return format!(
+                "{field}: unknown field{}",
+                tail.split(" at line").next().unwrap_or("").replacen(", expected", " (expected", 1) + ")"
+            );
         }
     }
     e.split(" at line").next().unwrap_or(e).to_string()

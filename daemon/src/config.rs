@@ -357,7 +357,10 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
     if s.scheduler.default_max_tokens == 0 || s.scheduler.default_max_tokens > s.scheduler.max_tokens_limit {
         return fail(
             "scheduler.default_max_tokens",
-            format!("{} must be between 1 and scheduler.max_tokens_limit ({})", s.scheduler.default_max_tokens, s.scheduler.max_tokens_limit),
+            format!(
+                "{} must be between 1 and scheduler.max_tokens_limit ({})",
+                s.scheduler.default_max_tokens, s.scheduler.max_tokens_limit
+            ),
         );
     }
     Ok(())
@@ -390,9 +393,7 @@ impl Settings {
 
 /// The process environment as a map (for [`load`]).
 pub fn process_env() -> BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 #[cfg(test)]
@@ -454,7 +455,8 @@ mod tests {
         assert!(e.contains("intents.min_confidence"), "{e}");
 
         let catalog = dir.path().join("intents.toml");
-        std::fs::write(&catalog, "[[intent]]\nname = \"Dim\"\n[[intent.slots]]\nname = \"level\"\ntype = \"number\"\nmin = 9\nmax = 1\n").unwrap();
+        std::fs::write(&catalog, "[[intent]]\nname = \"Dim\"\n[[intent.slots]]\nname = \"level\"\ntype = \"number\"\nmin = 9\nmax = 1\n")
+            .unwrap();
         let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[intents]\ncatalog = {catalog:?}\n"));
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("intents.catalog") && e.contains("intent 'Dim', slot 'level'") && e.contains("min (9)"), "{e}");

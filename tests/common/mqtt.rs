@@ -73,7 +73,12 @@ impl Broker {
         match &opts.auth {
             Some((user, pass)) => {
                 let file = dir.path().join("passwd");
-                let st = Command::new("mosquitto_passwd").args(["-b", "-c"]).arg(&file).args([user, pass]).status().expect("mosquitto_passwd (apt install mosquitto)");
+                let st = Command::new("mosquitto_passwd")
+                    .args(["-b", "-c"])
+                    .arg(&file)
+                    .args([user, pass])
+                    .status()
+                    .expect("mosquitto_passwd (apt install mosquitto)");
                 assert!(st.success());
                 conf.push_str(&format!("allow_anonymous false\npassword_file {}\n", file.display()));
             }
@@ -97,7 +102,8 @@ impl Broker {
 
     fn spawn(&mut self) {
         // Debian installs the broker in /usr/sbin, which is not on every user's PATH.
-        let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+        let program =
+            ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
         let child = Command::new(program)
             .arg("-c")
             .arg(&self.config)
@@ -156,7 +162,8 @@ pub struct Msg {
 
 impl Msg {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
     }
 }
 
@@ -200,7 +207,12 @@ impl Tester {
                 match event {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let correlation = p.properties.as_ref().and_then(|pr| pr.correlation_data.as_ref()).map(|b| b.to_vec());
-                        let msg = Msg { topic: String::from_utf8_lossy(&p.topic).into_owned(), payload: p.payload.to_vec(), correlation, retain: p.retain };
+                        let msg = Msg {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            correlation,
+                            retain: p.retain,
+                        };
                         if tx.send(msg).is_err() {
                             return;
                         }
@@ -274,7 +286,9 @@ impl Tester {
         let mut out = Vec::new();
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let m = self.recv(left).unwrap_or_else(|| panic!("timed out; got {} messages: {:?}", out.len(), out.iter().rev().take(5).collect::<Vec<_>>()));
+            let m = self
+                .recv(left)
+                .unwrap_or_else(|| panic!("timed out; got {} messages: {:?}", out.len(), out.iter().rev().take(5).collect::<Vec<_>>()));
             let stop = done(&m);
             out.push(m);
             if stop {
@@ -358,14 +372,69 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn make_certificates(dir: &Path) -> TlsFiles {
     let p = |n: &str| dir.join(n);
     let ossl = |args: &[&str]| run_ok(Command::new("openssl").current_dir(dir).args(args));
-    ossl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=qwenedge test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=qwenedge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
     for (name, ext) in [
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
         ("client", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
     ] {
         std::fs::write(p(&format!("{name}.ext")), ext).unwrap();
-        ossl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN=qwenedge test {name}")]);
-        ossl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", &format!("{name}.ext")]);
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=qwenedge test {name}"),
+        ]);
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
     }
-    TlsFiles { ca: p("ca.pem"), server_cert: p("server.pem"), server_key: p("server.key"), client_cert: p("client.pem"), client_key: p("client.key") }
+    TlsFiles {
+        ca: p("ca.pem"),
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+    }
 }

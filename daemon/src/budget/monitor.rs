@@ -148,7 +148,8 @@ mod tests {
             "/proc/pressure/memory",
             "/proc/cpuinfo",
         ];
-        let samples: [&[u8]; 8] = [b"", b"\xff\xfe\x00", b"-1", b"99999999999999999999999", b"max\n", b"0::/a\n", b"MemAvailable: x kB", b"some avg10=NaN"];
+        let samples: [&[u8]; 8] =
+            [b"", b"\xff\xfe\x00", b"-1", b"99999999999999999999999", b"max\n", b"0::/a\n", b"MemAvailable: x kB", b"some avg10=NaN"];
         let mut m = Monitor::new(BudgetSettings { root: r.into(), ..Default::default() });
         for _ in 0..2000 {
             let f = files[rng.random_range(0..files.len())];

@@ -145,9 +145,9 @@ pub fn cgroup_memory(root: &SysRoot) -> Option<CgroupMemory> {
         }
         v.parse::<f64>().ok().filter(|b| b.is_finite()).map(|b| b / (1024.0 * 1024.0))
     };
-    let oom_kills = root.read(dir.join("memory.events")).and_then(|t| {
-        t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok())
-    });
+    let oom_kills = root
+        .read(dir.join("memory.events"))
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok()));
     Some(CgroupMemory { max_mb: mb("memory.max"), high_mb: mb("memory.high"), current_mb: mb("memory.current"), oom_kills, path })
 }
 
@@ -183,17 +183,35 @@ pub struct CpuInfo {
 
 /// Features ONNX Runtime's CPU kernels use when present.
 const INTERESTING: &[&str] = &[
-    "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp",
-    "i8mm", "sve", "sve2", "fphp", "asimdhp", "bf16",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "sve2",
+    "fphp",
+    "asimdhp",
+    "bf16",
 ];
 
 /// Reads `/proc/cpuinfo`.
 pub fn cpu_info(root: &SysRoot) -> Option<CpuInfo> {
     let text = root.read("/proc/cpuinfo")?;
     let value = |key: &str| -> Option<String> {
-        text.lines().find(|l| l.split(':').next().is_some_and(|k| k.trim() == key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
     };
-    let model = value("model name").or_else(|| value("Model")).or_else(|| value("CPU part").map(|p| format!("CPU part {p}"))).unwrap_or_default();
+    let model =
+        value("model name").or_else(|| value("Model")).or_else(|| value("CPU part").map(|p| format!("CPU part {p}"))).unwrap_or_default();
     let cores = text.lines().filter(|l| l.starts_with("processor")).count();
     let flags = value("flags").or_else(|| value("Features")).unwrap_or_default();
     let features = flags.split_whitespace().filter(|f| INTERESTING.contains(f)).map(String::from).collect();

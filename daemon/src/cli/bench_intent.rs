@@ -89,7 +89,12 @@ pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs
     let info = engine.backend_info();
     eprintln!("qwenedge bench --intent  {}", engine.spec.dir.display());
     eprintln!("  runtime          {} {} ({threads} threads)", info.name, info.version);
-    eprintln!("  prompt           {} tokens = catalog {} + utterance turn {} ({n_utterance}-token utterance)", prompt.len(), fixed, prompt.len() - fixed);
+    eprintln!(
+        "  prompt           {} tokens = catalog {} + utterance turn {} ({n_utterance}-token utterance)",
+        prompt.len(),
+        fixed,
+        prompt.len() - fixed
+    );
     eprintln!("  catalog prefill  {pin_ms:>9.1} ms once  (snapshot {snapshot_mb:.1} MiB)");
     eprintln!("  TTFT cold        {cold:>9.1} ms  (median of {runs})");
     eprintln!("  TTFT cached      {cached:>9.1} ms  ({ratio:.3} × cold)");
@@ -115,4 +120,3 @@ pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs
     println!("{line}");
     Ok(())
 }
-

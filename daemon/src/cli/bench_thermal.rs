@@ -161,7 +161,9 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
     for i in 0..args.background {
-        sched.submit(request(format!("bg{i}"), Priority::Background, args.background_tokens, tx.clone())).map_err(|(_, r)| anyhow::anyhow!(r.message))?;
+        sched
+            .submit(request(format!("bg{i}"), Priority::Background, args.background_tokens, tx.clone()))
+            .map_err(|(_, r)| anyhow::anyhow!(r.message))?;
     }
     let mut next_interactive = started + Duration::from_secs(1);
     let mut sent_interactive = 0;
@@ -213,7 +215,10 @@ pub fn run(args: BenchThermalArgs) -> anyhow::Result<()> {
     let on = run_once(&args, true).context("governed run")?;
     let off = run_once(&args, false).context("ungoverned run")?;
     eprintln!("thermal simulation  {} ({} interactive, {} background requests)", args.model.display(), args.interactive, args.background);
-    eprintln!("  ambient {:.0} °C, +{:.0} °C at full load, τ {:.1} s; warm/hot/critical {WARM}/{HOT}/{CRITICAL} °C", args.ambient_c, args.rise_c, args.tau_s);
+    eprintln!(
+        "  ambient {:.0} °C, +{:.0} °C at full load, τ {:.1} s; warm/hot/critical {WARM}/{HOT}/{CRITICAL} °C",
+        args.ambient_c, args.rise_c, args.tau_s
+    );
     eprintln!("  {:<28}{:>12}{:>12}", "", "governor on", "off");
     let row = |name: &str, key: &str| {
         let f = |v: &Value| v.pointer(key).and_then(Value::as_f64).unwrap_or(f64::NAN);

@@ -169,11 +169,18 @@ fn backend(settings: &Settings) -> Check {
             Err(e) if select::named_library(settings.model.onnxruntime_library.as_deref()) => {
                 ("error", "none", format!("auto: the named ONNX Runtime library does not load: {e}"))
             }
-            Err(e) if select::TRACT_BUILT => ("ok", "tract", format!("auto: ONNX Runtime unavailable ({e}); the pure-Rust tract backend serves")),
+            Err(e) if select::TRACT_BUILT => {
+                ("ok", "tract", format!("auto: ONNX Runtime unavailable ({e}); the pure-Rust tract backend serves"))
+            }
             Err(e) => ("error", "none", format!("auto: ONNX Runtime unavailable ({e}) and this build has no tract backend")),
         },
     };
-    check("backend", status, format!("{name}: {why}"), json!({"configured": kind, "backend": name, "why": why, "tract_built": select::TRACT_BUILT}))
+    check(
+        "backend",
+        status,
+        format!("{name}: {why}"),
+        json!({"configured": kind, "backend": name, "why": why, "tract_built": select::TRACT_BUILT}),
+    )
 }
 
 fn thermal(root: &SysRoot) -> Check {

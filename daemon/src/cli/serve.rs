@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use qwenedge::budget::monitor::{self, MonitorHandle};
 use qwenedge::config;
 use qwenedge::scheduler::{self, Scheduler};
-use qwenedge::budget::monitor::{self, MonitorHandle};
 use qwenedge::service;
 use qwenedge::transport::mqtt::MqttTransport;
 use qwenedge::transport::unix::{self, Lifecycle};

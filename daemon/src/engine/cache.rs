@@ -344,10 +344,7 @@ mod tests {
         assert!(c.contains(&[1], false) && !c.contains(&[2], false), "b, not the pinned catalog, made room");
         assert_eq!(c.stats().evictions, 1);
         assert!(c.contains(&[7, 7], true));
-        assert_eq!(
-            c.insert(vec![3], "too big", 500, false),
-            Err(CacheError::TooLarge { tokens: 1, bytes: 504, room: 400 })
-        );
+        assert_eq!(c.insert(vec![3], "too big", 500, false), Err(CacheError::TooLarge { tokens: 1, bytes: 504, room: 400 }));
         c.set_pressure(true);
         assert_eq!(c.stats().entries, 1);
         assert!(c.contains(&[7, 7], true));

@@ -71,8 +71,7 @@ impl ChatTemplate {
             None => None,
         };
         let (path, source) = if let Some(p) = &spec.chat_template_path {
-            let source = std::fs::read_to_string(p)
-                .map_err(|e| TemplateError::File { path: p.clone(), msg: e.to_string() })?;
+            let source = std::fs::read_to_string(p).map_err(|e| TemplateError::File { path: p.clone(), msg: e.to_string() })?;
             (p.clone(), source)
         } else if let Some((p, json)) = &config {
             (p.clone(), template_from_config(json).ok_or(TemplateError::Absent)?)
@@ -91,11 +90,7 @@ impl ChatTemplate {
     }
 
     /// Compiles `source`; `origin` names it in errors.
-    pub fn from_source(
-        origin: &Path,
-        source: String,
-        specials: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Self, TemplateError> {
+    pub fn from_source(origin: &Path, source: String, specials: serde_json::Map<String, serde_json::Value>) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -105,8 +100,7 @@ impl ChatTemplate {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", source)
-            .map_err(|e| TemplateError::Syntax { path: origin.to_path_buf(), msg: format!("{e:#}") })?;
+        env.add_template_owned("chat", source).map_err(|e| TemplateError::Syntax { path: origin.to_path_buf(), msg: format!("{e:#}") })?;
         Ok(Self { env, specials })
     }
 

@@ -186,9 +186,7 @@ impl Decoder {
     ) -> Result<Self, BackendError> {
         let total = seq.len() - reused + prompt.len();
         if total >= context_length {
-            return Err(BackendError::Limit(format!(
-                "the prompt has {total} tokens; the model's context holds {context_length}"
-            )));
+            return Err(BackendError::Limit(format!("the prompt has {total} tokens; the model's context holds {context_length}")));
         }
         let sampler = Sampler::new(params.sampling.clone(), &prompt);
         let stops = StopMatcher::new(&params.stop);
@@ -229,10 +227,7 @@ impl Decoder {
     ) -> Result<Self, BackendError> {
         let reused = seq.len();
         if reused >= prompt.len() {
-            return Err(BackendError::Limit(format!(
-                "the restored state holds {reused} tokens; the prompt has only {}",
-                prompt.len()
-            )));
+            return Err(BackendError::Limit(format!("the restored state holds {reused} tokens; the prompt has only {}", prompt.len())));
         }
         Self::build(seq, prompt, params, eos, context_length, reused)
     }

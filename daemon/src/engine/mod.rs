@@ -4,14 +4,14 @@
 pub mod backend;
 pub mod bpe;
 pub mod cache;
-pub mod constrain;
-pub mod model;
-pub mod onnx;
 pub mod chat;
-pub mod tokenizer;
-pub mod sampler;
+pub mod constrain;
 pub mod detok;
 pub mod generate;
+pub mod model;
+pub mod onnx;
+pub mod sampler;
+pub mod tokenizer;
 
 use std::path::Path;
 
@@ -268,12 +268,7 @@ impl Engine {
     }
 
     /// Generates after `prompt` from a fresh sequence, stopping on the model's EOS ids.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        sink: &mut dyn TokenSink,
-    ) -> Result<Completion, BackendError> {
+    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams, sink: &mut dyn TokenSink) -> Result<Completion, BackendError> {
         let mut decoder = self.decoder(prompt.to_vec(), params.clone())?;
         generate::run_to_end(&mut decoder, self.backend.as_mut(), &self.tokenizer, sink)
     }

@@ -201,10 +201,8 @@ impl Sampler {
 /// Index and value of the largest logit (lowest index on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> (u32, f32) {
     // Two passes that vectorise: the maximum over lanes, then the first index holding it.
-    let max = logits
-        .chunks(16)
-        .map(|c| c.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m }))
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max =
+        logits.chunks(16).map(|c| c.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })).fold(f32::NEG_INFINITY, f32::max);
     let index = logits.iter().position(|&x| x == max).unwrap_or(0);
     (index as u32, max)
 }
@@ -252,18 +250,24 @@ mod tests {
     fn same_seed_same_tokens_and_top_k_one_is_greedy() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
-            let mut s = Sampler::new(params(|p| {
-                p.temperature = 1.0;
-                p.seed = Some(seed);
-            }), &[]);
+            let mut s = Sampler::new(
+                params(|p| {
+                    p.temperature = 1.0;
+                    p.seed = Some(seed);
+                }),
+                &[],
+            );
             (0..20).map(|_| s.sample(&mut logits.clone()).token).collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 1.0;
-            p.top_k = 1;
-        }), &[]);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 1.0;
+                p.top_k = 1;
+            }),
+            &[],
+        );
         assert_eq!(s.sample(&mut logits.clone()).token, argmax(&logits).0);
     }
 
@@ -271,10 +275,13 @@ mod tests {
     fn top_p_and_min_p_cut_the_tail() {
         let logits = [5.0, 4.9, -5.0, -6.0];
         for f in [|p: &mut SamplingParams| p.top_p = 0.5, |p: &mut SamplingParams| p.min_p = 0.5] {
-            let mut s = Sampler::new(params(|p| {
-                p.temperature = 1.0;
-                f(p);
-            }), &[]);
+            let mut s = Sampler::new(
+                params(|p| {
+                    p.temperature = 1.0;
+                    f(p);
+                }),
+                &[],
+            );
             for _ in 0..200 {
                 assert!(s.sample(&mut logits.clone()).token <= 1);
             }

@@ -50,17 +50,11 @@ impl TextTokenizer {
         drop(bytes);
         let mismatch = |msg: String| TokenizerError::Mismatch { path: path.clone(), msg };
         if bpe.len() > spec.vocab_size {
-            return Err(mismatch(format!(
-                "it has {} tokens but the model's vocabulary has {}",
-                bpe.len(),
-                spec.vocab_size
-            )));
+            return Err(mismatch(format!("it has {} tokens but the model's vocabulary has {}", bpe.len(), spec.vocab_size)));
         }
         for &eos in &spec.eos_token_ids {
             if bpe.piece(eos).is_empty() {
-                return Err(mismatch(format!(
-                    "it has no token with id {eos}, which genai_config.json names as end-of-sequence"
-                )));
+                return Err(mismatch(format!("it has no token with id {eos}, which genai_config.json names as end-of-sequence")));
             }
         }
         Ok(Self { bpe })

@@ -221,7 +221,8 @@ impl Catalog {
         };
         if let Some(d) = devices {
             let origin = d.display().to_string();
-            let raw: RawDevices = toml::from_str(&read(d)?).map_err(|e| CatalogError::Syntax { origin: origin.clone(), msg: e.to_string() })?;
+            let raw: RawDevices =
+                toml::from_str(&read(d)?).map_err(|e| CatalogError::Syntax { origin: origin.clone(), msg: e.to_string() })?;
             catalog.devices = raw.device;
             check_devices(&catalog.devices, &origin)?;
             for intent in &catalog.intents {

@@ -154,10 +154,7 @@ pub fn lark(catalog: &Catalog, intents: &[&IntentDef]) -> String {
         let mut body = lit(&format!("{}>\n", intent.name));
         for (j, slot) in intent.slots.iter().enumerate() {
             body.push_str(&format!(" i{i}s{j}{}", if slot.required { "" } else { "?" }));
-            g.push_str(&format!(
-                "i{i}s{j}: {} i{i}v{j} \"\\n</parameter>\\n\"\n",
-                lit(&format!("<parameter={}>\n", slot.name))
-            ));
+            g.push_str(&format!("i{i}s{j}: {} i{i}v{j} \"\\n</parameter>\\n\"\n", lit(&format!("<parameter={}>\n", slot.name))));
             g.push_str(&format!("i{i}v{j}: {}\n", value_rule(catalog, &slot.kind)));
         }
         g.push_str(&format!("i{i}: {body}\n"));

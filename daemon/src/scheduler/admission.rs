@@ -41,7 +41,10 @@ pub fn admit(priority: Priority, view: &AdmissionView) -> Result<(), Refusal> {
     }
     if b.under_pressure && priority == Priority::Background {
         let p = b.memory_pressure.unwrap_or(0.0);
-        return Err(Refusal { code: ErrorCode::Memory, message: format!("memory pressure is high ({p:.1}% stalled); background requests are refused") });
+        return Err(Refusal {
+            code: ErrorCode::Memory,
+            message: format!("memory pressure is high ({p:.1}% stalled); background requests are refused"),
+        });
     }
     if view.waiting >= view.capacity {
         return Err(Refusal {
@@ -59,11 +62,16 @@ mod tests {
     #[test]
     fn budgets_refuse_by_level_and_priority() {
         let mut budget = BudgetState { level: ThermalLevel::Hot, ..Default::default() };
-        let view = |b: &BudgetState| admit(Priority::Background, &AdmissionView { draining: false, waiting: 0, capacity: 4, budget: b }).map_err(|r| r.code);
+        let view = |b: &BudgetState| {
+            admit(Priority::Background, &AdmissionView { draining: false, waiting: 0, capacity: 4, budget: b }).map_err(|r| r.code)
+        };
         assert_eq!(view(&budget), Err(ErrorCode::Thermal));
         assert!(admit(Priority::Interactive, &AdmissionView { draining: false, waiting: 0, capacity: 4, budget: &budget }).is_ok());
         budget.level = ThermalLevel::Critical;
-        assert_eq!(admit(Priority::Interactive, &AdmissionView { draining: false, waiting: 0, capacity: 4, budget: &budget }).unwrap_err().code, ErrorCode::Thermal);
+        assert_eq!(
+            admit(Priority::Interactive, &AdmissionView { draining: false, waiting: 0, capacity: 4, budget: &budget }).unwrap_err().code,
+            ErrorCode::Thermal
+        );
         let pressured = BudgetState { under_pressure: true, memory_pressure: Some(40.0), ..Default::default() };
         assert_eq!(view(&pressured), Err(ErrorCode::Memory));
     }

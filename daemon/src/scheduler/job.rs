@@ -10,12 +10,12 @@ use super::{Job, Shared};
 use crate::api::{ErrorCode, EventBody, Prompt, RequestTimings};
 use crate::budget::{memory, BudgetState, ThermalLevel};
 use crate::config::Settings;
+use crate::engine::backend::BackendError;
 use crate::engine::chat::ChatInput;
 use crate::engine::constrain::{ConstrainError, Grammar};
-use crate::intent::Catalog;
-use crate::engine::backend::BackendError;
 use crate::engine::generate::{Decoder, GenerateParams, Step};
 use crate::engine::Engine;
+use crate::intent::Catalog;
 
 /// A request the engine thread is working on.
 pub(super) struct Active {
@@ -73,7 +73,12 @@ pub(super) fn start(engine: &mut Engine, settings: &Settings, budget: &BudgetSta
             rendered
         }
         Prompt::Chat { messages, tools, thinking } => {
-            let mut input = ChatInput { messages: messages.clone(), tools: tools.clone(), add_generation_prompt: true, enable_thinking: Some(*thinking) };
+            let mut input = ChatInput {
+                messages: messages.clone(),
+                tools: tools.clone(),
+                add_generation_prompt: true,
+                enable_thinking: Some(*thinking),
+            };
             let text = match engine.render_chat(&input) {
                 Ok(t) => t,
                 Err(e) => {
@@ -110,7 +115,12 @@ pub(super) fn start(engine: &mut Engine, settings: &Settings, budget: &BudgetSta
         let msg = format!("this request needs about {need_mb:.0} MiB for {tokens} tokens of state, but only {room:.0} MiB is free; ask for fewer max_tokens or a shorter prompt");
         return Err((job, ErrorCode::Memory, msg));
     }
-    let params = GenerateParams { max_tokens, stop: req.stop.clone(), sampling: req.sampling.clone(), prefill_chunk: settings.model.prefill_chunk_tokens };
+    let params = GenerateParams {
+        max_tokens,
+        stop: req.stop.clone(),
+        sampling: req.sampling.clone(),
+        prefill_chunk: settings.model.prefill_chunk_tokens,
+    };
     let constraint = match grammar.map(|g| engine.constrainer().and_then(|c| c.constraint(&g))) {
         None => None,
         Some(Ok(c)) => Some(c),

@@ -237,7 +237,11 @@ async fn connection(stream: UnixStream, scheduler: Scheduler, mut life: watch::R
             Ok(Line::Data(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
             Ok(Line::Data(bytes)) => handle(&bytes, limit, &scheduler, &tx, &inflight),
             Ok(Line::TooLong) => {
-                let _ = tx.send(Event::error(None, ErrorCode::BadRequest, format!("request line longer than socket.max_request_bytes ({max})")));
+                let _ = tx.send(Event::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    format!("request line longer than socket.max_request_bytes ({max})"),
+                ));
             }
             Ok(Line::Eof) | Err(_) => break,
         }
@@ -255,13 +259,7 @@ async fn connection(stream: UnixStream, scheduler: Scheduler, mut life: watch::R
     let _ = writer.await;
 }
 
-fn handle(
-    bytes: &[u8],
-    limit: usize,
-    scheduler: &Scheduler,
-    tx: &mpsc::UnboundedSender<Event>,
-    inflight: &Arc<Mutex<InFlight>>,
-) {
+fn handle(bytes: &[u8], limit: usize, scheduler: &Scheduler, tx: &mpsc::UnboundedSender<Event>, inflight: &Arc<Mutex<InFlight>>) {
     let request = match parse_request(bytes, limit) {
         Ok(r) => r,
         Err(bad) => {
@@ -327,7 +325,13 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(if line.is_empty() && !too_long { Line::Eof } else if too_long { Line::TooLong } else { Line::Data(line) });
+            return Ok(if line.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Data(line)
+            });
         }
         let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (&buf[..i], Some(i + 1)),

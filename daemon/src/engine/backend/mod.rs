@@ -159,13 +159,7 @@ pub trait Backend: Send {
     /// Feeds `tokens` after what `seq` already holds and writes the wanted logits to `out`.
     /// Errors that are detected before running (limits, foreign state) leave `seq` as it was;
     /// after a failed run the sequence refuses further steps (its state may be half-updated).
-    fn forward(
-        &mut self,
-        seq: &mut Sequence,
-        tokens: &[u32],
-        want: LogitsWanted,
-        out: &mut Logits,
-    ) -> Result<(), BackendError>;
+    fn forward(&mut self, seq: &mut Sequence, tokens: &[u32], want: LogitsWanted, out: &mut Logits) -> Result<(), BackendError>;
 
     /// An independent copy of `seq` (prefix snapshots).
     fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError>;

@@ -20,8 +20,8 @@ use ort::value::Tensor;
 
 use super::providers::{self, ProviderRequest};
 use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence, Snapshot};
-use crate::engine::onnx::edit;
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
+use crate::engine::onnx::edit;
 
 /// Positions of KV capacity allocated at least, so short prompts do not regrow at once.
 const MIN_KV_CAPACITY: usize = 256;
@@ -147,7 +147,13 @@ fn zeros(allocator: &Allocator, dims: &[usize]) -> Result<Tensor<f32>, BackendEr
 }
 
 /// A KV buffer `[1, heads, capacity, head_dim]` holding the first `len` positions of `old`.
-fn grow_kv(allocator: &Allocator, t: &StateTensor, old: Option<(&Tensor<f32>, usize)>, capacity: usize, len: usize) -> Result<Tensor<f32>, BackendError> {
+fn grow_kv(
+    allocator: &Allocator,
+    t: &StateTensor,
+    old: Option<(&Tensor<f32>, usize)>,
+    capacity: usize,
+    len: usize,
+) -> Result<Tensor<f32>, BackendError> {
     let (heads, dim) = (t.shape[0], t.shape[2]);
     let mut new = zeros(allocator, &[heads, capacity, dim])?;
     if let Some((old, old_cap)) = old {
@@ -186,12 +192,11 @@ impl OrtBackend {
             .with_intra_op_spinning(opts.spinning)
             .map_err(|e| load_err(e.into()))?;
         let library = rt.path.display().to_string();
-        let (b, reports, primary) = providers::register(builder, &opts.providers, opts.strict_providers, &library).map_err(|(name, why)| {
-            BackendError::Load {
+        let (b, reports, primary) =
+            providers::register(builder, &opts.providers, opts.strict_providers, &library).map_err(|(name, why)| BackendError::Load {
                 path: spec.onnx_path.clone(),
                 msg: format!("execution provider '{name}' is unavailable and model.strict_providers is set: {why}"),
-            }
-        })?;
+            })?;
         builder = b;
         for r in &reports {
             match &r.reason {
@@ -211,8 +216,7 @@ impl OrtBackend {
         if opts.threads > 0 {
             builder = builder.with_intra_threads(opts.threads).map_err(|e| load_err(e.into()))?;
         }
-        let graph = std::fs::read(&spec.onnx_path)
-            .map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?;
+        let graph = std::fs::read(&spec.onnx_path).map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?;
         let edit_err = |e: crate::engine::onnx::ProtoError| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
         let aliased = edit::alias_reshaped_initializers(&graph).map_err(edit_err)?;
         let base = aliased.as_deref().unwrap_or(&graph);
@@ -240,31 +244,15 @@ impl OrtBackend {
             threads: opts.threads,
             chosen: String::new(),
         };
-                for (data, _) in &spec.data_files {
+        for (data, _) in &spec.data_files {
             advise_random_access(data);
         }
         let binding = session.create_binding().map_err(load_err)?;
         let allocator = Allocator::default();
-        let logits = if last_only {
-            Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?)
-        } else {
-            None
-        };
+        let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
-        Ok(Self {
-            session,
-            binding,
-            bound: None,
-            allocator,
-            logits,
-            spec: spec.clone(),
-            kv,
-            linear,
-            info,
-            last_only,
-        })
+        Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only })
     }
-
 
     /// Makes room for `need` positions in every KV buffer.
     fn reserve(&self, state: &mut OrtState, len: usize, need: usize) -> Result<(), BackendError> {
@@ -328,15 +316,8 @@ impl Backend for OrtBackend {
     }
 
     fn new_sequence(&self) -> Result<Sequence, BackendError> {
-        let linear = self
-            .linear
-            .iter()
-            .map(|t| zeros(&self.allocator, &t.shape))
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        Ok(Sequence {
-            len: 0,
-            state: Box::new(OrtState { id: next_state_id(), kv: Vec::new(), capacity: 0, linear, broken: false }),
-        })
+        let linear = self.linear.iter().map(|t| zeros(&self.allocator, &t.shape)).collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(Sequence { len: 0, state: Box::new(OrtState { id: next_state_id(), kv: Vec::new(), capacity: 0, linear, broken: false }) })
     }
 
     fn forward(&mut self, seq: &mut Sequence, tokens: &[u32], want: LogitsWanted, out: &mut Logits) -> Result<(), BackendError> {

@@ -93,15 +93,10 @@ pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 /// Picks the library to load: an explicit path or `ORT_DYLIB_PATH` must exist; otherwise the
 /// first existing candidate, else the bare name for the system loader.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
-    let pinned = explicit
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let pinned =
+        explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from));
     if let Some(p) = pinned {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(RuntimeError::Unusable { path: p, msg: "no such file".into() })
-        };
+        return if p.is_file() { Ok(p) } else { Err(RuntimeError::Unusable { path: p, msg: "no such file".into() }) };
     }
     let all = candidates(None);
     if let Some(found) = all.iter().find(|p| p.is_file()) {
@@ -127,9 +122,7 @@ pub fn load(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
     let wanted = locate(explicit)?;
     let result = RUNTIME.get_or_init(|| init(&wanted));
     match result {
-        Ok(rt) if explicit.is_some() && rt.path != wanted => {
-            Err(RuntimeError::AlreadyLoaded { loaded: rt.path.clone(), wanted })
-        }
+        Ok(rt) if explicit.is_some() && rt.path != wanted => Err(RuntimeError::AlreadyLoaded { loaded: rt.path.clone(), wanted }),
         Ok(rt) => Ok(rt),
         Err(e) => Err(e.clone()),
     }
@@ -161,8 +154,7 @@ pub fn version_of(path: &Path) -> Option<String> {
     // pointer to a static table whose `GetVersionString` returns a static C string.
     unsafe {
         let lib = libloading::Library::new(path).ok()?;
-        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-            lib.get(b"OrtGetApiBase").ok()?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib.get(b"OrtGetApiBase").ok()?;
         let base = get();
         if base.is_null() {
             return None;

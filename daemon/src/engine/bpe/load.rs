@@ -269,9 +269,8 @@ impl Bpe {
         let pieces = build_pieces(&m.vocab, &file.added_tokens)?;
         let mut byte_ids = [0u32; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
-            *slot = pieces
-                .id(&[b as u8])
-                .ok_or_else(|| format!("the vocabulary has no token for byte {b:#04x} ({:?})", byte_char(b as u8)))?;
+            *slot =
+                pieces.id(&[b as u8]).ok_or_else(|| format!("the vocabulary has no token for byte {b:#04x} ({:?})", byte_char(b as u8)))?;
         }
         let mut merges = PairMap::with_capacity_and_hasher(m.merges.spans.len(), Default::default());
         let arena = &m.merges.arena;
@@ -304,7 +303,6 @@ impl Bpe {
             norm_ids,
         })
     }
-
 }
 
 /// Lays out every token's bytes by id (added tokens verbatim) and indexes the regular ones.

@@ -302,8 +302,7 @@ mod tests {
 
     #[test]
     fn merges_with_unknown_parts_are_refused() {
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            (0..=255u8).map(|b| (load::byte_char(b).to_string(), b.into())).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8).map(|b| (load::byte_char(b).to_string(), b.into())).collect();
         let json = serde_json::json!({"decoder": {"type": "ByteLevel"},
             "pre_tokenizer": {"type": "ByteLevel", "use_regex": true},
             "model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]}});

@@ -58,10 +58,7 @@ impl Names<'_> {
             })?;
             let output = out_pattern.replace("%d", &layer.to_string());
             if self.graph.output(&output).is_none() {
-                return Err(ModelError::invalid(
-                    self.onnx,
-                    format!("state input '{}' has no matching output '{output}'", input.name),
-                ));
+                return Err(ModelError::invalid(self.onnx, format!("state input '{}' has no matching output '{output}'", input.name)));
             }
             return Ok(Some((input, output)));
         }
@@ -94,23 +91,20 @@ impl Names<'_> {
 
     pub(super) fn layer(&self, i: usize) -> Result<LayerKind, ModelError> {
         if let Some(key) = self.state(i, "past_key_names", "present_key_names")? {
-            let value = self.state(i, "past_value_names", "present_value_names")?.ok_or_else(|| {
-                ModelError::invalid(self.onnx, format!("layer {i} has a key cache input but no value cache input"))
-            })?;
+            let value = self
+                .state(i, "past_value_names", "present_value_names")?
+                .ok_or_else(|| ModelError::invalid(self.onnx, format!("layer {i} has a key cache input but no value cache input")))?;
             return Ok(LayerKind::FullAttention { key: self.tensor(key, true)?, value: self.tensor(value, true)? });
         }
         if let Some(conv) = self.state(i, "past_conv_names", "present_conv_names")? {
-            let recurrent = self.state(i, "past_recurrent_names", "present_recurrent_names")?.ok_or_else(|| {
-                ModelError::invalid(self.onnx, format!("layer {i} has a conv state input but no recurrent state input"))
-            })?;
+            let recurrent = self
+                .state(i, "past_recurrent_names", "present_recurrent_names")?
+                .ok_or_else(|| ModelError::invalid(self.onnx, format!("layer {i} has a conv state input but no recurrent state input")))?;
             return Ok(LayerKind::LinearAttention { conv: self.tensor(conv, false)?, recurrent: self.tensor(recurrent, false)? });
         }
         Err(ModelError::invalid(
             self.onnx,
-            format!(
-                "layer {i} has neither a KV cache nor a linear-attention state input matching the names in {}",
-                self.config.display()
-            ),
+            format!("layer {i} has neither a KV cache nor a linear-attention state input matching the names in {}", self.config.display()),
         ))
     }
 }
@@ -120,14 +114,10 @@ fn default_patterns(in_key: &str) -> &'static [(&'static str, &'static str)] {
     match in_key {
         "past_key_names" => &[("past_key_values.%d.key", "present.%d.key")],
         "past_value_names" => &[("past_key_values.%d.value", "present.%d.value")],
-        "past_conv_names" => &[
-            ("past.%d.conv", "present.%d.conv"),
-            ("past_key_values.%d.conv_state", "present.%d.conv_state"),
-        ],
-        "past_recurrent_names" => &[
-            ("past.%d.recurrent", "present.%d.recurrent"),
-            ("past_key_values.%d.recurrent_state", "present.%d.recurrent_state"),
-        ],
+        "past_conv_names" => &[("past.%d.conv", "present.%d.conv"), ("past_key_values.%d.conv_state", "present.%d.conv_state")],
+        "past_recurrent_names" => {
+            &[("past.%d.recurrent", "present.%d.recurrent"), ("past_key_values.%d.recurrent_state", "present.%d.recurrent_state")]
+        }
         _ => &[],
     }
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 mod graph;
 
-use graph::{float_type, Names};
 use super::onnx::{self, Dim, GraphSummary};
+use graph::{float_type, Names};
 
 /// Model types this engine runs (the text decoder of Qwen3.5 Small).
 pub const SUPPORTED_TYPES: &[&str] = &["qwen3_5_text", "qwen3_5"];
@@ -306,10 +306,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     let meta = std::fs::metadata(dir).map_err(|e| ModelError::Dir(dir.to_path_buf(), e))?;
     if !meta.is_dir() {
-        return Err(ModelError::Dir(
-            dir.to_path_buf(),
-            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-        ));
+        return Err(ModelError::Dir(dir.to_path_buf(), std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
     }
     let config_path = require(dir, "genai_config.json", "the onnxruntime-genai model builder writes it")?;
     let config: GenaiConfig = serde_json::from_slice(&read(&config_path)?)
@@ -318,11 +315,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     if !SUPPORTED_TYPES.contains(&m.model_type.as_str()) {
         return Err(ModelError::invalid(
             &config_path,
-            format!(
-                "model type '{}' is not supported (this engine runs {})",
-                m.model_type,
-                SUPPORTED_TYPES.join(", ")
-            ),
+            format!("model type '{}' is not supported (this engine runs {})", m.model_type, SUPPORTED_TYPES.join(", ")),
         ));
     }
     let onnx_path = require(dir, &m.decoder.filename, "the decoder graph named in genai_config.json")?;
@@ -330,8 +323,8 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     let tokenizer_config_path = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
     let chat_template_path = Some(dir.join("chat_template.jinja")).filter(|p| p.is_file());
 
-    let graph = onnx::parse_model(&read(&onnx_path)?)
-        .map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
+    let graph =
+        onnx::parse_model(&read(&onnx_path)?).map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
     let data_files = check_external_data(dir, &onnx_path, &graph)?;
 
     let names = Names { config: &config_path, onnx: &onnx_path, graph: &graph, decoder: &m.decoder };
@@ -377,10 +370,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         }))
         .collect();
     if let Some(extra) = graph.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
-        return Err(ModelError::invalid(
-            &onnx_path,
-            format!("graph input '{}' is not described by genai_config.json", extra.name),
-        ));
+        return Err(ModelError::invalid(&onnx_path, format!("graph input '{}' is not described by genai_config.json", extra.name)));
     }
 
     let eos_token_ids = match &m.eos_token_id {
@@ -427,10 +417,7 @@ fn check_external_data(dir: &Path, onnx: &Path, graph: &GraphSummary) -> Result<
     let mut files: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
     for ext in &graph.external {
         if ext.location.contains("..") || Path::new(&ext.location).is_absolute() {
-            return Err(ModelError::invalid(
-                onnx,
-                format!("tensor '{}' points outside the model directory: {}", ext.tensor, ext.location),
-            ));
+            return Err(ModelError::invalid(onnx, format!("tensor '{}' points outside the model directory: {}", ext.tensor, ext.location)));
         }
         if !files.contains_key(&ext.location) {
             let path = dir.join(&ext.location);
@@ -446,14 +433,8 @@ fn check_external_data(dir: &Path, onnx: &Path, graph: &GraphSummary) -> Result<
         let (path, len) = &files[&ext.location];
         let needed = ext.offset + ext.length.unwrap_or(0);
         if needed > *len {
-            return Err(ModelError::Truncated {
-                path: path.clone(),
-                tensor: ext.tensor.clone(),
-                needed,
-                actual: *len,
-            });
+            return Err(ModelError::Truncated { path: path.clone(), tensor: ext.tensor.clone(), needed, actual: *len });
         }
     }
     Ok(files.into_values().collect())
 }
-

@@ -33,8 +33,22 @@ const SENSORS: &[Sensor] = &[
     Sensor { key: "queue", name: "Queue length", unit: Some("requests"), device_class: None, numeric: true, icon: "mdi:tray-full" },
     Sensor { key: "decode_tok_s", name: "Decode speed", unit: Some("tok/s"), device_class: None, numeric: true, icon: "mdi:speedometer" },
     Sensor { key: "thermal_level", name: "Thermal level", unit: None, device_class: None, numeric: false, icon: "mdi:thermometer-alert" },
-    Sensor { key: "soc_temp_c", name: "SoC temperature", unit: Some("°C"), device_class: Some("temperature"), numeric: true, icon: "mdi:thermometer" },
-    Sensor { key: "mem_available_mb", name: "Memory available", unit: Some("MiB"), device_class: Some("data_size"), numeric: true, icon: "mdi:memory" },
+    Sensor {
+        key: "soc_temp_c",
+        name: "SoC temperature",
+        unit: Some("°C"),
+        device_class: Some("temperature"),
+        numeric: true,
+        icon: "mdi:thermometer",
+    },
+    Sensor {
+        key: "mem_available_mb",
+        name: "Memory available",
+        unit: Some("MiB"),
+        device_class: Some("data_size"),
+        numeric: true,
+        icon: "mdi:memory",
+    },
 ];
 
 /// The device id made safe for discovery topics and unique ids (`[A-Za-z0-9_-]`).
@@ -105,7 +119,16 @@ mod tests {
         for (topic, payload) in &configs {
             assert!(topic.starts_with("homeassistant/sensor/qwenedge_kitchen_pi/") && topic.ends_with("/config"), "{topic}");
             let c: Value = serde_json::from_slice(payload).unwrap();
-            for key in ["name", "unique_id", "state_topic", "value_template", "availability_topic", "payload_available", "payload_not_available", "device"] {
+            for key in [
+                "name",
+                "unique_id",
+                "state_topic",
+                "value_template",
+                "availability_topic",
+                "payload_available",
+                "payload_not_available",
+                "device",
+            ] {
                 assert!(!c[key].is_null(), "{key} in {c}");
             }
             assert!(unique.insert(c["unique_id"].as_str().unwrap().to_string()));

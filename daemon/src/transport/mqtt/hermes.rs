@@ -299,7 +299,9 @@ mod tests {
 
     #[test]
     fn malformed_queries_become_nlu_errors() {
-        for (payload, session) in [(&br#"{"sessionId":"s9","siteId":"hall"}"#[..], Some("s9")), (b"not json", None), (br#"{"input":5}"#, None)] {
+        for (payload, session) in
+            [(&br#"{"sessionId":"s9","siteId":"hall"}"#[..], Some("s9")), (b"not json", None), (br#"{"input":5}"#, None)]
+        {
             let e = parse_query(payload).unwrap_err();
             assert_eq!(e.session_id.as_deref(), session);
             let (topic, bytes) = error_message(&e);

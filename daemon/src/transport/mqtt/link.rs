@@ -193,7 +193,8 @@ fn tls_config(s: &MqttSettings) -> Result<rustls::ClientConfig, MqttError> {
                 return Err(setting("client_cert_file", format!("{}: no PEM certificate found", cert.display())));
             }
             let bytes = read_setting_file("client_key_file", key).map_err(MqttError::File)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| setting("client_key_file", format!("{}: {e}", key.display())))?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| setting("client_key_file", format!("{}: {e}", key.display())))?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| setting("client_key_file", format!("{}: {e}", key.display())))
         }
         _ => Ok(builder.with_no_client_auth()),
@@ -211,56 +212,69 @@ impl Loop {
     async fn next(&mut self) -> Result<Option<LinkEvent>, Option<String>> {
         use rumqttc::{Event, Outgoing, Packet};
         match self {
-            Loop::V4(el) => Ok(match el.poll().await.map_err(|e| match e {
-                rumqttc::ConnectionError::RequestsDone => None,
-                e => Some(e.to_string()),
-            })? {
-                Event::Incoming(Packet::ConnAck(c)) => Some(LinkEvent::Connected { session_present: c.session_present }),
-                Event::Incoming(Packet::Publish(p)) => {
-                    let ack = match p.qos {
-                        QoS::AtMostOnce => AckToken::None,
-                        qos => {
-                            let mut token = rumqttc::Publish::new("", qos, Vec::new());
-                            token.pkid = p.pkid;
-                            AckToken::V4(token)
-                        }
-                    };
-                    Some(LinkEvent::Message(InMessage { topic: p.topic, payload: p.payload, response_topic: None, correlation: None, retain: p.retain, ack }))
-                }
-                Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
-                Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),
-                Event::Outgoing(Outgoing::Disconnect) => Some(LinkEvent::Closed),
-                _ => None,
-            }),
-            Loop::V5(el) => Ok(match el.poll().await.map_err(|e| match e {
-                v5::ConnectionError::RequestsDone => None,
-                e => Some(e.to_string()),
-            })? {
-                v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(c)) => Some(LinkEvent::Connected { session_present: c.session_present }),
-                v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p)) => {
-                    let ack = match p.qos {
-                        v5::mqttbytes::QoS::AtMostOnce => AckToken::None,
-                        qos => {
-                            let mut token = v5::mqttbytes::v5::Publish::new("", qos, Vec::new(), None);
-                            token.pkid = p.pkid;
-                            AckToken::V5(token)
-                        }
-                    };
-                    let props = p.properties.unwrap_or_default();
-                    Some(LinkEvent::Message(InMessage {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload,
-                        response_topic: props.response_topic,
-                        correlation: props.correlation_data,
-                        retain: p.retain,
-                        ack,
-                    }))
-                }
-                v5::Event::Incoming(v5::mqttbytes::v5::Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
-                v5::Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),
-                v5::Event::Outgoing(Outgoing::Disconnect) => Some(LinkEvent::Closed),
-                _ => None,
-            }),
+            Loop::V4(el) => Ok(
+                match el.poll().await.map_err(|e| match e {
+                    rumqttc::ConnectionError::RequestsDone => None,
+                    e => Some(e.to_string()),
+                })? {
+                    Event::Incoming(Packet::ConnAck(c)) => Some(LinkEvent::Connected { session_present: c.session_present }),
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let ack = match p.qos {
+                            QoS::AtMostOnce => AckToken::None,
+                            qos => {
+                                let mut token = rumqttc::Publish::new("", qos, Vec::new());
+                                token.pkid = p.pkid;
+                                AckToken::V4(token)
+                            }
+                        };
+                        Some(LinkEvent::Message(InMessage {
+                            topic: p.topic,
+                            payload: p.payload,
+                            response_topic: None,
+                            correlation: None,
+                            retain: p.retain,
+                            ack,
+                        }))
+                    }
+                    Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
+                    Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),
+                    Event::Outgoing(Outgoing::Disconnect) => Some(LinkEvent::Closed),
+                    _ => None,
+                },
+            ),
+            Loop::V5(el) => Ok(
+                match el.poll().await.map_err(|e| match e {
+                    v5::ConnectionError::RequestsDone => None,
+                    e => Some(e.to_string()),
+                })? {
+                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(c)) => {
+                        Some(LinkEvent::Connected { session_present: c.session_present })
+                    }
+                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(p)) => {
+                        let ack = match p.qos {
+                            v5::mqttbytes::QoS::AtMostOnce => AckToken::None,
+                            qos => {
+                                let mut token = v5::mqttbytes::v5::Publish::new("", qos, Vec::new(), None);
+                                token.pkid = p.pkid;
+                                AckToken::V5(token)
+                            }
+                        };
+                        let props = p.properties.unwrap_or_default();
+                        Some(LinkEvent::Message(InMessage {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload,
+                            response_topic: props.response_topic,
+                            correlation: props.correlation_data,
+                            retain: p.retain,
+                            ack,
+                        }))
+                    }
+                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
+                    v5::Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),
+                    v5::Event::Outgoing(Outgoing::Disconnect) => Some(LinkEvent::Closed),
+                    _ => None,
+                },
+            ),
         }
     }
 
@@ -286,7 +300,9 @@ impl Loop {
 /// configuration, without connecting: what [`open`] would refuse, refused before anything
 /// starts.
 pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
-    s.password().map_err(|e| MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display())))?;
+    s.password().map_err(|e| {
+        MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()))
+    })?;
     if s.endpoint().tls {
         tls_config(s)?;
     }
@@ -296,7 +312,9 @@ pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
 /// Builds the client and starts the link task. Fails only on settings (files, TLS).
 pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Receiver<LinkEvent>), MqttError> {
     let endpoint = s.endpoint();
-    let password = s.password().map_err(|e| MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display())))?;
+    let password = s.password().map_err(|e| {
+        MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()))
+    })?;
     let transport = match endpoint.tls {
         true => Some(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(s)?)))),
         false => None,

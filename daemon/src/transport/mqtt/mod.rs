@@ -106,7 +106,11 @@ impl MqttTransport {
 }
 
 /// Connects once with a clean session under `<client id>-<suffix>` and waits for CONNACK.
-async fn connect_once(settings: &MqttSettings, suffix: &str, within: Duration) -> Result<(link::Client, tokio::sync::mpsc::Receiver<LinkEvent>), MqttError> {
+async fn connect_once(
+    settings: &MqttSettings,
+    suffix: &str,
+    within: Duration,
+) -> Result<(link::Client, tokio::sync::mpsc::Receiver<LinkEvent>), MqttError> {
     let opts = LinkOptions { client_id: format!("{}-{suffix}", settings.client()), persistent: false, will: None };
     let (client, mut link) = link::open(settings, &opts)?;
     let connected = tokio::time::timeout(within, async {
@@ -175,6 +179,8 @@ pub async fn forget(settings: &MqttSettings, within: Duration) -> Result<usize, 
 /// Sends DISCONNECT and waits (briefly) until it has left.
 async fn disconnect(client: &link::Client, mut link: tokio::sync::mpsc::Receiver<LinkEvent>) {
     if client.disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { while !matches!(link.recv().await, Some(LinkEvent::Closed) | None) {} }).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), async { while !matches!(link.recv().await, Some(LinkEvent::Closed) | None) {} })
+                .await;
     }
 }

@@ -279,9 +279,9 @@ impl Outbox {
 
 /// An event as JSON with its `seq`.
 pub fn event_payload(event: &Event, seq: u32) -> Vec<u8> {
-    let mut value = serde_json::to_value(event).unwrap_or_else(|e| {
-        serde_json::json!({"id": event.id, "event": "error", "code": "model_error", "message": format!("unserialisable event: {e}")})
-    });
+    let mut value = serde_json::to_value(event).unwrap_or_else(
+        |e| serde_json::json!({"id": event.id, "event": "error", "code": "model_error", "message": format!("unserialisable event: {e}")}),
+    );
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("seq".into(), seq.into());
     }
@@ -300,12 +300,24 @@ mod tests {
 
     fn token(id: &str, text: &str) -> Message {
         let event = Event { id: Some(id.into()), body: EventBody::Token { text: text.into() } };
-        Message { topic: format!("r/{id}"), correlation: None, retain: false, replaceable: false, body: Body::Event { event, stream: Some(key(id)) } }
+        Message {
+            topic: format!("r/{id}"),
+            correlation: None,
+            retain: false,
+            replaceable: false,
+            body: Body::Event { event, stream: Some(key(id)) },
+        }
     }
 
     fn end(id: &str) -> Message {
         let event = Event::error(Some(id.into()), ErrorCode::Cancelled, "x");
-        Message { topic: format!("r/{id}"), correlation: Some(Bytes::from_static(b"c")), retain: false, replaceable: false, body: Body::Event { event, stream: Some(key(id)) } }
+        Message {
+            topic: format!("r/{id}"),
+            correlation: Some(Bytes::from_static(b"c")),
+            retain: false,
+            replaceable: false,
+            body: Body::Event { event, stream: Some(key(id)) },
+        }
     }
 
     fn json(p: &Publication) -> Value {
@@ -388,7 +400,12 @@ mod tests {
             .collect();
         assert_eq!(
             seen,
-            [("b".into(), 0, "uno".into()), ("a".into(), 1, "two".into()), ("a".into(), 2, "threefour".into()), ("a".into(), 3, "<end>".into())]
+            [
+                ("b".into(), 0, "uno".into()),
+                ("a".into(), 1, "two".into()),
+                ("a".into(), 2, "threefour".into()),
+                ("a".into(), 3, "<end>".into())
+            ]
         );
         assert_eq!(again[0].payload, first[1].payload, "a re-sent event is byte-identical");
     }

@@ -59,10 +59,8 @@ fn readable_id(id: Option<&Value>) -> Option<String> {
 
 /// Reads a request message. Limits: `max_payload` bytes, `max_tokens_limit` for `max_tokens`.
 pub fn route(msg: Incoming<'_>, topics: &Topics, max_payload: usize, max_tokens_limit: usize) -> Routed {
-    let v5_reply = msg
-        .response_topic
-        .filter(|t| is_topic_name(t))
-        .map(|t| Reply { topic: t.to_string(), correlation: msg.correlation.cloned() });
+    let v5_reply =
+        msg.response_topic.filter(|t| is_topic_name(t)).map(|t| Reply { topic: t.to_string(), correlation: msg.correlation.cloned() });
     let reply_for = |reply_to: Option<String>, id: Option<&str>| {
         v5_reply
             .clone()
@@ -176,7 +174,11 @@ mod tests {
     #[test]
     fn bad_payloads_are_refused_with_a_reply_when_one_can_be_told() {
         let cases = [
-            (r#"{"id":"big","op":"complete","prompt":"PAD"}"#.replace("PAD", &"x".repeat(2000)), Some("qwenedge/dev/response/big"), "max_payload_bytes"),
+            (
+                r#"{"id":"big","op":"complete","prompt":"PAD"}"#.replace("PAD", &"x".repeat(2000)),
+                Some("qwenedge/dev/response/big"),
+                "max_payload_bytes",
+            ),
             ("{not json".to_string(), None, "invalid JSON"),
             (r#"{"id":"t","op":"complete","prompt":"x","stream":"yes"}"#.to_string(), Some("qwenedge/dev/response/t"), "invalid type"),
             (r#"{"id":"w","op":"status","reply_to":5}"#.to_string(), Some("qwenedge/dev/response/w"), "reply_to: must be a string"),

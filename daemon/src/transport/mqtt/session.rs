@@ -232,7 +232,8 @@ impl Session {
 
     fn on_request(&mut self, m: &InMessage, fleet: bool) {
         let limit = self.scheduler.settings().scheduler.max_tokens_limit;
-        let incoming = Incoming { payload: &m.payload, response_topic: m.response_topic.as_deref(), correlation: m.correlation.as_ref(), fleet };
+        let incoming =
+            Incoming { payload: &m.payload, response_topic: m.response_topic.as_deref(), correlation: m.correlation.as_ref(), fleet };
         let routed = request::route(incoming, &self.topics, self.settings.max_payload_bytes, limit);
         let request = match routed.request {
             Ok(r) => r,
@@ -309,7 +310,13 @@ impl Session {
                 let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
                 let id = query.id.clone().unwrap_or_else(|| "hermes".into());
                 let temperature = self.scheduler.settings().intents.temperature;
-                let job = Job { id, request: hermes::request(&query, temperature), received: Instant::now(), cancel: Arc::new(AtomicBool::new(false)), events: tx };
+                let job = Job {
+                    id,
+                    request: hermes::request(&query, temperature),
+                    received: Instant::now(),
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    events: tx,
+                };
                 if let Err((_, refusal)) = self.scheduler.submit(job) {
                     let event = EventBody::Error { code: refusal.code, message: refusal.message };
                     for (topic, payload) in hermes::reply(&query, &event) {

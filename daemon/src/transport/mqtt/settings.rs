@@ -213,11 +213,9 @@ impl MqttSettings {
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             return err("client_cert_file", "and mqtt.client_key_file go together".into());
         }
-        for (key, file) in [
-            ("ca_file", &self.ca_file),
-            ("client_cert_file", &self.client_cert_file),
-            ("client_key_file", &self.client_key_file),
-        ] {
+        for (key, file) in
+            [("ca_file", &self.ca_file), ("client_cert_file", &self.client_cert_file), ("client_key_file", &self.client_key_file)]
+        {
             if file.is_some() && !endpoint.tls {
                 return err(key, format!("is set but mqtt.url {:?} is not mqtts://", self.url));
             }
@@ -267,7 +265,11 @@ impl MqttSettings {
         self.device_id.clone().unwrap_or_else(|| {
             let host = hostname().unwrap_or_else(|| "qwenedge".into());
             let safe: String = host.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }).collect();
-            if safe.is_empty() { "qwenedge".into() } else { safe }
+            if safe.is_empty() {
+                "qwenedge".into()
+            } else {
+                safe
+            }
         })
     }
 
@@ -384,7 +386,10 @@ mod tests {
             (MqttSettings { max_payload_bytes: 10, ..ok.clone() }, "mqtt.max_payload_bytes"),
             (MqttSettings { discovery_prefix: "ha/#".into(), ..ok.clone() }, "mqtt.discovery_prefix"),
             (MqttSettings { fleet_group: Some("a+b".into()), ..ok.clone() }, "mqtt.fleet_group"),
-            (MqttSettings { enabled: true, url: "mqtts://h".into(), ca_file: Some("/nonexistent/ca.pem".into()), ..ok.clone() }, "mqtt.ca_file"),
+            (
+                MqttSettings { enabled: true, url: "mqtts://h".into(), ca_file: Some("/nonexistent/ca.pem".into()), ..ok.clone() },
+                "mqtt.ca_file",
+            ),
         ];
         for (s, key) in cases {
             let (k, msg) = s.validate().unwrap_err();
@@ -398,7 +403,12 @@ mod tests {
         struct W {
             v: ProtocolVersion,
         }
-        for (text, want) in [("v = 5", ProtocolVersion::V5), ("v = 4", ProtocolVersion::V311), ("v = \"3.1.1\"", ProtocolVersion::V311), ("v = \"5\"", ProtocolVersion::V5)] {
+        for (text, want) in [
+            ("v = 5", ProtocolVersion::V5),
+            ("v = 4", ProtocolVersion::V311),
+            ("v = \"3.1.1\"", ProtocolVersion::V311),
+            ("v = \"5\"", ProtocolVersion::V5),
+        ] {
             assert_eq!(toml::from_str::<W>(text).unwrap().v, want, "{text}");
         }
         assert!(toml::from_str::<W>("v = 3").is_err());

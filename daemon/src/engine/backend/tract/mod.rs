@@ -86,8 +86,7 @@ fn all_states(spec: &ModelSpec) -> Vec<(StateTensor, bool)> {
 
 /// An empty state tensor: KV with no positions, linear state zero-filled.
 fn empty_state(t: &StateTensor, kv: bool) -> Result<Tensor, BackendError> {
-    let shape: Vec<usize> =
-        std::iter::once(1).chain(t.shape.iter().enumerate().map(|(i, &d)| if kv && i == 1 { 0 } else { d })).collect();
+    let shape: Vec<usize> = std::iter::once(1).chain(t.shape.iter().enumerate().map(|(i, &d)| if kv && i == 1 { 0 } else { d })).collect();
     Tensor::zero::<f32>(&shape).map_err(run_err)
 }
 
@@ -103,7 +102,8 @@ impl TractBackend {
         if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
             bytes = b;
         }
-        let edited = if opts.all_logits { None } else { edit::last_position_logits(&bytes, &spec.logits).map_err(|e| load_err(path, e))? };
+        let edited =
+            if opts.all_logits { None } else { edit::last_position_logits(&bytes, &spec.logits).map_err(|e| load_err(path, e))? };
         let last_only = edited.is_some();
         // The builder's value_info entries are hints that do not always agree with the
         // graph (a `[1]` constant declared as a scalar); shapes come from inference instead.
@@ -227,8 +227,7 @@ impl Backend for TractBackend {
     }
 
     fn new_sequence(&self) -> Result<Sequence, BackendError> {
-        let tensors =
-            self.states.iter().zip(&self.kv).map(|(t, &kv)| empty_state(t, kv).map(Some)).collect::<Result<Vec<_>, _>>()?;
+        let tensors = self.states.iter().zip(&self.kv).map(|(t, &kv)| empty_state(t, kv).map(Some)).collect::<Result<Vec<_>, _>>()?;
         Ok(Sequence { len: 0, state: Box::new(TractState { tensors, broken: false }) })
     }
 

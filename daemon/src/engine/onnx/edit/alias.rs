@@ -60,9 +60,7 @@ fn parse_initializer(raw_msg: &[u8]) -> Result<(String, Initializer<'_>), ProtoE
         }
     }
     let int64s = match (data_type, raw_data) {
-        (7, Some(b)) if b.len() % 8 == 0 => {
-            Some(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
-        }
+        (7, Some(b)) if b.len() % 8 == 0 => Some(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
         (7, None) => Some(int64_data),
         _ => None,
     };

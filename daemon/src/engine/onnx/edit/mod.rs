@@ -70,10 +70,7 @@ pub fn last_position_logits(model: &[u8], logits: &str) -> Result<Option<Vec<u8>
 }
 
 /// Applies `edit` to the model's graph; `None` when it changed nothing.
-pub(super) fn with_graph(
-    model: &[u8],
-    edit: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, ProtoError>,
-) -> Result<Option<Vec<u8>>, ProtoError> {
+pub(super) fn with_graph(model: &[u8], edit: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, ProtoError>) -> Result<Option<Vec<u8>>, ProtoError> {
     let mut out = Vec::with_capacity(model.len() + 1024);
     let mut changed = false;
     let mut fields = Fields::new(model, 0);
@@ -183,9 +180,7 @@ fn nested(msg: &[u8], path: &[u64], dim: usize) -> Result<Vec<u8>, ProtoError> {
     let mut fields = Fields::new(msg, 0);
     while let Some(field) = fields.next() {
         match (field?, path) {
-            ((n, Wire::Bytes(inner, _)), [first, rest @ ..]) if n == *first => {
-                bytes_field(n, &nested(inner, rest, dim)?, &mut out)
-            }
+            ((n, Wire::Bytes(inner, _)), [first, rest @ ..]) if n == *first => bytes_field(n, &nested(inner, rest, dim)?, &mut out),
             ((1, Wire::Bytes(..)), []) => {
                 if index == dim {
                     let mut d = Vec::new();
@@ -258,4 +253,3 @@ mod tests {
         assert!(last_position_logits(&model("MatMul"), "other").unwrap().is_none());
     }
 }
-

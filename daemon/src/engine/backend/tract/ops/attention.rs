@@ -64,7 +64,12 @@ impl GroupQueryAttention {
         let &[b, s, qw] = inputs[0].shape() else { bail!("{OP}: query is not [B, S, N*D]: {:?}", inputs[0].shape()) };
         let d = qw / nq;
         if qw % nq != 0 || inputs[1].shape() != [b, s, nkv * d] || inputs[2].shape() != [b, s, nkv * d] {
-            bail!("{OP}: query {:?}, key {:?}, value {:?} do not fit {nq}/{nkv} heads", inputs[0].shape(), inputs[1].shape(), inputs[2].shape());
+            bail!(
+                "{OP}: query {:?}, key {:?}, value {:?} do not fit {nq}/{nkv} heads",
+                inputs[0].shape(),
+                inputs[1].shape(),
+                inputs[2].shape()
+            );
         }
         let (pk, pv, p) = if self.past {
             let p = match inputs[3].shape() {

@@ -26,8 +26,8 @@ pub use linear::{CausalConvWithState, GatedRmsNorm, LinearAttention, LinearAtten
 pub use norm::{SimplifiedLayerNorm, SkipSimplifiedLayerNorm};
 pub use quant::{GatherBlockQuantized, MatMulNBits};
 pub use rope::MRotaryEmbedding;
-pub use workers::Workers;
 use workers::for_chunks;
+pub use workers::Workers;
 
 /// The operators this module adds (or replaces) in tract's ONNX loader.
 pub const OPS: &[&str] = &[
@@ -68,12 +68,7 @@ pub(crate) trait Kernel: TypedOp + Clone {
     }
 
     /// Shape and type relations between inputs and outputs.
-    fn relate<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult;
+    fn relate<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult;
 }
 
 /// Adapter from a [`Kernel`] to the loader's inference-level op.
@@ -89,12 +84,7 @@ impl<K: Kernel> Expansion for Hir<K> {
         Ok(self.0.outputs())
     }
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
         check_output_arity(outputs, self.0.outputs())?;
         self.0.relate(s, inputs, outputs)
     }

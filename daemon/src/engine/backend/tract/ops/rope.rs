@@ -83,7 +83,10 @@ impl MRotaryEmbedding {
         for bs in 0..b * s {
             for (j, &stream) in self.streams.iter().enumerate() {
                 let p = pos[stream * b * s + bs];
-                let p = usize::try_from(p).ok().filter(|&p| p < rows).with_context(|| format!("{OP}: position {p} is outside the {rows}-row cache"))?;
+                let p = usize::try_from(p)
+                    .ok()
+                    .filter(|&p| p < rows)
+                    .with_context(|| format!("{OP}: position {p} is outside the {rows}-row cache"))?;
                 c[j] = cos[p * half + j];
                 sn[j] = sin[p * half + j];
             }

@@ -11,7 +11,10 @@ use super::int8::{Int8Rows, Weights, LANES, UNIT};
 /// Whether this CPU runs [`columns`] for `w` (no zero-point input: those go to the portable
 /// kernel).
 pub(super) fn usable(w: &Weights) -> bool {
-    w.zp.is_none() && w.block.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    w.zp.is_none()
+        && w.block.is_multiple_of(16)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Columns `first..` that fit in `out` (column-major, `x.rows` values per column).
@@ -89,7 +92,10 @@ fn tile<const C: usize, const G: usize>(w: &Weights, x: &Int8Rows, col: usize, r
         for (c, acc) in acc.iter_mut().enumerate() {
             let (packed, ws) = if u < full {
                 // SAFETY: unit u of column col + c is whole and in range (asserted above).
-                (unsafe { _mm256_loadu_si256(w.b.as_ptr().add((col + c) * n + 32 * u).cast()) }, unit_scales(&w.scales[(col + c) * w.blocks..], w.block, u))
+                (
+                    unsafe { _mm256_loadu_si256(w.b.as_ptr().add((col + c) * n + 32 * u).cast()) },
+                    unit_scales(&w.scales[(col + c) * w.blocks..], w.block, u),
+                )
             } else {
                 let tail = w.unit_bytes(col + c, u);
                 let (s, _) = w.lane_params(col + c, u);

@@ -83,7 +83,13 @@ impl Int8Rows {
     pub(super) fn quantize(a: &[f32], k: usize, block: usize) -> Self {
         let rows = a.len() / k.max(1);
         let units = (k.div_ceil(block) * block).div_ceil(UNIT);
-        let mut x = Int8Rows { rows, units, q: vec![0; rows * units * UNIT], scale: vec![0.0; rows * units * LANES], sum: vec![0; rows * units * LANES] };
+        let mut x = Int8Rows {
+            rows,
+            units,
+            q: vec![0; rows * units * UNIT],
+            scale: vec![0.0; rows * units * LANES],
+            sum: vec![0; rows * units * LANES],
+        };
         let mut inv = vec![0f32; k.div_ceil(block)];
         for (r, row) in a.chunks_exact(k).enumerate() {
             let q = &mut x.q[r * units * UNIT..][..units * UNIT];
@@ -246,7 +252,9 @@ mod tests {
                                 let byte = w.b[c * w.column_bytes() + i / 2];
                                 let nib = i32::from(if i % 2 == 0 { byte & 0x0f } else { byte >> 4 });
                                 let q = i32::from(a[r * k + i]);
-                                f64::from(q * (nib - w.zero_point(c, blk))) * f64::from(sa[r * w.blocks + blk]) * f64::from(w.scales[c * w.blocks + blk])
+                                f64::from(q * (nib - w.zero_point(c, blk)))
+                                    * f64::from(sa[r * w.blocks + blk])
+                                    * f64::from(w.scales[c * w.blocks + blk])
                             })
                             .sum()
                     })
@@ -299,7 +307,10 @@ mod tests {
                 for c in 0..n {
                     for r in 0..rows {
                         let (g, e) = (f64::from(got[c * rows + r]), want[c][r]);
-                        assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "k {k}, block {block}, zp {with_zp}: col {c} row {r}: {g} vs {e}");
+                        assert!(
+                            (g - e).abs() <= 1e-4 * e.abs().max(1.0),
+                            "k {k}, block {block}, zp {with_zp}: col {c} row {r}: {g} vs {e}"
+                        );
                     }
                 }
                 let mut fast = vec![0f32; n * rows];

@@ -113,11 +113,19 @@ impl MatMulNBits {
         } else {
             None
         };
-        let zp = zp_view.as_ref().map(|v| v.as_slice::<u8>()).transpose().with_context(|| format!("{OP}: only packed uint8 zero points are supported"))?;
+        let zp = zp_view
+            .as_ref()
+            .map(|v| v.as_slice::<u8>())
+            .transpose()
+            .with_context(|| format!("{OP}: only packed uint8 zero points are supported"))?;
         let bias = if self.bias { Some(f32s(OP, inputs, next)?) } else { None };
         let blob = bs / 2;
         let zp_row = blocks.div_ceil(2);
-        if b.len() != n * blocks * blob || scales.len() != n * blocks || zp.is_some_and(|z| z.len() != n * zp_row) || bias.is_some_and(|v| v.len() != n) {
+        if b.len() != n * blocks * blob
+            || scales.len() != n * blocks
+            || zp.is_some_and(|z| z.len() != n * zp_row)
+            || bias.is_some_and(|v| v.len() != n)
+        {
             bail!("{OP}: B {:?} / scales {:?} do not fit N={n}, K={k}, block_size={bs}", inputs[1].shape(), inputs[2].shape());
         }
         let shape = inputs[0].shape();
@@ -236,7 +244,10 @@ impl GatherBlockQuantized {
         }
         let mut y = vec![0f32; idx.len() * cols];
         for (&i, out) in idx.iter().zip(y.chunks_mut(cols)) {
-            let r = usize::try_from(i).ok().filter(|&r| r < rows).with_context(|| format!("{OP}: index {i} is outside the {rows}-row table"))?;
+            let r = usize::try_from(i)
+                .ok()
+                .filter(|&r| r < rows)
+                .with_context(|| format!("{OP}: index {i} is outside the {rows}-row table"))?;
             let src = &data[r * packed..][..packed];
             for (c, o) in out.iter_mut().enumerate() {
                 let blk = c / self.block;

@@ -182,7 +182,9 @@ unsafe fn tile<D: Dot, const C: usize, const G: usize>(w: &Weights, x: &Int8Rows
                 let tail = w.unit_bytes(col + c, u);
                 let (s, _) = w.lane_params(col + c, u);
                 // SAFETY: both are local arrays of 32 bytes.
-                unsafe { ((vld1q_u8(tail.as_ptr()), vld1q_u8(tail.as_ptr().add(16))), (vld1q_f32(s.as_ptr()), vld1q_f32(s.as_ptr().add(4)))) }
+                unsafe {
+                    ((vld1q_u8(tail.as_ptr()), vld1q_u8(tail.as_ptr().add(16))), (vld1q_f32(s.as_ptr()), vld1q_f32(s.as_ptr().add(4))))
+                }
             };
             let (lo0, hi0) = (vreinterpretq_s8_u8(vandq_u8(p0, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(p0)));
             let (lo1, hi1) = (vreinterpretq_s8_u8(vandq_u8(p1, mask)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(p1)));
