@@ -88,7 +88,7 @@ pub fn thermal_zones(root: &SysRoot) -> Vec<ThermalZone> {
             })
         })
         .collect();
-    zones.sort_by(|a, b| natural_key(&a.zone).cmp(&natural_key(&b.zone)));
+    zones.sort_by_key(|z| natural_key(&z.zone));
     zones
 }
 

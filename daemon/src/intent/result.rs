@@ -111,7 +111,7 @@ fn typed(catalog: &Catalog, kind: &SlotKind, raw: &str) -> Result<(Value, Option
             let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
             let whole_ok =
                 digits(whole.strip_prefix('-').unwrap_or(whole)) && (whole == "0" || !whole.trim_start_matches('-').starts_with('0'));
-            let frac_ok = raw.contains('.') == !frac.is_empty() && (frac.is_empty() || (digits(frac) && frac.len() <= *decimals as usize));
+            let frac_ok = raw.contains('.') != frac.is_empty() && (frac.is_empty() || (digits(frac) && frac.len() <= *decimals as usize));
             let x: f64 = raw.parse().map_err(|_| format!("{raw:?} is not a number"))?;
             if !whole_ok || !frac_ok || x < *min as f64 || x > *max as f64 {
                 return Err(format!("{raw:?} is not a number in {min}..={max} with at most {decimals} decimals"));

@@ -40,6 +40,9 @@ impl Hasher for FastHasher {
 
 type PairMap = HashMap<(u32, u32), (u32, u32), BuildHasherDefault<FastHasher>>;
 
+/// Encodes a stretch of text between added tokens, appending ids.
+type Encoder<'a> = dyn FnMut(&str, &mut Vec<u32>) -> Result<(), String> + 'a;
+
 /// An added token (`<|im_start|>` …) as declared in `added_tokens`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AddedToken {
@@ -171,7 +174,7 @@ impl Bpe {
         matcher: &Option<aho_corasick::AhoCorasick>,
         ids: &[usize],
         out: &mut Vec<u32>,
-        rest: &mut dyn FnMut(&str, &mut Vec<u32>) -> Result<(), String>,
+        rest: &mut Encoder<'_>,
     ) -> Result<(), String> {
         let Some(ac) = matcher else { return rest(text, out) };
         let mut pos = 0;

@@ -37,7 +37,7 @@ pub(super) fn group_query_attention(_: &tract_onnx::model::ParsingContext, node:
     let name = &node.name;
     let heads: usize = node.get_attr("num_heads")?;
     let kv_heads: usize = node.get_attr("kv_num_heads")?;
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("GroupQueryAttention node '{name}': num_heads {heads} is not a multiple of kv_num_heads {kv_heads}");
     }
     for (attr, default) in [("do_rotary", 0), ("smooth_softmax", 0), ("qk_output", 0)] {
@@ -165,14 +165,14 @@ impl Kernel for GroupQueryAttention {
         }
         s.equals(&outputs[0].shape, &inputs[0].shape)?;
         let kvh = self.kv_heads;
-        for out in 1..3 {
+        for out in &outputs[1..3] {
             if self.past {
                 s.given_2(&inputs[1].shape, &inputs[3].shape, move |s, ks, ps| {
-                    s.equals(&outputs[out].shape, tvec![ks[0].clone(), kvh.to_dim(), ps[2].clone() + ks[1].clone(), ks[2].clone() / kvh])
+                    s.equals(&out.shape, tvec![ks[0].clone(), kvh.to_dim(), ps[2].clone() + ks[1].clone(), ks[2].clone() / kvh])
                 })?;
             } else {
                 s.given(&inputs[1].shape, move |s, ks| {
-                    s.equals(&outputs[out].shape, tvec![ks[0].clone(), kvh.to_dim(), ks[1].clone(), ks[2].clone() / kvh])
+                    s.equals(&out.shape, tvec![ks[0].clone(), kvh.to_dim(), ks[1].clone(), ks[2].clone() / kvh])
                 })?;
             }
         }

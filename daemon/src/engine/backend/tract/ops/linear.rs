@@ -210,7 +210,7 @@ pub(super) fn linear_attention(_: &tract_onnx::model::ParsingContext, node: &Nod
     }
     let q_heads: usize = node.get_attr("q_num_heads")?;
     let v_heads: usize = node.get_attr("kv_num_heads")?;
-    if q_heads == 0 || v_heads == 0 || v_heads % q_heads != 0 {
+    if q_heads == 0 || v_heads == 0 || !v_heads.is_multiple_of(q_heads) {
         bail!("LinearAttention node '{}': kv_num_heads {v_heads} is not a multiple of q_num_heads {q_heads}", node.name);
     }
     let scale = node.get_attr_opt::<f32>("scale")?.unwrap_or(0.0);

@@ -106,7 +106,7 @@ pub(crate) fn built<K: Kernel>(kernel: K) -> Built {
 pub(crate) fn expect_inputs(node: &NodeProto, present: &[bool]) -> TractResult<()> {
     for (ix, name) in node.input.iter().enumerate() {
         let want = present.get(ix).copied().unwrap_or(false);
-        if want != !name.is_empty() {
+        if want == name.is_empty() {
             let what = if want { "is required" } else { "is not supported" };
             bail!("{} node '{}': input {ix} ({}) {what}", node.op_type, node.name, if name.is_empty() { "absent" } else { name });
         }
