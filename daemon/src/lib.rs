@@ -1,9 +1,14 @@
 //! qwenedge: an on-device inference daemon for Qwen3.5 Small ONNX models.
 //!
-//! Data flow: a transport decodes bytes into an [`api::Request`], the [`scheduler`] admits and
-//! queues it, the engine thread runs it through [`engine`], and the events travel back over
-//! the request's own channel to the same transport. Transports never touch the engine; the
-//! engine never knows which transport asked.
+//! Data flow: a transport decodes bytes into an [`api::Request`] and registers it in the
+//! scheduler's request table, which hands back a cancellation token and a responder bound to
+//! the client's bounded event queue; the [`scheduler`] admits and queues it, the engine thread
+//! runs it through [`engine`], and the events travel back through the responder to the same
+//! transport. Transports never touch the engine; the engine never knows which transport asked.
+//!
+//! Layers, bottom up: [`api`] (wire types) · [`engine`] · [`budget`], [`intent`] · [`config`] ·
+//! [`scheduler`] · [`transport`] · [`service`] and the binary. Imports point down only; a test
+//! (`layering`) checks it on the sources.
 
 pub mod api;
 pub mod budget;
@@ -13,3 +18,6 @@ pub mod intent;
 pub mod scheduler;
 pub mod service;
 pub mod transport;
+
+#[cfg(test)]
+mod layering;

@@ -4,13 +4,27 @@
 use serde::Serialize;
 
 use super::readers::{self, SysRoot};
-use crate::engine::model::ModelSpec;
 
 /// ONNX Runtime repacks quantized weights for its CPU kernels; the packed form of an int4
 /// `MatMulNBits` weight is about 1.3× the stored bytes (measured on the Qwen3.5-0.8B export).
 pub const PACKED_WEIGHTS_FACTOR: f64 = 1.3;
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The sizes of a model that its memory depends on (read from its files by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelShape {
+    /// Weights as stored, in bytes.
+    pub weight_bytes: u64,
+    /// KV cache bytes per token of context.
+    pub kv_bytes_per_token: usize,
+    /// Fixed (linear-attention) state of one sequence, in bytes.
+    pub fixed_state_bytes: usize,
+    /// Vocabulary size (logits rows).
+    pub vocab_size: usize,
+    /// Size of `tokenizer.json`, in bytes.
+    pub tokenizer_bytes: u64,
+}
 
 /// What loading a model is expected to take, in MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -55,15 +69,15 @@ pub fn load_context(configured: usize, model: usize) -> usize {
     }
 }
 
-/// Estimates the memory of `spec` serving contexts of `context_tokens`.
-pub fn model_estimate(spec: &ModelSpec, context_tokens: usize) -> ModelEstimate {
-    let weights_mb = spec.weight_bytes() as f64 / MIB;
+/// Estimates the memory of a model of `shape` serving contexts of `context_tokens`.
+pub fn model_estimate(shape: &ModelShape, context_tokens: usize) -> ModelEstimate {
+    let weights_mb = shape.weight_bytes as f64 / MIB;
     let runtime_weights_mb = weights_mb * PACKED_WEIGHTS_FACTOR;
-    let kv_mb = (spec.kv_bytes_per_token() * context_tokens) as f64 / MIB;
-    let state_mb = spec.fixed_state_bytes() as f64 / MIB;
-    let tokenizer_mb = std::fs::metadata(&spec.tokenizer_path).map_or(0.0, |m| m.len() as f64 / MIB);
+    let kv_mb = (shape.kv_bytes_per_token * context_tokens) as f64 / MIB;
+    let state_mb = shape.fixed_state_bytes as f64 / MIB;
+    let tokenizer_mb = shape.tokenizer_bytes as f64 / MIB;
     // Tokenizer tables (~0.8× the JSON), two logits rows, hidden activations and the runtime.
-    let working_mb = tokenizer_mb * 0.8 + (spec.vocab_size * 4 * 2) as f64 / MIB + 32.0;
+    let working_mb = tokenizer_mb * 0.8 + (shape.vocab_size * 4 * 2) as f64 / MIB + 32.0;
     ModelEstimate {
         weights_mb,
         runtime_weights_mb,
@@ -76,8 +90,8 @@ pub fn model_estimate(spec: &ModelSpec, context_tokens: usize) -> ModelEstimate 
 }
 
 /// Bytes one request needs beyond the loaded model: its KV cache and its linear state.
-pub fn request_bytes(spec: &ModelSpec, tokens: usize) -> u64 {
-    (spec.kv_bytes_per_token() * tokens + spec.fixed_state_bytes()) as u64
+pub fn request_bytes(shape: &ModelShape, tokens: usize) -> u64 {
+    (shape.kv_bytes_per_token * tokens + shape.fixed_state_bytes) as u64
 }
 
 /// Memory the daemon may still take (MiB), with the figures it comes from.

@@ -130,3 +130,25 @@ pub struct BudgetState {
     /// Pressure above `memory_pressure_max`.
     pub under_pressure: bool,
 }
+
+impl BudgetState {
+    /// The state as `status` reports it.
+    pub fn report(&self) -> crate::api::BudgetReport {
+        crate::api::BudgetReport {
+            level: self.level,
+            temperature_c: self.temperature_c,
+            zone: self.zone.clone(),
+            thresholds: self.thresholds.map(|t| crate::api::ThermalThresholds {
+                warm_c: t.warm_c,
+                hot_c: t.hot_c,
+                critical_c: t.critical_c,
+                hysteresis_c: t.hysteresis_c,
+            }),
+            memory_room_mb: self.memory_room_mb,
+            memory_available_mb: self.memory_available_mb,
+            cgroup_max_mb: self.cgroup_max_mb,
+            memory_pressure: self.memory_pressure,
+            under_pressure: self.under_pressure,
+        }
+    }
+}

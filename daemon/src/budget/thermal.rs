@@ -4,32 +4,7 @@
 
 use serde::Serialize;
 
-/// How hot the device is, in the governor's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ThermalLevel {
-    /// No restrictions.
-    #[default]
-    Normal,
-    /// Background work deferred; decoding paced to the duty cycle.
-    Warm,
-    /// Only interactive requests, with capped answers.
-    Hot,
-    /// New requests refused, running ones stopped.
-    Critical,
-}
-
-impl ThermalLevel {
-    /// Name as shown in status and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::Warm => "warm",
-            Self::Hot => "hot",
-            Self::Critical => "critical",
-        }
-    }
-}
+pub use crate::api::ThermalLevel;
 
 /// Temperatures (°C) at which each level starts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

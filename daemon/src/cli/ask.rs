@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use qwenedge::api::Priority;
-use qwenedge::config::Settings;
+use qwenedge::config::SocketSettings;
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge ask`.
@@ -63,7 +63,7 @@ enum PriorityArg {
 
 /// Runs `ask`.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    let path = args.socket.clone().unwrap_or_else(|| Settings::default().socket_path());
+    let path = args.socket.clone().unwrap_or_else(|| SocketSettings::default().path());
     let stream = UnixStream::connect(&path).map_err(|e| anyhow::anyhow!("{}: cannot connect to the daemon: {e}", path.display()))?;
     let id = format!("ask-{}", std::process::id());
     let mut request = if args.intent {

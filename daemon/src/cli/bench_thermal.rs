@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::api::{EventBody, GenerateRequest, Priority, Prompt};
+use qwenedge::api::{EventBody, GenerateRequest, GenerateSpec, Limits, Priority, Prompt};
 use qwenedge::budget::{monitor, BudgetSettings};
 use qwenedge::config::Settings;
-use qwenedge::engine::sampler::SamplingParams;
-use qwenedge::scheduler::{self, Job, Scheduler};
+use qwenedge::intent::Catalog;
+use qwenedge::scheduler::{self, Client, ClientPolicy, EngineLoader, Job, Outbound, Requests, Scheduler};
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge bench-thermal`.
@@ -104,27 +104,17 @@ fn simulate(args: &BenchThermalArgs, zone: PathBuf, soc: Arc<Mutex<Soc>>, stop: 
     })
 }
 
-fn request(id: String, priority: Priority, max_tokens: usize, events: qwenedge::scheduler::EventSender) -> Job {
-    Job {
-        id,
-        request: GenerateRequest {
-            prompt: Prompt::Chat {
-                messages: vec![json!({"role": "user", "content": "Turn the living room lights to 30 percent and tell me the weather."})],
-                tools: None,
-                thinking: false,
-            },
-            max_tokens: Some(max_tokens),
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            stream: false,
-            priority,
-            deadline_ms: None,
-            format: None,
-        },
-        received: Instant::now(),
-        cancel: Arc::new(AtomicBool::new(false)),
-        events,
-    }
+fn request(client: &Client, id: &str, priority: Priority, max_tokens: usize) -> anyhow::Result<Job> {
+    let messages = vec![json!({"role": "user", "content": "Turn the living room lights to 30 percent and tell me the weather."})];
+    let spec = GenerateSpec {
+        max_tokens: Some(max_tokens),
+        stream: false,
+        priority,
+        ..GenerateSpec::new(Prompt::Chat { messages, tools: None, thinking: false })
+    };
+    let request = GenerateRequest::new(spec, &Limits { max_tokens: 4096 })?;
+    let ticket = client.begin(id, id).map_err(|e| anyhow::anyhow!("{id}: {e:?}"))?;
+    Ok(Job::new(ticket, request))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -151,19 +141,22 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
         poll_ms: 100,
         ..Default::default()
     };
-    let engine = scheduler::load_engine(&settings)?;
-    let (sched, _stopped) = Scheduler::start(engine, settings.clone())?;
+    let load = settings.model.load_settings();
+    let engine = scheduler::load_engine(&load, &settings)?;
+    let catalog = Arc::new(Catalog::builtin()?);
+    let (sched, _stopped) = Scheduler::start(EngineLoader, engine, load, Arc::new(settings.clone()), catalog)?;
     let sink = sched.clone();
     let _monitor = monitor::spawn(settings.budget.clone(), move |s| sink.set_budget(s))?;
     let soc = Arc::new(Mutex::new(Soc { temp_c: args.ambient_c, seconds_at: [0.0; 4], max_c: args.ambient_c }));
     let stop = Arc::new(AtomicBool::new(false));
     let sim = simulate(args, zone.clone(), Arc::clone(&soc), Arc::clone(&stop));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let requests = Requests::default();
+    let out = Arc::new(Outbound::new(usize::MAX));
+    let client = requests.client(ClientPolicy { remember: 16, reject_recent: false, unread_key: "bench" }, Arc::clone(&out));
+    let submit = |job: Job| sched.submit(job).map_err(|r| anyhow::anyhow!(r.refusal.message));
     let started = Instant::now();
     for i in 0..args.background {
-        sched
-            .submit(request(format!("bg{i}"), Priority::Background, args.background_tokens, tx.clone()))
-            .map_err(|(_, r)| anyhow::anyhow!(r.message))?;
+        submit(request(&client, &format!("bg{i}"), Priority::Background, args.background_tokens)?)?;
     }
     let mut next_interactive = started + Duration::from_secs(1);
     let mut sent_interactive = 0;
@@ -171,26 +164,26 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
     let mut remaining = args.background + args.interactive;
     while remaining > 0 {
         if sent_interactive < args.interactive && Instant::now() >= next_interactive {
-            let job = request(format!("fg{sent_interactive}"), Priority::Interactive, 16, tx.clone());
-            sched.submit(job).map_err(|(_, r)| anyhow::anyhow!(r.message))?;
+            submit(request(&client, &format!("fg{sent_interactive}"), Priority::Interactive, 16)?)?;
             sent_interactive += 1;
             next_interactive += Duration::from_millis(args.interval_ms);
         }
-        match rx.try_recv() {
-            Ok(event) => {
-                remaining -= 1;
-                let id = event.id.unwrap_or_default();
-                match event.body {
-                    EventBody::Done { timings, .. } if id.starts_with("fg") => ttft.push(timings.ttft_ms),
-                    EventBody::Done { usage, .. } => {
-                        background_tokens += usage.completion_tokens as u64;
-                        background_end = Instant::now();
-                    }
-                    EventBody::Error { message, .. } => anyhow::bail!("request {id} failed: {message}"),
-                    _ => remaining += 1,
+        let events = out.take();
+        if events.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for event in events.into_iter().map(|d| d.event) {
+            let id = event.id.unwrap_or_default();
+            match event.body {
+                EventBody::Done { timings, .. } if id.starts_with("fg") => ttft.push(timings.ttft_ms),
+                EventBody::Done { usage, .. } => {
+                    background_tokens += usage.completion_tokens as u64;
+                    background_end = Instant::now();
                 }
+                EventBody::Error { message, .. } => anyhow::bail!("request {id} failed: {message}"),
+                _ => continue,
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            remaining -= 1;
         }
     }
     let wall = started.elapsed().as_secs_f64();

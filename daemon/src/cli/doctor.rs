@@ -48,10 +48,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let mut checks = Vec::new();
     let mut config_ok = true;
     let settings = match config::load(args.config.as_deref(), &config::process_env()) {
-        Ok((s, sources)) => {
-            let from = sources.file.map_or("defaults".into(), |f| f.display().to_string());
+        Ok(loaded) => {
+            let from = loaded.sources.file.map_or("defaults".into(), |f| f.display().to_string());
             checks.push(check("config", "ok", format!("valid ({from})"), json!({"file": from})));
-            s
+            (*loaded.settings).clone()
         }
         Err(e) => {
             checks.push(check("config", "error", e.to_string(), json!({"error": e.to_string()})));
@@ -207,7 +207,7 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
     };
     let need = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
         let context = qwenedge::budget::memory::load_context(settings.model.context_length, spec.context_length);
-        qwenedge::budget::memory::model_estimate(&spec, context).total_mb
+        qwenedge::budget::memory::model_estimate(&qwenedge::scheduler::model_shape(&spec), context).total_mb
     });
     let (status, summary) = match (room, need) {
         (Some(r), Some(n)) if n > r => ("warn", format!("{r:.0} MiB available, the model needs about {n:.0} MiB")),
@@ -218,7 +218,7 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
 }
 
 fn socket(settings: &Settings) -> Check {
-    let path = settings.socket_path();
+    let path = settings.socket.path();
     let shown = path.display().to_string();
     let Ok(meta) = std::fs::symlink_metadata(&path) else {
         return check("socket", "info", format!("{shown} does not exist (daemon not running)"), json!({"path": shown, "exists": false}));
@@ -260,7 +260,7 @@ fn mqtt(settings: &Settings) -> Check {
     }
     let detail = |reachable: bool, error: Option<String>| {
         json!({
-            "configured": true, "url": m.url, "client_id": m.client(), "device_id": m.device(),
+            "configured": true, "url": m.url.to_string(), "client_id": m.client(), "device_id": m.device(),
             "protocol_version": m.protocol_version, "reachable": reachable, "error": error,
         })
     };

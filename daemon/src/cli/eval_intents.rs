@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::config::Settings;
+use qwenedge::config::SocketSettings;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -65,7 +65,7 @@ pub fn run(args: EvalIntentsArgs) -> anyhow::Result<()> {
         cases.push(case);
     }
     anyhow::ensure!(!cases.is_empty(), "{}: no utterances", args.dataset.display());
-    let path = args.socket.clone().unwrap_or_else(|| Settings::default().socket_path());
+    let path = args.socket.clone().unwrap_or_else(|| SocketSettings::default().path());
     let stream = UnixStream::connect(&path).map_err(|e| anyhow::anyhow!("{}: cannot connect to the daemon: {e}", path.display()))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);

@@ -60,7 +60,7 @@ pub struct GenerateArgs {
 
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let sampling = SamplingParams {
+    let sampling = qwenedge::api::Sampling {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
@@ -71,6 +71,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
+    let sampling = SamplingParams::from(&sampling);
     let mut engine = args.model.load()?;
     let text = if args.chat {
         let mut messages = Vec::new();

@@ -18,10 +18,10 @@ pub struct MqttForgetArgs {
 
 /// Runs `mqtt-forget`.
 pub fn run(args: MqttForgetArgs) -> anyhow::Result<()> {
-    let (settings, _) = config::load(args.config.as_deref(), &config::process_env())?;
-    let m = settings.mqtt;
+    let loaded = config::load(args.config.as_deref(), &config::process_env())?;
+    let m = &loaded.settings.mqtt;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let cleared = runtime.block_on(mqtt::forget(&m, Duration::from_secs(10)))?;
+    let cleared = runtime.block_on(mqtt::forget(m, Duration::from_secs(10)))?;
     println!("cleared {cleared} retained topics of device '{}' on {}", m.device(), m.url);
     Ok(())
 }

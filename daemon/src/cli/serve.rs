@@ -2,16 +2,19 @@
 //! until a signal. SIGTERM drains (running requests get the grace period), SIGINT stops at once,
 //! SIGHUP reloads the configuration. Any start-up failure is one line and exit status 1, before
 //! READY. The MQTT transport closes last, once the engine has stopped, so the final events
-//! still go out.
+//! still go out. If the engine thread panics, every open request is answered `model_error`,
+//! the transports flush and close, and the exit status is 1 so that systemd restarts the
+//! daemon.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use qwenedge::budget::monitor::{self, MonitorHandle};
 use qwenedge::config;
-use qwenedge::scheduler::{self, Scheduler};
+use qwenedge::scheduler::{self, EngineLoader, Requests, Scheduler};
 use qwenedge::service;
 use qwenedge::transport::mqtt::MqttTransport;
 use qwenedge::transport::unix::{self, Lifecycle};
@@ -34,7 +37,8 @@ pub struct ServeArgs {
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let (settings, _) = config::load(args.config.as_deref(), &config::process_env())?;
+    let loaded = config::load(args.config.as_deref(), &config::process_env())?;
+    let settings = Arc::clone(&loaded.settings);
     if args.print_config {
         print!("{}", settings.to_toml());
         return Ok(());
@@ -46,12 +50,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let activated = service::activated_listener();
     service::notify("STATUS=loading the model");
     info!(model = ?settings.model.path, "loading the model");
-    let engine = scheduler::load_engine(&settings)?;
-    let socket = unix::bind(&settings, activated)?;
-    let (scheduler, stopped) = Scheduler::start(engine, settings.clone()).context("starting the engine thread")?;
+    let load = settings.model.load_settings();
+    let engine = scheduler::load_engine(&load, &settings)?;
+    let socket = unix::bind(&settings.socket, activated)?;
+    let (scheduler, stopped) =
+        Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog).context("starting the engine thread")?;
     let mut budget = budget_monitor(&scheduler, &settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(serve(&socket, scheduler, stopped, args.config, &mut budget));
+    let result = runtime.block_on(serve(&socket, &settings, scheduler, stopped, args.config, &mut budget));
     socket.remove();
     service::notify("STATUS=stopped");
     result
@@ -59,28 +65,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(
     socket: &unix::BoundSocket,
+    settings: &config::Settings,
     scheduler: Scheduler,
     mut stopped: scheduler::Stopped,
     config_path: Option<PathBuf>,
     budget: &mut MonitorHandle,
 ) -> anyhow::Result<()> {
+    let requests = Requests::default();
     let (life_tx, life_rx) = tokio::sync::watch::channel(Lifecycle::Running);
-    let server = unix::serve(socket, scheduler.clone(), life_rx);
+    let server = unix::serve(socket, Arc::new(settings.socket.clone()), scheduler.clone(), requests.clone(), life_rx);
     tokio::pin!(server);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let watchdog = service::watchdog_interval();
     let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    let grace = Duration::from_millis(scheduler.settings().service.shutdown_grace_ms);
-    let mqtt = match scheduler.settings().mqtt.enabled {
-        true => Some(MqttTransport::start(scheduler.clone()).context("MQTT")?),
+    let grace = Duration::from_millis(settings.service.shutdown_grace_ms);
+    let mqtt = match settings.mqtt.enabled {
+        true => Some(MqttTransport::start(Arc::new(settings.mqtt.clone()), scheduler.clone(), &requests).context("MQTT")?),
         false => None,
     };
     info!(socket = %socket.path.display(), "ready");
     service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
     let mut server_done = false;
-    loop {
+    let engine = loop {
         tokio::select! {
             _ = term.recv() => {
                 info!(grace_ms = grace.as_millis() as u64, "SIGTERM: finishing running requests, then exiting");
@@ -96,14 +104,14 @@ async fn serve(
             }
             _ = hup.recv() => {
                 match config::load(config_path.as_deref(), &config::process_env()) {
-                    Ok((settings, _)) => {
+                    Ok(loaded) => {
                         info!("SIGHUP: reloading the configuration");
                         service::notify("STATUS=reloading the configuration");
-                        match budget_monitor(&scheduler, &settings) {
+                        match budget_monitor(&scheduler, &loaded.settings) {
                             Ok(m) => *budget = m,
                             Err(e) => error!(error = %e, "restarting the budget monitor failed"),
                         }
-                        scheduler.reload(settings);
+                        scheduler.reload(loaded.settings, loaded.catalog);
                     }
                     Err(e) => error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the current one"),
                 }
@@ -123,8 +131,12 @@ async fn serve(
                     scheduler.shutdown(Duration::ZERO);
                 }
             }
-            _ = &mut stopped => break,
+            outcome = &mut stopped => break outcome.unwrap_or_else(|_| Err("the engine thread ended without a word".into())),
         }
+    };
+    if engine.is_err() {
+        service::notify("STOPPING=1\nSTATUS=the engine failed");
+        let _ = life_tx.send(Lifecycle::Draining);
     }
     let _ = life_tx.send(Lifecycle::Closing);
     if let Some(mqtt) = mqtt {
@@ -133,8 +145,13 @@ async fn serve(
     if !server_done {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
-    info!("stopped");
-    Ok(())
+    match engine {
+        Ok(()) => {
+            info!("stopped");
+            Ok(())
+        }
+        Err(panic) => Err(anyhow::anyhow!("the engine thread failed ({panic}); exiting so that the service manager restarts the daemon")),
+    }
 }
 
 /// Starts the thermal/memory sensor thread feeding the scheduler (replacing the previous one

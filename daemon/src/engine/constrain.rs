@@ -22,31 +22,6 @@ pub enum Grammar {
     JsonSchema(Value),
 }
 
-impl Grammar {
-    /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}`,
-    /// `{"type": "json_schema", "json_schema": {"schema": {…}}}` or `{"type": "lark", "lark": "…"}`.
-    pub fn from_response_format(v: &Value) -> Result<Option<Self>, String> {
-        let kind = v.get("type").and_then(Value::as_str).ok_or("response_format.type: missing or not a string")?;
-        match kind {
-            "text" => Ok(None),
-            "json_object" => Ok(Some(Self::JsonSchema(serde_json::json!({"type": "object"})))),
-            "json_schema" => {
-                let spec = v.get("json_schema").ok_or("response_format.json_schema: missing")?;
-                let schema = spec.get("schema").unwrap_or(spec);
-                if !schema.is_object() && !schema.is_boolean() {
-                    return Err("response_format.json_schema.schema: must be a JSON Schema object".into());
-                }
-                Ok(Some(Self::JsonSchema(schema.clone())))
-            }
-            "lark" => match v.get("lark") {
-                Some(Value::String(g)) if !g.trim().is_empty() => Ok(Some(Self::Lark(g.clone()))),
-                _ => Err("response_format.lark: missing or not a grammar string".into()),
-            },
-            other => Err(format!("response_format.type: '{other}' is not one of text, json_object, json_schema, lark")),
-        }
-    }
-}
-
 /// Why a grammar cannot be used or decoding under it failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConstrainError {

@@ -10,6 +10,7 @@ pub mod result;
 pub use catalog::{Catalog, CatalogError};
 pub use result::{Intent, Slot, SlotRange};
 
+use crate::api::{EventBody, IntentSummary, RequestTimings, Usage};
 use crate::engine::chat::ChatInput;
 
 /// What the engine needs to answer one utterance: the chat to render and the grammar.
@@ -50,17 +51,17 @@ pub fn event(
     input: &str,
     confidence: f64,
     min_confidence: f64,
-    usage: crate::engine::generate::Usage,
-    timings: crate::api::RequestTimings,
-) -> Result<crate::api::EventBody, result::ParseError> {
+    usage: Usage,
+    timings: RequestTimings,
+) -> Result<EventBody, result::ParseError> {
     let parsed = result::parse(catalog, output, input, confidence)?;
     let recognized = parsed.as_ref().is_some_and(|i| i.confidence >= min_confidence);
     let (intent, slots) = match parsed {
         Some(i) => {
             let slots = if recognized { i.slots } else { Vec::new() };
-            (Some(crate::api::IntentSummary { name: i.name, confidence: i.confidence }), slots)
+            (Some(IntentSummary { name: i.name, confidence: i.confidence }), slots)
         }
         None => (None, Vec::new()),
     };
-    Ok(crate::api::EventBody::Intent { recognized, intent, slots, text: output.to_string(), usage, timings })
+    Ok(EventBody::Intent { recognized, intent, slots, text: output.to_string(), usage, timings })
 }

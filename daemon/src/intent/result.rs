@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::catalog::{Catalog, SlotKind};
+pub use crate::api::{Slot, SlotRange};
 
 /// A recognised intent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,32 +19,6 @@ pub struct Intent {
     pub confidence: f64,
     /// Filled slots, in the order the model wrote them.
     pub slots: Vec<Slot>,
-}
-
-/// One filled slot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Slot {
-    /// Slot name (`brightness`).
-    pub name: String,
-    /// The value: a number for number slots, else a string.
-    pub value: Value,
-    /// The value as the model wrote it.
-    pub raw_value: String,
-    /// For entity slots: the entity id of a named device, else the area or floor name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entity: Option<String>,
-    /// Where the value occurs in the input text (characters), when it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range: Option<SlotRange>,
-}
-
-/// A range of characters in the input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotRange {
-    /// First character.
-    pub start: usize,
-    /// One past the last character.
-    pub end: usize,
 }
 
 /// Why an answer is not a valid intent call.

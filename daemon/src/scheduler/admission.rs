@@ -17,13 +17,20 @@ pub struct AdmissionView<'a> {
     pub budget: &'a BudgetState,
 }
 
-/// Why a request was refused.
+/// Why a request was refused (at admission, or by the model when it was prepared).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable code for the client.
     pub code: ErrorCode,
     /// Explanation.
     pub message: String,
+}
+
+impl Refusal {
+    /// A refusal.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
 }
 
 /// Admits or refuses a request of `priority`.

@@ -1,24 +1,30 @@
 //! The Unix-socket transport: newline-delimited JSON, many clients, many requests per
 //! connection with their events interleaved (each carries its request id). Peers are checked
-//! with `SO_PEERCRED`; a client that disconnects cancels its requests. This module only
-//! decodes bytes into typed requests for the scheduler and encodes events back.
+//! with `SO_PEERCRED`; a client that disconnects cancels its requests, and one that leaves more
+//! than `socket.max_unread_bytes` of events unread has its requests cancelled and is not read
+//! from until it catches up. This module only decodes bytes into typed requests for the
+//! scheduler's request table and queue, and encodes events back.
 
-use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::api::{parse_request, ErrorCode, Event, EventBody, Op};
-use crate::config::{socket_mode, Settings};
-use crate::scheduler::{Job, Scheduler};
+use crate::config::SocketSettings;
+use crate::scheduler::{CancelReason, Cancelled, Client, ClientPolicy, Job, Outbound, Requests, Scheduler};
+
+/// Finished request ids a connection remembers (a late `cancel` of one is not an error).
+const FINISHED_REMEMBERED: usize = 64;
+/// How long a closing connection may take to flush its last events.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
 /// How far the daemon is in its life, as connections see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +71,8 @@ pub struct BoundSocket {
 
 /// Binds `socket.path` (or takes the socket systemd passed in), replacing a stale socket file,
 /// and applies the configured mode and group.
-pub fn bind(settings: &Settings, activated: Option<std::os::unix::net::UnixListener>) -> Result<BoundSocket, SocketError> {
-    let path = settings.socket_path();
+pub fn bind(settings: &SocketSettings, activated: Option<std::os::unix::net::UnixListener>) -> Result<BoundSocket, SocketError> {
+    let path = settings.path();
     let io = |error| SocketError::Io { path: path.clone(), error };
     if let Some(listener) = activated {
         listener.set_nonblocking(true).map_err(io)?;
@@ -88,9 +94,8 @@ pub fn bind(settings: &Settings, activated: Option<std::os::unix::net::UnixListe
         Err(e) => return Err(io(e)),
     }
     let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io)?;
-    let mode = socket_mode(&settings.socket.mode).unwrap_or(0o660);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    if let Some(group) = &settings.socket.group {
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(settings.mode.bits())).map_err(io)?;
+    if let Some(group) = &settings.group {
         let gid = gid_of(group).ok_or_else(|| SocketError::NoGroup(group.clone()))?;
         std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io)?;
     }
@@ -120,10 +125,15 @@ fn gid_of(name: &str) -> Option<u32> {
 
 /// Accepts connections until the lifecycle leaves `Running`, then waits for every connection
 /// to flush and close once it reaches `Closing`.
-pub async fn serve(socket: &BoundSocket, scheduler: Scheduler, mut life: watch::Receiver<Lifecycle>) -> std::io::Result<()> {
+pub async fn serve(
+    socket: &BoundSocket,
+    settings: Arc<SocketSettings>,
+    scheduler: Scheduler,
+    requests: Requests,
+    mut life: watch::Receiver<Lifecycle>,
+) -> std::io::Result<()> {
     let listener = UnixListener::from_std(socket.listener.try_clone()?)?;
-    let settings = scheduler.settings();
-    let slots = Arc::new(Semaphore::new(settings.socket.max_connections));
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -135,12 +145,12 @@ pub async fn serve(socket: &BoundSocket, scheduler: Scheduler, mut life: watch::
                         continue;
                     }
                 };
-                let scheduler = scheduler.clone();
-                let life = life.clone();
                 match Arc::clone(&slots).try_acquire_owned() {
                     Ok(permit) => {
+                        let conn = Connection { settings: Arc::clone(&settings), scheduler: scheduler.clone(), requests: requests.clone() };
+                        let life = life.clone();
                         connections.spawn(async move {
-                            connection(stream, scheduler, life).await;
+                            conn.run(stream, life).await;
                             drop(permit);
                         });
                     }
@@ -172,17 +182,7 @@ async fn refuse(mut stream: UnixStream, code: ErrorCode, message: &str) {
     let _ = stream.shutdown().await;
 }
 
-/// Requests of one connection that have not received their terminal event.
-#[derive(Default)]
-struct InFlight {
-    running: HashMap<String, Arc<AtomicBool>>,
-    finished: VecDeque<String>,
-}
-
-const FINISHED_REMEMBERED: usize = 64;
-
-fn allowed(settings: &Settings, uid: u32, gid: u32) -> bool {
-    let s = &settings.socket;
+fn allowed(s: &SocketSettings, uid: u32, gid: u32) -> bool {
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
     (s.allowed_uids.is_empty() && s.allowed_gids.is_empty())
@@ -192,123 +192,116 @@ fn allowed(settings: &Settings, uid: u32, gid: u32) -> bool {
         || s.allowed_gids.contains(&gid)
 }
 
-async fn connection(stream: UnixStream, scheduler: Scheduler, mut life: watch::Receiver<Lifecycle>) {
-    let settings = scheduler.settings();
-    let cred = stream.peer_cred();
-    let (uid, gid, pid) = cred.as_ref().map_or((u32::MAX, u32::MAX, None), |c| (c.uid(), c.gid(), c.pid()));
-    if cred.is_err() || !allowed(&settings, uid, gid) {
-        warn!(uid, gid, pid, "refused a peer that is not in socket.allowed_uids / allowed_gids");
-        refuse(stream, ErrorCode::Forbidden, "this user may not use the qwenedge socket").await;
-        return;
-    }
-    debug!(uid, pid, "client connected");
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let inflight = Arc::new(Mutex::new(InFlight::default()));
-    let writer_inflight = Arc::clone(&inflight);
-    let writer = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            if event.is_terminal() {
-                if let Some(id) = &event.id {
-                    let mut f = writer_inflight.lock().unwrap_or_else(|p| p.into_inner());
-                    if f.running.remove(id).is_some() {
-                        f.finished.push_back(id.clone());
-                        if f.finished.len() > FINISHED_REMEMBERED {
-                            f.finished.pop_front();
-                        }
-                    }
-                }
-            }
-            if write.write_all(event.to_line().as_bytes()).await.is_err() {
-                break;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
-    let mut reader = BufReader::new(read);
-    let max = settings.socket.max_request_bytes;
-    let limit = settings.scheduler.max_tokens_limit;
-    loop {
-        let line = tokio::select! {
-            line = read_line(&mut reader, max) => line,
-            _ = life.wait_for(|l| *l == Lifecycle::Closing) => break,
-        };
-        match line {
-            Ok(Line::Data(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
-            Ok(Line::Data(bytes)) => handle(&bytes, limit, &scheduler, &tx, &inflight),
-            Ok(Line::TooLong) => {
-                let _ = tx.send(Event::error(
-                    None,
-                    ErrorCode::BadRequest,
-                    format!("request line longer than socket.max_request_bytes ({max})"),
-                ));
-            }
-            Ok(Line::Eof) | Err(_) => break,
-        }
-    }
-    // The client is gone (or the daemon is closing): its requests are cancelled.
-    let flags: Vec<_> = inflight.lock().unwrap_or_else(|p| p.into_inner()).running.values().cloned().collect();
-    if !flags.is_empty() && *life.borrow() != Lifecycle::Closing {
-        info!(requests = flags.len(), "client disconnected; cancelling its requests");
-    }
-    for flag in flags {
-        flag.store(true, Ordering::Relaxed);
-    }
-    scheduler.nudge();
-    drop(tx);
-    let _ = writer.await;
+/// What every connection shares.
+struct Connection {
+    settings: Arc<SocketSettings>,
+    scheduler: Scheduler,
+    requests: Requests,
 }
 
-fn handle(bytes: &[u8], limit: usize, scheduler: &Scheduler, tx: &mpsc::UnboundedSender<Event>, inflight: &Arc<Mutex<InFlight>>) {
-    let request = match parse_request(bytes, limit) {
-        Ok(r) => r,
-        Err(bad) => {
-            let _ = tx.send(Event::error(bad.id, ErrorCode::BadRequest, bad.message));
+impl Connection {
+    async fn run(self, stream: UnixStream, mut life: watch::Receiver<Lifecycle>) {
+        let cred = stream.peer_cred();
+        let (uid, gid, pid) = cred.as_ref().map_or((u32::MAX, u32::MAX, None), |c| (c.uid(), c.gid(), c.pid()));
+        if cred.is_err() || !allowed(&self.settings, uid, gid) {
+            warn!(uid, gid, pid, "refused a peer that is not in socket.allowed_uids / allowed_gids");
+            refuse(stream, ErrorCode::Forbidden, "this user may not use the qwenedge socket").await;
             return;
         }
-    };
-    let id = request.id;
-    let reply = |body| {
-        let _ = tx.send(Event { id: Some(id.clone()), body });
-    };
-    match request.op {
-        Op::Generate(req) => {
-            let cancel = Arc::new(AtomicBool::new(false));
-            {
-                let mut f = inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if f.running.contains_key(&id) {
-                    drop(f);
-                    reply(EventBody::Error {
-                        code: ErrorCode::BadRequest,
-                        message: format!("id: '{id}' is already in progress on this connection"),
-                    });
-                    return;
+        debug!(uid, pid, "client connected");
+        let (read, write) = stream.into_split();
+        let out = Arc::new(Outbound::new(self.settings.max_unread_bytes));
+        let policy = ClientPolicy { remember: FINISHED_REMEMBERED, reject_recent: false, unread_key: "socket.max_unread_bytes" };
+        let client = self.requests.client(policy, Arc::clone(&out));
+        let mut writer = tokio::spawn(write_events(write, Arc::clone(&out)));
+        let mut reader = BufReader::new(read);
+        let max = self.settings.max_request_bytes;
+        loop {
+            // A client that does not read its events is not read from either.
+            let line = tokio::select! {
+                line = async { out.room().await; read_line(&mut reader, max).await } => line,
+                _ = life.wait_for(|l| *l == Lifecycle::Closing) => break,
+            };
+            match line {
+                Ok(Line::Data(bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+                Ok(Line::Data(bytes)) => self.handle(&bytes, &client),
+                Ok(Line::TooLong) => {
+                    client.reply(Event::error(
+                        None,
+                        ErrorCode::BadRequest,
+                        format!("request line longer than socket.max_request_bytes ({max})"),
+                    ));
                 }
-                f.running.insert(id.clone(), Arc::clone(&cancel));
-            }
-            let job = Job { id: id.clone(), request: *req, received: Instant::now(), cancel, events: tx.clone() };
-            if let Err((job, refusal)) = scheduler.submit(job) {
-                inflight.lock().unwrap_or_else(|p| p.into_inner()).running.remove(&job.id);
-                reply(EventBody::Error { code: refusal.code, message: refusal.message });
+                Ok(Line::Eof) | Err(_) => break,
             }
         }
-        Op::Cancel => {
-            let f = inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(flag) = f.running.get(&id) {
-                flag.store(true, Ordering::Relaxed);
-                drop(f);
-                scheduler.nudge();
-            } else if !f.finished.contains(&id) {
-                drop(f);
-                reply(EventBody::Error {
-                    code: ErrorCode::BadRequest,
-                    message: format!("cancel: no request '{id}' in progress on this connection"),
-                });
-            }
+        // The client is gone (or the daemon is closing): its requests are cancelled, and
+        // their last answers flushed while it still reads.
+        let open = client.cancel_all(CancelReason::Disconnected);
+        if open > 0 && *life.borrow() != Lifecycle::Closing {
+            info!(requests = open, "client disconnected; cancelling its requests");
         }
-        Op::Status => reply(EventBody::Status(scheduler.status())),
-        Op::Models => reply(EventBody::Models { models: scheduler.models() }),
+        self.scheduler.nudge();
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, client.settled()).await;
+        drop(client);
+        out.close();
+        if tokio::time::timeout(FLUSH_ON_CLOSE, &mut writer).await.is_err() {
+            writer.abort();
+        }
     }
+
+    fn handle(&self, bytes: &[u8], client: &Client) {
+        let request = match parse_request(bytes, &self.scheduler.limits()) {
+            Ok(r) => r,
+            Err(bad) => return client.reply(Event::error(bad.id, ErrorCode::BadRequest, bad.message)),
+        };
+        let id = request.id.into_string();
+        let reply = |body| client.reply(Event { id: Some(id.clone()), body });
+        match request.op {
+            Op::Generate(req) => match client.begin(&id, &id) {
+                Ok(ticket) => {
+                    if let Err(rejected) = self.scheduler.submit(Job::new(ticket, *req)) {
+                        rejected.answer();
+                    }
+                }
+                Err(_) => reply(EventBody::error(ErrorCode::BadRequest, format!("id: '{id}' is already in progress on this connection"))),
+            },
+            Op::Cancel => match client.cancel(&id) {
+                Cancelled::Now => self.scheduler.nudge(),
+                Cancelled::AlreadyFinished => {}
+                Cancelled::Unknown => {
+                    reply(EventBody::error(ErrorCode::BadRequest, format!("cancel: no request '{id}' in progress on this connection")))
+                }
+            },
+            Op::Status => reply(EventBody::Status(Box::new(self.scheduler.status()))),
+            Op::Models => reply(EventBody::Models { models: self.scheduler.models() }),
+        }
+    }
+}
+
+/// Writes what the connection's queue holds, in batches, until the queue is closed and empty
+/// or the peer stops taking bytes.
+async fn write_events(mut write: OwnedWriteHalf, out: Arc<Outbound>) {
+    let mut buf = Vec::new();
+    loop {
+        out.ready().await;
+        let batch = out.take();
+        if batch.is_empty() {
+            if out.is_closed() {
+                break;
+            }
+            continue;
+        }
+        buf.clear();
+        for d in batch {
+            buf.extend_from_slice(d.event.to_line().as_bytes());
+        }
+        if write.write_all(&buf).await.is_err() {
+            out.close();
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
 }
 
 enum Line {

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::settings::Topics;
+use super::topics::Topics;
 
 /// Identity of the device in Home Assistant.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::api::{EventBody, GenerateRequest, Priority, Prompt};
-use crate::engine::sampler::SamplingParams;
+use crate::api::{EventBody, GenerateRequest, GenerateSpec, Limits, Prompt, Sampling};
 
 /// Where queries arrive.
 pub const QUERY: &str = "hermes/nlu/query";
@@ -103,34 +102,37 @@ pub struct NluError {
     pub context: String,
 }
 
-/// Reads a query.
-pub fn parse_query(payload: &[u8]) -> Result<NluQuery, NluError> {
-    serde_json::from_slice::<NluQuery>(payload).map_err(|e| {
-        let loose: Option<Map<String, Value>> = serde_json::from_slice(payload).ok();
+/// Reads a query of at most `max_payload` bytes (`mqtt.max_payload_bytes`).
+pub fn parse_query(payload: &[u8], max_payload: usize) -> Result<NluQuery, NluError> {
+    let error = |message: String| {
+        let loose: Option<Map<String, Value>> = if payload.len() <= max_payload { serde_json::from_slice(payload).ok() } else { None };
         let field = |k: &str| loose.as_ref().and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
-        let text = String::from_utf8_lossy(payload);
+        let text = String::from_utf8_lossy(&payload[..payload.len().min(800)]);
         NluError {
             session_id: field("sessionId"),
             site_id: field("siteId").unwrap_or_else(default_site),
-            error: format!("not an NLU query: {e}"),
+            error: message,
             context: text.chars().take(200).collect(),
         }
-    })
+    };
+    if payload.len() > max_payload {
+        return Err(error(format!("payload is {} bytes, more than mqtt.max_payload_bytes ({max_payload})", payload.len())));
+    }
+    serde_json::from_slice::<NluQuery>(payload).map_err(|e| error(format!("not an NLU query: {e}")))
 }
 
 /// The `intent` request that recognises `query`: its input, restricted to its intent filter,
-/// sampled at `temperature`.
-pub fn request(query: &NluQuery, temperature: f32) -> GenerateRequest {
-    GenerateRequest {
-        prompt: Prompt::Intent { text: query.input.clone(), filter: query.intent_filter.clone() },
-        max_tokens: None,
-        sampling: SamplingParams { temperature, ..SamplingParams::default() },
-        stop: Vec::new(),
-        stream: false,
-        priority: Priority::Interactive,
-        deadline_ms: None,
-        format: None,
-    }
+/// sampled at `temperature`, under the same limits as every other request (the error names
+/// the limit).
+pub fn request(query: &NluQuery, temperature: f32, limits: &Limits) -> Result<GenerateRequest, NluError> {
+    let mut spec = GenerateSpec::new(Prompt::Intent { text: query.input.clone(), filter: query.intent_filter.clone() });
+    spec.sampling = Sampling { temperature, ..Sampling::default() };
+    GenerateRequest::new(spec, limits).map_err(|e| NluError {
+        session_id: query.session_id.clone(),
+        site_id: query.site_id.clone(),
+        error: format!("not accepted: {e}"),
+        context: query.input.chars().take(200).collect(),
+    })
 }
 
 /// The messages that answer `query` once its request ended with `event`: the intent when one
@@ -159,7 +161,7 @@ pub fn reply(query: &NluQuery, event: &EventBody) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A slot of an `intent` event in Hermes' shape.
-fn hermes_slot(s: &crate::intent::Slot, confidence: f64) -> Slot {
+fn hermes_slot(s: &crate::api::Slot, confidence: f64) -> Slot {
     let kind = if s.value.is_number() { "Number" } else { "Custom" };
     Slot {
         entity: s.name.clone(),
@@ -211,8 +213,30 @@ pub fn error_message(e: &NluError) -> (String, Vec<u8>) {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits { max_tokens: 100 };
+
     fn parsed(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()
+    }
+
+    fn parse_query_1k(payload: &[u8]) -> Result<NluQuery, NluError> {
+        parse_query(payload, 1024)
+    }
+
+    #[test]
+    fn queries_over_the_limits_are_nlu_errors_naming_the_limit() {
+        let big = format!(r#"{{"input":"{}","sessionId":"s1"}}"#, "x".repeat(2000));
+        let e = parse_query(big.as_bytes(), 1024).unwrap_err();
+        assert!(e.error.contains("mqtt.max_payload_bytes (1024)"), "{}", e.error);
+        let long = format!(r#"{{"input":"{}","sessionId":"s2"}}"#, "word ".repeat(500));
+        let q = parse_query(long.as_bytes(), 1 << 20).unwrap();
+        let e = request(&q, 0.0, &LIMITS).unwrap_err();
+        assert!(e.error.contains("text: must be 1 to 2000 bytes"), "{}", e.error);
+        assert_eq!(e.session_id.as_deref(), Some("s2"));
+        let names: Vec<String> = (0..1001).map(|i| format!("I{i}")).collect();
+        let q = NluQuery { intent_filter: Some(names), ..parse_query_1k(br#"{"input":"hi"}"#).unwrap() };
+        assert!(request(&q, 0.0, &LIMITS).unwrap_err().error.contains("intent_filter: at most 1000"));
+        assert_eq!(error_message(&e).0, "hermes/error/nlu");
     }
 
     fn light_intent() -> Intent {
@@ -232,15 +256,15 @@ mod tests {
 
     #[test]
     fn a_query_with_defaults() {
-        let q = parse_query(br#"{"input":"turn on the kitchen light","futureField":1}"#).unwrap();
+        let q = parse_query(br#"{"input":"turn on the kitchen light","futureField":1}"#, 1024).unwrap();
         assert_eq!((q.site_id.as_str(), q.id.as_deref(), q.intent_filter.as_ref()), ("default", None, None));
-        let r = request(&q, 0.0);
-        assert_eq!(r.prompt, Prompt::Intent { text: "turn on the kitchen light".into(), filter: None });
+        let r = request(&q, 0.0, &LIMITS).unwrap();
+        assert_eq!(r.prompt(), &Prompt::Intent { text: "turn on the kitchen light".into(), filter: None });
     }
 
     #[test]
     fn unrecognised_queries_echo_their_fields() {
-        let q = parse_query(br#"{"input":"hello","id":"q1","siteId":"hall","sessionId":"s1","customData":{"k":1}}"#).unwrap();
+        let q = parse_query_1k(br#"{"input":"hello","id":"q1","siteId":"hall","sessionId":"s1","customData":{"k":1}}"#).unwrap();
         let out = answer(&q, None);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, "hermes/nlu/intentNotRecognized");
@@ -249,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_recognised_intent_is_parsed_and_published_under_its_name() {
-        let q = parse_query(br#"{"input":"turn on the kitchen light","id":"q2","siteId":"hall","sessionId":"s2"}"#).unwrap();
+        let q = parse_query_1k(br#"{"input":"turn on the kitchen light","id":"q2","siteId":"hall","sessionId":"s2"}"#).unwrap();
         let out = answer(&q, Some(&light_intent()));
         let topics: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(topics, ["hermes/nlu/intentParsed", "hermes/intent/ChangeLightState"]);
@@ -266,13 +290,13 @@ mod tests {
 
     #[test]
     fn intent_events_become_hermes_messages() {
-        let q = parse_query(br#"{"input":"kitchen light to 40","id":"q3"}"#).unwrap();
-        let slot = crate::intent::Slot {
+        let q = parse_query_1k(br#"{"input":"kitchen light to 40","id":"q3"}"#).unwrap();
+        let slot = crate::api::Slot {
             name: "brightness".into(),
             value: json!(40),
             raw_value: "40".into(),
             entity: None,
-            range: Some(crate::intent::SlotRange { start: 17, end: 19 }),
+            range: Some(crate::api::SlotRange { start: 17, end: 19 }),
         };
         let event = EventBody::Intent {
             recognized: true,
@@ -293,7 +317,7 @@ mod tests {
 
     #[test]
     fn the_intent_filter_is_obeyed() {
-        let q = parse_query(br#"{"input":"x","intentFilter":["GetTime"]}"#).unwrap();
+        let q = parse_query_1k(br#"{"input":"x","intentFilter":["GetTime"]}"#).unwrap();
         assert_eq!(answer(&q, Some(&light_intent()))[0].0, "hermes/nlu/intentNotRecognized");
     }
 
@@ -302,7 +326,7 @@ mod tests {
         for (payload, session) in
             [(&br#"{"sessionId":"s9","siteId":"hall"}"#[..], Some("s9")), (b"not json", None), (br#"{"input":5}"#, None)]
         {
-            let e = parse_query(payload).unwrap_err();
+            let e = parse_query(payload, 1024).unwrap_err();
             assert_eq!(e.session_id.as_deref(), session);
             let (topic, bytes) = error_message(&e);
             assert_eq!(topic, "hermes/error/nlu");

@@ -20,8 +20,8 @@ use tracing::debug;
 
 use super::backoff::Backoff;
 use super::outbox::Publication;
-use super::settings::{read_setting_file, MqttSettings, ProtocolVersion};
 use super::MqttError;
+use crate::config::mqtt::{read_setting_file, MqttSettings, ProtocolVersion};
 
 /// Requests queued towards rumqttc's event loop (publishes in flight, acks, subscriptions).
 const CHANNEL: usize = 512;
@@ -303,7 +303,7 @@ pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
     s.password().map_err(|e| {
         MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()))
     })?;
-    if s.endpoint().tls {
+    if s.url.tls {
         tls_config(s)?;
     }
     Ok(())
@@ -311,7 +311,7 @@ pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
 
 /// Builds the client and starts the link task. Fails only on settings (files, TLS).
 pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Receiver<LinkEvent>), MqttError> {
-    let endpoint = s.endpoint();
+    let endpoint = &s.url;
     let password = s.password().map_err(|e| {
         MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()))
     })?;

@@ -6,10 +6,12 @@
 //!
 //! Delivery: the daemon keeps a persistent session and its own [`outbox`] of unacknowledged
 //! publishes that is re-sent after every reconnect; redelivered requests are recognised by
-//! their id and reply topic and run once. The pieces: [`settings`] (`[mqtt]`, topics),
-//! [`link`] (rumqttc, TLS, reconnect pacing with [`backoff`]), [`session`] (the loop),
-//! [`request`] (payload → request + reply topic), [`outbox`], [`status`], [`hermes`],
-//! [`discovery`].
+//! their id and reply topic and run once. The outbox is bounded (`mqtt.max_outbox_bytes`):
+//! when the broker stalls past it, the running MQTT requests are cancelled and the oldest
+//! waiting messages dropped first. The pieces: [`topics`] (names derived from `[mqtt]`,
+//! which `config::mqtt` defines), [`link`] (rumqttc, TLS, reconnect pacing with
+//! [`backoff`]), [`session`] (the loop), [`request`] (payload → request + reply topic),
+//! [`outbox`], [`status`], [`hermes`], [`discovery`].
 
 pub mod backoff;
 pub mod discovery;
@@ -18,18 +20,18 @@ pub mod link;
 pub mod outbox;
 pub mod request;
 mod session;
-pub mod settings;
 pub mod status;
+pub mod topics;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-pub use settings::{MqttSettings, ProtocolVersion};
-
-use crate::scheduler::Scheduler;
+use crate::config::MqttSettings;
+use crate::scheduler::{Requests, Scheduler};
 use link::{LinkEvent, LinkOptions};
 use outbox::{Message, Outbox};
 
@@ -75,18 +77,17 @@ impl MqttTransport {
         link::check(settings)
     }
 
-    /// Starts the transport with `[mqtt]` of the scheduler's settings; it connects in the
-    /// background and keeps reconnecting. Fails at once only when the settings are unusable
-    /// (unreadable password file, bad certificates). Must run inside a tokio runtime.
-    pub fn start(scheduler: Scheduler) -> Result<Self, MqttError> {
-        let settings = scheduler.settings().mqtt;
-        let topics = settings.topics();
+    /// Starts the transport with `settings`; it connects in the background and keeps
+    /// reconnecting. Fails at once only when the settings are unusable (unreadable password
+    /// file, bad certificates). Must run inside a tokio runtime.
+    pub fn start(settings: Arc<MqttSettings>, scheduler: Scheduler, requests: &Requests) -> Result<Self, MqttError> {
+        let topics = topics::topics(&settings);
         let will = (topics.status.clone(), serde_json::to_vec(&status::offline(&topics.device)).unwrap_or_default());
         let opts = LinkOptions { client_id: settings.client(), persistent: true, will: Some(will) };
         let (client, link) = link::open(&settings, &opts)?;
         tracing::info!(url = %settings.url, client_id = %opts.client_id, device = %topics.device, "MQTT transport starting");
         let (close, closing) = oneshot::channel();
-        let session = session::Session::new(settings, topics, client, scheduler);
+        let session = session::Session::new(settings, topics, client, scheduler, requests);
         let task = tokio::spawn(session.run(link, closing));
         Ok(Self { close: Some(close), task })
     }
@@ -138,7 +139,7 @@ pub async fn probe(settings: &MqttSettings, within: Duration) -> Result<(), Mqtt
 /// Removes this device from Home Assistant: empty retained payloads on every discovery
 /// configuration topic and the sensor state topic. Returns how many topics were cleared.
 pub async fn forget(settings: &MqttSettings, within: Duration) -> Result<usize, MqttError> {
-    let topics = settings.topics();
+    let topics = topics::topics(settings);
     let (client, mut link) = connect_once(settings, "forget", within).await?;
     let mut outbox = Outbox::new(link::WINDOW);
     let mut cleared = discovery::config_topics(&topics);
@@ -149,7 +150,7 @@ pub async fn forget(settings: &MqttSettings, within: Duration) -> Result<usize, 
     outbox.connected();
     let delivered = tokio::time::timeout(within, async {
         while !outbox.is_empty() {
-            while let Some((no, p)) = outbox.next() {
+            while let Some((no, p)) = outbox.next_publication() {
                 if client.publish(&p).is_err() {
                     outbox.unhand(no);
                     break;

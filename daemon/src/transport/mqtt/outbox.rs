@@ -18,6 +18,11 @@
 //! ([`REPLAY`]) are therefore sent again after the reconnect, with their original `seq`.
 //! Other messages are not: status and discovery are refreshed on connect anyway, and Hermes
 //! answers have no `seq` to recognise a repeat by.
+//!
+//! The outbox is bounded (`mqtt.max_outbox_bytes`): when the broker stops taking messages and
+//! more than the bound waits, [`Outbox::push`] says so once per stall (the session then
+//! cancels the running MQTT requests), and the oldest waiting messages are dropped first until
+//! the rest fits; messages already handed to the client stay.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -103,6 +108,24 @@ struct Entry {
     msg: Message,
     seq: Option<u32>,
     state: State,
+    bytes: usize,
+}
+
+/// What [`Outbox::push`] did beyond queueing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// More than the bound waits; true only for the first push of a stall.
+    pub over_first: bool,
+    /// Oldest waiting messages dropped to make room.
+    pub dropped: usize,
+}
+
+fn message_bytes(msg: &Message) -> usize {
+    let body = match &msg.body {
+        Body::Raw(bytes) => bytes.len(),
+        Body::Event { event, .. } => event.approx_len() + 12,
+    };
+    msg.topic.len() + msg.correlation.as_ref().map_or(0, Bytes::len) + body
 }
 
 /// How long after its acknowledgement a request event is still re-sent when the connection
@@ -126,11 +149,22 @@ pub struct Outbox {
     last_of: HashMap<StreamKey, u64>,
     /// Recently acknowledged request events, with when, for re-sending after a loss.
     replay: VecDeque<(Instant, Entry)>,
+    /// Bytes of the entries.
+    bytes: usize,
+    /// The bound on `bytes`.
+    cap: usize,
+    /// Over the bound since the last time it was under half of it.
+    over: bool,
 }
 
 impl Outbox {
-    /// An outbox with at most `window` publications in flight.
+    /// An outbox with at most `window` publications in flight and no bound on what waits.
     pub fn new(window: usize) -> Self {
+        Self::bounded(window, usize::MAX)
+    }
+
+    /// An outbox with at most `window` publications in flight and `cap_bytes` waiting.
+    pub fn bounded(window: usize, cap_bytes: usize) -> Self {
         Self {
             entries: VecDeque::new(),
             next_no: 0,
@@ -141,7 +175,37 @@ impl Outbox {
             seqs: HashMap::new(),
             last_of: HashMap::new(),
             replay: VecDeque::new(),
+            bytes: 0,
+            cap: cap_bytes.max(1),
+            over: false,
         }
+    }
+
+    /// Bytes waiting or in flight.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops the oldest waiting messages until what is left fits the bound.
+    fn enforce(&mut self) -> Pushed {
+        let mut pushed = Pushed::default();
+        if self.bytes <= self.cap {
+            if self.bytes <= self.cap / 2 {
+                self.over = false;
+            }
+            return pushed;
+        }
+        pushed.over_first = !self.over;
+        self.over = true;
+        while self.bytes > self.cap {
+            let Some(i) = self.entries.iter().position(|e| e.state == State::Waiting) else { break };
+            if let Some(e) = self.entries.remove(i) {
+                self.bytes -= e.bytes;
+                self.last_of.retain(|_, no| *no != e.no);
+                pushed.dropped += 1;
+            }
+        }
+        pushed
     }
 
     /// Messages not yet acknowledged.
@@ -158,10 +222,17 @@ impl Outbox {
         self.entries.binary_search_by_key(&no, |e| e.no).ok()
     }
 
-    /// Adds a message.
-    pub fn push(&mut self, msg: Message) {
+    /// Adds a message; see [`Pushed`] for what the bound made of it.
+    pub fn push(&mut self, msg: Message) -> Pushed {
         if msg.replaceable {
-            self.entries.retain(|e| !(e.state == State::Waiting && e.msg.replaceable && e.msg.topic == msg.topic));
+            let bytes = &mut self.bytes;
+            self.entries.retain(|e| {
+                let replaced = e.state == State::Waiting && e.msg.replaceable && e.msg.topic == msg.topic;
+                if replaced {
+                    *bytes -= e.bytes;
+                }
+                !replaced
+            });
         }
         if let Body::Event { event, stream: Some(key) } = &msg.body {
             if let EventBody::Token { text } = &event.body {
@@ -170,7 +241,9 @@ impl Outbox {
                     if let (State::Waiting, None, Body::Event { event: prev, .. }) = (e.state, e.seq, &mut e.msg.body) {
                         if let EventBody::Token { text: acc } = &mut prev.body {
                             acc.push_str(text);
-                            return;
+                            e.bytes += text.len();
+                            self.bytes += text.len();
+                            return self.enforce();
                         }
                     }
                 }
@@ -179,8 +252,11 @@ impl Outbox {
                 self.last_of.remove(key);
             }
         }
-        self.entries.push_back(Entry { no: self.next_no, msg, seq: None, state: State::Waiting });
+        let bytes = message_bytes(&msg);
+        self.bytes += bytes;
+        self.entries.push_back(Entry { no: self.next_no, msg, seq: None, state: State::Waiting, bytes });
         self.next_no += 1;
+        self.enforce()
     }
 
     /// The connection is up: waiting messages may be handed out.
@@ -197,6 +273,7 @@ impl Outbox {
         self.sent.clear();
         self.forget_replay(now);
         if !self.replay.is_empty() {
+            self.bytes += self.replay.iter().map(|(_, e)| e.bytes).sum::<usize>();
             let mut all: Vec<Entry> = self.entries.drain(..).chain(self.replay.drain(..).map(|(_, e)| e)).collect();
             all.sort_by_key(|e| e.no);
             self.entries = all.into();
@@ -213,7 +290,7 @@ impl Outbox {
     }
 
     /// The next message to hand to the client, if connected and the window allows.
-    pub fn next(&mut self) -> Option<(u64, Publication)> {
+    pub fn next_publication(&mut self) -> Option<(u64, Publication)> {
         if !self.connected || self.handed.len() + self.sent.len() >= self.window {
             return None;
         }
@@ -268,6 +345,7 @@ impl Outbox {
     pub fn acked(&mut self, pkid: u16, now: Instant) -> bool {
         let Some(no) = self.sent.remove(&pkid) else { return false };
         if let Some(entry) = self.index(no).and_then(|i| self.entries.remove(i)) {
+            self.bytes -= entry.bytes;
             if matches!(entry.msg.body, Body::Event { .. }) {
                 self.replay.push_back((now, entry));
             }
@@ -326,7 +404,7 @@ mod tests {
 
     fn drain(o: &mut Outbox) -> Vec<Publication> {
         let mut out = Vec::new();
-        while let Some((_, p)) = o.next() {
+        while let Some((_, p)) = o.next_publication() {
             out.push(p);
         }
         out
@@ -338,7 +416,7 @@ mod tests {
         o.push(token("a", "x"));
         o.push(end("a"));
         o.push(Message::raw("t", b"raw".to_vec()));
-        assert!(o.next().is_none(), "nothing is handed out while disconnected");
+        assert!(o.next_publication().is_none(), "nothing is handed out while disconnected");
         o.connected();
         let out = drain(&mut o);
         assert_eq!(out.iter().map(|p| p.topic.as_str()).collect::<Vec<_>>(), ["r/a", "r/a", "t"]);
@@ -367,7 +445,7 @@ mod tests {
         assert_eq!(drain(&mut o).len(), 2);
         o.published(1);
         o.published(2);
-        assert!(o.next().is_none());
+        assert!(o.next_publication().is_none());
         o.acked(1, Instant::now());
         assert_eq!(drain(&mut o).iter().map(|p| p.topic.clone()).collect::<Vec<_>>(), ["t2"]);
     }
@@ -384,7 +462,7 @@ mod tests {
         let t0 = Instant::now();
         o.acked(1, t0);
         o.push(token("a", "two"));
-        o.next();
+        o.next_publication();
         o.disconnected(t0 + REPLAY + Duration::from_millis(1));
         o.push(token("a", "three"));
         o.push(token("a", "four"));
@@ -435,7 +513,7 @@ mod tests {
         }
         o.disconnected(t0 + Duration::from_secs(4));
         o.connected();
-        assert!(o.next().is_none(), "old acknowledgements are not replayed");
+        assert!(o.next_publication().is_none(), "old acknowledgements are not replayed");
         assert!(o.is_empty());
     }
 
@@ -472,9 +550,46 @@ mod tests {
         let mut o = Outbox::new(4);
         o.connected();
         o.push(Message::raw("t", vec![]));
-        let (no, _) = o.next().unwrap();
+        let (no, _) = o.next_publication().unwrap();
         o.unhand(no);
         assert!(!o.published(1), "nothing handed");
-        assert!(o.next().is_some());
+        assert!(o.next_publication().is_some());
+    }
+
+    #[test]
+    fn a_stalled_broker_drops_the_oldest_waiting_messages_past_the_bound() {
+        let mut o = Outbox::bounded(1, 600);
+        o.connected();
+        o.push(Message::raw("first", vec![b'x'; 100]));
+        assert!(o.next_publication().is_some(), "one is handed out and never acknowledged");
+        let mut over = Vec::new();
+        for i in 0..6 {
+            over.push(o.push(Message::raw(format!("t{i}"), vec![b'y'; 100])));
+        }
+        assert!(o.bytes() <= 600, "{}", o.bytes());
+        assert_eq!(over.iter().filter(|p| p.over_first).count(), 1, "the stall is reported once");
+        assert!(over.iter().map(|p| p.dropped).sum::<usize>() >= 1);
+        o.published(1);
+        o.acked(1, Instant::now());
+        let rest: Vec<String> = drain_acked(&mut o);
+        assert_eq!(rest.last().map(String::as_str), Some("t5"), "the newest messages are kept: {rest:?}");
+        assert!(!rest.contains(&"t0".to_string()), "the oldest waiting message went first: {rest:?}");
+        let big = "z".repeat(500);
+        for _ in 0..3 {
+            o.push(token("s", &big));
+        }
+        assert!(o.bytes() <= 600, "merged tokens count too: {}", o.bytes());
+    }
+
+    fn drain_acked(o: &mut Outbox) -> Vec<String> {
+        let mut topics = Vec::new();
+        let mut pkid = 100;
+        while let Some((_, p)) = o.next_publication() {
+            topics.push(p.topic);
+            pkid += 1;
+            o.published(pkid);
+            o.acked(pkid, Instant::now());
+        }
+        topics
     }
 }

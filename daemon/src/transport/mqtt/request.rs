@@ -2,18 +2,15 @@
 //! socket's JSON plus one MQTT-only field, `reply_to`, which is taken out here before the
 //! shared parser (which refuses unknown fields) sees the rest. Answers go to the MQTT 5
 //! response topic (with its correlation data), else to `reply_to`, else to the default
-//! response topic of the request id. [`Recent`] remembers which requests were already
-//! accepted, so a QoS 1 redelivery is not run twice.
-
-use std::collections::{HashSet, VecDeque};
+//! response topic of the request id.
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::outbox::StreamKey;
-use super::settings::{is_topic_name, Topics};
-use crate::api::{parse_request, BadRequest, Request, MAX_ID_LEN};
+use super::topics::Topics;
+use crate::api::{parse_request, BadRequest, Limits, Request, MAX_ID_LEN};
+use crate::config::mqtt::is_topic_name;
 
 /// Where a request's events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +54,8 @@ fn readable_id(id: Option<&Value>) -> Option<String> {
     id.and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= MAX_ID_LEN).map(str::to_string)
 }
 
-/// Reads a request message. Limits: `max_payload` bytes, `max_tokens_limit` for `max_tokens`.
-pub fn route(msg: Incoming<'_>, topics: &Topics, max_payload: usize, max_tokens_limit: usize) -> Routed {
+/// Reads a request message of at most `max_payload` bytes, under `limits`.
+pub fn route(msg: Incoming<'_>, topics: &Topics, max_payload: usize, limits: &Limits) -> Routed {
     let v5_reply =
         msg.response_topic.filter(|t| is_topic_name(t)).map(|t| Reply { topic: t.to_string(), correlation: msg.correlation.cloned() });
     let reply_for = |reply_to: Option<String>, id: Option<&str>| {
@@ -76,8 +73,8 @@ pub fn route(msg: Incoming<'_>, topics: &Topics, max_payload: usize, max_tokens_
     }
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(msg.payload) else {
         // Not a JSON object: the shared parser says what is wrong in the socket's words.
-        let request = parse_request(msg.payload, max_tokens_limit);
-        let id = request.as_ref().ok().map(|r| r.id.clone());
+        let request = parse_request(msg.payload, limits);
+        let id = request.as_ref().ok().map(|r| r.id.as_str().to_string());
         return Routed { reply: reply_for(None, id.as_deref()), request };
     };
     let id = readable_id(obj.get("id"));
@@ -93,45 +90,7 @@ pub fn route(msg: Incoming<'_>, topics: &Topics, max_payload: usize, max_tokens_
         return Routed { reply, request: bad(message) };
     }
     let body = serde_json::to_vec(&Value::Object(obj)).unwrap_or_default();
-    Routed { reply, request: parse_request(&body, max_tokens_limit) }
-}
-
-/// The most request keys remembered for duplicate detection.
-pub const REMEMBERED: usize = 4096;
-
-/// Recently accepted requests (bounded, oldest forgotten first).
-#[derive(Debug)]
-pub struct Recent {
-    set: HashSet<StreamKey>,
-    order: VecDeque<StreamKey>,
-    cap: usize,
-}
-
-impl Recent {
-    /// Remembers up to `cap` keys.
-    pub fn new(cap: usize) -> Self {
-        Self { set: HashSet::new(), order: VecDeque::new(), cap: cap.max(1) }
-    }
-
-    /// Records `key`; `false` when it was already there (a duplicate).
-    pub fn insert(&mut self, key: &StreamKey) -> bool {
-        if self.set.contains(key) {
-            return false;
-        }
-        if self.order.len() == self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(key.clone());
-        self.order.push_back(key.clone());
-        true
-    }
-
-    /// Whether `key` was accepted recently.
-    pub fn contains(&self, key: &StreamKey) -> bool {
-        self.set.contains(key)
-    }
+    Routed { reply, request: parse_request(&body, limits) }
 }
 
 #[cfg(test)]
@@ -144,7 +103,12 @@ mod tests {
     }
 
     fn route_plain(payload: &str) -> Routed {
-        route(Incoming { payload: payload.as_bytes(), response_topic: None, correlation: None, fleet: false }, &topics(), 1024, 100)
+        route(
+            Incoming { payload: payload.as_bytes(), response_topic: None, correlation: None, fleet: false },
+            &topics(),
+            1024,
+            &Limits { max_tokens: 100 },
+        )
     }
 
     #[test]
@@ -158,7 +122,12 @@ mod tests {
     fn the_response_topic_wins_and_carries_its_correlation_data() {
         let corr = Bytes::from_static(b"\x01\x02");
         let payload = br#"{"id":"a","op":"models","reply_to":"ignored"}"#;
-        let r = route(Incoming { payload, response_topic: Some("v5/inbox"), correlation: Some(&corr), fleet: false }, &topics(), 1024, 100);
+        let r = route(
+            Incoming { payload, response_topic: Some("v5/inbox"), correlation: Some(&corr), fleet: false },
+            &topics(),
+            1024,
+            &Limits { max_tokens: 100 },
+        );
         assert_eq!(r.reply, Some(Reply { topic: "v5/inbox".into(), correlation: Some(corr) }));
         assert!(r.request.is_ok());
     }
@@ -167,7 +136,8 @@ mod tests {
     fn default_replies_follow_the_id_and_the_topic_it_came_on() {
         assert_eq!(route_plain(r#"{"id":"r7","op":"status"}"#).reply.unwrap().topic, "qwenedge/dev/response/r7");
         let payload = br#"{"id":"r7","op":"status"}"#;
-        let r = route(Incoming { payload, response_topic: None, correlation: None, fleet: true }, &topics(), 1024, 100);
+        let r =
+            route(Incoming { payload, response_topic: None, correlation: None, fleet: true }, &topics(), 1024, &Limits { max_tokens: 100 });
         assert_eq!(r.reply.unwrap().topic, "qwenedge/fleet/response/r7");
     }
 
@@ -195,18 +165,5 @@ mod tests {
             let e = r.request.unwrap_err();
             assert!(e.message.contains(needle), "{needle}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn recent_keys_are_bounded() {
-        let k = |i: usize| StreamKey { topic: "t".into(), id: i.to_string() };
-        let mut r = Recent::new(3);
-        assert!(r.insert(&k(1)));
-        assert!(!r.insert(&k(1)), "a duplicate");
-        for i in 2..=4 {
-            assert!(r.insert(&k(i)));
-        }
-        assert!(!r.contains(&k(1)), "the oldest is forgotten");
-        assert!(r.contains(&k(4)));
     }
 }

@@ -1,87 +1,90 @@
-//! The MQTT session loop: one task that owns the outbox and the request bookkeeping, fed by
+//! The MQTT session loop: one task that owns the outbox and the routes of its requests, fed by
 //! the link (connection events, incoming messages, packet ids and acknowledgements), by the
-//! per-job forwarders (scheduler events tagged with their reply topic) and by two timers
-//! (status every second when it changed, sensor state every ten seconds). Every branch it
-//! waits on is cancel-safe, and it never blocks on rumqttc: requests go through `try_*`.
+//! session's queue in the request table (every job's events, tagged with the job's table
+//! number) and by two timers (status every second when it changed, sensor state every ten
+//! seconds). Every branch it waits on is cancel-safe, and it never blocks on rumqttc: requests
+//! go through `try_*`. When the broker stops taking messages and the outbox passes
+//! `mqtt.max_outbox_bytes`, the running MQTT requests are cancelled (one log line).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::discovery::{self, DeviceInfo};
-use super::hermes;
+use super::hermes::{self, NluQuery};
 use super::link::{Client, InMessage, LinkEvent, WINDOW};
 use super::outbox::{Body, Message, Outbox, StreamKey};
-use super::request::{self, Incoming, Recent, Reply};
-use super::settings::{MqttSettings, Topics, FLEET_REQUEST};
+use super::request::{self, Incoming, Reply};
 use super::status;
-use crate::api::{ErrorCode, Event, EventBody, Op};
+use super::topics::{Topics, FLEET_REQUEST};
+use crate::api::{ErrorCode, Event, EventBody, Op, Phase};
 use crate::budget::readers::SysRoot;
-use crate::scheduler::{Job, Phase, Scheduler};
+use crate::config::MqttSettings;
+use crate::scheduler::{self, CancelReason, Cancelled, ClientPolicy, Job, Outbound, Requests, Scheduler};
 
 /// How often the status topic is compared and refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the sensor state topic is published.
 const STATE_EVERY: Duration = Duration::from_secs(10);
+/// The most request keys remembered for duplicate detection (QoS 1 redeliveries).
+const REMEMBERED: usize = 4096;
 
-/// An event of a job, with where it goes.
-struct Tagged {
-    key: StreamKey,
-    reply: Reply,
-    event: Event,
+/// Where the events of a job go.
+enum Route {
+    /// A request's reply topic.
+    Request { key: StreamKey, reply: Reply },
+    /// A Hermes query's answer topics.
+    Hermes(Box<NluQuery>),
 }
 
 /// The session's state.
 pub(super) struct Session {
-    settings: MqttSettings,
+    settings: Arc<MqttSettings>,
     topics: Topics,
     client: Client,
     scheduler: Scheduler,
+    requests: scheduler::Client,
+    inbox: Arc<Outbound>,
+    routes: HashMap<u64, Route>,
     outbox: Outbox,
-    running: HashMap<StreamKey, Arc<AtomicBool>>,
-    recent: Recent,
-    events_tx: mpsc::UnboundedSender<Tagged>,
-    events_rx: mpsc::UnboundedReceiver<Tagged>,
-    /// Hermes answers (topic, payload) of finished NLU queries.
-    hermes_tx: mpsc::UnboundedSender<Vec<(String, Vec<u8>)>>,
-    hermes_rx: mpsc::UnboundedReceiver<Vec<(String, Vec<u8>)>>,
-    forwarders: JoinSet<()>,
     connected: bool,
     failures: u64,
-    last_status: Option<Value>,
+    last_status: Option<status::Online>,
+}
+
+/// The key of a request in the table: its reply topic and id (a topic has no NUL).
+fn table_key(key: &StreamKey) -> String {
+    format!("{}\0{}", key.topic, key.id)
 }
 
 impl Session {
-    pub(super) fn new(settings: MqttSettings, topics: Topics, client: Client, scheduler: Scheduler) -> Self {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (hermes_tx, hermes_rx) = mpsc::unbounded_channel();
+    pub(super) fn new(settings: Arc<MqttSettings>, topics: Topics, client: Client, scheduler: Scheduler, requests: &Requests) -> Self {
+        // The session moves its jobs' events into the outbox as they come, so this queue stays
+        // short; the outbox holds what the broker has not taken.
+        let inbox = Arc::new(Outbound::new(settings.max_outbox_bytes));
+        let policy = ClientPolicy { remember: REMEMBERED, reject_recent: true, unread_key: "mqtt.max_outbox_bytes" };
+        let requests = requests.client(policy, Arc::clone(&inbox));
+        let outbox = Outbox::bounded(WINDOW, settings.max_outbox_bytes);
         Self {
             settings,
             topics,
             client,
             scheduler,
-            outbox: Outbox::new(WINDOW),
-            running: HashMap::new(),
-            recent: Recent::new(request::REMEMBERED),
-            events_tx,
-            events_rx,
-            hermes_tx,
-            hermes_rx,
-            forwarders: JoinSet::new(),
+            requests,
+            inbox,
+            routes: HashMap::new(),
+            outbox,
             connected: false,
             failures: 0,
             last_status: None,
         }
     }
 
-    /// Runs until closed: after `closing` fires, delivers the remaining events, publishes
-    /// `offline` and disconnects.
+    /// Runs until closed: after `closing` fires (the engine has stopped, so every job has
+    /// answered), delivers the remaining events, publishes `offline` and disconnects.
     pub(super) async fn run(mut self, mut link: mpsc::Receiver<LinkEvent>, mut closing: oneshot::Receiver<()>) {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut state_tick = tokio::time::interval(STATE_EVERY);
@@ -96,13 +99,7 @@ impl Session {
                     Some(LinkEvent::Closed) | None => break,
                     Some(event) => self.on_link(event),
                 },
-                Some(tagged) = self.events_rx.recv() => self.on_event(tagged),
-                Some(answers) = self.hermes_rx.recv() => {
-                    for (topic, payload) in answers {
-                        self.outbox.push(Message::raw(topic, payload));
-                    }
-                }
-                Some(_) = self.forwarders.join_next(), if !self.forwarders.is_empty() => {}
+                _ = self.inbox.ready(), if !offline_sent => self.on_events(),
                 _ = status_tick.tick(), if !offline_sent => self.refresh_status(),
                 _ = state_tick.tick(), if self.settings.discovery && !close_requested => self.publish_state(),
                 _ = &mut closing, if !close_requested => {
@@ -110,17 +107,10 @@ impl Session {
                     info!(waiting = self.outbox.len(), "MQTT: delivering the last events before disconnecting");
                 }
             }
-            if close_requested && !offline_sent && self.forwarders.is_empty() {
-                while let Ok(tagged) = self.events_rx.try_recv() {
-                    self.on_event(tagged);
-                }
-                while let Ok(answers) = self.hermes_rx.try_recv() {
-                    for (topic, payload) in answers {
-                        self.outbox.push(Message::raw(topic, payload));
-                    }
-                }
+            if close_requested && !offline_sent {
+                self.on_events();
                 let offline = serde_json::to_vec(&status::offline(&self.topics.device)).unwrap_or_default();
-                self.outbox.push(Message::retained(self.topics.status.clone(), offline));
+                self.enqueue(Message::retained(self.topics.status.clone(), offline));
                 offline_sent = true;
             }
             self.pump();
@@ -131,9 +121,51 @@ impl Session {
         }
     }
 
+    /// Puts a message in the outbox; when the broker has stopped taking them and the outbox is
+    /// past its bound, cancels the running MQTT requests (once per stall).
+    fn enqueue(&mut self, msg: Message) {
+        let pushed = self.outbox.push(msg);
+        if pushed.over_first {
+            let reason = CancelReason::Unread { limit: self.settings.max_outbox_bytes, key: "mqtt.max_outbox_bytes" };
+            let cancelled = self.requests.cancel_all(reason);
+            warn!(
+                waiting_bytes = self.outbox.bytes(),
+                limit = self.settings.max_outbox_bytes,
+                cancelled,
+                "MQTT: the broker is not taking messages and the outbox is full; cancelling the running MQTT requests and dropping the oldest waiting messages"
+            );
+            self.scheduler.nudge();
+        }
+        if pushed.dropped > 0 {
+            debug!(dropped = pushed.dropped, "MQTT: oldest waiting messages dropped (mqtt.max_outbox_bytes)");
+        }
+    }
+
+    /// Moves the jobs' events into the outbox, to the topics their routes say.
+    fn on_events(&mut self) {
+        for d in self.inbox.take() {
+            let terminal = d.event.is_terminal();
+            let route = if terminal { self.routes.remove(&d.no) } else { None };
+            match route.as_ref().or_else(|| self.routes.get(&d.no)) {
+                Some(Route::Request { key, reply }) => {
+                    let (key, reply) = (key.clone(), reply.clone());
+                    self.reply_event(&reply, Some(key), d.event);
+                }
+                Some(Route::Hermes(query)) => {
+                    if terminal {
+                        for (topic, payload) in hermes::reply(query, &d.event.body) {
+                            self.enqueue(Message::raw(topic, payload));
+                        }
+                    }
+                }
+                None => debug!(no = d.no, "MQTT: an event of no known request"),
+            }
+        }
+    }
+
     /// Hands waiting publications to rumqttc while the window allows.
     fn pump(&mut self) {
-        while let Some((no, p)) = self.outbox.next() {
+        while let Some((no, p)) = self.outbox.next_publication() {
             if let Err(e) = self.client.publish(&p) {
                 debug!(error = %e, "MQTT: client queue full; retrying later");
                 self.outbox.unhand(no);
@@ -221,7 +253,7 @@ impl Session {
     }
 
     fn reply_event(&mut self, reply: &Reply, stream: Option<StreamKey>, event: Event) {
-        self.outbox.push(Message {
+        self.enqueue(Message {
             topic: reply.topic.clone(),
             correlation: reply.correlation.clone(),
             retain: false,
@@ -231,10 +263,10 @@ impl Session {
     }
 
     fn on_request(&mut self, m: &InMessage, fleet: bool) {
-        let limit = self.scheduler.settings().scheduler.max_tokens_limit;
+        let limits = self.scheduler.limits();
         let incoming =
             Incoming { payload: &m.payload, response_topic: m.response_topic.as_deref(), correlation: m.correlation.as_ref(), fleet };
-        let routed = request::route(incoming, &self.topics, self.settings.max_payload_bytes, limit);
+        let routed = request::route(incoming, &self.topics, self.settings.max_payload_bytes, &limits);
         let request = match routed.request {
             Ok(r) => r,
             Err(bad) => {
@@ -249,95 +281,52 @@ impl Session {
             warn!(id = %request.id, "MQTT: request has no reply topic (its id cannot be a topic level; set reply_to)");
             return;
         };
-        let id = request.id;
+        let id = request.id.into_string();
         let key = StreamKey { topic: reply.topic.clone(), id: id.clone() };
         let single = |body| Event { id: Some(id.clone()), body };
         match request.op {
-            Op::Generate(req) => {
-                if self.running.contains_key(&key) || !self.recent.insert(&key) {
-                    info!(id = %id, reply = %reply.topic, "MQTT: duplicate request (redelivered); it is answered once");
-                    return;
-                }
-                let cancel = Arc::new(AtomicBool::new(false));
-                let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-                let job = Job { id: id.clone(), request: *req, received: Instant::now(), cancel: Arc::clone(&cancel), events: tx };
-                match self.scheduler.submit(job) {
-                    Err((_, refusal)) => {
-                        debug!(id = %id, code = ?refusal.code, "MQTT: request refused");
-                        self.reply_event(&reply, Some(key), single(EventBody::Error { code: refusal.code, message: refusal.message }));
+            Op::Generate(req) => match self.requests.begin(&table_key(&key), &id) {
+                Err(_) => info!(id = %id, reply = %reply.topic, "MQTT: duplicate request (redelivered); it is answered once"),
+                Ok(ticket) => {
+                    debug!(id = %id, reply = %reply.topic, "MQTT: request accepted");
+                    self.routes.insert(ticket.no, Route::Request { key, reply });
+                    if let Err(rejected) = self.scheduler.submit(Job::new(ticket, *req)) {
+                        debug!(id = %id, code = ?rejected.refusal.code, "MQTT: request refused");
+                        rejected.answer();
                     }
-                    Ok(()) => {
-                        debug!(id = %id, reply = %reply.topic, "MQTT: request accepted");
-                        self.running.insert(key.clone(), cancel);
-                        let out = self.events_tx.clone();
-                        self.forwarders.spawn(async move {
-                            while let Some(event) = rx.recv().await {
-                                if out.send(Tagged { key: key.clone(), reply: reply.clone(), event }).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                }
-            }
-            Op::Cancel => match self.running.get(&key) {
-                Some(flag) => {
-                    flag.store(true, Ordering::Relaxed);
-                    self.scheduler.nudge();
-                }
-                None if self.recent.contains(&key) => {}
-                None => {
-                    let message = format!("cancel: no request '{id}' in progress for reply topic {}", reply.topic);
-                    self.reply_event(&reply, None, single(EventBody::Error { code: ErrorCode::BadRequest, message }));
                 }
             },
-            Op::Status => self.reply_event(&reply, None, single(EventBody::Status(self.scheduler.status()))),
+            Op::Cancel => match self.requests.cancel(&table_key(&key)) {
+                Cancelled::Now => self.scheduler.nudge(),
+                Cancelled::AlreadyFinished => {}
+                Cancelled::Unknown => {
+                    let message = format!("cancel: no request '{id}' in progress for reply topic {}", reply.topic);
+                    self.reply_event(&reply, None, single(EventBody::error(ErrorCode::BadRequest, message)));
+                }
+            },
+            Op::Status => self.reply_event(&reply, None, single(EventBody::Status(Box::new(self.scheduler.status())))),
             Op::Models => self.reply_event(&reply, None, single(EventBody::Models { models: self.scheduler.models() })),
         }
     }
 
-    fn on_event(&mut self, t: Tagged) {
-        if t.event.is_terminal() {
-            self.running.remove(&t.key);
-        }
-        self.reply_event(&t.reply, Some(t.key), t.event);
-    }
-
     fn on_hermes(&mut self, payload: &[u8]) {
-        match hermes::parse_query(payload) {
-            Ok(query) => {
+        let temperature = self.scheduler.settings().intents.temperature;
+        let parsed = hermes::parse_query(payload, self.settings.max_payload_bytes)
+            .and_then(|query| hermes::request(&query, temperature, &self.scheduler.limits()).map(|r| (query, r)));
+        match parsed {
+            Ok((query, request)) => {
                 debug!(id = ?query.id, site = %query.site_id, "Hermes: NLU query");
-                let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
                 let id = query.id.clone().unwrap_or_else(|| "hermes".into());
-                let temperature = self.scheduler.settings().intents.temperature;
-                let job = Job {
-                    id,
-                    request: hermes::request(&query, temperature),
-                    received: Instant::now(),
-                    cancel: Arc::new(AtomicBool::new(false)),
-                    events: tx,
-                };
-                if let Err((_, refusal)) = self.scheduler.submit(job) {
-                    let event = EventBody::Error { code: refusal.code, message: refusal.message };
-                    for (topic, payload) in hermes::reply(&query, &event) {
-                        self.outbox.push(Message::raw(topic, payload));
-                    }
-                    return;
+                let ticket = self.requests.begin_unkeyed(&id);
+                self.routes.insert(ticket.no, Route::Hermes(Box::new(query)));
+                if let Err(rejected) = self.scheduler.submit(Job::new(ticket, request)) {
+                    rejected.answer();
                 }
-                let out = self.hermes_tx.clone();
-                self.forwarders.spawn(async move {
-                    while let Some(event) = rx.recv().await {
-                        if event.is_terminal() {
-                            let _ = out.send(hermes::reply(&query, &event.body));
-                            break;
-                        }
-                    }
-                });
             }
             Err(e) => {
-                warn!(error = %e, "Hermes: malformed NLU query");
+                warn!(error = %e, "Hermes: refused an NLU query");
                 let (topic, payload) = hermes::error_message(&e);
-                self.outbox.push(Message::raw(topic, payload));
+                self.enqueue(Message::raw(topic, payload));
             }
         }
     }
@@ -345,7 +334,7 @@ impl Session {
     fn refresh_status(&mut self) {
         let now = status::online(&self.scheduler.status(), &self.topics.device);
         if self.last_status.as_ref() != Some(&now) {
-            self.outbox.push(Message::retained(self.topics.status.clone(), serde_json::to_vec(&now).unwrap_or_default()));
+            self.enqueue(Message::retained(self.topics.status.clone(), serde_json::to_vec(&now).unwrap_or_default()));
             self.last_status = Some(now);
         }
     }
@@ -357,12 +346,12 @@ impl Session {
             sw_version: env!("CARGO_PKG_VERSION").into(),
         };
         for (topic, payload) in discovery::configs(&self.topics, &info) {
-            self.outbox.push(Message::retained(topic, payload));
+            self.enqueue(Message::retained(topic, payload));
         }
     }
 
     fn publish_state(&mut self) {
         let sensors = status::sensors(&self.scheduler.status(), &SysRoot::default());
-        self.outbox.push(Message::retained(self.topics.state.clone(), serde_json::to_vec(&sensors).unwrap_or_default()));
+        self.enqueue(Message::retained(self.topics.state.clone(), serde_json::to_vec(&sensors).unwrap_or_default()));
     }
 }

@@ -1,22 +1,30 @@
 //! What the daemon says about itself on retained topics: `qwenedge/<device>/status` (online or
-//! offline plus the scheduler's view: state, model, queue, counters, budget when the scheduler
-//! reports one) and `qwenedge/<device>/state` (flat sensor values for Home Assistant:
+//! offline plus the scheduler's status report, without the uptime so that it only changes when
+//! something happens) and `qwenedge/<device>/state` (flat sensor values for Home Assistant:
 //! temperature and memory from the kernel readers, speed from the last request).
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::api::StatusReport;
 use crate::budget::readers::{self, SysRoot};
 
-/// The status payload while serving: the scheduler's `status` without `uptime_s` (so it only
-/// changes when something happens), plus `"status": "online"` and the device id.
-pub fn online(status: &Value, device: &str) -> Value {
-    let mut v = status.clone();
-    if let Value::Object(map) = &mut v {
-        map.remove("uptime_s");
-        map.insert("status".into(), "online".into());
-        map.insert("device".into(), device.into());
-    }
-    v
+/// The status payload while serving.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Online {
+    /// The scheduler's report, without `uptime_s`.
+    #[serde(flatten)]
+    pub report: StatusReport,
+    /// Always `online`.
+    pub status: &'static str,
+    /// The device id.
+    pub device: String,
+}
+
+/// The status payload while serving: the scheduler's `status` without `uptime_s`, plus
+/// `"status": "online"` and the device id.
+pub fn online(report: &StatusReport, device: &str) -> Online {
+    Online { report: StatusReport { uptime_s: None, ..report.clone() }, status: "online", device: device.to_string() }
 }
 
 /// The status payload of a device that is gone (last will, clean shutdown).
@@ -24,51 +32,98 @@ pub fn offline(device: &str) -> Value {
     json!({"status": "offline", "device": device})
 }
 
-/// The model's short name in a `status` answer.
-pub fn model_name(status: &Value) -> Option<String> {
-    let m = &status["model"];
-    m["id"].as_str().or_else(|| m.as_str()).map(str::to_string)
+/// The model's short name in a status report.
+pub fn model_name(report: &StatusReport) -> Option<String> {
+    report.model.id.clone()
 }
 
-/// Flat sensor values: `state`, `model`, `queue`, `running`, `decode_tok_s`, `thermal_level`
-/// (the governor's level), `soc_temp_c` (hottest thermal zone), `mem_available_mb`.
-pub fn sensors(status: &Value, root: &SysRoot) -> Value {
-    let queue = ["interactive", "background"].iter().filter_map(|k| status["queue"][k].as_u64()).sum::<u64>();
+/// Flat sensor values for Home Assistant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sensors {
+    /// Lifecycle phase.
+    pub state: &'static str,
+    /// The model's short name.
+    pub model: Option<String>,
+    /// Requests waiting.
+    pub queue: usize,
+    /// Requests running.
+    pub running: usize,
+    /// Decode speed of the last request.
+    pub decode_tok_s: Option<f64>,
+    /// The thermal governor's level.
+    pub thermal_level: &'static str,
+    /// The hottest thermal zone (°C).
+    pub soc_temp_c: Option<f64>,
+    /// `MemAvailable` (MiB).
+    pub mem_available_mb: Option<f64>,
+}
+
+/// The sensor values: from the report, and the kernel's thermal zones and memory under `root`.
+pub fn sensors(report: &StatusReport, root: &SysRoot) -> Sensors {
     let hottest = readers::thermal_zones(root).iter().filter_map(|z| z.temp_c).reduce(f64::max);
     let mem = readers::meminfo(root).map(|m| (m.available_mb * 10.0).round() / 10.0);
-    json!({
-        "state": status["state"],
-        "model": model_name(status),
-        "queue": queue,
-        "running": status["running"].as_array().map_or(0, Vec::len),
-        "decode_tok_s": status["last_request"]["decode_tok_s"],
-        "thermal_level": status["budget"]["level"],
-        "soc_temp_c": hottest,
-        "mem_available_mb": mem,
-    })
+    Sensors {
+        state: report.state.as_str(),
+        model: model_name(report),
+        queue: report.queued(),
+        running: report.running.len(),
+        decode_tok_s: report.last_request.map(|t| t.decode_tok_s),
+        thermal_level: report.budget.level.as_str(),
+        soc_temp_c: hottest,
+        mem_available_mb: mem,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::*;
 
-    fn status() -> Value {
-        json!({
-            "state": "ready", "uptime_s": 12, "model": {"id": "tiny-a", "path": "/m/tiny-a"},
-            "queue": {"interactive": 2, "background": 1, "capacity": 16},
-            "running": [{"id": "r1", "priority": "interactive"}],
-            "requests": {"done": 3, "failed": 0}, "last_request": {"decode_tok_s": 31.5},
-            "budget": {"level": "warm", "temperature_c": 71.0},
-        })
+    fn report() -> StatusReport {
+        let backend = BackendReport {
+            name: "onnxruntime".into(),
+            version: "1.31.1".into(),
+            library: None,
+            execution_provider: "cpu".into(),
+            providers: vec![],
+            threads: 2,
+            chosen: String::new(),
+        };
+        StatusReport {
+            state: Phase::Ready,
+            version: "0.1.0".into(),
+            uptime_s: Some(12),
+            model: ModelReport {
+                id: Some("tiny-a".into()),
+                path: "/m/tiny-a".into(),
+                model_type: "qwen3_5_text".into(),
+                context_length: 4096,
+                vocab_size: 248320,
+                layers: 4,
+                full_attention_layers: 1,
+                weights_mb: 3,
+                chat_template: true,
+                backend,
+            },
+            queue: QueueReport { interactive: 2, background: 1, capacity: 16 },
+            running: vec![RunningReport { id: "r1".into(), priority: Priority::Interactive }],
+            requests: RequestCounts { done: 3, failed: 0 },
+            last_request: Some(RequestTimings { decode_tok_s: 31.5, ..Default::default() }),
+            model_loaded: true,
+            budget: BudgetReport { level: ThermalLevel::Warm, temperature_c: Some(71.0), ..Default::default() },
+            cache: None,
+        }
     }
 
     #[test]
     fn online_status_drops_the_uptime() {
-        let a = online(&status(), "dev");
-        let mut later = status();
-        later["uptime_s"] = 99.into();
+        let a = online(&report(), "dev");
+        let later = StatusReport { uptime_s: Some(99), ..report() };
         assert_eq!(a, online(&later, "dev"), "uptime alone is no change");
-        assert_eq!((a["status"].as_str(), a["device"].as_str(), a["state"].as_str()), (Some("online"), Some("dev"), Some("ready")));
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!((v["status"].as_str(), v["device"].as_str(), v["state"].as_str()), (Some("online"), Some("dev"), Some("ready")));
+        assert!(v.get("uptime_s").is_none());
+        assert_eq!(v["model"]["id"], "tiny-a");
         assert_eq!(offline("dev"), json!({"status": "offline", "device": "dev"}));
     }
 
@@ -83,12 +138,12 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("proc")).unwrap();
         std::fs::write(dir.path().join("proc/meminfo"), "MemTotal: 4096000 kB\nMemAvailable: 1048576 kB\n").unwrap();
-        let s = sensors(&status(), &SysRoot::new(dir.path()));
+        let s = serde_json::to_value(sensors(&report(), &SysRoot::new(dir.path()))).unwrap();
         assert_eq!(
             s,
             json!({"state": "ready", "model": "tiny-a", "queue": 3, "running": 1, "decode_tok_s": 31.5, "thermal_level": "warm", "soc_temp_c": 57.5, "mem_available_mb": 1024.0})
         );
-        let empty = sensors(&json!({}), &SysRoot::new(dir.path().join("none")));
-        assert_eq!((empty["soc_temp_c"].is_null(), empty["queue"].as_u64()), (true, Some(0)));
+        let empty = sensors(&StatusReport { last_request: None, ..report() }, &SysRoot::new(dir.path().join("none")));
+        assert_eq!((empty.soc_temp_c, empty.decode_tok_s), (None, None));
     }
 }

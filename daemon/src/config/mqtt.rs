@@ -1,6 +1,7 @@
-//! `[mqtt]`: the broker, the identity the daemon uses there, and which protocols it speaks. The
-//! section is defined here, next to the transport that reads it, and validated with errors that
-//! start with the key; [`Topics`] derives every topic name from it in one place.
+//! `[mqtt]`: the broker, the identity the daemon uses there, and which protocols it speaks,
+//! parsed into typed values (the broker URL once, as a [`BrokerUrl`]) and validated with errors
+//! that start with the key. The transport (`transport::mqtt`) reads it; topic names derive from
+//! it there.
 
 use std::path::{Path, PathBuf};
 
@@ -69,7 +70,7 @@ pub struct MqttSettings {
     /// Connect to the broker at all.
     pub enabled: bool,
     /// `mqtt://host:port` (default port 1883) or `mqtts://host:port` (TLS, default port 8883).
-    pub url: String,
+    pub url: BrokerUrl,
     /// This device's name in topics (`qwenedge/<device_id>/…`); default: the host name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
@@ -104,8 +105,13 @@ pub struct MqttSettings {
     pub reconnect_min_ms: u64,
     /// Longest pause between reconnection attempts.
     pub reconnect_max_ms: u64,
-    /// Largest request payload accepted; larger ones are answered `bad_request`.
+    /// Largest request or Hermes query payload accepted; larger ones are answered
+    /// `bad_request` (`hermes/error/nlu` for a query).
     pub max_payload_bytes: usize,
+    /// Most bytes of messages waiting for the broker (the outbox). When the broker connection
+    /// stalls and more than this waits, the running MQTT requests are cancelled and, if still
+    /// over, the oldest waiting messages are dropped first.
+    pub max_outbox_bytes: usize,
     /// Answer Hermes (Rhasspy / Snips) NLU queries on `hermes/nlu/query`.
     pub hermes: bool,
     /// Publish Home Assistant MQTT discovery configurations.
@@ -122,7 +128,7 @@ impl Default for MqttSettings {
     fn default() -> Self {
         Self {
             enabled: false,
-            url: "mqtt://localhost:1883".into(),
+            url: BrokerUrl { tls: false, host: "localhost".into(), port: 1883 },
             device_id: None,
             client_id: None,
             username: None,
@@ -136,6 +142,7 @@ impl Default for MqttSettings {
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             max_payload_bytes: 256 * 1024,
+            max_outbox_bytes: 1 << 20,
             hermes: false,
             discovery: false,
             discovery_prefix: "homeassistant".into(),
@@ -144,9 +151,10 @@ impl Default for MqttSettings {
     }
 }
 
-/// Where the broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+/// Where the broker is: `mqtt.url`, parsed once when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BrokerUrl {
     /// `mqtts://`.
     pub tls: bool,
     /// Host name or address.
@@ -155,8 +163,28 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl TryFrom<String> for BrokerUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, String> {
+        parse_url(&url)
+    }
+}
+
+impl From<BrokerUrl> for String {
+    fn from(u: BrokerUrl) -> String {
+        u.to_string()
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", if self.tls { "mqtts" } else { "mqtt" }, self.host, self.port)
+    }
+}
+
 /// Parses `mqtt://host[:port]` / `mqtts://host[:port]`.
-pub fn parse_url(url: &str) -> Result<Endpoint, String> {
+pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {
@@ -178,7 +206,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, String> {
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok(Endpoint { tls, host: host.to_string(), port })
+    Ok(BrokerUrl { tls, host: host.to_string(), port })
 }
 
 /// Whether `s` can be used as one topic level (no `/`, wildcards or NUL).
@@ -195,10 +223,6 @@ impl MqttSettings {
     /// Checks values; the message starts with the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, m: String| Err((format!("mqtt.{k}"), m));
-        let endpoint = match parse_url(&self.url) {
-            Ok(e) => e,
-            Err(m) => return err("url", m),
-        };
         if let Some(d) = &self.device_id {
             if !is_topic_level(d) {
                 return err("device_id", format!("{d:?} must be 1-128 bytes without '/', '+', '#'"));
@@ -216,8 +240,8 @@ impl MqttSettings {
         for (key, file) in
             [("ca_file", &self.ca_file), ("client_cert_file", &self.client_cert_file), ("client_key_file", &self.client_key_file)]
         {
-            if file.is_some() && !endpoint.tls {
-                return err(key, format!("is set but mqtt.url {:?} is not mqtts://", self.url));
+            if file.is_some() && !self.url.tls {
+                return err(key, format!("is set but mqtt.url \"{}\" is not mqtts://", self.url));
             }
         }
         if self.enabled {
@@ -244,6 +268,9 @@ impl MqttSettings {
         if !(1024..=16 << 20).contains(&self.max_payload_bytes) {
             return err("max_payload_bytes", format!("{} is outside 1024..=16777216", self.max_payload_bytes));
         }
+        if !(4096..=1 << 30).contains(&self.max_outbox_bytes) {
+            return err("max_outbox_bytes", format!("{} is outside 4096..=1073741824", self.max_outbox_bytes));
+        }
         if !is_topic_name(&self.discovery_prefix) || self.discovery_prefix.starts_with('$') {
             return err("discovery_prefix", format!("{:?} is not a topic name", self.discovery_prefix));
         }
@@ -253,11 +280,6 @@ impl MqttSettings {
             }
         }
         Ok(())
-    }
-
-    /// The broker endpoint (the URL was validated at load).
-    pub fn endpoint(&self) -> Endpoint {
-        parse_url(&self.url).unwrap_or(Endpoint { tls: false, host: "localhost".into(), port: 1883 })
     }
 
     /// `device_id`, else the host name (made topic-safe).
@@ -284,11 +306,6 @@ impl MqttSettings {
         let text = std::fs::read_to_string(f)?;
         Ok(Some(text.lines().next().unwrap_or("").to_string()))
     }
-
-    /// Every topic this configuration uses.
-    pub fn topics(&self) -> Topics {
-        Topics::new(&self.device(), self.fleet_group.as_deref(), &self.discovery_prefix)
-    }
 }
 
 fn hostname() -> Option<String> {
@@ -303,54 +320,6 @@ fn hostname() -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok().filter(|s| !s.is_empty())
 }
 
-/// Topic names, derived from the device id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// The device id.
-    pub device: String,
-    /// `qwenedge/<device>/request`.
-    pub request: String,
-    /// `qwenedge/<device>/status` (retained).
-    pub status: String,
-    /// `qwenedge/<device>/state` (retained sensor values for Home Assistant).
-    pub state: String,
-    /// `$share/<group>/qwenedge/fleet/request`, when in a fleet.
-    pub fleet_filter: Option<String>,
-    /// `<prefix>` of Home Assistant discovery.
-    pub discovery_prefix: String,
-}
-
-/// The topic fleet requests are published to.
-pub const FLEET_REQUEST: &str = "qwenedge/fleet/request";
-/// Hermes NLU queries.
-pub const HERMES_QUERY: &str = "hermes/nlu/query";
-
-impl Topics {
-    /// Topics for `device`.
-    pub fn new(device: &str, fleet_group: Option<&str>, discovery_prefix: &str) -> Self {
-        let base = format!("qwenedge/{device}");
-        Self {
-            device: device.to_string(),
-            request: format!("{base}/request"),
-            status: format!("{base}/status"),
-            state: format!("{base}/state"),
-            fleet_filter: fleet_group.map(|g| format!("$share/{g}/{FLEET_REQUEST}")),
-            discovery_prefix: discovery_prefix.to_string(),
-        }
-    }
-
-    /// Where events of request `id` go when the request names no reply topic.
-    pub fn default_reply(&self, fleet: bool, id: &str) -> Option<String> {
-        let topic = if fleet { format!("qwenedge/fleet/response/{id}") } else { format!("qwenedge/{}/response/{id}", self.device) };
-        is_topic_name(&topic).then_some(topic)
-    }
-
-    /// Home Assistant's birth / last-will topic.
-    pub fn ha_status(&self) -> String {
-        format!("{}/status", self.discovery_prefix)
-    }
-}
-
 /// Reads a whole file for a setting, naming the key on failure.
 pub fn read_setting_file(key: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("mqtt.{key}: {}: {e}", path.display()))
@@ -362,8 +331,9 @@ mod tests {
 
     #[test]
     fn urls_parse_with_default_ports() {
-        assert_eq!(parse_url("mqtt://broker.lan").unwrap(), Endpoint { tls: false, host: "broker.lan".into(), port: 1883 });
-        assert_eq!(parse_url("mqtts://10.0.0.2:8884/").unwrap(), Endpoint { tls: true, host: "10.0.0.2".into(), port: 8884 });
+        assert_eq!(parse_url("mqtt://broker.lan").unwrap(), BrokerUrl { tls: false, host: "broker.lan".into(), port: 1883 });
+        assert_eq!(parse_url("mqtts://10.0.0.2:8884/").unwrap(), BrokerUrl { tls: true, host: "10.0.0.2".into(), port: 8884 });
+        assert_eq!(parse_url("mqtts://10.0.0.2:8884/").unwrap().to_string(), "mqtts://10.0.0.2:8884");
         assert_eq!(parse_url("mqtt://[::1]:1999").unwrap().host, "[::1]");
         for bad in ["tcp://x", "mqtt://", "mqtt://h:0", "mqtt://h:99999", "mqtt://u:p@h", "mqtt://h/path"] {
             assert!(parse_url(bad).is_err(), "{bad}");
@@ -375,11 +345,13 @@ mod tests {
         let ok = MqttSettings::default();
         assert!(ok.validate().is_ok());
         let cases: Vec<(MqttSettings, &str)> = vec![
-            (MqttSettings { url: "http://x".into(), ..ok.clone() }, "mqtt.url"),
             (MqttSettings { device_id: Some("a/b".into()), ..ok.clone() }, "mqtt.device_id"),
             (MqttSettings { password_file: Some("/p".into()), ..ok.clone() }, "mqtt.password_file"),
             (MqttSettings { ca_file: Some("/ca".into()), ..ok.clone() }, "mqtt.ca_file"),
-            (MqttSettings { url: "mqtts://h".into(), client_cert_file: Some("/c".into()), ..ok.clone() }, "mqtt.client_cert_file"),
+            (
+                MqttSettings { url: parse_url("mqtts://h").unwrap(), client_cert_file: Some("/c".into()), ..ok.clone() },
+                "mqtt.client_cert_file",
+            ),
             (MqttSettings { keep_alive_s: 1, ..ok.clone() }, "mqtt.keep_alive_s"),
             (MqttSettings { reconnect_min_ms: 5, ..ok.clone() }, "mqtt.reconnect_min_ms"),
             (MqttSettings { reconnect_max_ms: 100, ..ok.clone() }, "mqtt.reconnect_max_ms"),
@@ -387,7 +359,12 @@ mod tests {
             (MqttSettings { discovery_prefix: "ha/#".into(), ..ok.clone() }, "mqtt.discovery_prefix"),
             (MqttSettings { fleet_group: Some("a+b".into()), ..ok.clone() }, "mqtt.fleet_group"),
             (
-                MqttSettings { enabled: true, url: "mqtts://h".into(), ca_file: Some("/nonexistent/ca.pem".into()), ..ok.clone() },
+                MqttSettings {
+                    enabled: true,
+                    url: parse_url("mqtts://h").unwrap(),
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..ok.clone()
+                },
                 "mqtt.ca_file",
             ),
         ];
@@ -413,16 +390,5 @@ mod tests {
         }
         assert!(toml::from_str::<W>("v = 3").is_err());
         assert_eq!(serde_json::to_value(ProtocolVersion::V311).unwrap(), "3.1.1");
-    }
-
-    #[test]
-    fn topics_derive_from_the_device() {
-        let t = Topics::new("kitchen", Some("house"), "homeassistant");
-        assert_eq!(t.request, "qwenedge/kitchen/request");
-        assert_eq!(t.fleet_filter.as_deref(), Some("$share/house/qwenedge/fleet/request"));
-        assert_eq!(t.default_reply(false, "r1").as_deref(), Some("qwenedge/kitchen/response/r1"));
-        assert_eq!(t.default_reply(true, "r1").as_deref(), Some("qwenedge/fleet/response/r1"));
-        assert_eq!(t.default_reply(false, "a+b"), None);
-        assert_eq!(t.ha_status(), "homeassistant/status");
     }
 }

@@ -1,0 +1,23 @@
+//! The wire types every transport speaks: requests (built only through validating
+//! constructors, so no transport can skip a limit), the events sent back, the `status` report,
+//! and the parser of the socket's JSON lines. This is the lowest layer: it imports nothing else
+//! of the crate, and everything above may import it (the engine does not: it has its own
+//! domain types, converted in the scheduler).
+
+mod event;
+mod parse;
+mod request;
+mod sampling;
+mod status;
+
+pub use event::{ErrorCode, Event, EventBody, FinishReason, IntentSummary, RequestTimings, Slot, SlotRange, Usage};
+pub use parse::{parse_request, BadRequest};
+pub use request::{
+    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, MAX_DEADLINE_MS,
+    MAX_ID_LEN, MAX_INTENT_FILTER, MAX_INTENT_TEXT, MAX_STOP, MAX_STOP_LEN,
+};
+pub use sampling::Sampling;
+pub use status::{
+    BackendReport, BudgetReport, CacheReport, ModelReport, Phase, ProviderReport, QueueReport, RequestCounts, RunningReport, StatusReport,
+    ThermalLevel, ThermalThresholds,
+};

@@ -1,0 +1,369 @@
+//! Requests after validation. A [`GenerateRequest`] can only be made by
+//! [`GenerateRequest::new`], which checks every limit, so a transport that builds one from its
+//! own wire format (the socket's JSON, a Hermes query, an HTTP body) cannot skip a check.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::sampling::Sampling;
+
+/// Longest request id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest utterance accepted by `intent`, in bytes.
+pub const MAX_INTENT_TEXT: usize = 2000;
+/// Most names in an `intent_filter`.
+pub const MAX_INTENT_FILTER: usize = 1000;
+/// Most stop strings.
+pub const MAX_STOP: usize = 8;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_LEN: usize = 128;
+/// Longest deadline a request may set (a day).
+pub const MAX_DEADLINE_MS: u64 = 86_400_000;
+
+const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// A value outside what a request may carry; the message starts with the field's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(pub String);
+
+impl From<String> for FieldError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for FieldError {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+/// Limits that come from the configuration rather than the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `max_tokens` a request may ask for (`scheduler.max_tokens_limit`).
+    pub max_tokens: usize,
+}
+
+/// A client-chosen request id: 1 to [`MAX_ID_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Checks the length.
+    pub fn new(id: impl Into<String>) -> Result<Self, FieldError> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(format!("id: must be 1 to {MAX_ID_LEN} bytes").into());
+        }
+        Ok(Self(id))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Scheduling class of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// A person is waiting (voice assistant turn): served first.
+    #[default]
+    Interactive,
+    /// Batch work: yields to interactive requests at the next token.
+    Background,
+}
+
+/// What the model is asked to continue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Messages rendered with the model's chat template.
+    Chat {
+        /// OpenAI-style messages.
+        messages: Vec<Value>,
+        /// Tool definitions, if any.
+        tools: Option<Vec<Value>>,
+        /// Thinking mode.
+        thinking: bool,
+    },
+    /// Raw text, no template.
+    Text(String),
+    /// An utterance to resolve against the intent catalog.
+    Intent {
+        /// What was said.
+        text: String,
+        /// Only these intents may be answered (`None`: any).
+        filter: Option<Vec<String>>,
+    },
+}
+
+/// A grammar the answer must follow (`response_format` of `chat`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// One JSON value valid under this JSON Schema.
+    JsonSchema(Value),
+    /// llguidance's Lark dialect.
+    Lark(String),
+}
+
+impl ResponseFormat {
+    /// `response_format`: `{"type": "text"}` (no grammar), `{"type": "json_object"}`,
+    /// `{"type": "json_schema", "json_schema": {"schema": {…}}}` or `{"type": "lark", "lark": "…"}`.
+    pub fn parse(v: &Value) -> Result<Option<Self>, FieldError> {
+        let kind = v.get("type").and_then(Value::as_str).ok_or("response_format.type: missing or not a string")?;
+        match kind {
+            "text" => Ok(None),
+            "json_object" => Ok(Some(Self::JsonSchema(serde_json::json!({"type": "object"})))),
+            "json_schema" => {
+                let spec = v.get("json_schema").ok_or("response_format.json_schema: missing")?;
+                let schema = spec.get("schema").unwrap_or(spec);
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err("response_format.json_schema.schema: must be a JSON Schema object".into());
+                }
+                Ok(Some(Self::JsonSchema(schema.clone())))
+            }
+            "lark" => match v.get("lark") {
+                Some(Value::String(g)) if !g.trim().is_empty() => Ok(Some(Self::Lark(g.clone()))),
+                _ => Err("response_format.lark: missing or not a grammar string".into()),
+            },
+            other => Err(format!("response_format.type: '{other}' is not one of text, json_object, json_schema, lark").into()),
+        }
+    }
+}
+
+/// Everything a generation request may say, before validation. Transports fill it from their
+/// wire format and hand it to [`GenerateRequest::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateSpec {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate (`None`: the configured default).
+    pub max_tokens: Option<usize>,
+    /// Sampling settings.
+    pub sampling: Sampling,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Send `token` events (else only the terminal event).
+    pub stream: bool,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// Time allowed from arrival to the last token (`None`: the configured default).
+    pub deadline_ms: Option<u64>,
+    /// A grammar the output must follow.
+    pub format: Option<ResponseFormat>,
+}
+
+impl GenerateSpec {
+    /// A streamed, interactive request for `prompt` with default sampling (an `intent`
+    /// prompt is not streamed and samples greedily by default).
+    pub fn new(prompt: Prompt) -> Self {
+        let stream = !matches!(prompt, Prompt::Intent { .. });
+        Self {
+            prompt,
+            max_tokens: None,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            stream,
+            priority: Priority::Interactive,
+            deadline_ms: None,
+            format: None,
+        }
+    }
+}
+
+/// A `chat`, `complete` or `intent` request that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    spec: GenerateSpec,
+}
+
+impl GenerateRequest {
+    /// Checks `spec` against the protocol's limits and `limits`.
+    pub fn new(spec: GenerateSpec, limits: &Limits) -> Result<Self, FieldError> {
+        match &spec.prompt {
+            Prompt::Chat { messages, .. } => check_messages(messages)?,
+            Prompt::Text(_) => {}
+            Prompt::Intent { text, filter } => {
+                if text.trim().is_empty() || text.len() > MAX_INTENT_TEXT {
+                    return Err(format!("text: must be 1 to {MAX_INTENT_TEXT} bytes and not blank").into());
+                }
+                if filter.as_ref().is_some_and(|f| f.len() > MAX_INTENT_FILTER) {
+                    return Err(format!("intent_filter: at most {MAX_INTENT_FILTER} names").into());
+                }
+                if spec.max_tokens.is_some() || spec.format.is_some() || !spec.stop.is_empty() {
+                    return Err("max_tokens, stop and response_format: not fields of intent (the grammar bounds the answer)".into());
+                }
+            }
+        }
+        if spec.format.is_some() && !matches!(spec.prompt, Prompt::Chat { .. }) {
+            return Err("response_format: only chat requests take one".into());
+        }
+        if let Some(n) = spec.max_tokens {
+            if n == 0 || n > limits.max_tokens {
+                return Err(format!("max_tokens: must be between 1 and {} (got {n})", limits.max_tokens).into());
+            }
+        }
+        spec.sampling.validate()?;
+        if spec.stop.len() > MAX_STOP || spec.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+            return Err(format!("stop: at most {MAX_STOP} strings of 1 to {MAX_STOP_LEN} bytes").into());
+        }
+        if spec.deadline_ms.is_some_and(|d| d == 0 || d > MAX_DEADLINE_MS) {
+            return Err(format!("deadline_ms: must be between 1 and {MAX_DEADLINE_MS}").into());
+        }
+        Ok(Self { spec })
+    }
+
+    /// What to continue.
+    pub fn prompt(&self) -> &Prompt {
+        &self.spec.prompt
+    }
+
+    /// Most tokens to generate (`None`: the configured default).
+    pub fn max_tokens(&self) -> Option<usize> {
+        self.spec.max_tokens
+    }
+
+    /// Sampling settings.
+    pub fn sampling(&self) -> &Sampling {
+        &self.spec.sampling
+    }
+
+    /// Stop strings.
+    pub fn stop(&self) -> &[String] {
+        &self.spec.stop
+    }
+
+    /// Whether `token` events are sent.
+    pub fn stream(&self) -> bool {
+        self.spec.stream
+    }
+
+    /// Scheduling class.
+    pub fn priority(&self) -> Priority {
+        self.spec.priority
+    }
+
+    /// The request's own deadline.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.spec.deadline_ms
+    }
+
+    /// The grammar the answer must follow.
+    pub fn format(&self) -> Option<&ResponseFormat> {
+        self.spec.format.as_ref()
+    }
+}
+
+fn check_messages(messages: &[Value]) -> Result<(), FieldError> {
+    if messages.is_empty() {
+        return Err("messages: must not be empty".into());
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).ok_or(format!("messages[{i}].role: missing or not a string"))?;
+        if !ROLES.contains(&role) {
+            return Err(format!("messages[{i}].role: '{role}' is not one of {}", ROLES.join(", ")).into());
+        }
+        match m.get("content") {
+            Some(Value::String(_)) => {}
+            Some(Value::Null) | None if role == "assistant" && m.get("tool_calls").is_some() => {}
+            _ => return Err(format!("messages[{i}].content: missing or not a string").into()),
+        }
+    }
+    Ok(())
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Generate text (or an intent).
+    Generate(Box<GenerateRequest>),
+    /// Cancel the request with this id from the same client.
+    Cancel,
+    /// Report the daemon's state.
+    Status,
+    /// List the loaded model.
+    Models,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Client-chosen id; every event for this request carries it.
+    pub id: RequestId,
+    /// The operation.
+    pub op: Op,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_tokens: 100 };
+
+    fn intent(text: &str) -> GenerateSpec {
+        GenerateSpec::new(Prompt::Intent { text: text.into(), filter: None })
+    }
+
+    #[test]
+    fn every_constructor_path_checks_the_limits() {
+        let long = "x".repeat(MAX_INTENT_TEXT + 1);
+        let cases: Vec<(GenerateSpec, &str)> = vec![
+            (intent(&long), "text: must be 1 to 2000 bytes"),
+            (intent("  "), "text:"),
+            (
+                GenerateSpec { prompt: Prompt::Intent { text: "x".into(), filter: Some(vec![String::new(); 1001]) }, ..intent("x") },
+                "intent_filter",
+            ),
+            (
+                GenerateSpec { max_tokens: Some(101), ..GenerateSpec::new(Prompt::Text("x".into())) },
+                "max_tokens: must be between 1 and 100",
+            ),
+            (GenerateSpec { stop: vec![String::new()], ..GenerateSpec::new(Prompt::Text("x".into())) }, "stop:"),
+            (GenerateSpec { deadline_ms: Some(0), ..GenerateSpec::new(Prompt::Text("x".into())) }, "deadline_ms:"),
+            (GenerateSpec { sampling: Sampling { top_p: 2.0, ..Default::default() }, ..intent("x") }, "top_p"),
+            (GenerateSpec::new(Prompt::Chat { messages: vec![], tools: None, thinking: false }), "messages: must not be empty"),
+            (
+                GenerateSpec { format: Some(ResponseFormat::Lark("start: \"a\"".into())), ..GenerateSpec::new(Prompt::Text("x".into())) },
+                "response_format",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = GenerateRequest::new(spec, &LIMITS).unwrap_err();
+            assert!(e.0.contains(want), "{want}: {e}");
+        }
+        let ok = GenerateRequest::new(intent("turn on the light"), &LIMITS).unwrap();
+        assert!(!ok.stream());
+        assert_eq!(ok.priority(), Priority::Interactive);
+    }
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(RequestId::new("").is_err());
+        assert!(RequestId::new("x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert_eq!(RequestId::new("r1").unwrap().as_str(), "r1");
+    }
+
+    #[test]
+    fn response_formats() {
+        use serde_json::json;
+        assert_eq!(ResponseFormat::parse(&json!({"type": "text"})).unwrap(), None);
+        assert!(matches!(ResponseFormat::parse(&json!({"type": "json_object"})).unwrap(), Some(ResponseFormat::JsonSchema(_))));
+        assert!(ResponseFormat::parse(&json!({"type": "yaml"})).unwrap_err().0.contains("response_format.type"));
+        assert!(ResponseFormat::parse(&json!({"type": "lark", "lark": " "})).is_err());
+    }
+}

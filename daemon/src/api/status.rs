@@ -1,0 +1,244 @@
+//! The `status` and `models` answers as typed reports, serialised once for every transport
+//! (and read field by field by the MQTT status and sensor topics).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::event::RequestTimings;
+use super::request::Priority;
+
+/// The daemon's lifecycle as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Serving.
+    Ready,
+    /// Loading a model (start or reload).
+    Loading,
+    /// Finishing in-flight work before exit.
+    Draining,
+    /// The engine thread has exited.
+    Stopped,
+}
+
+impl Phase {
+    /// The name shown in `status` and on the MQTT state sensor.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Ready => "ready",
+            Phase::Loading => "loading",
+            Phase::Draining => "draining",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// How hot the device is, in the thermal governor's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ThermalLevel {
+    /// No restrictions.
+    #[default]
+    Normal,
+    /// Background work deferred; decoding paced to the duty cycle.
+    Warm,
+    /// Only interactive requests, with capped answers.
+    Hot,
+    /// New requests refused, running ones stopped.
+    Critical,
+}
+
+impl ThermalLevel {
+    /// Name as shown in status and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Warm => "warm",
+            Self::Hot => "hot",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    /// Lifecycle phase.
+    pub state: Phase,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since start (left out of the MQTT status topic, which only changes when
+    /// something happens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<u64>,
+    /// The model (the last one loaded, when `model_loaded` is false).
+    pub model: ModelReport,
+    /// Waiting requests.
+    pub queue: QueueReport,
+    /// Requests the engine is working on.
+    pub running: Vec<RunningReport>,
+    /// Counters.
+    pub requests: RequestCounts,
+    /// Timings of the last completed request.
+    pub last_request: Option<RequestTimings>,
+    /// Whether a model is loaded (false after an idle unload or a failed load).
+    pub model_loaded: bool,
+    /// The governors' latest decision.
+    pub budget: BudgetReport,
+    /// The prefix cache of the loaded model.
+    pub cache: Option<CacheReport>,
+}
+
+impl StatusReport {
+    /// Requests waiting, both classes.
+    pub fn queued(&self) -> usize {
+        self.queue.interactive + self.queue.background
+    }
+}
+
+/// Waiting requests per class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueReport {
+    /// Interactive requests waiting.
+    pub interactive: usize,
+    /// Background requests waiting.
+    pub background: usize,
+    /// Requests that may wait.
+    pub capacity: usize,
+}
+
+/// A running request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningReport {
+    /// Its id.
+    pub id: String,
+    /// Its class.
+    pub priority: Priority,
+}
+
+/// Requests answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestCounts {
+    /// Completed.
+    pub done: u64,
+    /// Ended with an error.
+    pub failed: u64,
+}
+
+/// A model as `status` and `models` describe it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelReport {
+    /// The model directory's name.
+    pub id: Option<String>,
+    /// The model directory.
+    pub path: PathBuf,
+    /// `model_type` of its configuration.
+    #[serde(rename = "type")]
+    pub model_type: String,
+    /// Context a request may use.
+    pub context_length: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Of which full-attention layers (with a KV cache).
+    pub full_attention_layers: usize,
+    /// Weights as stored (MiB).
+    pub weights_mb: u64,
+    /// Whether the model ships a chat template.
+    pub chat_template: bool,
+    /// The runtime that runs it.
+    pub backend: BackendReport,
+}
+
+/// The runtime of the loaded model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendReport {
+    /// Backend name (`onnxruntime`, `tract`).
+    pub name: String,
+    /// Runtime version.
+    pub version: String,
+    /// Where the runtime library was loaded from.
+    pub library: Option<String>,
+    /// The execution provider that runs first.
+    pub execution_provider: String,
+    /// What happened to each requested provider.
+    pub providers: Vec<ProviderReport>,
+    /// Intra-op threads.
+    pub threads: usize,
+    /// Why this backend runs the model.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub chosen: String,
+}
+
+/// What happened to one requested execution provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderReport {
+    /// Configured name.
+    pub name: String,
+    /// Whether the session uses it.
+    pub active: bool,
+    /// Why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The thermal and memory governors' view.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct BudgetReport {
+    /// Thermal level.
+    pub level: ThermalLevel,
+    /// Temperature of the watched zone (°C).
+    pub temperature_c: Option<f64>,
+    /// The zone read.
+    pub zone: Option<String>,
+    /// Thresholds in use.
+    pub thresholds: Option<ThermalThresholds>,
+    /// Memory the daemon may still use (MiB).
+    pub memory_room_mb: Option<f64>,
+    /// `MemAvailable` (MiB).
+    pub memory_available_mb: Option<f64>,
+    /// The cgroup's `memory.max` (MiB), if limited.
+    pub cgroup_max_mb: Option<f64>,
+    /// Memory pressure, some avg10 (%).
+    pub memory_pressure: Option<f64>,
+    /// Pressure above `budget.memory_pressure_max`.
+    pub under_pressure: bool,
+}
+
+/// Temperatures (°C) at which each thermal level starts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ThermalThresholds {
+    /// Warm from here.
+    pub warm_c: f64,
+    /// Hot from here.
+    pub hot_c: f64,
+    /// Critical from here.
+    pub critical_c: f64,
+    /// A level is left only below its threshold minus this.
+    pub hysteresis_c: f64,
+}
+
+/// The prefix cache's counters and sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheReport {
+    /// Lookups that found a cached prefix.
+    pub hits: u64,
+    /// Lookups that found none.
+    pub misses: u64,
+    /// Prompt tokens that were not prefilled thanks to a hit.
+    pub reused_tokens: u64,
+    /// Entries stored.
+    pub insertions: u64,
+    /// Entries dropped to stay inside the budget.
+    pub evictions: u64,
+    /// Entries held now.
+    pub entries: usize,
+    /// Of which pinned.
+    pub pinned: usize,
+    /// Bytes held now.
+    pub bytes: usize,
+    /// The budget in bytes (0: the cache is off).
+    pub max_bytes: usize,
+}

@@ -1,0 +1,575 @@
+//! The scheduling core: an I/O-free state machine over the waiting room ([`Board`], shared
+//! with the transports under one lock) and the engine thread's own state ([`Core`]: the model,
+//! the running requests). The thread loop in `thread.rs` calls [`Core::next`] under the lock
+//! (what to do now: settle what must end, then pick work), [`Core::perform`] outside it (the
+//! model's work) and [`Core::after`] under it again (counters, then the terminal events).
+//!
+//! Policy: a running interactive generation, else a waiting interactive one, else background
+//! work — unless the device is warm or hotter, when background work waits. At most one
+//! generation per class is in flight, so a paused background generation holds one sequence of
+//! state while an interactive request runs. Model lifecycle happens only while nothing runs:
+//! reloads (SIGHUP), the switch to the hot-weather model, caching the catalog prefix once
+//! after a load, unloading when idle; a request that finds no model loads it first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, info_span, warn};
+
+use super::job::Job;
+use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
+use super::queue::JobQueue;
+use crate::api::{CacheReport, ErrorCode, EventBody, ModelReport, Phase, Priority, RequestTimings, RunningReport, ThermalLevel};
+use crate::budget::BudgetState;
+use crate::config::{LoadSettings, Settings};
+use crate::intent::Catalog;
+
+/// How long the engine thread waits without work before it checks deadlines again.
+pub const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// A configuration to apply.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The settings.
+    pub settings: Arc<Settings>,
+    /// Their intent catalog.
+    pub catalog: Arc<Catalog>,
+}
+
+/// Counters and descriptions for `status`.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Requests completed.
+    pub served: u64,
+    /// Requests that ended with an error.
+    pub failed: u64,
+    /// Timings of the last completed request.
+    pub last: Option<RequestTimings>,
+    /// Requests the engine is working on.
+    pub running: Vec<RunningReport>,
+    /// The model (the last loaded).
+    pub model: ModelReport,
+    /// Whether a model is loaded.
+    pub loaded: bool,
+    /// Its prefix cache.
+    pub cache: Option<CacheReport>,
+}
+
+/// The waiting room and what the transports may read or change, under one lock.
+#[derive(Debug)]
+pub struct Board {
+    /// Waiting requests.
+    pub queue: JobQueue<Job>,
+    /// Lifecycle.
+    pub phase: Phase,
+    /// When draining: the time after which running requests are stopped.
+    pub grace_until: Option<Instant>,
+    /// A configuration to apply once nothing runs.
+    pub reload: Option<Reload>,
+    /// The settings in force.
+    pub settings: Arc<Settings>,
+    /// The intent catalog in force.
+    pub catalog: Arc<Catalog>,
+    /// The governors' latest decision.
+    pub budget: BudgetState,
+    /// For `status`.
+    pub stats: Stats,
+}
+
+impl Board {
+    /// A board for a daemon serving `model` under `settings`.
+    pub fn new(settings: Arc<Settings>, catalog: Arc<Catalog>, model: ModelReport) -> Self {
+        let stats = Stats { served: 0, failed: 0, last: None, running: Vec::new(), model, loaded: true, cache: None };
+        Self {
+            queue: JobQueue::default(),
+            phase: Phase::Ready,
+            grace_until: None,
+            reload: None,
+            settings,
+            catalog,
+            budget: BudgetState::default(),
+            stats,
+        }
+    }
+
+    /// The share of time the engine may compute now (1.0 unless warm).
+    pub fn duty(&self) -> f64 {
+        if self.budget.level >= ThermalLevel::Warm {
+            self.settings.budget.warm_duty_cycle
+        } else {
+            1.0
+        }
+    }
+}
+
+/// What the engine thread should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// This work, with what it needs to read.
+    Run(Work, Snapshot),
+    /// Nothing now: wait for a wake-up or this long.
+    Wait(Duration),
+    /// Draining has finished.
+    Exit,
+}
+
+/// One piece of work.
+#[derive(Debug)]
+pub enum Work {
+    /// Step the running request at this index.
+    Step(usize),
+    /// Start a request (loading the model first when this says so).
+    Start(Job, Option<LoadSettings>),
+    /// Apply a configuration.
+    Reload(Reload),
+    /// Load another model directory (the thermal level wants it).
+    Swap(LoadSettings),
+    /// Free the model.
+    Unload,
+    /// Cache the catalog prefix.
+    WarmUp,
+}
+
+/// What the work reads, copied out of the board.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The settings.
+    pub settings: Arc<Settings>,
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The budget.
+    pub budget: BudgetState,
+}
+
+#[derive(Debug)]
+enum ModelChange {
+    Loaded(ModelReport),
+    Gone,
+}
+
+/// The outcome of [`Core::perform`], applied by [`Core::after`].
+#[derive(Debug, Default)]
+pub struct Ran {
+    /// Time the model computed (what pacing is charged for).
+    pub busy: Duration,
+    /// The running request the pause after this work is charged to.
+    pub charged: Option<u64>,
+    answers: Vec<(Job, EventBody)>,
+    model: Option<ModelChange>,
+    applied: Option<Reload>,
+}
+
+struct Active<R> {
+    seq: u64,
+    job: Job,
+    run: R,
+    started: Instant,
+    deadline: Option<Instant>,
+    load_ms: f64,
+    paced: Duration,
+}
+
+/// The engine thread's state.
+pub struct Core<L: Loader> {
+    loader: L,
+    model: Option<L::Model>,
+    loaded: Option<LoadSettings>,
+    active: Vec<Active<<L::Model as Model>::Running>>,
+    next_seq: u64,
+    warm_up_pending: bool,
+    last_busy: Instant,
+    pressure: bool,
+}
+
+impl<L: Loader> Core<L> {
+    /// A core serving `model`, which was loaded with `loaded`.
+    pub fn new(loader: L, model: L::Model, loaded: LoadSettings) -> Self {
+        Self {
+            loader,
+            model: Some(model),
+            loaded: Some(loaded),
+            active: Vec::new(),
+            next_seq: 0,
+            warm_up_pending: true,
+            last_busy: Instant::now(),
+            pressure: false,
+        }
+    }
+
+    /// Settles what must end now, then picks the next work.
+    pub fn next(&mut self, board: &mut Board, now: Instant) -> Next {
+        self.settle(board, now);
+        self.sync(board);
+        let draining = board.phase == Phase::Draining;
+        if draining && self.active.is_empty() && board.queue.is_empty() {
+            board.stats.running.clear();
+            return Next::Exit;
+        }
+        let snapshot =
+            |b: &Board| Snapshot { settings: Arc::clone(&b.settings), catalog: Arc::clone(&b.catalog), budget: b.budget.clone() };
+        if self.active.is_empty() && !draining {
+            if let Some(reload) = board.reload.take() {
+                if self.model.is_none() || board.settings.model.load_settings() != reload.settings.model.load_settings() {
+                    board.phase = Phase::Loading;
+                }
+                return Next::Run(Work::Reload(reload), snapshot(board));
+            }
+            let wanted = wanted_model(board);
+            if self.model.is_some() && self.loaded.as_ref() != Some(&wanted) {
+                board.phase = Phase::Loading;
+                return Next::Run(Work::Swap(wanted), snapshot(board));
+            }
+            if self.warm_up_pending && self.model.is_some() && board.queue.is_empty() {
+                return Next::Run(Work::WarmUp, snapshot(board));
+            }
+            let idle = board.settings.budget.idle_unload_s;
+            let idle_for = now.saturating_duration_since(self.last_busy);
+            if idle > 0 && self.model.is_some() && board.queue.is_empty() && idle_for >= Duration::from_secs(idle) {
+                return Next::Run(Work::Unload, snapshot(board));
+            }
+        }
+        for priority in [Priority::Interactive, Priority::Background] {
+            if priority == Priority::Background && board.budget.level >= ThermalLevel::Warm {
+                break;
+            }
+            if let Some(i) = self.active.iter().position(|a| a.job.request().priority() == priority) {
+                return Next::Run(Work::Step(i), snapshot(board));
+            }
+            if let Some(job) = board.queue.pop(priority) {
+                let load = self.model.is_none().then(|| wanted_model(board));
+                if load.is_some() {
+                    board.phase = Phase::Loading;
+                }
+                return Next::Run(Work::Start(job, load), snapshot(board));
+            }
+        }
+        let wait = board.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(now).min(IDLE_TICK));
+        Next::Wait(wait)
+    }
+
+    /// Answers what must end now: queued requests that were cancelled, timed out, or wait
+    /// while the daemon drains or the device is critically hot; running ones past the grace
+    /// period or while critically hot.
+    fn settle(&mut self, board: &mut Board, now: Instant) {
+        let default_deadline = board.settings.scheduler.default_deadline_ms;
+        let draining = board.phase == Phase::Draining;
+        let critical = board.budget.level == ThermalLevel::Critical;
+        let temp = board.budget.temperature_c.map_or(String::new(), |t| format!(" ({t:.1} °C)"));
+        let ended = board
+            .queue
+            .take_where(|j| draining || critical || j.cancel().is_cancelled() || j.deadline(default_deadline).is_some_and(|d| now >= d));
+        for job in ended {
+            board.stats.failed += 1;
+            if draining {
+                job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
+            } else if critical {
+                job.fail(ErrorCode::Thermal, format!("the device is critically hot{temp}"));
+            } else if let Some(reason) = job.cancel().reason() {
+                let message = reason.message(true);
+                job.fail(ErrorCode::Cancelled, message);
+            } else {
+                job.fail(ErrorCode::Timeout, "the deadline passed while the request was queued");
+            }
+        }
+        let grace_over = draining && board.grace_until.is_some_and(|t| now >= t);
+        if grace_over || critical {
+            for a in self.active.drain(..) {
+                board.stats.failed += 1;
+                if grace_over {
+                    a.job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
+                } else {
+                    a.job.fail(ErrorCode::Thermal, format!("stopped: the device is critically hot{temp}"));
+                }
+            }
+        }
+    }
+
+    /// Puts the model's caches in or out of pressure mode when the budget's memory pressure
+    /// changed, and publishes the cache counters.
+    fn sync(&mut self, board: &mut Board) {
+        let Some(model) = self.model.as_mut() else {
+            board.stats.cache = None;
+            return;
+        };
+        if board.budget.under_pressure != self.pressure {
+            self.pressure = board.budget.under_pressure;
+            if self.pressure {
+                warn!("memory is under pressure: dropping cached conversation prefixes");
+            }
+            model.set_pressure(self.pressure);
+        }
+        board.stats.cache = model.cache();
+    }
+
+    /// Does `work` (outside the lock).
+    pub fn perform(&mut self, work: Work, snap: &Snapshot, now: Instant) -> Ran {
+        let mut ran = Ran::default();
+        match work {
+            Work::Step(i) => self.step(i, snap, now, &mut ran),
+            Work::Start(job, load) => {
+                let mut load_ms = 0.0;
+                if let Some(load) = load {
+                    let began = Instant::now();
+                    self.load(&load, &snap.settings, &mut ran);
+                    load_ms = began.elapsed().as_secs_f64() * 1e3;
+                }
+                self.start(job, snap, load_ms, &mut ran);
+            }
+            Work::Reload(reload) => self.reload(reload, snap, &mut ran),
+            Work::Swap(load) => {
+                info!(model = %load.path.display(), level = snap.budget.level.as_str(), "switching model for the thermal level");
+                self.load(&load, &snap.settings, &mut ran);
+            }
+            Work::Unload => {
+                info!("unloading the model after being idle");
+                self.model = None;
+                self.loaded = None;
+                ran.model = Some(ModelChange::Gone);
+            }
+            Work::WarmUp => {
+                let began = Instant::now();
+                if let Some(m) = self.model.as_mut() {
+                    m.warm_up(&context(snap, 0));
+                }
+                self.warm_up_pending = false;
+                ran.busy = began.elapsed();
+            }
+        }
+        ran
+    }
+
+    /// Loads `load` in place of the current model (freed first: a board rarely has room for
+    /// two). On failure the slot stays empty and the next request tries again.
+    fn load(&mut self, load: &LoadSettings, settings: &Settings, ran: &mut Ran) {
+        self.model = None;
+        self.loaded = None;
+        self.warm_up_pending = true;
+        self.pressure = false;
+        match self.loader.load(load, settings) {
+            Ok(m) => {
+                ran.model = Some(ModelChange::Loaded(m.report(settings)));
+                self.model = Some(m);
+                self.loaded = Some(load.clone());
+            }
+            Err(error) => {
+                warn!(%error, model = %load.path.display(), "loading the model failed");
+                ran.model = Some(ModelChange::Gone);
+            }
+        }
+    }
+
+    /// Applies new settings; loads the model again when what loading reads changed, falling
+    /// back to the previous model if the new one does not load.
+    fn reload(&mut self, reload: Reload, snap: &Snapshot, ran: &mut Ran) {
+        let (old, new) = (&snap.settings, &reload.settings);
+        for section in old.restart_needed(new) {
+            warn!(section, "changed in the configuration; only a restart applies it");
+        }
+        let mut applied = reload.clone();
+        if self.model.is_none() || old.model.load_settings() != new.model.load_settings() {
+            info!(model = %new.model.load_settings().path.display(), backend = ?new.model.backend, "loading the model for the new configuration");
+            self.load(&new.model.load_settings(), new, ran);
+            if self.model.is_none() {
+                warn!("going back to the previous model");
+                self.load(&old.model.load_settings(), old, ran);
+                applied.settings = Arc::new(Settings { model: old.model.clone(), ..(**new).clone() });
+            } else {
+                info!("configuration reloaded");
+            }
+        } else if let Some(m) = self.model.as_mut() {
+            m.reconfigure(new);
+            ran.model = Some(ModelChange::Loaded(m.report(new)));
+            self.warm_up_pending = true;
+            info!("configuration reloaded");
+        }
+        ran.applied = Some(applied);
+    }
+
+    fn start(&mut self, job: Job, snap: &Snapshot, load_ms: f64, ran: &mut Ran) {
+        let _span = info_span!("request", id = %job.id()).entered();
+        let Some(model) = self.model.as_mut() else {
+            return answer_error(
+                ran,
+                job,
+                Refusal::new(ErrorCode::ModelError, "no model is loaded (loading it failed; see the daemon log)"),
+            );
+        };
+        let ctx = context(snap, max_tokens(&job, snap));
+        let prepared = match model.prepare(job.request(), &ctx) {
+            Ok(p) => p,
+            Err(refused) => return answer_error(ran, job, refused),
+        };
+        if let Some(room) = snap.budget.memory_room_mb.filter(|room| prepared.need_mb > *room) {
+            let message = format!(
+                "this request needs about {:.0} MiB for {} tokens of state, but only {room:.0} MiB is free; ask for fewer max_tokens or a shorter prompt",
+                prepared.need_mb, prepared.tokens
+            );
+            return answer_error(ran, job, Refusal::new(ErrorCode::Memory, message));
+        }
+        match model.start(prepared.job) {
+            Ok(run) => {
+                let deadline = job.deadline(snap.settings.scheduler.default_deadline_ms);
+                self.next_seq += 1;
+                let started = Instant::now();
+                self.active.push(Active { seq: self.next_seq, job, run, started, deadline, load_ms, paced: Duration::ZERO });
+                self.step(self.active.len() - 1, snap, started, ran);
+            }
+            Err(refused) => answer_error(ran, job, refused),
+        }
+    }
+
+    fn step(&mut self, i: usize, snap: &Snapshot, now: Instant, ran: &mut Ran) {
+        let Some(model) = self.model.as_mut() else {
+            let a = self.active.remove(i);
+            return answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, "no model is loaded"));
+        };
+        let a = &mut self.active[i];
+        let _span = info_span!("request", id = %a.job.id()).entered();
+        ran.charged = Some(a.seq);
+        let outcome = if let Some(reason) = a.job.cancel().reason() {
+            Err(Refusal::new(ErrorCode::Cancelled, reason.message(false)))
+        } else if a.deadline.is_some_and(|d| now >= d) {
+            let n = model.generated(&a.run);
+            Err(Refusal::new(ErrorCode::Timeout, format!("the deadline passed after {n} generated tokens")))
+        } else {
+            let began = Instant::now();
+            let progress = model.step(&mut a.run);
+            ran.busy = began.elapsed();
+            match progress {
+                // An interactive prompt is not paced: pacing starts with its first token, so a
+                // warm device still answers a voice request promptly.
+                Ok(Progress::Prefilled) => {
+                    if a.job.request().priority() == Priority::Interactive {
+                        ran.busy = Duration::ZERO;
+                    }
+                    Ok(false)
+                }
+                Ok(Progress::Token(piece)) => {
+                    if a.job.request().stream() && !piece.is_empty() {
+                        // A dropped token means the client is gone or not reading; its
+                        // requests are cancelled already and the next step sees it.
+                        a.job.send(EventBody::Token { text: piece });
+                    }
+                    Ok(false)
+                }
+                Ok(Progress::Finished(tail)) => {
+                    if a.job.request().stream() && !tail.is_empty() {
+                        a.job.send(EventBody::Token { text: tail });
+                    }
+                    Ok(true)
+                }
+                Err(message) => Err(Refusal::new(ErrorCode::ModelError, message)),
+            }
+        };
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                let a = self.active.remove(i);
+                let clock = Clock { received: a.job.received(), started: a.started, load_ms: a.load_ms, paced: a.paced };
+                match model.finish(a.run, &clock, &context(snap, 0)) {
+                    Ok(body) => {
+                        log_done(&body);
+                        ran.answers.push((a.job, body));
+                    }
+                    Err(message) => answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, message)),
+                }
+            }
+            Err(refused) => {
+                let a = self.active.remove(i);
+                answer_error(ran, a.job, refused);
+            }
+        }
+    }
+
+    /// Adds a pause to the running request it was charged to.
+    pub fn charge_pause(&mut self, seq: Option<u64>, slept: Duration) {
+        if let Some(a) = self.active.iter_mut().find(|a| Some(a.seq) == seq) {
+            a.paced += slept;
+        }
+    }
+
+    /// Applies the outcome under the lock: settings, model state, counters, and then the
+    /// terminal events (so a client that reads its answer and asks for `status` sees it
+    /// counted).
+    pub fn after(&mut self, board: &mut Board, ran: Ran) {
+        if let Some(reload) = ran.applied {
+            board.settings = reload.settings;
+            board.catalog = reload.catalog;
+        }
+        match ran.model {
+            Some(ModelChange::Loaded(report)) => {
+                board.stats.model = report;
+                board.stats.loaded = true;
+            }
+            Some(ModelChange::Gone) => board.stats.loaded = false,
+            None => {}
+        }
+        if board.phase == Phase::Loading {
+            board.phase = Phase::Ready;
+        }
+        for (mut job, body) in ran.answers {
+            match &body {
+                EventBody::Done { timings, .. } | EventBody::Intent { timings, .. } => {
+                    board.stats.served += 1;
+                    board.stats.last = Some(*timings);
+                }
+                _ => board.stats.failed += 1,
+            }
+            job.send(body);
+        }
+        board.stats.running =
+            self.active.iter().map(|a| RunningReport { id: a.job.id().to_string(), priority: a.job.request().priority() }).collect();
+        board.stats.cache = self.model.as_ref().and_then(Model::cache);
+        self.last_busy = Instant::now();
+    }
+}
+
+/// The model directory the budget wants: the hot-weather model while hot, else the configured.
+fn wanted_model(board: &Board) -> LoadSettings {
+    let mut load = board.settings.model.load_settings();
+    if let (Some(hot), true) = (&board.settings.budget.hot_model, board.budget.level >= ThermalLevel::Hot) {
+        load.path = hot.clone();
+    }
+    load
+}
+
+/// `max_tokens` for `job`: its own, else the default; never above the limit; capped while hot.
+fn max_tokens(job: &Job, snap: &Snapshot) -> usize {
+    let s = &snap.settings.scheduler;
+    let mut n = job.request().max_tokens().unwrap_or(s.default_max_tokens).min(s.max_tokens_limit);
+    if snap.budget.level >= ThermalLevel::Hot {
+        n = n.min(snap.settings.budget.hot_max_tokens);
+    }
+    n
+}
+
+fn context(snap: &Snapshot, max_tokens: usize) -> Context<'_> {
+    Context { settings: &snap.settings, catalog: &snap.catalog, max_tokens }
+}
+
+fn answer_error(ran: &mut Ran, job: Job, refused: Refusal) {
+    info!(code = ?refused.code, message = %refused.message, "failed");
+    ran.answers.push((job, EventBody::error(refused.code, refused.message)));
+}
+
+fn log_done(body: &EventBody) {
+    match body {
+        EventBody::Done { finish_reason, usage, timings, .. } => info!(
+            finish = ?finish_reason,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ttft_ms = timings.ttft_ms as u64,
+            decode_tok_s = timings.decode_tok_s as u64,
+            "done"
+        ),
+        EventBody::Intent { recognized, intent, usage, timings, .. } => info!(
+            recognized,
+            intent = intent.as_ref().map_or("", |i| i.name.as_str()),
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ttft_ms = timings.ttft_ms as u64,
+            "done"
+        ),
+        _ => {}
+    }
+}

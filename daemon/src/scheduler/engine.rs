@@ -1,0 +1,352 @@
+//! The real model behind the scheduler's [`Model`] trait: preparing a request for the engine
+//! (chat template, tokens, the prefix boundary worth caching, the grammar, the memory its state
+//! needs), stepping it, and turning the engine's results into wire events. Also loading (with
+//! the memory check first) and the conversions between the engine's types and the wire's.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::model::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
+use crate::api::{self, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFormat};
+use crate::budget::memory::{self, ModelShape};
+use crate::budget::readers::SysRoot;
+use crate::config::{LoadSettings, Settings};
+use crate::engine::backend::ort::OrtOptions;
+use crate::engine::backend::providers::ProviderRequest;
+use crate::engine::backend::BackendError;
+use crate::engine::chat::ChatInput;
+use crate::engine::constrain::{ConstrainError, Constraint, Grammar};
+use crate::engine::generate::{Decoder, FinishReason, GenerateParams, Step};
+use crate::engine::model::ModelSpec;
+use crate::engine::sampler::SamplingParams;
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::intent::Catalog;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The files or the runtime failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model does not fit in the memory the device leaves.
+    #[error("{0}")]
+    Memory(String),
+}
+
+/// The sizes of `spec` that memory estimates read.
+pub fn model_shape(spec: &ModelSpec) -> ModelShape {
+    ModelShape {
+        weight_bytes: spec.weight_bytes(),
+        kv_bytes_per_token: spec.kv_bytes_per_token(),
+        fixed_state_bytes: spec.fixed_state_bytes(),
+        vocab_size: spec.vocab_size,
+        tokenizer_bytes: std::fs::metadata(&spec.tokenizer_path).map_or(0, |m| m.len()),
+    }
+}
+
+/// Loads the engine `load` describes, after checking that it fits in the memory `settings`'
+/// budget leaves.
+pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, LoadError> {
+    let path = &load.path;
+    let spec = ModelSpec::load(path).map_err(EngineError::from)?;
+    let context = memory::load_context(load.context_length, spec.context_length);
+    let estimate = memory::model_estimate(&model_shape(&spec), context);
+    let root = SysRoot::new(&settings.budget.root);
+    let room = memory::room(&root, settings.budget.memory_reserve_mb);
+    if room.room_mb.is_some_and(|free| estimate.total_mb > free) {
+        let mut msg = format!("{}: the model needs {estimate}, but {room}", path.display());
+        if let Some(hot) = &settings.budget.hot_model {
+            msg.push_str(&format!("; a smaller variant is configured (budget.hot_model = {}): point model.path at it", hot.display()));
+        }
+        if context > 4096 {
+            msg.push_str(&format!("; a lower model.context_length (now {context}) shrinks the KV cache"));
+        }
+        return Err(LoadError::Memory(msg));
+    }
+    let providers = load
+        .execution_providers
+        .iter()
+        .map(|name| ProviderRequest { name: name.clone(), options: load.provider_options.get(name).cloned().unwrap_or_default() })
+        .collect();
+    let opts = EngineOptions {
+        backend: load.backend,
+        ort: OrtOptions {
+            library: load.onnxruntime_library.clone(),
+            threads: load.threads,
+            providers,
+            strict_providers: load.strict_providers,
+            ..Default::default()
+        },
+    };
+    let mut engine = Engine::load(path, &opts)?;
+    let info = engine.backend_info();
+    info!(model = %path.display(), backend = info.name, runtime = %info.version, chosen = %info.chosen, "backend chosen");
+    engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+    Ok(engine)
+}
+
+/// Loads engines for the scheduler.
+#[derive(Debug, Default)]
+pub struct EngineLoader;
+
+impl Loader for EngineLoader {
+    type Model = Engine;
+
+    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, String> {
+        load_engine(load, settings).map_err(|e| e.to_string())
+    }
+}
+
+/// A request ready for the engine.
+pub struct PreparedRun {
+    prompt: Vec<u32>,
+    store_at: Option<usize>,
+    params: GenerateParams,
+    context: usize,
+    constraint: Option<Constraint>,
+    intent: Option<IntentRun>,
+}
+
+/// What an intent request needs at the end: the catalog it was asked against, the utterance,
+/// and the confidence required.
+struct IntentRun {
+    catalog: Arc<Catalog>,
+    text: String,
+    min_confidence: f64,
+}
+
+/// A request on the engine.
+pub struct Run {
+    decoder: Decoder,
+    intent: Option<IntentRun>,
+}
+
+/// The context a request may use: the model's, capped by `model.context_length`.
+fn context_length(engine: &Engine, settings: &Settings) -> usize {
+    match settings.model.context_length {
+        0 => engine.spec.context_length,
+        n => n.min(engine.spec.context_length),
+    }
+}
+
+/// Where the conversation's messages end inside `prompt` (before the assistant turn opener):
+/// the state there is what the next turn of the same conversation starts with. `history` is
+/// the chat rendered without the generation prompt; `None` unless its tokens are a prefix of
+/// `prompt`.
+fn message_boundary(engine: &Engine, prompt: &[u32], history: &str) -> Option<usize> {
+    let tokens = engine.tokenizer.encode(history).ok()?;
+    (!tokens.is_empty() && prompt.starts_with(&tokens)).then_some(tokens.len())
+}
+
+impl From<&api::Sampling> for SamplingParams {
+    fn from(s: &api::Sampling) -> Self {
+        Self {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            seed: s.seed,
+        }
+    }
+}
+
+fn grammar(format: &ResponseFormat) -> Grammar {
+    match format {
+        ResponseFormat::JsonSchema(schema) => Grammar::JsonSchema(schema.clone()),
+        ResponseFormat::Lark(lark) => Grammar::Lark(lark.clone()),
+    }
+}
+
+fn finish_reason(r: FinishReason) -> api::FinishReason {
+    match r {
+        FinishReason::Stop | FinishReason::Cancelled => api::FinishReason::Stop,
+        FinishReason::Length => api::FinishReason::Length,
+        FinishReason::ContextFull => api::FinishReason::ContextFull,
+    }
+}
+
+/// Panics at the step `QWENEDGE_FAULT_PANIC_AT_STEP` names (test builds only), to check what
+/// a panic on the engine thread does.
+#[cfg(feature = "fault-injection")]
+fn injected_fault() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+    let at = std::env::var("QWENEDGE_FAULT_PANIC_AT_STEP").ok().and_then(|v| v.parse::<u64>().ok());
+    if at.is_some_and(|at| STEPS.fetch_add(1, Ordering::Relaxed) + 1 == at) {
+        panic!("injected fault (QWENEDGE_FAULT_PANIC_AT_STEP)");
+    }
+}
+
+impl Model for Engine {
+    type Prepared = PreparedRun;
+    type Running = Run;
+
+    fn prepare(&mut self, request: &GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<PreparedRun>, Refusal> {
+        let mut history = None;
+        let mut grammar = request.format().map(grammar);
+        let mut intent = None;
+        let mut max_tokens = ctx.max_tokens;
+        let text = match request.prompt() {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Intent { text, filter } => {
+                let prepared = crate::intent::prepare(ctx.catalog, text, filter.as_deref());
+                let rendered = self.render_chat(&prepared.chat).map_err(|e| Refusal::new(ErrorCode::ModelError, e.to_string()))?;
+                grammar = Some(Grammar::Lark(prepared.grammar));
+                // The grammar ends every answer within this many tokens; a lower cap would cut it.
+                max_tokens = prepared.max_tokens;
+                let min_confidence = ctx.settings.intents.min_confidence;
+                intent = Some(IntentRun { catalog: Arc::clone(ctx.catalog), text: text.clone(), min_confidence });
+                rendered
+            }
+            Prompt::Chat { messages, tools, thinking } => {
+                let mut input = ChatInput {
+                    messages: messages.clone(),
+                    tools: tools.clone(),
+                    add_generation_prompt: true,
+                    enable_thinking: Some(*thinking),
+                };
+                let text = self.render_chat(&input).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+                if self.cache_stats().max_bytes > 0 {
+                    input.add_generation_prompt = false;
+                    history = self.render_chat(&input).ok();
+                }
+                text
+            }
+        };
+        let prompt = self.tokenizer.encode(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let store_at = history.and_then(|h| message_boundary(self, &prompt, &h));
+        let context = context_length(self, ctx.settings);
+        let tokens = (prompt.len() + max_tokens).min(context);
+        let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
+        let constraint = match grammar.map(|g| self.constrainer().and_then(|c| c.constraint(&g))) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e @ ConstrainError::Grammar(_))) => return Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
+            Some(Err(e)) => return Err(Refusal::new(ErrorCode::ModelError, e.to_string())),
+        };
+        let params = GenerateParams {
+            max_tokens,
+            stop: request.stop().to_vec(),
+            sampling: request.sampling().into(),
+            prefill_chunk: ctx.settings.model.prefill_chunk_tokens,
+        };
+        Ok(Prepared { job: PreparedRun { prompt, store_at, params, context, constraint, intent }, tokens, need_mb })
+    }
+
+    fn start(&mut self, p: PreparedRun) -> Result<Run, Refusal> {
+        match self.cached_decoder(p.prompt, p.store_at, p.params, p.context) {
+            Ok(mut decoder) => {
+                if let Some(c) = p.constraint {
+                    decoder.constrain(c);
+                }
+                Ok(Run { decoder, intent: p.intent })
+            }
+            Err(e @ BackendError::Limit(_)) => Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
+            Err(e) => Err(Refusal::new(ErrorCode::ModelError, e.to_string())),
+        }
+    }
+
+    fn step(&mut self, run: &mut Run) -> Result<Progress, String> {
+        #[cfg(feature = "fault-injection")]
+        injected_fault();
+        match Engine::step(self, &mut run.decoder) {
+            Ok(Step::Prefilled { .. }) => Ok(Progress::Prefilled),
+            Ok(Step::Token { piece, .. }) => Ok(Progress::Token(piece)),
+            Ok(Step::Finished { tail, .. }) => Ok(Progress::Finished(tail)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn generated(&self, run: &Run) -> usize {
+        run.decoder.completion().usage.completion_tokens
+    }
+
+    fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
+        let done = run.decoder.completion();
+        let timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
+        let usage = api::Usage {
+            prompt_tokens: done.usage.prompt_tokens,
+            completion_tokens: done.usage.completion_tokens,
+            cached_tokens: done.usage.cached_tokens,
+        };
+        match run.intent {
+            Some(i) => {
+                let confidence = run.decoder.constraint().map_or(0.0, |c| c.confidence());
+                crate::intent::event(&i.catalog, &done.text, &i.text, confidence, i.min_confidence, usage, timings)
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(EventBody::Done { text: done.text, finish_reason: finish_reason(done.finish_reason), usage, timings }),
+        }
+    }
+
+    fn warm_up(&mut self, ctx: &Context<'_>) {
+        let cache = &ctx.settings.cache;
+        if !cache.pin_intents || cache.max_mb == 0 {
+            self.unpin_prefixes();
+            return;
+        }
+        let chat = crate::intent::prepare(ctx.catalog, "", None).chat;
+        let began = Instant::now();
+        match self.pin_chat_prefix(&chat) {
+            Ok(tokens) => info!(tokens, ms = began.elapsed().as_millis() as u64, "intent catalog prefix cached"),
+            Err(e) => warn!(error = %e, "caching the intent catalog prefix failed"),
+        }
+    }
+
+    fn reconfigure(&mut self, settings: &Settings) {
+        self.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+    }
+
+    fn set_pressure(&mut self, on: bool) {
+        self.set_cache_pressure(on);
+    }
+
+    fn report(&self, settings: &Settings) -> api::ModelReport {
+        let spec = &self.spec;
+        let info = self.backend_info();
+        api::ModelReport {
+            id: spec.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            path: spec.dir.clone(),
+            model_type: spec.model_type.clone(),
+            context_length: context_length(self, settings),
+            vocab_size: spec.vocab_size,
+            layers: spec.layers.len(),
+            full_attention_layers: spec.full_attention_layers(),
+            weights_mb: spec.weight_bytes() / (1 << 20),
+            chat_template: self.has_chat_template(),
+            backend: api::BackendReport {
+                name: info.name.to_string(),
+                version: info.version,
+                library: info.library,
+                execution_provider: info.execution_provider,
+                providers: info
+                    .providers
+                    .into_iter()
+                    .map(|p| api::ProviderReport { name: p.name, active: p.active, reason: p.reason })
+                    .collect(),
+                threads: info.threads,
+                chosen: info.chosen,
+            },
+        }
+    }
+
+    fn cache(&self) -> Option<api::CacheReport> {
+        let s = self.cache_stats();
+        Some(api::CacheReport {
+            hits: s.hits,
+            misses: s.misses,
+            reused_tokens: s.reused_tokens,
+            insertions: s.insertions,
+            evictions: s.evictions,
+            entries: s.entries,
+            pinned: s.pinned,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+        })
+    }
+}

@@ -1,0 +1,498 @@
+//! The scheduling core against a fake model: priorities and preemption, deadlines,
+//! cancellation, reloads, the hot-weather swap, idle unload, draining, refusals, and a panic on
+//! the engine thread. No model files, no sockets: the fake says which model served a request,
+//! and the events arrive on a client's queue as a transport would see them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::core::{Board, Core, Next, Reload, Work};
+use super::*;
+use crate::api::{
+    BackendReport, CacheReport, ErrorCode, Event, EventBody, FinishReason, GenerateSpec, ModelReport, Priority, Prompt, ThermalLevel, Usage,
+};
+
+/// Models that loaded, by path, in order.
+type Loads = Arc<Mutex<Vec<PathBuf>>>;
+
+struct Fake {
+    path: PathBuf,
+    need_mb: f64,
+    warm_up: Duration,
+    panic_at_step: Option<usize>,
+    steps: usize,
+    pressure: Arc<Mutex<Vec<bool>>>,
+}
+
+struct FakeRun {
+    prefilled: bool,
+    made: usize,
+    max: usize,
+    text: String,
+}
+
+impl Model for Fake {
+    type Prepared = usize;
+    type Running = FakeRun;
+
+    fn prepare(&mut self, request: &crate::api::GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<usize>, Refusal> {
+        if request.prompt() == &Prompt::Text("refuse".into()) {
+            return Err(Refusal::new(ErrorCode::BadRequest, "the fake refuses"));
+        }
+        Ok(Prepared { job: ctx.max_tokens, tokens: ctx.max_tokens + 1, need_mb: self.need_mb })
+    }
+
+    fn start(&mut self, max: usize) -> Result<FakeRun, Refusal> {
+        Ok(FakeRun { prefilled: false, made: 0, max, text: String::new() })
+    }
+
+    fn step(&mut self, run: &mut FakeRun) -> Result<Progress, String> {
+        self.steps += 1;
+        if self.panic_at_step == Some(self.steps) {
+            panic!("the fake model broke");
+        }
+        if !run.prefilled {
+            run.prefilled = true;
+            return Ok(Progress::Prefilled);
+        }
+        if run.made == run.max {
+            return Ok(Progress::Finished(String::new()));
+        }
+        run.made += 1;
+        let piece = format!("{}#{} ", self.path.display(), run.made);
+        run.text.push_str(&piece);
+        Ok(Progress::Token(piece))
+    }
+
+    fn generated(&self, run: &FakeRun) -> usize {
+        run.made
+    }
+
+    fn finish(&mut self, run: FakeRun, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
+        let usage = Usage { prompt_tokens: 1, completion_tokens: run.made, cached_tokens: 0 };
+        Ok(EventBody::Done { text: run.text, finish_reason: FinishReason::Length, usage, timings: clock.timings(0.0, 0.0, 0.0) })
+    }
+
+    fn warm_up(&mut self, _ctx: &Context<'_>) {
+        std::thread::sleep(self.warm_up);
+    }
+
+    fn reconfigure(&mut self, _settings: &crate::config::Settings) {}
+
+    fn set_pressure(&mut self, on: bool) {
+        self.pressure.lock().unwrap().push(on);
+    }
+
+    fn report(&self, _settings: &crate::config::Settings) -> ModelReport {
+        let backend = BackendReport {
+            name: "fake".into(),
+            version: "0".into(),
+            library: None,
+            execution_provider: "cpu".into(),
+            providers: Vec::new(),
+            threads: 1,
+            chosen: String::new(),
+        };
+        ModelReport {
+            id: None,
+            path: self.path.clone(),
+            model_type: "fake".into(),
+            context_length: 64,
+            vocab_size: 1,
+            layers: 1,
+            full_attention_layers: 1,
+            weights_mb: 0,
+            chat_template: false,
+            backend,
+        }
+    }
+
+    fn cache(&self) -> Option<CacheReport> {
+        None
+    }
+}
+
+#[derive(Default, Clone)]
+struct FakeLoader {
+    loads: Loads,
+    broken: Vec<PathBuf>,
+    warm_up: Duration,
+    panic_at_step: Option<usize>,
+    pressure: Arc<Mutex<Vec<bool>>>,
+}
+
+impl FakeLoader {
+    fn fake(&self, path: PathBuf) -> Fake {
+        Fake {
+            path,
+            need_mb: 1.0,
+            warm_up: self.warm_up,
+            panic_at_step: self.panic_at_step,
+            steps: 0,
+            pressure: Arc::clone(&self.pressure),
+        }
+    }
+}
+
+impl Loader for FakeLoader {
+    type Model = Fake;
+
+    fn load(&mut self, load: &crate::config::LoadSettings, _settings: &crate::config::Settings) -> Result<Fake, String> {
+        if self.broken.contains(&load.path) {
+            return Err(format!("{}: broken", load.path.display()));
+        }
+        self.loads.lock().unwrap().push(load.path.clone());
+        Ok(self.fake(load.path.clone()))
+    }
+}
+
+fn settings(path: &str, edit: impl FnOnce(&mut crate::config::Settings)) -> Arc<crate::config::Settings> {
+    let mut s = crate::config::Settings::default();
+    s.model.path = Some(path.into());
+    edit(&mut s);
+    Arc::new(s)
+}
+
+struct Harness {
+    board: Board,
+    core: Core<FakeLoader>,
+    loader: FakeLoader,
+    client: Client,
+    out: Arc<Outbound>,
+    _requests: Requests,
+}
+
+impl Harness {
+    fn new(loader: FakeLoader, settings: Arc<crate::config::Settings>) -> Self {
+        let catalog = Arc::new(crate::intent::Catalog::builtin().unwrap());
+        let load = settings.model.load_settings();
+        let model = loader.fake(load.path.clone());
+        let report = model.report(&settings);
+        let requests = Requests::default();
+        let out = Arc::new(Outbound::new(1 << 20));
+        let client = requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test" }, Arc::clone(&out));
+        let mut h = Self {
+            board: Board::new(settings, catalog, report),
+            core: Core::new(loader.clone(), model, load),
+            loader,
+            client,
+            out,
+            _requests: requests,
+        };
+        assert_eq!(h.turn(Instant::now()), Some("warm_up"), "a new model is warmed up while idle");
+        h
+    }
+
+    fn submit(&mut self, id: &str, priority: Priority, max_tokens: usize, deadline_ms: Option<u64>) {
+        self.submit_prompt(id, Prompt::Text("hello".into()), priority, max_tokens, deadline_ms);
+    }
+
+    fn submit_prompt(&mut self, id: &str, prompt: Prompt, priority: Priority, max_tokens: usize, deadline_ms: Option<u64>) {
+        let spec = GenerateSpec { max_tokens: Some(max_tokens), priority, deadline_ms, ..GenerateSpec::new(prompt) };
+        let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
+        let ticket = self.client.begin(id, id).unwrap();
+        self.board.queue.push(Job::new(ticket, request));
+    }
+
+    /// One turn of the engine thread at `now`: the kind of work done, `None` when there was
+    /// none, `exit` when draining finished.
+    fn turn(&mut self, now: Instant) -> Option<&'static str> {
+        match self.core.next(&mut self.board, now) {
+            Next::Exit => Some("exit"),
+            Next::Wait(_) => None,
+            Next::Run(work, snap) => {
+                let kind = match &work {
+                    Work::Step(_) => "step",
+                    Work::Start(_, None) => "start",
+                    Work::Start(_, Some(_)) => "load_and_start",
+                    Work::Reload(_) => "reload",
+                    Work::Swap(_) => "swap",
+                    Work::Unload => "unload",
+                    Work::WarmUp => "warm_up",
+                };
+                let ran = self.core.perform(work, &snap, now);
+                self.core.after(&mut self.board, ran);
+                Some(kind)
+            }
+        }
+    }
+
+    /// Turns until there is nothing to do; returns the kinds of work done.
+    fn run(&mut self) -> Vec<&'static str> {
+        let mut done = Vec::new();
+        while let Some(kind) = self.turn(Instant::now()) {
+            done.push(kind);
+            if kind == "exit" {
+                break;
+            }
+            assert!(done.len() < 1000, "the core does not settle: {done:?}");
+        }
+        done
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.out.take().into_iter().map(|d| d.event).collect()
+    }
+
+    fn loads(&self) -> Vec<PathBuf> {
+        self.loader.loads.lock().unwrap().clone()
+    }
+}
+
+/// The terminal event of `id` among `events`.
+fn terminal<'a>(events: &'a [Event], id: &str) -> &'a EventBody {
+    let mut ends = events.iter().filter(|e| e.id.as_deref() == Some(id) && e.is_terminal());
+    let end = ends.next().unwrap_or_else(|| panic!("{id} has no terminal event in {events:?}"));
+    assert!(ends.next().is_none(), "{id} has one terminal event");
+    &end.body
+}
+
+fn error_of(events: &[Event], id: &str) -> (ErrorCode, String) {
+    match terminal(events, id) {
+        EventBody::Error { code, message } => (*code, message.clone()),
+        other => panic!("{id}: expected an error, got {other:?}"),
+    }
+}
+
+fn text_of(events: &[Event], id: &str) -> String {
+    match terminal(events, id) {
+        EventBody::Done { text, .. } => text.clone(),
+        other => panic!("{id}: expected done, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_interactive_request_overtakes_a_running_background_one_at_the_next_token() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("bg", Priority::Background, 6, None);
+    for _ in 0..3 {
+        h.turn(Instant::now());
+    }
+    h.submit("fg", Priority::Interactive, 2, None);
+    h.run();
+    let events = h.events();
+    let order: Vec<&str> = events.iter().map(|e| e.id.as_deref().unwrap_or("")).collect();
+    let first_fg = order.iter().position(|&i| i == "fg").unwrap();
+    let fg_done = events.iter().position(|e| e.id.as_deref() == Some("fg") && e.is_terminal()).unwrap();
+    let bg_done = events.iter().position(|e| e.id.as_deref() == Some("bg") && e.is_terminal()).unwrap();
+    assert!(order[..first_fg].contains(&"bg"), "the background request had started: {order:?}");
+    assert!(order[first_fg..=fg_done].iter().all(|&i| i == "fg"), "nothing of bg between fg's first token and its end: {order:?}");
+    assert!(fg_done < bg_done, "{order:?}");
+    assert_eq!(text_of(&events, "bg").matches('#').count(), 6, "the background request resumes where it was");
+    assert_eq!((h.board.stats.served, h.board.stats.failed), (2, 0));
+}
+
+#[test]
+fn a_warm_device_defers_background_work_and_a_critical_one_stops_everything() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.board.budget.level = ThermalLevel::Warm;
+    h.submit("bg", Priority::Background, 2, None);
+    assert_eq!(h.run(), Vec::<&str>::new(), "background work waits while warm");
+    h.submit("fg", Priority::Interactive, 2, None);
+    h.run();
+    assert!(matches!(terminal(&h.events(), "fg"), EventBody::Done { .. }));
+    h.submit("fg2", Priority::Interactive, 50, None);
+    h.turn(Instant::now());
+    h.board.budget = crate::budget::BudgetState { level: ThermalLevel::Critical, temperature_c: Some(96.0), ..Default::default() };
+    h.run();
+    let events = h.events();
+    assert_eq!(error_of(&events, "bg"), (ErrorCode::Thermal, "the device is critically hot (96.0 °C)".into()));
+    let (code, message) = error_of(&events, "fg2");
+    assert_eq!(code, ErrorCode::Thermal);
+    assert!(message.starts_with("stopped"), "{message}");
+}
+
+#[test]
+fn deadlines_end_queued_and_running_requests() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("running", Priority::Interactive, 50, Some(1000));
+    h.submit("queued", Priority::Interactive, 50, Some(1000));
+    for _ in 0..4 {
+        h.turn(Instant::now());
+    }
+    h.turn(Instant::now() + Duration::from_secs(2));
+    h.turn(Instant::now() + Duration::from_secs(2));
+    let events = h.events();
+    assert_eq!(error_of(&events, "queued"), (ErrorCode::Timeout, "the deadline passed while the request was queued".into()));
+    let (code, message) = error_of(&events, "running");
+    assert_eq!(code, ErrorCode::Timeout);
+    assert!(message.starts_with("the deadline passed after 3 generated tokens"), "{message}");
+}
+
+#[test]
+fn cancel_while_queued_and_while_running() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("running", Priority::Interactive, 50, None);
+    h.submit("queued", Priority::Interactive, 50, None);
+    h.turn(Instant::now());
+    h.turn(Instant::now());
+    assert_eq!(h.client.cancel("queued"), Cancelled::Now);
+    h.turn(Instant::now());
+    assert_eq!(error_of(&h.events(), "queued"), (ErrorCode::Cancelled, "cancelled while queued".into()));
+    assert_eq!(h.client.cancel("running"), Cancelled::Now);
+    h.run();
+    let events = h.events();
+    assert_eq!(error_of(&events, "running"), (ErrorCode::Cancelled, "cancelled".into()));
+    assert_eq!(h.client.cancel("running"), Cancelled::AlreadyFinished);
+    assert_eq!(h.board.stats.failed, 2);
+    assert!(h.board.stats.running.is_empty());
+}
+
+#[test]
+fn a_reload_waits_for_the_running_request_and_the_queued_ones_get_the_new_model() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("first", Priority::Interactive, 3, None);
+    h.turn(Instant::now());
+    let catalog = Arc::clone(&h.board.catalog);
+    h.board.reload = Some(Reload { settings: settings("/m/b", |_| {}), catalog });
+    h.submit("second", Priority::Interactive, 3, None);
+    let work = h.run();
+    let events = h.events();
+    assert!(text_of(&events, "first").starts_with("/m/a#1"), "the running request finishes on the old model");
+    assert!(text_of(&events, "second").starts_with("/m/b#1"), "the queued one is served by the new model");
+    let reload_at = work.iter().position(|&k| k == "reload").unwrap();
+    assert!(work[..reload_at].contains(&"step") && work[reload_at..].contains(&"start"), "{work:?}");
+    assert_eq!(h.loads(), [PathBuf::from("/m/b")]);
+    assert_eq!(h.board.stats.model.path, PathBuf::from("/m/b"));
+    assert_eq!(h.board.phase, crate::api::Phase::Ready);
+
+    // What loading reads is compared whole: a new backend alone loads the model again.
+    let catalog = Arc::clone(&h.board.catalog);
+    let tract = settings("/m/b", |s| s.model.backend = crate::engine::backend::select::BackendKind::Tract);
+    h.board.reload = Some(Reload { settings: tract, catalog: Arc::clone(&catalog) });
+    h.run();
+    assert_eq!(h.loads().len(), 2, "changing model.backend reloads");
+    let cache_only = settings("/m/b", |s| {
+        s.model.backend = crate::engine::backend::select::BackendKind::Tract;
+        s.cache.max_mb = 1;
+    });
+    h.board.reload = Some(Reload { settings: cache_only, catalog });
+    h.run();
+    assert_eq!(h.loads().len(), 2, "a setting loading does not read is applied without a reload");
+    assert_eq!(h.board.settings.cache.max_mb, 1);
+}
+
+#[test]
+fn a_reload_to_a_model_that_does_not_load_keeps_the_previous_one() {
+    let loader = FakeLoader { broken: vec![PathBuf::from("/m/broken")], ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    let catalog = Arc::clone(&h.board.catalog);
+    h.board.reload = Some(Reload { settings: settings("/m/broken", |s| s.scheduler.queue_capacity = 3), catalog });
+    h.submit("after", Priority::Interactive, 2, None);
+    h.run();
+    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "the previous model was loaded again");
+    assert_eq!(h.board.settings.model.path.as_deref(), Some(std::path::Path::new("/m/a")));
+    assert_eq!(h.board.settings.scheduler.queue_capacity, 3, "the rest of the new configuration applies");
+    assert!(h.board.stats.loaded);
+}
+
+#[test]
+fn a_hot_device_swaps_to_the_hot_model_between_requests_and_back() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/big", |s| s.budget.hot_model = Some("/m/small".into())));
+    h.submit("one", Priority::Interactive, 3, None);
+    h.turn(Instant::now());
+    h.board.budget.level = ThermalLevel::Hot;
+    h.submit("two", Priority::Interactive, 3, None);
+    let work = h.run();
+    let events = h.events();
+    assert!(text_of(&events, "one").starts_with("/m/big#1"));
+    assert!(text_of(&events, "two").starts_with("/m/small#1"), "{work:?}");
+    h.board.budget.level = ThermalLevel::Normal;
+    h.run();
+    assert_eq!(h.loads(), [PathBuf::from("/m/small"), PathBuf::from("/m/big")]);
+}
+
+#[test]
+fn an_idle_model_is_unloaded_and_the_next_request_loads_it() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |s| s.budget.idle_unload_s = 1));
+    assert_eq!(h.turn(Instant::now()), None, "not idle long enough yet");
+    assert_eq!(h.turn(Instant::now() + Duration::from_secs(2)), Some("unload"));
+    assert!(!h.board.stats.loaded);
+    h.submit("wake", Priority::Interactive, 2, None);
+    let work = h.run();
+    assert_eq!(work[0], "load_and_start");
+    assert!(matches!(terminal(&h.events(), "wake"), EventBody::Done { .. }));
+    assert!(h.board.stats.loaded);
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")]);
+}
+
+#[test]
+fn draining_answers_the_queue_lets_running_requests_finish_within_the_grace_period() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("running", Priority::Interactive, 3, None);
+    h.submit("queued", Priority::Background, 3, None);
+    h.turn(Instant::now());
+    h.board.phase = crate::api::Phase::Draining;
+    h.board.grace_until = Some(Instant::now() + Duration::from_secs(60));
+    let work = h.run();
+    assert_eq!(work.last(), Some(&"exit"));
+    let events = h.events();
+    assert_eq!(error_of(&events, "queued"), (ErrorCode::ShuttingDown, "the daemon is shutting down".into()));
+    assert!(matches!(terminal(&events, "running"), EventBody::Done { .. }), "it finished within the grace period");
+
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit("long", Priority::Interactive, 90, None);
+    h.turn(Instant::now());
+    h.board.phase = crate::api::Phase::Draining;
+    h.board.grace_until = Some(Instant::now());
+    assert_eq!(h.turn(Instant::now() + Duration::from_millis(1)), Some("exit"));
+    assert_eq!(error_of(&h.events(), "long").0, ErrorCode::ShuttingDown, "stopped once the grace period is over");
+}
+
+#[test]
+fn requests_the_model_or_the_memory_budget_refuse_get_their_reason() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    h.submit_prompt("refused", Prompt::Text("refuse".into()), Priority::Interactive, 2, None);
+    h.board.budget.memory_room_mb = Some(0.5);
+    h.submit("big", Priority::Interactive, 7, None);
+    h.run();
+    let events = h.events();
+    assert_eq!(error_of(&events, "refused"), (ErrorCode::BadRequest, "the fake refuses".into()));
+    let (code, message) = error_of(&events, "big");
+    assert_eq!(code, ErrorCode::Memory);
+    assert!(message.contains("needs about 1 MiB for 8 tokens") && message.contains("0 MiB is free"), "{message}");
+    assert_eq!(h.board.stats.failed, 2);
+}
+
+#[test]
+fn memory_pressure_reaches_the_model_once_per_change() {
+    let loader = FakeLoader::default();
+    let mut h = Harness::new(loader.clone(), settings("/m/a", |_| {}));
+    h.board.budget.under_pressure = true;
+    h.run();
+    h.run();
+    h.board.budget.under_pressure = false;
+    h.run();
+    assert_eq!(*loader.pressure.lock().unwrap(), [true, false]);
+}
+
+#[test]
+fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failure() {
+    // The warm-up holds the engine thread while all three requests are queued.
+    let loader = FakeLoader { panic_at_step: Some(3), warm_up: Duration::from_millis(300), ..Default::default() };
+    let s = settings("/m/a", |_| {});
+    let model = loader.fake("/m/a".into());
+    let catalog = Arc::new(crate::intent::Catalog::builtin().unwrap());
+    let (scheduler, stopped) = Scheduler::start(loader, model, s.model.load_settings(), s, catalog).unwrap();
+    let requests = Requests::default();
+    let out = Arc::new(Outbound::new(1 << 20));
+    let client = requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test" }, Arc::clone(&out));
+    for (id, priority) in [("a", Priority::Interactive), ("b", Priority::Interactive), ("c", Priority::Background)] {
+        let spec = GenerateSpec { max_tokens: Some(50), priority, ..GenerateSpec::new(Prompt::Text("x".into())) };
+        let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
+        scheduler.submit(Job::new(client.begin(id, id).unwrap(), request)).unwrap();
+    }
+    let outcome = stopped.blocking_recv().unwrap();
+    assert!(outcome.unwrap_err().contains("the fake model broke"));
+    let events: Vec<Event> = out.take().into_iter().map(|d| d.event).collect();
+    for id in ["a", "b", "c"] {
+        assert_eq!(error_of(&events, id).0, ErrorCode::ModelError, "{id}: {events:?}");
+    }
+    assert_eq!(scheduler.phase(), crate::api::Phase::Stopped);
+    let spec = GenerateSpec::new(Prompt::Text("late".into()));
+    let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
+    let rejected = scheduler.submit(Job::new(client.begin("late", "late").unwrap(), request)).unwrap_err();
+    assert_eq!(rejected.refusal.code, ErrorCode::ShuttingDown, "nothing is admitted after the failure");
+}
