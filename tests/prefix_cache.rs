@@ -17,6 +17,8 @@ use qwenedge::engine::{Engine, EngineOptions};
 use serde_json::{json, Value};
 
 const NEW_TOKENS: usize = 16;
+/// Largest gap between the top two logits that int4 arithmetic may decide either way.
+const INT4_TIE: f32 = 0.05;
 
 fn engine(dir: &std::path::Path) -> Engine {
     let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
@@ -43,6 +45,32 @@ fn compare(e: &mut Engine, prompt: &[u32], store_at: Option<usize>, what: &str) 
     let context = e.spec.context_length;
     let d = e.cached_decoder(prompt.to_vec(), store_at, params(), context).unwrap();
     let cached = finish(e, d);
+    if cached.tokens != plain.tokens && what.contains("int4") {
+        // ONNX Runtime's 4-bit kernels quantize activations to int8 per block, and its kernels
+        // for one row and for many round differently; a prefix restored from a snapshot taken
+        // at another chunk boundary can therefore move an exact near-tie. Allowed only there:
+        // the runs agree up to a step where the uncached run's top two logits are within
+        // INT4_TIE of each other, and fp32 must agree token for token.
+        let k = cached.tokens.iter().zip(&plain.tokens).position(|(a, b)| a != b).unwrap_or(plain.tokens.len().min(cached.tokens.len()));
+        let mut seq = e.new_sequence().unwrap();
+        let mut input = prompt.to_vec();
+        input.extend_from_slice(&plain.tokens[..k]);
+        let mut logits = Logits::default();
+        e.backend_mut().forward(&mut seq, &input, LogitsWanted::Last, &mut logits).unwrap();
+        let row = logits.row(0);
+        let (a, b) = (plain.tokens[k] as usize, cached.tokens[k] as usize);
+        let margin = row[a] - row[b];
+        assert!(
+            margin.abs() < INT4_TIE,
+            "{what}: cached output differs at token {k} (reused {} tokens), and not at a near-tie: logits {} vs {}",
+            cached.usage.cached_tokens,
+            row[a],
+            row[b]
+        );
+        eprintln!("{what}: a near-tie at token {k} (logits {} vs {}) went the other way with the cache", row[a], row[b]);
+        assert_eq!(cached.usage.prompt_tokens, prompt.len());
+        return cached;
+    }
     assert_eq!(cached.tokens, plain.tokens, "{what}: cached output differs (reused {} tokens)", cached.usage.cached_tokens);
     assert_eq!(cached.usage.prompt_tokens, prompt.len());
     cached
