@@ -81,7 +81,7 @@ fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
     let catalog = Catalog::builtin().unwrap();
     let utterances = utterances(&catalog, 300);
     let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
-    let mut engine = Engine::load(&model_dir("tiny-a", "fp32"), &opts).unwrap();
+    let mut engine = Engine::load(model_dir("tiny-a", "fp32"), &opts).unwrap();
     let constrainer = engine.constrainer().unwrap();
     // The catalog part of the prompt is prefilled once (the prefix cache), as the daemon does.
     let render = |e: &Engine, text: &str| e.tokenizer.encode(&e.render_chat(&intent::prepare(&catalog, text, None).chat).unwrap()).unwrap();

@@ -100,7 +100,7 @@ fn render(e: &Engine, messages: &[Value], tools: Option<Vec<Value>>, generation:
 /// Requests behind a pinned system prompt with tools: every one reuses exactly the pinned part.
 fn pinned_catalog(e: &mut Engine, what: &str) -> usize {
     let system = json!({"role": "system", "content": "You control a smart home. Answer with one tool call."});
-    let fixed = render(e, &[system.clone()], Some(tools()), false);
+    let fixed = render(e, std::slice::from_ref(&system), Some(tools()), false);
     e.pin_prefix(&fixed).unwrap();
     let utterances = ["turn on the kitchen lights", "set the bedroom light to 40 percent", "what's the weather like", "hello"];
     for u in utterances {

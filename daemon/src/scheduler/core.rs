@@ -106,7 +106,7 @@ impl Board {
 #[derive(Debug)]
 pub enum Next {
     /// This work, with what it needs to read.
-    Run(Work, Snapshot),
+    Run(Work, Box<Snapshot>),
     /// Nothing now: wait for a wake-up or this long.
     Wait(Duration),
     /// Draining has finished.
@@ -119,11 +119,11 @@ pub enum Work {
     /// Step the running request at this index.
     Step(usize),
     /// Start a request (loading the model first when this says so).
-    Start(Job, Option<LoadSettings>),
+    Start(Box<Job>, Option<Box<LoadSettings>>),
     /// Apply a configuration.
     Reload(Reload),
     /// Load another model directory (the thermal level wants it).
-    Swap(LoadSettings),
+    Swap(Box<LoadSettings>),
     /// Free the model.
     Unload,
     /// Cache the catalog prefix.
@@ -143,7 +143,7 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 enum ModelChange {
-    Loaded(ModelReport),
+    Loaded(Box<ModelReport>),
     Gone,
 }
 
@@ -206,7 +206,7 @@ impl<L: Loader> Core<L> {
             return Next::Exit;
         }
         let snapshot =
-            |b: &Board| Snapshot { settings: Arc::clone(&b.settings), catalog: Arc::clone(&b.catalog), budget: b.budget.clone() };
+            |b: &Board| Box::new(Snapshot { settings: Arc::clone(&b.settings), catalog: Arc::clone(&b.catalog), budget: b.budget.clone() });
         if self.active.is_empty() && !draining {
             if let Some(reload) = board.reload.take() {
                 if self.model.is_none() || board.settings.model.load_settings() != reload.settings.model.load_settings() {
@@ -217,7 +217,7 @@ impl<L: Loader> Core<L> {
             let wanted = wanted_model(board);
             if self.model.is_some() && self.loaded.as_ref() != Some(&wanted) {
                 board.phase = Phase::Loading;
-                return Next::Run(Work::Swap(wanted), snapshot(board));
+                return Next::Run(Work::Swap(Box::new(wanted)), snapshot(board));
             }
             if self.warm_up_pending && self.model.is_some() && board.queue.is_empty() {
                 return Next::Run(Work::WarmUp, snapshot(board));
@@ -236,11 +236,11 @@ impl<L: Loader> Core<L> {
                 return Next::Run(Work::Step(i), snapshot(board));
             }
             if let Some(job) = board.queue.pop(priority) {
-                let load = self.model.is_none().then(|| wanted_model(board));
+                let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
                 if load.is_some() {
                     board.phase = Phase::Loading;
                 }
-                return Next::Run(Work::Start(job, load), snapshot(board));
+                return Next::Run(Work::Start(Box::new(job), load), snapshot(board));
             }
         }
         let wait = board.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(now).min(IDLE_TICK));
@@ -313,7 +313,7 @@ impl<L: Loader> Core<L> {
                     self.load(&load, &snap.settings, &mut ran);
                     load_ms = began.elapsed().as_secs_f64() * 1e3;
                 }
-                self.start(job, snap, load_ms, &mut ran);
+                self.start(*job, snap, load_ms, &mut ran);
             }
             Work::Reload(reload) => self.reload(reload, snap, &mut ran),
             Work::Swap(load) => {
@@ -347,7 +347,7 @@ impl<L: Loader> Core<L> {
         self.pressure = false;
         match self.loader.load(load, settings) {
             Ok(m) => {
-                ran.model = Some(ModelChange::Loaded(m.report(settings)));
+                ran.model = Some(ModelChange::Loaded(Box::new(m.report(settings))));
                 self.model = Some(m);
                 self.loaded = Some(load.clone());
             }
@@ -378,7 +378,7 @@ impl<L: Loader> Core<L> {
             }
         } else if let Some(m) = self.model.as_mut() {
             m.reconfigure(new);
-            ran.model = Some(ModelChange::Loaded(m.report(new)));
+            ran.model = Some(ModelChange::Loaded(Box::new(m.report(new))));
             self.warm_up_pending = true;
             info!("configuration reloaded");
         }
@@ -498,7 +498,7 @@ impl<L: Loader> Core<L> {
         }
         match ran.model {
             Some(ModelChange::Loaded(report)) => {
-                board.stats.model = report;
+                board.stats.model = *report;
                 board.stats.loaded = true;
             }
             Some(ModelChange::Gone) => board.stats.loaded = false,

@@ -94,7 +94,7 @@ impl Scheduler {
     }
 
     /// Queues a job, or hands it back with the reason (queue full, shutting down, too hot).
-    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<Rejected>> {
         let mut board = self.shared.lock();
         let view = AdmissionView {
             draining: matches!(board.phase, Phase::Draining | Phase::Stopped),
@@ -103,7 +103,7 @@ impl Scheduler {
             budget: &board.budget,
         };
         if let Err(refusal) = admit(job.request().priority(), &view) {
-            return Err(Rejected { job, refusal });
+            return Err(Box::new(Rejected { job, refusal }));
         }
         board.queue.push(job);
         drop(board);

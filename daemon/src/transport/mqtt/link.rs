@@ -37,7 +37,7 @@ pub enum LinkEvent {
         session_present: bool,
     },
     /// A message on a subscribed topic.
-    Message(InMessage),
+    Message(Box<InMessage>),
     /// The next handed publication left with this packet id.
     Published(u16),
     /// The broker acknowledged this packet id.
@@ -227,14 +227,14 @@ impl Loop {
                                 AckToken::V4(token)
                             }
                         };
-                        Some(LinkEvent::Message(InMessage {
+                        Some(LinkEvent::Message(Box::new(InMessage {
                             topic: p.topic,
                             payload: p.payload,
                             response_topic: None,
                             correlation: None,
                             retain: p.retain,
                             ack,
-                        }))
+                        })))
                     }
                     Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
                     Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),
@@ -260,14 +260,14 @@ impl Loop {
                             }
                         };
                         let props = p.properties.unwrap_or_default();
-                        Some(LinkEvent::Message(InMessage {
+                        Some(LinkEvent::Message(Box::new(InMessage {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload,
                             response_topic: props.response_topic,
                             correlation: props.correlation_data,
                             retain: p.retain,
                             ack,
-                        }))
+                        })))
                     }
                     v5::Event::Incoming(v5::mqttbytes::v5::Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
                     v5::Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Published(pkid)),

@@ -47,7 +47,7 @@ pub enum Body {
     /// which get `seq` 0.
     Event {
         /// The event.
-        event: Event,
+        event: Box<Event>,
         /// Its stream, for `seq` numbering and merging.
         stream: Option<StreamKey>,
     },
@@ -383,7 +383,7 @@ mod tests {
             correlation: None,
             retain: false,
             replaceable: false,
-            body: Body::Event { event, stream: Some(key(id)) },
+            body: Body::Event { event: Box::new(event), stream: Some(key(id)) },
         }
     }
 
@@ -394,7 +394,7 @@ mod tests {
             correlation: Some(Bytes::from_static(b"c")),
             retain: false,
             replaceable: false,
-            body: Body::Event { event, stream: Some(key(id)) },
+            body: Body::Event { event: Box::new(event), stream: Some(key(id)) },
         }
     }
 

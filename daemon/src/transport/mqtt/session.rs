@@ -190,7 +190,7 @@ impl Session {
                 }
             }
             LinkEvent::Lost { error, resume } => {
-                if self.connected || self.failures % 10 == 0 {
+                if self.connected || self.failures.is_multiple_of(10) {
                     warn!(error = %error, waiting = self.outbox.len(), "MQTT: no connection to the broker; retrying with backoff");
                 }
                 self.connected = false;
@@ -206,7 +206,7 @@ impl Session {
             LinkEvent::Acked(pkid) => {
                 self.outbox.acked(pkid, Instant::now());
             }
-            LinkEvent::Message(m) => self.on_message(m),
+            LinkEvent::Message(m) => self.on_message(*m),
             LinkEvent::Closed => {}
         }
     }
@@ -258,7 +258,7 @@ impl Session {
             correlation: reply.correlation.clone(),
             retain: false,
             replaceable: false,
-            body: Body::Event { event, stream },
+            body: Body::Event { event: Box::new(event), stream },
         });
     }
 
