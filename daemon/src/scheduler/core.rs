@@ -16,91 +16,16 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, info_span, warn};
 
+pub use super::board::{Board, Reload};
 use super::job::Job;
 use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
-use super::queue::JobQueue;
-use crate::api::{CacheReport, ErrorCode, EventBody, ModelReport, Phase, Priority, RequestTimings, RunningReport, ThermalLevel};
+use crate::api::{ErrorCode, EventBody, ModelReport, Phase, Priority, RunningReport, ThermalLevel};
 use crate::budget::BudgetState;
 use crate::config::{LoadSettings, Settings};
 use crate::intent::Catalog;
 
 /// How long the engine thread waits without work before it checks deadlines again.
 pub const IDLE_TICK: Duration = Duration::from_millis(250);
-
-/// A configuration to apply.
-#[derive(Debug, Clone)]
-pub struct Reload {
-    /// The settings.
-    pub settings: Arc<Settings>,
-    /// Their intent catalog.
-    pub catalog: Arc<Catalog>,
-}
-
-/// Counters and descriptions for `status`.
-#[derive(Debug, Clone)]
-pub struct Stats {
-    /// Requests completed.
-    pub served: u64,
-    /// Requests that ended with an error.
-    pub failed: u64,
-    /// Timings of the last completed request.
-    pub last: Option<RequestTimings>,
-    /// Requests the engine is working on.
-    pub running: Vec<RunningReport>,
-    /// The model (the last loaded).
-    pub model: ModelReport,
-    /// Whether a model is loaded.
-    pub loaded: bool,
-    /// Its prefix cache.
-    pub cache: Option<CacheReport>,
-}
-
-/// The waiting room and what the transports may read or change, under one lock.
-#[derive(Debug)]
-pub struct Board {
-    /// Waiting requests.
-    pub queue: JobQueue<Job>,
-    /// Lifecycle.
-    pub phase: Phase,
-    /// When draining: the time after which running requests are stopped.
-    pub grace_until: Option<Instant>,
-    /// A configuration to apply once nothing runs.
-    pub reload: Option<Reload>,
-    /// The settings in force.
-    pub settings: Arc<Settings>,
-    /// The intent catalog in force.
-    pub catalog: Arc<Catalog>,
-    /// The governors' latest decision.
-    pub budget: BudgetState,
-    /// For `status`.
-    pub stats: Stats,
-}
-
-impl Board {
-    /// A board for a daemon serving `model` under `settings`.
-    pub fn new(settings: Arc<Settings>, catalog: Arc<Catalog>, model: ModelReport) -> Self {
-        let stats = Stats { served: 0, failed: 0, last: None, running: Vec::new(), model, loaded: true, cache: None };
-        Self {
-            queue: JobQueue::default(),
-            phase: Phase::Ready,
-            grace_until: None,
-            reload: None,
-            settings,
-            catalog,
-            budget: BudgetState::default(),
-            stats,
-        }
-    }
-
-    /// The share of time the engine may compute now (1.0 unless warm).
-    pub fn duty(&self) -> f64 {
-        if self.budget.level >= ThermalLevel::Warm {
-            self.settings.budget.warm_duty_cycle
-        } else {
-            1.0
-        }
-    }
-}
 
 /// What the engine thread should do next.
 #[derive(Debug)]

@@ -5,11 +5,13 @@
 //! an I/O-free state machine unit-tested against a fake model) over the model behind the
 //! [`Model`] trait; `engine` adapts the real engine to it.
 //!
-//! The pieces: `admission` (may a request wait?), `queue` (two lanes), `job`, `table` and
+//! The pieces: `admission` (may a request wait?), `queue` (two lanes), `board` (the state
+//! shared under the lock), `job`, `table` and
 //! `outbound` (the request table and each client's bounded event queue), `model` (the traits),
 //! `core`, `thread`, `pacer` (the warm duty cycle), `engine` (the real model and its loader).
 
 mod admission;
+mod board;
 mod core;
 mod engine;
 mod job;
