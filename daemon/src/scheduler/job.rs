@@ -20,6 +20,10 @@ impl Queued for Job {
     fn priority(&self) -> Priority {
         self.request.priority()
     }
+
+    fn client(&self) -> u64 {
+        self.ticket.client
+    }
 }
 
 impl Job {

@@ -1,7 +1,11 @@
-//! The waiting room in front of the engine: two FIFO lanes (interactive before background) with
-//! a shared capacity. Pure data structure, no I/O or locking, so its rules are unit-tested.
+//! The waiting room in front of the engine: two lanes (interactive before background) with a
+//! shared capacity. Within a lane, clients take turns: each client's requests wait in arrival
+//! order, a client that arrives goes ahead of the clients that have had a turn already, and a
+//! client that had its turn goes to the back. One client with many requests (or one that
+//! stopped reading) therefore holds up the others by one request at most. Pure data structure,
+//! no I/O or locking, so its rules are unit-tested.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::api::Priority;
 
@@ -9,46 +13,111 @@ use crate::api::Priority;
 pub trait Queued {
     /// Its scheduling class.
     fn priority(&self) -> Priority;
+
+    /// The client it came from (clients take turns).
+    fn client(&self) -> u64;
+}
+
+/// One lane: each client's jobs in arrival order, and the clients in turn order (with whether
+/// each has had a turn since it joined).
+#[derive(Debug)]
+struct Lane<J> {
+    jobs: HashMap<u64, VecDeque<J>>,
+    turns: VecDeque<(u64, bool)>,
+    len: usize,
+}
+
+impl<J> Default for Lane<J> {
+    fn default() -> Self {
+        Self { jobs: HashMap::new(), turns: VecDeque::new(), len: 0 }
+    }
+}
+
+impl<J: Queued> Lane<J> {
+    fn push(&mut self, job: J) {
+        let client = job.client();
+        let queue = self.jobs.entry(client).or_default();
+        if queue.is_empty() {
+            let at = self.turns.iter().position(|(_, served)| *served).unwrap_or(self.turns.len());
+            self.turns.insert(at, (client, false));
+        }
+        queue.push_back(job);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<J> {
+        let (client, _) = self.turns.pop_front()?;
+        let queue = self.jobs.get_mut(&client)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.jobs.remove(&client);
+        } else {
+            self.turns.push_back((client, true));
+        }
+        self.len -= usize::from(job.is_some());
+        job
+    }
+
+    fn take_where(&mut self, remove: &mut impl FnMut(&J) -> bool, out: &mut Vec<J>) {
+        for (client, _) in self.turns.clone() {
+            let Some(queue) = self.jobs.get_mut(&client) else { continue };
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for job in queue.drain(..) {
+                if remove(&job) {
+                    out.push(job);
+                    self.len -= 1;
+                } else {
+                    kept.push_back(job);
+                }
+            }
+            if kept.is_empty() {
+                self.jobs.remove(&client);
+                self.turns.retain(|(c, _)| *c != client);
+            } else {
+                *queue = kept;
+            }
+        }
+    }
 }
 
 /// Waiting requests by priority.
 #[derive(Debug)]
 pub struct JobQueue<J> {
-    interactive: VecDeque<J>,
-    background: VecDeque<J>,
+    interactive: Lane<J>,
+    background: Lane<J>,
 }
 
 impl<J> Default for JobQueue<J> {
     fn default() -> Self {
-        Self { interactive: VecDeque::new(), background: VecDeque::new() }
+        Self { interactive: Lane::default(), background: Lane::default() }
     }
 }
 
 impl<J: Queued> JobQueue<J> {
-    /// Adds a job at the back of its lane.
+    /// Adds a job at the back of its client's line in its lane.
     pub fn push(&mut self, job: J) {
         match job.priority() {
-            Priority::Interactive => self.interactive.push_back(job),
-            Priority::Background => self.background.push_back(job),
+            Priority::Interactive => self.interactive.push(job),
+            Priority::Background => self.background.push(job),
         }
     }
 
-    /// The oldest job of `priority`.
+    /// The next job of `priority`: the oldest of the client whose turn it is.
     pub fn pop(&mut self, priority: Priority) -> Option<J> {
         match priority {
-            Priority::Interactive => self.interactive.pop_front(),
-            Priority::Background => self.background.pop_front(),
+            Priority::Interactive => self.interactive.pop(),
+            Priority::Background => self.background.pop(),
         }
     }
 
     /// Waiting jobs, per lane.
     pub fn counts(&self) -> (usize, usize) {
-        (self.interactive.len(), self.background.len())
+        (self.interactive.len, self.background.len)
     }
 
     /// Waiting jobs in all.
     pub fn len(&self) -> usize {
-        self.interactive.len() + self.background.len()
+        self.interactive.len + self.background.len
     }
 
     /// True when nothing waits.
@@ -59,17 +128,8 @@ impl<J: Queued> JobQueue<J> {
     /// Removes and returns every job for which `remove` says true, keeping the others' order.
     pub fn take_where(&mut self, mut remove: impl FnMut(&J) -> bool) -> Vec<J> {
         let mut out = Vec::new();
-        for lane in [&mut self.interactive, &mut self.background] {
-            let mut kept = VecDeque::with_capacity(lane.len());
-            for job in lane.drain(..) {
-                if remove(&job) {
-                    out.push(job);
-                } else {
-                    kept.push_back(job);
-                }
-            }
-            *lane = kept;
-        }
+        self.interactive.take_where(&mut remove, &mut out);
+        self.background.take_where(&mut remove, &mut out);
         out
     }
 }
@@ -78,38 +138,72 @@ impl<J: Queued> JobQueue<J> {
 mod tests {
     use super::*;
 
+    /// (number, priority, client)
     #[derive(Debug, PartialEq)]
-    struct J(u32, Priority);
+    struct J(u32, Priority, u64);
 
     impl Queued for J {
         fn priority(&self) -> Priority {
             self.1
         }
+
+        fn client(&self) -> u64 {
+            self.2
+        }
+    }
+
+    const I: Priority = Priority::Interactive;
+    const B: Priority = Priority::Background;
+
+    #[test]
+    fn lanes_are_fifo_per_client_and_separate() {
+        let mut q = JobQueue::default();
+        q.push(J(1, B, 0));
+        q.push(J(2, I, 0));
+        q.push(J(3, I, 0));
+        assert_eq!(q.counts(), (2, 1));
+        assert_eq!(q.pop(I), Some(J(2, I, 0)));
+        assert_eq!(q.pop(I), Some(J(3, I, 0)));
+        assert_eq!(q.pop(I), None);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]
-    fn lanes_are_fifo_and_separate() {
+    fn clients_take_turns() {
         let mut q = JobQueue::default();
-        q.push(J(1, Priority::Background));
-        q.push(J(2, Priority::Interactive));
-        q.push(J(3, Priority::Interactive));
-        assert_eq!(q.counts(), (2, 1));
-        assert_eq!(q.pop(Priority::Interactive), Some(J(2, Priority::Interactive)));
-        assert_eq!(q.pop(Priority::Interactive), Some(J(3, Priority::Interactive)));
-        assert_eq!(q.pop(Priority::Interactive), None);
-        assert_eq!(q.len(), 1);
+        for n in 0..4 {
+            q.push(J(n, I, 7));
+        }
+        q.push(J(10, I, 8));
+        q.push(J(11, I, 8));
+        q.push(J(20, I, 9));
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop(I)).map(|j| j.0).collect();
+        assert_eq!(order, [0, 10, 20, 1, 11, 2, 3], "one client's backlog does not hold up the others");
+        assert!(q.is_empty());
+
+        // A client that arrives after another had its turn goes before it.
+        q.push(J(0, I, 7));
+        q.push(J(1, I, 7));
+        assert_eq!(q.pop(I), Some(J(0, I, 7)));
+        q.push(J(10, I, 8));
+        assert_eq!(q.pop(I), Some(J(10, I, 8)));
+        assert_eq!(q.pop(I), Some(J(1, I, 7)));
     }
 
     #[test]
     fn take_where_keeps_order_of_the_rest() {
         let mut q = JobQueue::default();
         for i in 0..6 {
-            q.push(J(i, if i % 2 == 0 { Priority::Interactive } else { Priority::Background }));
+            q.push(J(i, if i % 2 == 0 { I } else { B }, 1));
         }
         let taken = q.take_where(|j| j.0 % 3 == 0);
-        assert_eq!(taken, vec![J(0, Priority::Interactive), J(3, Priority::Background)]);
-        assert_eq!(q.pop(Priority::Interactive), Some(J(2, Priority::Interactive)));
-        assert_eq!(q.pop(Priority::Background), Some(J(1, Priority::Background)));
+        assert_eq!(taken, vec![J(0, I, 1), J(3, B, 1)]);
+        assert_eq!(q.pop(I), Some(J(2, I, 1)));
+        assert_eq!(q.pop(B), Some(J(1, B, 1)));
         assert_eq!(q.len(), 2);
+        q.push(J(9, I, 2));
+        assert_eq!(q.take_where(|j| j.2 == 1).len(), 2);
+        assert_eq!(q.pop(I), Some(J(9, I, 2)));
+        assert!(q.is_empty());
     }
 }

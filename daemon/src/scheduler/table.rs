@@ -258,7 +258,7 @@ impl Client {
 
     fn ticket(&self, no: u64, id: &str, cancel: CancelToken) -> Ticket {
         let responder = Responder { no, id: id.to_string(), client: Arc::clone(&self.shared), done: false };
-        Ticket { no, cancel, responder }
+        Ticket { no, client: self.shared.id, cancel, responder }
     }
 
     /// Cancels the request under `key`.
@@ -315,6 +315,8 @@ impl Drop for Client {
 pub struct Ticket {
     /// Its table number (on every [`Delivery`](super::outbound::Delivery) of its events).
     pub no: u64,
+    /// The client's number (clients take turns in the queue).
+    pub client: u64,
     /// Its cancellation.
     pub cancel: CancelToken,
     /// Its events.
