@@ -25,3 +25,12 @@ if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found; install Rust >= 1.91 (https://rustup.rs) and re-run" >&2
   exit 1
 fi
+if [ "${1:-}" = test ]; then
+  # The test command checks formatting and lints; both come with rustup's default profile.
+  for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+      echo "install-deps: 'cargo $tool' is missing; add it with: rustup component add $([ "$tool" = fmt ] && echo rustfmt || echo clippy)" >&2
+      exit 1
+    fi
+  done
+fi

@@ -306,6 +306,38 @@ fn hermes_queries_get_real_intents_and_respect_the_filter() {
     drop(d);
 }
 
+/// Hermes queries go through the same checks as socket requests: one over
+/// `mqtt.max_payload_bytes`, an utterance over the intent text limit and an intent filter over
+/// its limit are each answered on `hermes/error/nlu` with the limit named, and the daemon goes
+/// on answering.
+#[test]
+fn hermes_queries_over_the_limits_get_an_nlu_error_naming_the_limit() {
+    let broker = Broker::start();
+    let d = Daemon::start(&mqtt_section(broker.port, "h2", "hermes = true\nmax_payload_bytes = 8192\n"));
+    let t = Tester::connect(broker.port, "ht2");
+    t.wait_online("h2");
+    t.subscribe("hermes/#");
+    let wait = Duration::from_secs(60);
+    let too_big = json!({"input": "x".repeat(10_000), "sessionId": "big", "siteId": "hall"});
+    let too_long = json!({"input": "word ".repeat(500), "sessionId": "long"});
+    let filter: Vec<String> = (0..1001).map(|i| format!("I{i}")).collect();
+    let too_many = json!({"input": "hi", "sessionId": "filter", "intentFilter": filter});
+    for (query, session, needle) in [
+        (too_big, "big", "more than mqtt.max_payload_bytes (8192)"),
+        (too_long, "long", "text: must be 1 to 2000 bytes"),
+        (too_many, "filter", "intent_filter: at most 1000 names"),
+    ] {
+        t.publish("hermes/nlu/query", query.to_string());
+        let msgs = t.collect(wait, |m| m.topic == "hermes/error/nlu" && m.json()["sessionId"] == session);
+        let v = msgs.last().unwrap().json();
+        assert!(v["error"].as_str().unwrap().contains(needle), "{session}: {v}");
+    }
+    assert_eq!(d.status()["requests"]["done"], 0, "none of them reached the engine");
+    t.publish("hermes/nlu/query", json!({"input": "turn on the kitchen light", "id": "ok"}).to_string());
+    let msgs = t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.topic != "hermes/nlu/intentParsed" && m.json()["id"] == "ok");
+    assert_ne!(msgs.last().unwrap().topic, "hermes/error/nlu", "a query within the limits is answered");
+}
+
 #[test]
 fn the_shipped_dataset_covers_the_catalog_with_valid_labels() {
     let catalog = Catalog::builtin().unwrap();

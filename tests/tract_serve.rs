@@ -116,3 +116,32 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     assert!(stderr.contains(&missing.display().to_string()) && stderr.contains("no such file"), "{stderr}");
     assert!(!socket.exists(), "no socket after a failed start");
 }
+
+/// SIGHUP with `model.backend` changed from `ort` to `tract` loads the model on the other
+/// runtime (what loading reads is compared whole), and `status` says so; the answer stays
+/// ONNX Runtime's.
+#[test]
+fn sighup_changing_the_backend_swaps_the_runtime() {
+    let model = model_dir("tiny-b", "int4");
+    let prompt = &reference("tiny-b").prompts[1].text;
+    let daemon = common::daemon::Daemon::start_customized(&model, "backend = \"ort\"", "", |_| {});
+    let (before, _) = serve_once(&daemon, prompt);
+    assert_eq!(backend_of(&daemon.status())["name"], "onnxruntime");
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replacen("backend = \"ort\"", "backend = \"tract\"", 1);
+    std::fs::write(&daemon.config, text).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = daemon.status();
+        if backend_of(&status)["name"] == "tract" && status["model_loaded"] == true && status["state"] == "ready" {
+            assert_eq!(backend_of(&status)["chosen"], "model.backend = \"tract\"", "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the runtime was not swapped: {status}\n{}", daemon.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (after, models) = serve_once(&daemon, prompt);
+    assert_eq!(backend_of(&models)["name"], "tract");
+    assert_eq!(after, before, "tract answers as ONNX Runtime did");
+    assert!(daemon.log_text().contains("configuration reloaded"), "{}", daemon.log_text());
+}

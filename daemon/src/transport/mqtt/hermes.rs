@@ -105,7 +105,9 @@ pub struct NluError {
 /// Reads a query of at most `max_payload` bytes (`mqtt.max_payload_bytes`).
 pub fn parse_query(payload: &[u8], max_payload: usize) -> Result<NluQuery, NluError> {
     let error = |message: String| {
-        let loose: Option<Map<String, Value>> = if payload.len() <= max_payload { serde_json::from_slice(payload).ok() } else { None };
+        // The link bounds what arrives (16 × the payload limit); reading the session back lets
+        // the dialogue manager match the error to its query.
+        let loose: Option<Map<String, Value>> = serde_json::from_slice(payload).ok();
         let field = |k: &str| loose.as_ref().and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
         let text = String::from_utf8_lossy(&payload[..payload.len().min(800)]);
         NluError {
