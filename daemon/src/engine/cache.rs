@@ -57,8 +57,8 @@ impl CacheSettings {
     }
 }
 
-/// Counters and sizes reported in `status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// The prefix cache's counters and sizes (`status` reports them as `api::CacheReport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Lookups that found a cached prefix.
     pub hits: u64,

@@ -6,8 +6,6 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::backend::{Backend, BackendError, Logits, LogitsWanted, Sequence, Snapshot};
 use super::constrain::{Allowed, Constraint};
 use super::detok::{StopMatcher, StopState, Utf8Stream};
@@ -28,8 +26,7 @@ pub struct GenerateParams {
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     /// An end-of-sequence token or a stop string.
     Stop,
@@ -42,19 +39,18 @@ pub enum FinishReason {
 }
 
 /// Token counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Tokens of the prompt.
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// Prompt tokens restored from the prefix cache instead of prefilled.
-    #[serde(default)]
     pub cached_tokens: usize,
 }
 
 /// Where the time went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
     /// Prefill wall time (ms).
     pub prefill_ms: f64,

@@ -6,11 +6,10 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-/// Sampling settings of one request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Sampling settings of one sequence (the wire form, with its range checks, is
+/// `api::Sampling`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 = greedy.
     pub temperature: f32,
