@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 /// For each top-level module: the modules it must not name.
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("api", &["engine", "intent", "scheduler", "transport", "budget", "config", "service"]),
-    ("engine", &["api", "scheduler", "transport", "budget", "config", "intent", "service"]),
+    ("api", &["engine", "intent", "dialect", "scheduler", "transport", "budget", "config", "service"]),
+    ("engine", &["api", "scheduler", "transport", "budget", "config", "intent", "dialect", "service"]),
     ("budget", &["engine", "intent", "scheduler", "transport", "config", "service"]),
     ("intent", &["scheduler", "transport", "budget", "config", "service"]),
+    ("dialect", &["engine", "intent", "scheduler", "transport", "budget", "config", "service"]),
     ("config", &["scheduler", "transport", "service"]),
     ("scheduler", &["transport", "service"]),
     ("transport", &["engine", "service"]),

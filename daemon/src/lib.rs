@@ -6,13 +6,14 @@
 //! runs it through [`engine`], and the events travel back through the responder to the same
 //! transport. Transports never touch the engine; the engine never knows which transport asked.
 //!
-//! Layers, bottom up: [`api`] (wire types) · [`engine`] · [`budget`], [`intent`] · [`config`] ·
+//! Layers, bottom up: [`api`] (wire types) · [`engine`] · [`budget`], [`intent`], [`dialect`] · [`config`] ·
 //! [`scheduler`] · [`transport`] · [`service`] and the binary. Imports point down only; a test
 //! (`layering`) checks it on the sources.
 
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod dialect;
 pub mod engine;
 pub mod intent;
 pub mod scheduler;

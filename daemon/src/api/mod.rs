@@ -13,8 +13,8 @@ mod status;
 pub use event::{ErrorCode, Event, EventBody, FinishReason, IntentSummary, RequestTimings, Slot, SlotRange, Usage};
 pub use parse::{parse_request, BadRequest};
 pub use request::{
-    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, MAX_DEADLINE_MS,
-    MAX_ID_LEN, MAX_INTENT_FILTER, MAX_INTENT_TEXT, MAX_STOP, MAX_STOP_LEN,
+    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
+    MAX_DEADLINE_MS, MAX_ID_LEN, MAX_INTENT_FILTER, MAX_INTENT_TEXT, MAX_STOP, MAX_STOP_LEN, MAX_TOOLS, MAX_TOOL_NAME,
 };
 pub use sampling::Sampling;
 pub use status::{

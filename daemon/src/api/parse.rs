@@ -7,7 +7,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::request::MAX_ID_LEN;
-use super::request::{FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat};
+use super::request::{
+    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
+};
 use super::sampling::Sampling;
 
 /// A request that could not be accepted, with the id when it could be read.
@@ -42,6 +44,7 @@ struct GenerateBody {
     priority: Option<Priority>,
     deadline_ms: Option<u64>,
     response_format: Option<Value>,
+    tool_choice: Option<Value>,
 }
 
 /// The body of `intent`.
@@ -136,7 +139,13 @@ fn generate(op: &str, b: GenerateBody, limits: &Limits) -> Result<GenerateReques
         }
         Prompt::Chat { messages: b.messages.ok_or("messages: missing")?, tools: b.tools, thinking: b.thinking.unwrap_or(false) }
     } else {
-        for (present, field) in [(b.messages.is_some(), "messages"), (b.tools.is_some(), "tools"), (b.thinking.is_some(), "thinking")] {
+        let chat_only = [
+            (b.messages.is_some(), "messages"),
+            (b.tools.is_some(), "tools"),
+            (b.thinking.is_some(), "thinking"),
+            (b.tool_choice.is_some(), "tool_choice"),
+        ];
+        for (present, field) in chat_only {
             if present {
                 return Err(format!("{field}: not a field of complete (use op chat)").into());
             }
@@ -163,6 +172,10 @@ fn generate(op: &str, b: GenerateBody, limits: &Limits) -> Result<GenerateReques
         Some(v) => ResponseFormat::parse(&v)?,
         None => None,
     };
+    let tool_choice = match b.tool_choice {
+        Some(v) => ToolChoice::parse(&v)?,
+        None => ToolChoice::Auto,
+    };
     let spec = GenerateSpec {
         prompt,
         max_tokens: b.max_tokens,
@@ -172,6 +185,7 @@ fn generate(op: &str, b: GenerateBody, limits: &Limits) -> Result<GenerateReques
         priority: b.priority.unwrap_or_default(),
         deadline_ms: b.deadline_ms,
         format,
+        tool_choice,
     };
     GenerateRequest::new(spec, limits)
 }

@@ -112,6 +112,45 @@ pub enum Prompt {
     },
 }
 
+/// Whether and which tool the model must call (`tool_choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// No tool call: the answer is text.
+    None,
+    /// Text or tool calls, as the model decides; a call that is opened is held to its schema.
+    #[default]
+    Auto,
+    /// Exactly one call of one of the tools.
+    Required,
+    /// Exactly one call of this tool.
+    Function(String),
+}
+
+impl ToolChoice {
+    /// `tool_choice` as OpenAI writes it: `"none"`, `"auto"`, `"required"`, or
+    /// `{"type": "function", "function": {"name": "…"}}`.
+    pub fn parse(v: &Value) -> Result<Self, FieldError> {
+        match v {
+            Value::String(s) => match s.as_str() {
+                "none" => Ok(Self::None),
+                "auto" => Ok(Self::Auto),
+                "required" => Ok(Self::Required),
+                other => Err(format!("tool_choice: '{other}' is not one of none, auto, required, or a function").into()),
+            },
+            Value::Object(o) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+                Some(name) => Ok(Self::Function(name.to_string())),
+                None => Err("tool_choice.function.name: missing or not a string".into()),
+            },
+            _ => Err("tool_choice: must be a string or {\"type\": \"function\", \"function\": {\"name\": …}}".into()),
+        }
+    }
+}
+
+/// Longest tool name accepted (OpenAI's limit).
+pub const MAX_TOOL_NAME: usize = 64;
+/// Most tools one request may carry.
+pub const MAX_TOOLS: usize = 128;
+
 /// A grammar the answer must follow (`response_format` of `chat`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResponseFormat {
@@ -166,6 +205,8 @@ pub struct GenerateSpec {
     pub deadline_ms: Option<u64>,
     /// A grammar the output must follow.
     pub format: Option<ResponseFormat>,
+    /// Whether and which tool to call (`chat` with `tools` only).
+    pub tool_choice: ToolChoice,
 }
 
 impl GenerateSpec {
@@ -182,6 +223,7 @@ impl GenerateSpec {
             priority: Priority::Interactive,
             deadline_ms: None,
             format: None,
+            tool_choice: ToolChoice::Auto,
         }
     }
 }
@@ -194,9 +236,12 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     /// Checks `spec` against the protocol's limits and `limits`.
-    pub fn new(spec: GenerateSpec, limits: &Limits) -> Result<Self, FieldError> {
-        match &spec.prompt {
-            Prompt::Chat { messages, .. } => check_messages(messages)?,
+    pub fn new(mut spec: GenerateSpec, limits: &Limits) -> Result<Self, FieldError> {
+        match &mut spec.prompt {
+            Prompt::Chat { messages, tools, .. } => {
+                check_messages(messages)?;
+                check_tools(tools.as_deref().unwrap_or_default(), &spec.tool_choice)?;
+            }
             Prompt::Text(_) => {}
             Prompt::Intent { text, filter } => {
                 if text.trim().is_empty() || text.len() > MAX_INTENT_TEXT {
@@ -212,6 +257,9 @@ impl GenerateRequest {
         }
         if spec.format.is_some() && !matches!(spec.prompt, Prompt::Chat { .. }) {
             return Err("response_format: only chat requests take one".into());
+        }
+        if spec.tool_choice != ToolChoice::Auto && !matches!(spec.prompt, Prompt::Chat { .. }) {
+            return Err("tool_choice: only chat requests take one".into());
         }
         if let Some(n) = spec.max_tokens {
             if n == 0 || n > limits.max_tokens {
@@ -267,24 +315,92 @@ impl GenerateRequest {
     pub fn format(&self) -> Option<&ResponseFormat> {
         self.spec.format.as_ref()
     }
+
+    /// Whether and which tool to call.
+    pub fn tool_choice(&self) -> &ToolChoice {
+        &self.spec.tool_choice
+    }
 }
 
-fn check_messages(messages: &[Value]) -> Result<(), FieldError> {
+/// Checks the messages; the `arguments` of an assistant's earlier tool calls, which OpenAI
+/// clients send as a JSON string, become the object the chat template renders.
+fn check_messages(messages: &mut [Value]) -> Result<(), FieldError> {
     if messages.is_empty() {
         return Err("messages: must not be empty".into());
     }
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.iter_mut().enumerate() {
         let role = m.get("role").and_then(Value::as_str).ok_or(format!("messages[{i}].role: missing or not a string"))?;
         if !ROLES.contains(&role) {
             return Err(format!("messages[{i}].role: '{role}' is not one of {}", ROLES.join(", ")).into());
         }
+        let is_assistant = role == "assistant";
         match m.get("content") {
             Some(Value::String(_)) => {}
-            Some(Value::Null) | None if role == "assistant" && m.get("tool_calls").is_some() => {}
+            Some(Value::Null) | None if is_assistant && m.get("tool_calls").is_some() => {}
             _ => return Err(format!("messages[{i}].content: missing or not a string").into()),
+        }
+        let Some(calls) = m.get_mut("tool_calls").filter(|c| !c.is_null()) else { continue };
+        let Value::Array(calls) = calls else { return Err(format!("messages[{i}].tool_calls: must be a list").into()) };
+        for (j, call) in calls.iter_mut().enumerate() {
+            let at = format!("messages[{i}].tool_calls[{j}]");
+            let function = call.get_mut("function").filter(|f| f.is_object()).ok_or(format!("{at}.function: missing or not an object"))?;
+            if !function.get("name").is_some_and(Value::is_string) {
+                return Err(format!("{at}.function.name: missing or not a string").into());
+            }
+            let args = function.get("arguments").cloned().unwrap_or(Value::Object(Default::default()));
+            let args = match args {
+                Value::String(text) if text.trim().is_empty() => Value::Object(Default::default()),
+                Value::String(text) => {
+                    serde_json::from_str::<Value>(&text).map_err(|e| format!("{at}.function.arguments: not JSON: {e}"))?
+                }
+                other => other,
+            };
+            if !args.is_object() {
+                return Err(format!("{at}.function.arguments: must be a JSON object").into());
+            }
+            function["arguments"] = args;
         }
     }
     Ok(())
+}
+
+/// Checks the tool definitions (`{"type": "function", "function": {"name", "description",
+/// "parameters"}}`) and that the tool choice names one of them.
+fn check_tools(tools: &[Value], choice: &ToolChoice) -> Result<(), FieldError> {
+    if tools.len() > MAX_TOOLS {
+        return Err(format!("tools: at most {MAX_TOOLS}").into());
+    }
+    let mut names = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        if tool.get("type").is_some_and(|t| t != "function") {
+            return Err(format!("tools[{i}].type: only \"function\" tools are supported").into());
+        }
+        let f = tool.get("function").filter(|f| f.is_object()).ok_or(format!("tools[{i}].function: missing or not an object"))?;
+        let name = f.get("name").and_then(Value::as_str).ok_or(format!("tools[{i}].function.name: missing or not a string"))?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if name.is_empty() || name.len() > MAX_TOOL_NAME || !name.chars().all(valid) {
+            return Err(format!("tools[{i}].function.name: {name:?} must be 1 to {MAX_TOOL_NAME} of a-z, A-Z, 0-9, _, - and .").into());
+        }
+        if names.contains(&name) {
+            return Err(format!("tools[{i}].function.name: '{name}' is defined twice").into());
+        }
+        if let Some(p) = f.get("parameters").filter(|p| !p.is_null()) {
+            if !p.is_object() || p.get("type").is_some_and(|t| t != "object") {
+                return Err(format!("tools[{i}].function.parameters: must be a JSON Schema of type object").into());
+            }
+            if p.get("properties").is_some_and(|props| !props.is_object()) {
+                return Err(format!("tools[{i}].function.parameters.properties: must be an object").into());
+            }
+        }
+        names.push(name);
+    }
+    match choice {
+        ToolChoice::Required if tools.is_empty() => Err("tool_choice: \"required\" needs tools".into()),
+        ToolChoice::Function(name) if !names.contains(&name.as_str()) => {
+            Err(format!("tool_choice.function.name: '{name}' is not one of the tools").into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What a request asks for.

@@ -20,6 +20,16 @@ pub enum Grammar {
     Lark(String),
     /// A JSON Schema; the output is one JSON value valid under it.
     JsonSchema(Value),
+    /// Free output until the model picks the special token `trigger`; from there on (that
+    /// token included) the output follows `lark`. Free text costs no mask computation.
+    Triggered {
+        /// The token that starts the held part.
+        trigger: u32,
+        /// The grammar of the held part, starting with `trigger`.
+        lark: String,
+    },
+    /// Free output without these tokens.
+    Banned(Vec<u32>),
 }
 
 /// Why a grammar cannot be used or decoding under it failed.
@@ -97,8 +107,17 @@ impl Constrainer {
 
     /// A fresh constraint for one generation under `grammar`.
     pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, ConstrainError> {
+        let mut mode = Mode::Held;
         let top = match grammar {
             Grammar::Lark(s) => TopLevelGrammar::from_lark(s.clone()),
+            Grammar::Triggered { trigger, lark } => {
+                mode = Mode::Waiting(*trigger);
+                TopLevelGrammar::from_lark(lark.clone())
+            }
+            Grammar::Banned(ids) => {
+                mode = Mode::Banned(ids.clone());
+                TopLevelGrammar::from_lark("start: /(?s:.*)/".to_string())
+            }
             Grammar::JsonSchema(v) => {
                 // Compact JSON unless the schema says otherwise: free whitespace would let a
                 // weak model pad the answer until it runs out of tokens.
@@ -114,7 +133,7 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(ConstrainError::Grammar(e));
         }
-        Ok(Constraint { matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
+        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
     }
 }
 
@@ -127,8 +146,20 @@ pub enum Allowed {
     EndOnly,
 }
 
+/// Whether the grammar holds the output yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    /// Every token goes through the grammar.
+    Held,
+    /// Free until this token.
+    Waiting(u32),
+    /// Free but for these tokens (there is no grammar).
+    Banned(Vec<u32>),
+}
+
 /// The grammar state of one generation.
 pub struct Constraint {
+    mode: Mode,
     matcher: Matcher,
     eos: Vec<u32>,
     /// log Σ exp(logit) over the allowed tokens of the current step, when it was a free choice.
@@ -151,6 +182,18 @@ impl Constraint {
     /// Sets the logits of disallowed tokens to −∞.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<Allowed, ConstrainError> {
         self.lse = None;
+        match &self.mode {
+            Mode::Held => {}
+            Mode::Waiting(_) => return Ok(Allowed::Tokens),
+            Mode::Banned(ids) => {
+                for &id in ids {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+                return Ok(Allowed::Tokens);
+            }
+        }
         if self.matcher.is_stopped() {
             return Ok(Allowed::EndOnly);
         }
@@ -192,6 +235,11 @@ impl Constraint {
         if self.eos.contains(&token) {
             return Ok(());
         }
+        match self.mode {
+            Mode::Held => {}
+            Mode::Waiting(trigger) if trigger == token => self.mode = Mode::Held,
+            Mode::Waiting(_) | Mode::Banned(_) => return Ok(()),
+        }
         self.matcher.consume_token(token).map_err(|e| ConstrainError::Decode(e.to_string()))?;
         if self.matcher.is_error() {
             return Err(self.matcher_error("the token broke the grammar"));
@@ -201,7 +249,7 @@ impl Constraint {
 
     /// True when the grammar admits nothing more.
     pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped()
+        self.mode == Mode::Held && self.matcher.is_stopped()
     }
 
     /// Geometric mean of the probabilities (renormalised over the allowed tokens) of the tokens

@@ -125,7 +125,13 @@ impl Sampler {
             cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             cand.truncate(p.top_k);
         }
-        cand.sort_unstable_by(by_logit_desc);
+        // Only top-p needs the candidates in order; without it the draw walks them by id (a
+        // full sort of a 248k vocabulary costs more than a decode step of a small model).
+        if p.top_p < 1.0 {
+            cand.sort_unstable_by(by_logit_desc);
+        } else if let Some(best) = (0..cand.len()).max_by(|&a, &b| by_logit_desc(&cand[b], &cand[a])) {
+            cand.swap(0, best);
+        }
         let max = cand[0].1;
         let mut sum = 0.0f32;
         for c in cand.iter_mut() {
@@ -145,8 +151,12 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             let floor = cand[0].1 * p.min_p;
-            let keep = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
-            cand.truncate(keep);
+            if p.top_p < 1.0 {
+                let keep = cand.iter().take_while(|c| c.1 >= floor).count().max(1);
+                cand.truncate(keep);
+            } else {
+                cand.retain(|c| c.1 >= floor);
+            }
         }
         let total: f32 = cand.iter().map(|c| c.1).sum();
         let mut r = self.rng.random::<f32>() * total;

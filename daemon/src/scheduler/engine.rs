@@ -13,6 +13,7 @@ use crate::api::{self, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFo
 use crate::budget::memory::{self, ModelShape};
 use crate::budget::readers::SysRoot;
 use crate::config::{LoadSettings, Settings};
+use crate::dialect::{self, grammar::Marker, Hold, Markers};
 use crate::engine::backend::ort::OrtOptions;
 use crate::engine::backend::providers::ProviderRequest;
 use crate::engine::backend::BackendError;
@@ -155,6 +156,19 @@ impl From<&api::Sampling> for SamplingParams {
     }
 }
 
+/// How this model's tokenizer writes the tool-call and thinking markers.
+fn markers(engine: &Engine) -> Markers {
+    let marker = |text: &'static str| match engine.tokenizer.token_id(text) {
+        Some(id) if engine.tokenizer.is_special(id) => Marker::Token(id),
+        _ => Marker::Text(text),
+    };
+    Markers {
+        tool_call_open: marker(dialect::TOOL_CALL_OPEN),
+        tool_call_close: marker(dialect::TOOL_CALL_CLOSE),
+        think_close: marker(dialect::THINK_CLOSE),
+    }
+}
+
 fn grammar(format: &ResponseFormat) -> Grammar {
     match format {
         ResponseFormat::JsonSchema(schema) => Grammar::JsonSchema(schema.clone()),
@@ -204,6 +218,21 @@ impl Model for Engine {
                 rendered
             }
             Prompt::Chat { messages, tools, thinking } => {
+                let listed = tools.as_deref().unwrap_or_default();
+                if !listed.is_empty() && !matches!(request.format(), Some(ResponseFormat::Lark(_))) {
+                    let schema = match request.format() {
+                        Some(ResponseFormat::JsonSchema(s)) => Some(s),
+                        _ => None,
+                    };
+                    let held = dialect::tool_grammar(listed, request.tool_choice(), *thinking, schema, &markers(self))
+                        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("tools: {e}")))?;
+                    grammar = match held {
+                        Some(Hold::Grammar(lark)) => Some(Grammar::Lark(lark)),
+                        Some(Hold::Triggered { trigger, grammar }) => Some(Grammar::Triggered { trigger, lark: grammar }),
+                        Some(Hold::Banned(ids)) => Some(Grammar::Banned(ids)),
+                        None => grammar,
+                    };
+                }
                 let mut input = ChatInput {
                     messages: messages.clone(),
                     tools: tools.clone(),
