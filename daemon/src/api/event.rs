@@ -30,6 +30,23 @@ pub enum ErrorCode {
     Forbidden,
 }
 
+impl ErrorCode {
+    /// The code as it is written on the wire (`bad_request`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Thermal => "thermal",
+            ErrorCode::Memory => "memory",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::ModelError => "model_error",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
+        }
+    }
+}
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

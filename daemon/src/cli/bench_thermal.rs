@@ -152,7 +152,8 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
     let sim = simulate(args, zone.clone(), Arc::clone(&soc), Arc::clone(&stop));
     let requests = Requests::default();
     let out = Arc::new(Outbound::new(usize::MAX));
-    let client = requests.client(ClientPolicy { remember: 16, reject_recent: false, unread_key: "bench" }, Arc::clone(&out));
+    let client =
+        requests.client(ClientPolicy { remember: 16, reject_recent: false, unread_key: "bench", transport: "bench" }, Arc::clone(&out));
     let submit = |job: Job| sched.submit(job).map_err(|r| anyhow::anyhow!(r.refusal.message));
     let started = Instant::now();
     for i in 0..args.background {

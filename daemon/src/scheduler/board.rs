@@ -3,11 +3,12 @@
 //! catalog in force, the budget, and the counters `status` reports.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::job::Job;
+use super::metrics::{op_of, Metrics};
 use super::queue::JobQueue;
-use crate::api::{CacheReport, ModelReport, Phase, RequestTimings, RunningReport, ThermalLevel};
+use crate::api::{CacheReport, EventBody, ModelReport, Phase, RequestTimings, RunningReport, ThermalLevel};
 use crate::budget::BudgetState;
 use crate::config::Settings;
 use crate::intent::Catalog;
@@ -38,6 +39,19 @@ pub struct Stats {
     pub loaded: bool,
     /// Its prefix cache.
     pub cache: Option<CacheReport>,
+    /// When the engine last worked (an idle model unloads counting from here).
+    pub last_busy: Instant,
+    /// The monitoring counters.
+    pub metrics: Metrics,
+}
+
+/// How long an idle model stays loaded, as a client asked (Ollama's `keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Until the daemon stops.
+    Forever,
+    /// This long after the last request (zero: unload as soon as it is idle).
+    For(Duration),
 }
 
 /// The waiting room and what the transports may read or change, under one lock.
@@ -59,12 +73,26 @@ pub struct Board {
     pub budget: BudgetState,
     /// For `status`.
     pub stats: Stats,
+    /// The last keep-alive a client asked for; `None`: `budget.idle_unload_s`.
+    pub keep_alive: Option<KeepAlive>,
+    /// A client asked for the model to be loaded now.
+    pub load_requested: bool,
 }
 
 impl Board {
     /// A board for a daemon serving `model` under `settings`.
     pub fn new(settings: Arc<Settings>, catalog: Arc<Catalog>, model: ModelReport) -> Self {
-        let stats = Stats { served: 0, failed: 0, last: None, running: Vec::new(), model, loaded: true, cache: None };
+        let stats = Stats {
+            served: 0,
+            failed: 0,
+            last: None,
+            running: Vec::new(),
+            model,
+            loaded: true,
+            cache: None,
+            last_busy: Instant::now(),
+            metrics: Metrics::default(),
+        };
         Self {
             queue: JobQueue::default(),
             phase: Phase::Ready,
@@ -74,7 +102,35 @@ impl Board {
             catalog,
             budget: BudgetState::default(),
             stats,
+            keep_alive: None,
+            load_requested: false,
         }
+    }
+
+    /// How long an idle model stays loaded now (`None`: until the daemon stops).
+    pub fn idle_unload(&self) -> Option<Duration> {
+        match self.keep_alive {
+            Some(KeepAlive::Forever) => None,
+            Some(KeepAlive::For(d)) => Some(d),
+            None => match self.settings.budget.idle_unload_s {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+        }
+    }
+
+    /// Counts `job`'s answer and sends it (counted first: a client that reads its answer and
+    /// asks for `status` sees it counted).
+    pub fn answer(&mut self, mut job: Job, body: EventBody) {
+        match &body {
+            EventBody::Done { timings, .. } | EventBody::Intent { timings, .. } => {
+                self.stats.served += 1;
+                self.stats.last = Some(*timings);
+            }
+            _ => self.stats.failed += 1,
+        }
+        self.stats.metrics.record(job.transport(), op_of(job.request().prompt()), &body);
+        job.send(body);
     }
 
     /// The share of time the engine may compute now (1.0 unless warm).

@@ -49,6 +49,8 @@ pub enum Work {
     Reload(Reload),
     /// Load another model directory (the thermal level wants it).
     Swap(Box<LoadSettings>),
+    /// Load the model (a client asked, with none loaded).
+    Load(Box<LoadSettings>),
     /// Free the model.
     Unload,
     /// Cache the catalog prefix.
@@ -147,9 +149,12 @@ impl<L: Loader> Core<L> {
             if self.warm_up_pending && self.model.is_some() && board.queue.is_empty() {
                 return Next::Run(Work::WarmUp, snapshot(board));
             }
-            let idle = board.settings.budget.idle_unload_s;
+            if self.model.is_none() && std::mem::take(&mut board.load_requested) {
+                board.phase = Phase::Loading;
+                return Next::Run(Work::Load(Box::new(wanted)), snapshot(board));
+            }
             let idle_for = now.saturating_duration_since(self.last_busy);
-            if idle > 0 && self.model.is_some() && board.queue.is_empty() && idle_for >= Duration::from_secs(idle) {
+            if self.model.is_some() && board.queue.is_empty() && board.idle_unload().is_some_and(|idle| idle_for >= idle) {
                 return Next::Run(Work::Unload, snapshot(board));
             }
         }
@@ -184,27 +189,26 @@ impl<L: Loader> Core<L> {
             .queue
             .take_where(|j| draining || critical || j.cancel().is_cancelled() || j.deadline(default_deadline).is_some_and(|d| now >= d));
         for job in ended {
-            board.stats.failed += 1;
-            if draining {
-                job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
+            let body = if draining {
+                EventBody::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
             } else if critical {
-                job.fail(ErrorCode::Thermal, format!("the device is critically hot{temp}"));
+                EventBody::error(ErrorCode::Thermal, format!("the device is critically hot{temp}"))
             } else if let Some(reason) = job.cancel().reason() {
-                let message = reason.message(true);
-                job.fail(ErrorCode::Cancelled, message);
+                EventBody::error(ErrorCode::Cancelled, reason.message(true))
             } else {
-                job.fail(ErrorCode::Timeout, "the deadline passed while the request was queued");
-            }
+                EventBody::error(ErrorCode::Timeout, "the deadline passed while the request was queued")
+            };
+            board.answer(job, body);
         }
         let grace_over = draining && board.grace_until.is_some_and(|t| now >= t);
         if grace_over || critical {
             for a in self.active.drain(..) {
-                board.stats.failed += 1;
-                if grace_over {
-                    a.job.fail(ErrorCode::ShuttingDown, "the daemon is shutting down");
+                let body = if grace_over {
+                    EventBody::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
                 } else {
-                    a.job.fail(ErrorCode::Thermal, format!("stopped: the device is critically hot{temp}"));
-                }
+                    EventBody::error(ErrorCode::Thermal, format!("stopped: the device is critically hot{temp}"))
+                };
+                board.answer(a.job, body);
             }
         }
     }
@@ -243,6 +247,10 @@ impl<L: Loader> Core<L> {
             Work::Reload(reload) => self.reload(reload, snap, &mut ran),
             Work::Swap(load) => {
                 info!(model = %load.path.display(), level = snap.budget.level.as_str(), "switching model for the thermal level");
+                self.load(&load, &snap.settings, &mut ran);
+            }
+            Work::Load(load) => {
+                info!(model = %load.path.display(), "loading the model as a client asked");
                 self.load(&load, &snap.settings, &mut ran);
             }
             Work::Unload => {
@@ -432,20 +440,14 @@ impl<L: Loader> Core<L> {
         if board.phase == Phase::Loading {
             board.phase = Phase::Ready;
         }
-        for (mut job, body) in ran.answers {
-            match &body {
-                EventBody::Done { timings, .. } | EventBody::Intent { timings, .. } => {
-                    board.stats.served += 1;
-                    board.stats.last = Some(*timings);
-                }
-                _ => board.stats.failed += 1,
-            }
-            job.send(body);
+        for (job, body) in ran.answers {
+            board.answer(job, body);
         }
         board.stats.running =
             self.active.iter().map(|a| RunningReport { id: a.job.id().to_string(), priority: a.job.request().priority() }).collect();
         board.stats.cache = self.model.as_ref().and_then(Model::cache);
         self.last_busy = Instant::now();
+        board.stats.last_busy = self.last_busy;
     }
 }
 

@@ -37,6 +37,11 @@ impl Job {
         self.ticket.responder.id()
     }
 
+    /// The transport it came through.
+    pub fn transport(&self) -> &'static str {
+        self.ticket.transport
+    }
+
     /// The request.
     pub fn request(&self) -> &GenerateRequest {
         &self.request

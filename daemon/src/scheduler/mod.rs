@@ -15,6 +15,7 @@ mod board;
 mod core;
 mod engine;
 mod job;
+mod metrics;
 mod model;
 mod outbound;
 mod pacer;
@@ -29,8 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use admission::{admit, AdmissionView, Refusal};
+pub use board::KeepAlive;
 pub use engine::{load_engine, model_shape, EngineLoader, LoadError};
 pub use job::Job;
+pub use metrics::{Histogram, Labels, Metrics};
 pub use model::{Clock, Context, Loader, Model, Prepared, Progress};
 pub use outbound::{Delivery, Outbound, Pushed};
 pub use table::{CancelReason, CancelToken, Cancelled, Client, ClientPolicy, Duplicate, Requests, Responder, Ticket};
@@ -157,6 +160,31 @@ impl Scheduler {
         if changed {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// The monitoring counters.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.lock().stats.metrics.clone()
+    }
+
+    /// Keeps the model loaded for `keep` after the last request (the latest request's wish
+    /// wins over `budget.idle_unload_s`); wakes the engine thread, which may unload now.
+    pub fn keep_alive(&self, keep: KeepAlive) {
+        self.shared.lock().keep_alive = Some(keep);
+        self.shared.wake.notify_one();
+    }
+
+    /// Loads the model when it is not loaded (after an idle unload).
+    pub fn load(&self) {
+        self.shared.lock().load_requested = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// When the loaded model will be unloaded if nothing comes (`None`: it stays; also when
+    /// none is loaded).
+    pub fn unload_at(&self) -> Option<std::time::Instant> {
+        let board = self.shared.lock();
+        board.idle_unload().filter(|_| board.stats.loaded).map(|d| board.stats.last_busy + d)
     }
 
     /// The loaded model, for `models`.

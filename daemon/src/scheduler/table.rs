@@ -84,6 +84,8 @@ pub struct ClientPolicy {
     pub reject_recent: bool,
     /// The setting that bounds the client's unread events (named in `cancelled` answers).
     pub unread_key: &'static str,
+    /// The transport, for the request counters (`unix`, `mqtt`, `openai`, `ollama`, …).
+    pub transport: &'static str,
 }
 
 /// Why a request was not accepted.
@@ -157,8 +159,14 @@ impl Requests {
         let id = self.number();
         let entry = Entry { policy, in_flight: HashMap::new(), by_no: HashMap::new(), recent: HashSet::new(), order: VecDeque::new() };
         self.lock().clients.insert(id, entry);
-        let shared =
-            ClientShared { id, requests: self.clone(), outbound, unread_key: policy.unread_key, ended: tokio::sync::Notify::new() };
+        let shared = ClientShared {
+            id,
+            requests: self.clone(),
+            outbound,
+            unread_key: policy.unread_key,
+            transport: policy.transport,
+            ended: tokio::sync::Notify::new(),
+        };
         Client { shared: Arc::new(shared) }
     }
 
@@ -189,6 +197,7 @@ struct ClientShared {
     requests: Requests,
     outbound: Arc<Outbound>,
     unread_key: &'static str,
+    transport: &'static str,
     /// Notified whenever one of the client's requests ends.
     ended: tokio::sync::Notify,
 }
@@ -258,7 +267,7 @@ impl Client {
 
     fn ticket(&self, no: u64, id: &str, cancel: CancelToken) -> Ticket {
         let responder = Responder { no, id: id.to_string(), client: Arc::clone(&self.shared), done: false };
-        Ticket { no, client: self.shared.id, cancel, responder }
+        Ticket { no, client: self.shared.id, transport: self.shared.transport, cancel, responder }
     }
 
     /// Cancels the request under `key`.
@@ -317,6 +326,8 @@ pub struct Ticket {
     pub no: u64,
     /// The client's number (clients take turns in the queue).
     pub client: u64,
+    /// The client's transport.
+    pub transport: &'static str,
     /// Its cancellation.
     pub cancel: CancelToken,
     /// Its events.
@@ -377,7 +388,7 @@ mod tests {
     use super::*;
 
     fn policy(reject_recent: bool) -> ClientPolicy {
-        ClientPolicy { remember: 2, reject_recent, unread_key: "socket.max_unread_bytes" }
+        ClientPolicy { remember: 2, reject_recent, unread_key: "socket.max_unread_bytes", transport: "test" }
     }
 
     #[test]

@@ -171,7 +171,8 @@ impl Harness {
         let report = model.report(&settings);
         let requests = Requests::default();
         let out = Arc::new(Outbound::new(1 << 20));
-        let client = requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test" }, Arc::clone(&out));
+        let client =
+            requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test", transport: "test" }, Arc::clone(&out));
         let mut h = Self {
             board: Board::new(settings, catalog, report),
             core: Core::new(loader.clone(), model, load),
@@ -208,6 +209,7 @@ impl Harness {
                     Work::Start(_, Some(_)) => "load_and_start",
                     Work::Reload(_) => "reload",
                     Work::Swap(_) => "swap",
+                    Work::Load(_) => "load",
                     Work::Unload => "unload",
                     Work::WarmUp => "warm_up",
                 };
@@ -419,6 +421,24 @@ fn an_idle_model_is_unloaded_and_the_next_request_loads_it() {
 }
 
 #[test]
+fn a_clients_keep_alive_overrides_the_idle_setting_and_a_load_request_loads() {
+    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |s| s.budget.idle_unload_s = 1));
+    h.board.keep_alive = Some(KeepAlive::Forever);
+    assert_eq!(h.turn(Instant::now() + Duration::from_secs(3600)), None, "kept loaded");
+    h.board.keep_alive = Some(KeepAlive::For(Duration::ZERO));
+    h.submit("last", Priority::Interactive, 2, None);
+    let work = h.run();
+    assert_eq!(work.last(), Some(&"unload"), "unloaded as soon as it is idle: {work:?}");
+    assert!(!h.board.stats.loaded);
+    h.board.keep_alive = None;
+    h.board.load_requested = true;
+    assert_eq!(h.turn(Instant::now()), Some("load"));
+    assert!(h.board.stats.loaded);
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")]);
+    assert_eq!(h.board.stats.metrics.requests.values().sum::<u64>(), 1, "the request is counted");
+}
+
+#[test]
 fn draining_answers_the_queue_lets_running_requests_finish_within_the_grace_period() {
     let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
     h.submit("running", Priority::Interactive, 3, None);
@@ -478,7 +498,8 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failu
     let (scheduler, stopped) = Scheduler::start(loader, model, s.model.load_settings(), s, catalog).unwrap();
     let requests = Requests::default();
     let out = Arc::new(Outbound::new(1 << 20));
-    let client = requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test" }, Arc::clone(&out));
+    let client =
+        requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test", transport: "test" }, Arc::clone(&out));
     for (id, priority) in [("a", Priority::Interactive), ("b", Priority::Interactive), ("c", Priority::Background)] {
         let spec = GenerateSpec { max_tokens: Some(50), priority, ..GenerateSpec::new(Prompt::Text("x".into())) };
         let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();

@@ -15,7 +15,7 @@ use tracing::error;
 use super::core::{Board, Core, Next};
 use super::model::Loader;
 use super::pacer::Pacer;
-use crate::api::{ErrorCode, Phase};
+use crate::api::{ErrorCode, EventBody, Phase};
 
 /// The board and what wakes the engine thread.
 pub(super) struct Shared {
@@ -61,10 +61,9 @@ pub(super) fn run<L: Loader>(shared: &Shared, core: Core<L>) -> Result<(), Strin
         .unwrap_or_else(|| "a panic without a message".into());
     error!(panic = %message, "the engine thread panicked; answering every open request and exiting");
     let queued = board.queue.take_where(|_| true);
-    board.stats.failed += queued.len() as u64;
     board.stats.running.clear();
     for job in queued {
-        job.fail(ErrorCode::ModelError, "the engine failed; the daemon is restarting");
+        board.answer(job, EventBody::error(ErrorCode::ModelError, "the engine failed; the daemon is restarting"));
     }
     Err(message)
 }

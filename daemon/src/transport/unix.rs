@@ -211,7 +211,8 @@ impl Connection {
         debug!(uid, pid, "client connected");
         let (read, write) = stream.into_split();
         let out = Arc::new(Outbound::new(self.settings.max_unread_bytes));
-        let policy = ClientPolicy { remember: FINISHED_REMEMBERED, reject_recent: false, unread_key: "socket.max_unread_bytes" };
+        let policy =
+            ClientPolicy { remember: FINISHED_REMEMBERED, reject_recent: false, unread_key: "socket.max_unread_bytes", transport: "unix" };
         let client = self.requests.client(policy, Arc::clone(&out));
         let mut writer = tokio::spawn(write_events(write, Arc::clone(&out)));
         let mut reader = BufReader::new(read);

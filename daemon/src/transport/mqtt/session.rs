@@ -65,7 +65,7 @@ impl Session {
         // The session moves its jobs' events into the outbox as they come, so this queue stays
         // short; the outbox holds what the broker has not taken.
         let inbox = Arc::new(Outbound::new(settings.max_outbox_bytes));
-        let policy = ClientPolicy { remember: REMEMBERED, reject_recent: true, unread_key: "mqtt.max_outbox_bytes" };
+        let policy = ClientPolicy { remember: REMEMBERED, reject_recent: true, unread_key: "mqtt.max_outbox_bytes", transport: "mqtt" };
         let requests = requests.client(policy, Arc::clone(&inbox));
         let outbox = Outbox::bounded(WINDOW, settings.max_outbox_bytes);
         Self {
