@@ -255,9 +255,6 @@ impl GenerateRequest {
                 }
             }
         }
-        if spec.format.is_some() && !matches!(spec.prompt, Prompt::Chat { .. }) {
-            return Err("response_format: only chat requests take one".into());
-        }
         if spec.tool_choice != ToolChoice::Auto && !matches!(spec.prompt, Prompt::Chat { .. }) {
             return Err("tool_choice: only chat requests take one".into());
         }
@@ -453,10 +450,7 @@ mod tests {
             (GenerateSpec { deadline_ms: Some(0), ..GenerateSpec::new(Prompt::Text("x".into())) }, "deadline_ms:"),
             (GenerateSpec { sampling: Sampling { top_p: 2.0, ..Default::default() }, ..intent("x") }, "top_p"),
             (GenerateSpec::new(Prompt::Chat { messages: vec![], tools: None, thinking: false }), "messages: must not be empty"),
-            (
-                GenerateSpec { format: Some(ResponseFormat::Lark("start: \"a\"".into())), ..GenerateSpec::new(Prompt::Text("x".into())) },
-                "response_format",
-            ),
+            (GenerateSpec { format: Some(ResponseFormat::Lark("start: \"a\"".into())), ..intent("x") }, "response_format"),
         ];
         for (spec, want) in cases {
             let e = GenerateRequest::new(spec, &LIMITS).unwrap_err();

@@ -146,6 +146,10 @@ pub struct ModelReport {
     pub full_attention_layers: usize,
     /// Weights as stored (MiB).
     pub weights_mb: u64,
+    /// Width of the hidden state.
+    pub hidden_size: usize,
+    /// How the weights are stored: `int4` (4-bit blocks), else `fp32`/`fp16`.
+    pub quantization: String,
     /// Whether the model ships a chat template.
     pub chat_template: bool,
     /// The runtime that runs it.

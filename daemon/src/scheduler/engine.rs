@@ -347,6 +347,14 @@ impl Model for Engine {
             layers: spec.layers.len(),
             full_attention_layers: spec.full_attention_layers(),
             weights_mb: spec.weight_bytes() / (1 << 20),
+            hidden_size: spec.hidden_size,
+            quantization: if spec.ops.iter().any(|o| o.rsplit(':').next() == Some("MatMulNBits")) {
+                "int4".into()
+            } else if spec.logits_dtype == crate::engine::model::StateType::F16 {
+                "fp16".into()
+            } else {
+                "fp32".into()
+            },
             chat_template: self.has_chat_template(),
             backend: api::BackendReport {
                 name: info.name.to_string(),

@@ -103,6 +103,8 @@ impl Model for Fake {
             layers: 1,
             full_attention_layers: 1,
             weights_mb: 0,
+            hidden_size: 8,
+            quantization: "fp32".into(),
             chat_template: false,
             backend,
         }

@@ -17,6 +17,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use super::Lifecycle;
 use crate::api::{parse_request, ErrorCode, Event, EventBody, Op};
 use crate::config::SocketSettings;
 use crate::scheduler::{CancelReason, Cancelled, Client, ClientPolicy, Job, Outbound, Requests, Scheduler};
@@ -25,17 +26,6 @@ use crate::scheduler::{CancelReason, Cancelled, Client, ClientPolicy, Job, Outbo
 const FINISHED_REMEMBERED: usize = 64;
 /// How long a closing connection may take to flush its last events.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
-
-/// How far the daemon is in its life, as connections see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// Accepting connections and requests.
-    Running,
-    /// No new connections; requests are refused by the scheduler.
-    Draining,
-    /// Flush what is queued for each client and close.
-    Closing,
-}
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]

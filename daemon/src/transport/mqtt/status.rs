@@ -102,6 +102,8 @@ mod tests {
                 layers: 4,
                 full_attention_layers: 1,
                 weights_mb: 3,
+                hidden_size: 64,
+                quantization: "int4".into(),
                 chat_template: true,
                 backend,
             },
