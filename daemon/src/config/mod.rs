@@ -5,8 +5,9 @@
 //! came from; nothing starts half-configured.
 //!
 //! Sections of the layers below (`[budget]`, `[cache]`) are defined by those layers; the rest
-//! here (`sections`, `mqtt`), so that no transport is imported by the configuration.
+//! here (`sections`, `mqtt`, `http`), so that no transport is imported by the configuration.
 
+pub mod http;
 pub mod mqtt;
 mod sections;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use http::HttpSettings;
 pub use mqtt::MqttSettings;
 pub use sections::{FileMode, IntentSettings, LoadSettings, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
 
@@ -46,6 +48,8 @@ pub struct Settings {
     pub budget: crate::budget::BudgetSettings,
     /// The MQTT transport.
     pub mqtt: MqttSettings,
+    /// The HTTP APIs (OpenAI and Ollama compatible).
+    pub http: HttpSettings,
     /// The prefix-state cache.
     pub cache: crate::engine::cache::CacheSettings,
     /// Intent recognition.
@@ -170,6 +174,7 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
         s.socket.validate(),
         s.budget.validate(),
         s.mqtt.validate(),
+        s.http.validate(),
         s.cache.validate(),
         s.intents.validate(),
         s.scheduler.validate(),
@@ -190,6 +195,9 @@ impl Settings {
         }
         if self.mqtt != new.mqtt {
             keys.push("[mqtt]");
+        }
+        if self.http != new.http {
+            keys.push("[http]");
         }
         if self.service != new.service {
             keys.push("[service]");
