@@ -16,6 +16,7 @@ use qwenedge::budget::monitor::{self, MonitorHandle};
 use qwenedge::config;
 use qwenedge::scheduler::{self, EngineLoader, Requests, Scheduler};
 use qwenedge::service;
+use qwenedge::transport::http;
 use qwenedge::transport::mqtt::MqttTransport;
 use qwenedge::transport::unix::{self, Lifecycle};
 use tokio::signal::unix::{signal, SignalKind};
@@ -53,11 +54,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let load = settings.model.load_settings();
     let engine = scheduler::load_engine(&load, &settings)?;
     let socket = unix::bind(&settings.socket, activated)?;
+    let bound_http = match settings.http.enabled {
+        true => Some(http::bind(&settings.http)?),
+        false => None,
+    };
     let (scheduler, stopped) =
         Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog).context("starting the engine thread")?;
     let mut budget = budget_monitor(&scheduler, &settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(serve(&socket, &settings, scheduler, stopped, args.config, &mut budget));
+    let result = runtime.block_on(serve(&socket, bound_http, &settings, scheduler, stopped, args.config, &mut budget));
     socket.remove();
     service::notify("STATUS=stopped");
     result
@@ -65,6 +70,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(
     socket: &unix::BoundSocket,
+    bound_http: Option<http::BoundHttp>,
     settings: &config::Settings,
     scheduler: Scheduler,
     mut stopped: scheduler::Stopped,
@@ -73,8 +79,17 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let requests = Requests::default();
     let (life_tx, life_rx) = tokio::sync::watch::channel(Lifecycle::Running);
-    let server = unix::serve(socket, Arc::new(settings.socket.clone()), scheduler.clone(), requests.clone(), life_rx);
+    let server = unix::serve(socket, Arc::new(settings.socket.clone()), scheduler.clone(), requests.clone(), life_rx.clone());
     tokio::pin!(server);
+    let http_addrs: Vec<String> = bound_http.as_ref().map(|b| b.addrs.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
+    let http_server = bound_http.map(|bound| {
+        let server = http::serve(bound, Arc::new(settings.http.clone()), scheduler.clone(), requests.clone(), life_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                error!(error = %e, "HTTP: the server failed");
+            }
+        })
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -85,7 +100,7 @@ async fn serve(
         true => Some(MqttTransport::start(Arc::new(settings.mqtt.clone()), scheduler.clone(), &requests).context("MQTT")?),
         false => None,
     };
-    info!(socket = %socket.path.display(), "ready");
+    info!(socket = %socket.path.display(), http = ?http_addrs, "ready");
     service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
     let mut server_done = false;
     let engine = loop {
@@ -144,6 +159,9 @@ async fn serve(
     }
     if !server_done {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    if let Some(h) = http_server {
+        let _ = tokio::time::timeout(Duration::from_secs(6), h).await;
     }
     match engine {
         Ok(()) => {
