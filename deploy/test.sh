@@ -14,7 +14,10 @@ python=$(models/venv.sh | tail -n1)
 echo "test: fixtures" >&2
 fixtures=$("$python" models/fixtures/generate.py | tail -n1)
 ortlib=$(deploy/fetch-onnxruntime.sh | tail -n1)
-export QWENEDGE_FIXTURES="$fixtures" ORT_DYLIB_PATH="$ortlib"
+# The HTTP tests' client libraries (openai, ollama at Home Assistant's pin, jsonschema,
+# prometheus_client) in a small venv of their own.
+client_python=$(tests/clients/venv.sh | tail -n1)
+export QWENEDGE_FIXTURES="$fixtures" ORT_DYLIB_PATH="$ortlib" QWENEDGE_CLIENT_PYTHON="$client_python"
 echo "test: fixtures at $QWENEDGE_FIXTURES, ONNX Runtime at $ORT_DYLIB_PATH" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -1,0 +1,157 @@
+//! The HTTP APIs end to end, through the real client libraries (tests/clients/check_http.py:
+//! the OpenAI SDK, the Ollama client at Home Assistant's pin, jsonschema, prometheus_client's
+//! parser) against the real binary on a tiny model; plus what needs the daemon's side: start-up
+//! refusals, bearer tokens that leave the counters alone, health.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::mqtt::free_port;
+use serde_json::Value;
+
+const MODEL: &str = "qwen3.5-tiny";
+
+/// The clients' Python: `QWENEDGE_CLIENT_PYTHON`, else the venv tests/clients/venv.sh makes.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("QWENEDGE_CLIENT_PYTHON") {
+        return p.into();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/venv.sh");
+    let out = Command::new(script).output().expect("running tests/clients/venv.sh");
+    assert!(out.status.success(), "tests/clients/venv.sh: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().into()
+}
+
+/// One HTTP/1.1 request with `Connection: close`: the status and the JSON body (`null` when it
+/// is not JSON).
+fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, serde_json::from_str(rest.trim()).unwrap_or(Value::Null))
+}
+
+fn http_section(port: u16, extra: &str) -> String {
+    format!("[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmodel_name = \"{MODEL}\"\n{extra}\n")
+}
+
+fn start(extra_http: &str) -> (Daemon, String) {
+    let port = free_port();
+    let d = Daemon::start(&http_section(port, extra_http));
+    (d, format!("http://127.0.0.1:{port}"))
+}
+
+/// Runs one check of check_http.py; returns its figures.
+fn check(name: &str, base: &str, extra: &[&str], d: &Daemon) -> Value {
+    let began = Instant::now();
+    let out = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/check_http.py"))
+        .args([name, "--base-url", base, "--model", MODEL])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check {name} failed after {:?}:\n{stdout}\n{}\ndaemon log:\n{}",
+        began.elapsed(),
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+    let figures: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    eprintln!("{name}: {figures} in {:.1?}", began.elapsed());
+    figures
+}
+
+#[test]
+fn the_openai_client_gets_chats_tool_calls_structured_answers_and_metrics() {
+    let (d, base) = start("");
+    let figures = check("openai", &base, &["--runs", "50"], &d);
+    assert_eq!(figures["tool_calls_required"], "50/50");
+    assert_eq!(figures["tool_calls_named"], "50/50");
+    assert_eq!(figures["json_schema"], "50/50");
+}
+
+#[test]
+fn home_assistants_ollama_calls_work_and_the_second_turn_reuses_the_prefix() {
+    let (d, base) = start("");
+    let figures = check("ollama", &base, &[], &d);
+    assert!(figures["turn2_reused"].as_f64().unwrap() >= 0.9, "{figures}");
+    assert_eq!(d.status()["model_loaded"], true, "the last request loaded the model again");
+}
+
+#[test]
+fn sixteen_streaming_clients_are_all_answered_and_a_disconnect_is_a_cancellation() {
+    let (d, base) = start("");
+    let figures = check("load", &base, &[], &d);
+    assert_eq!(figures["complete"].as_u64().unwrap() + figures["refused"].as_u64().unwrap(), 80);
+    let failed_before = d.status()["requests"]["failed"].as_u64().unwrap();
+    check("disconnect", &base, &[], &d);
+    let status = d.status();
+    assert_eq!(status["requests"]["failed"].as_u64().unwrap(), failed_before + 1, "{status}");
+    assert!(status["running"].as_array().unwrap().is_empty(), "nothing keeps running: {status}");
+}
+
+#[test]
+fn bearer_tokens_are_required_and_refused_requests_move_no_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# one token per line\ns3cret-token\n").unwrap();
+    let (d, base) = start(&format!("api_key_file = {:?}", keys.display().to_string()));
+    check("auth", &base, &["--api-key", "s3cret-token"], &d);
+    let status = d.status();
+    assert_eq!((status["requests"]["done"].as_u64(), status["requests"]["failed"].as_u64()), (Some(1), Some(0)), "{status}");
+    let (code, body) = request(&base, "GET", "/health", None);
+    assert_eq!((code, body["status"].as_str()), (200, Some("ok")), "health needs no token");
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_key_file_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("q.sock");
+    let config = dir.path().join("config.toml");
+    let port = free_port();
+    let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "[http]\nenabled = true\n");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("QWENEDGE__HTTP__LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("http.api_key_file") && stderr.contains(&format!("0.0.0.0:{port}")), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(!socket.exists(), "nothing was started");
+}
+
+#[test]
+fn health_answers_while_serving_and_after_an_idle_unload() {
+    let (d, base) = start("");
+    let get = |path: &str| request(&base, "GET", path, None);
+    assert_eq!(get("/health"), (200, serde_json::json!({"status": "ok", "model_loaded": true})));
+    let unload = serde_json::json!({"model": MODEL, "messages": [], "keep_alive": 0});
+    let (_, unloaded) = request(&base, "POST", "/api/chat", Some(&unload));
+    assert_eq!(unloaded["done_reason"], "unload", "{unloaded}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.status()["model_loaded"] == true {
+        assert!(Instant::now() < until, "the model was not unloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = get("/health");
+    assert_eq!((code, &body["status"], &body["model_loaded"]), (200, &"ok".into(), &false.into()), "{body}");
+    let (code, body) = get("/v1/nonexistent");
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("/v1/nonexistent"));
+}
