@@ -83,10 +83,11 @@ fn the_openai_client_gets_chats_tool_calls_structured_answers_and_metrics() {
 }
 
 #[test]
-fn home_assistants_ollama_calls_work_and_the_second_turn_reuses_the_prefix() {
+fn home_assistants_ollama_calls_work_and_later_turns_and_conversations_reuse_the_prefix() {
     let (d, base) = start("");
     let figures = check("ollama", &base, &[], &d);
     assert!(figures["turn2_reused"].as_f64().unwrap() >= 0.9, "{figures}");
+    assert!(figures["new_conversation_reused"].as_f64().unwrap() >= 0.9, "{figures}");
     assert_eq!(d.status()["model_loaded"], true, "the last request loaded the model again");
 }
 

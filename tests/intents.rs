@@ -96,7 +96,7 @@ fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
         let prompt = engine.tokenizer.encode(&engine.render_chat(&prepared.chat).unwrap()).unwrap();
         let sampling = SamplingParams { temperature: 1.0, seed: Some(k as u64), ..Default::default() };
         let params = GenerateParams { max_tokens: prepared.max_tokens, sampling, ..Default::default() };
-        let mut d = engine.cached_decoder(prompt, None, params, context).unwrap();
+        let mut d = engine.cached_decoder(prompt, &[], params, context).unwrap();
         assert_eq!(d.reused_tokens(), common, "the catalog prefix is reused");
         d.constrain(constrainer.constraint(&Grammar::Lark(prepared.grammar.clone())).unwrap());
         while !matches!(engine.step(&mut d).unwrap(), Step::Finished { .. }) {}

@@ -39,7 +39,7 @@ fn finish(e: &mut Engine, mut d: Decoder) -> Completion {
 
 /// Runs `prompt` without the cache and through it, asserts equal tokens, and returns the
 /// cached run (whose usage says how much was reused).
-fn compare(e: &mut Engine, prompt: &[u32], store_at: Option<usize>, what: &str) -> Completion {
+fn compare(e: &mut Engine, prompt: &[u32], store_at: &[usize], what: &str) -> Completion {
     let mut sink = |_: &str, _: u32| std::ops::ControlFlow::Continue(());
     let plain = e.generate(prompt, &params(), &mut sink).unwrap();
     let context = e.spec.context_length;
@@ -106,7 +106,7 @@ fn pinned_catalog(e: &mut Engine, what: &str) -> usize {
     for u in utterances {
         let prompt = render(e, &[system.clone(), json!({"role": "user", "content": u})], Some(tools()), true);
         assert!(prompt.starts_with(&fixed), "the rendered catalog is a token prefix of the request");
-        let done = compare(e, &prompt, None, &format!("{what} catalog {u:?}"));
+        let done = compare(e, &prompt, &[], &format!("{what} catalog {u:?}"));
         assert_eq!(done.usage.cached_tokens, fixed.len());
     }
     utterances.len()
@@ -120,16 +120,20 @@ fn shared_prefixes(e: &mut Engine, what: &str) -> usize {
     let base = e.tokenizer.encode(text).unwrap();
     assert!(base.len() >= 50, "base prompt has {} tokens", base.len());
     let long = base.len() - 2;
-    // (prefix length, where to store a snapshot, tokens expected to be reused)
-    let plan = [
-        (long, Some(long), 0),
-        (long, None, long),
-        (1, Some(1), 0),
-        (17, Some(17), 1),
-        (40, Some(40), 17),
-        (29, None, 17),
-        (long, Some(long), long),
-        (3, None, 1),
+    // (prefix length, where to store snapshots, tokens expected to be reused)
+    let plan: [(usize, &[usize], usize); 11] = [
+        (long, &[long], 0),
+        (long, &[], long),
+        (1, &[1], 0),
+        (17, &[17], 1),
+        (40, &[40], 17),
+        (29, &[], 17),
+        (long, &[long], long),
+        (3, &[], 1),
+        // Two snapshots in one prefill (a shared system prompt and the whole conversation).
+        (46, &[44, 45], 40),
+        (45, &[], 45),
+        (44, &[], 44),
     ];
     for (i, &(len, store_at, reused)) in plan.iter().enumerate() {
         let mut prompt = base[..len].to_vec();
@@ -153,7 +157,7 @@ fn conversations(e: &mut Engine, what: &str) -> usize {
             let prompt = render(e, &messages, None, true);
             let history = render(e, &messages, None, false);
             assert!(prompt.starts_with(&history));
-            let done = compare(e, &prompt, Some(history.len()), &format!("{what} chat {c} turn {turn}"));
+            let done = compare(e, &prompt, &[history.len()], &format!("{what} chat {c} turn {turn}"));
             assert_eq!(done.usage.cached_tokens, boundary, "{what} chat {c} turn {turn} resumes the previous turn");
             boundary = history.len();
             messages.push(json!({"role": "assistant", "content": done.text}));
@@ -289,7 +293,7 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     // Conversation prefixes, not counting the pinned intent catalog.
     let entries = |s: &Value| s["cache"]["entries"].as_u64().unwrap() - s["cache"]["pinned"].as_u64().unwrap();
     wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
-    assert_eq!(entries(&d.status()), 1, "the conversation prefix is stored");
+    assert_eq!(entries(&d.status()), 2, "the system prompt's prefix and the conversation's are stored");
 
     put(root, "proc/pressure/memory", "some avg10=45.00 avg60=10.00 avg300=1.00 total=99\n");
     let status = wait_for(&d, "pressure empties the cache", |s| s["budget"]["under_pressure"] == true && entries(s) == 0);
@@ -303,7 +307,7 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     put(root, "proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=99\n");
     wait_for(&d, "pressure ends", |s| s["budget"]["under_pressure"] == false);
     assert_eq!(ask("c", &first)["event"], "done");
-    assert_eq!(entries(&d.status()), 1, "storing resumes once the pressure is gone");
+    assert_eq!(entries(&d.status()), 2, "storing resumes once the pressure is gone");
 
     std::fs::write(
         &d.config,

@@ -190,6 +190,14 @@ async def ha_conversation(args):
     figures["turn2_reused"] = round(cached / prompt, 3)
     check(cached / prompt >= 0.9, f"the second turn reused {cached} of {prompt} prompt tokens")
     check(requests_total(after, "ollama") - requests_total(before, "ollama") == 2, "the ollama requests are counted")
+    # A new conversation (the next voice command): the same system prompt and tools, another user.
+    r = await client.chat(model=model, messages=[system, {"role": "user", "content": "Turn off the garage fan"}], tools=HA_TOOLS,
+                          stream=False, keep_alive="-1s", options={"num_ctx": 8192, "num_predict": 8}, think=False)
+    later = metrics(args.base_url, auth(args))
+    prompt = later[("qwenedge_prompt_tokens_total", ())] - after[("qwenedge_prompt_tokens_total", ())]
+    cached = later[("qwenedge_cached_prompt_tokens_total", ())] - after[("qwenedge_cached_prompt_tokens_total", ())]
+    figures["new_conversation_reused"] = round(cached / prompt, 3)
+    check(cached / prompt >= 0.9, f"a new conversation with the same system prompt reused {cached} of {prompt} prompt tokens")
 
     r = await client.chat(model=model, messages=[{"role": "user", "content": "Which room and level?"}], format=ANSWER_SCHEMA,
                           options={"temperature": 1.0, "num_predict": 100, "seed": 3}, stream=False)

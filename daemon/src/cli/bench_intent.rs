@@ -43,7 +43,7 @@ fn utterance(engine: &Engine, tokens: usize) -> anyhow::Result<(String, usize)> 
 fn time_to_first_token(engine: &mut Engine, prompt: &[u32], context: usize) -> anyhow::Result<f64> {
     let params = GenerateParams { max_tokens: 1, ..Default::default() };
     let began = Instant::now();
-    let mut decoder = engine.cached_decoder(prompt.to_vec(), None, params, context)?;
+    let mut decoder = engine.cached_decoder(prompt.to_vec(), &[], params, context)?;
     while let Step::Prefilled { .. } = engine.step(&mut decoder)? {}
     Ok(began.elapsed().as_secs_f64() * 1e3)
 }

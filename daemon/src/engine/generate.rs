@@ -128,9 +128,10 @@ pub struct Decoder {
     prefilled: usize,
     /// Prompt tokens the sequence already held when the decoder was made.
     reused: usize,
-    /// Prompt position at which to take a snapshot during prefill.
-    snapshot_at: Option<usize>,
-    snapshot: Option<Snapshot>,
+    /// Prompt positions at which to take a snapshot during prefill, ascending.
+    snapshot_at: Vec<usize>,
+    /// Snapshots taken and not yet handed out.
+    snapshots: Vec<Snapshot>,
     params: GenerateParams,
     eos: Vec<u32>,
     context_length: usize,
@@ -191,8 +192,8 @@ impl Decoder {
             prompt,
             prefilled: reused,
             reused,
-            snapshot_at: None,
-            snapshot: None,
+            snapshot_at: Vec::new(),
+            snapshots: Vec::new(),
             params,
             eos,
             context_length,
@@ -229,19 +230,21 @@ impl Decoder {
     }
 
     /// Asks for a snapshot of the state after the first `at` prompt tokens (a prefix worth
-    /// caching); the prefill then stops at that position once. Ignored unless `at` lies after
-    /// what is already prefilled and inside the prompt.
+    /// caching); the prefill then stops at that position once. Several positions may be asked
+    /// for. Ignored unless `at` lies after what is already prefilled and inside the prompt.
     pub fn snapshot_at(&mut self, at: usize) {
         if at > self.prefilled && at <= self.prompt.len() {
-            self.snapshot_at = Some(at);
+            if let Err(i) = self.snapshot_at.binary_search(&at) {
+                self.snapshot_at.insert(i, at);
+            }
         }
     }
 
-    /// The snapshot asked for with [`snapshot_at`](Self::snapshot_at), with the prompt tokens
-    /// it holds, once the prefill has passed that position.
-    pub fn take_snapshot(&mut self) -> Option<(Vec<u32>, Snapshot)> {
-        let snap = self.snapshot.take()?;
-        Some((self.prompt[..snap.len()].to_vec(), snap))
+    /// The snapshots asked for with [`snapshot_at`](Self::snapshot_at) that the prefill has
+    /// taken since the last call, each with the prompt tokens it holds.
+    pub fn take_snapshots(&mut self) -> Vec<(Vec<u32>, Snapshot)> {
+        let taken = std::mem::take(&mut self.snapshots);
+        taken.into_iter().map(|snap| (self.prompt[..snap.len()].to_vec(), snap)).collect()
     }
 
     /// Holds the output to `constraint`'s grammar: disallowed tokens are masked before
@@ -271,7 +274,7 @@ impl Decoder {
         if self.prefilled < self.prompt.len() {
             let chunk = if self.params.prefill_chunk == 0 { self.prompt.len() } else { self.params.prefill_chunk };
             let mut end = (self.prefilled + chunk).min(self.prompt.len());
-            if let Some(at) = self.snapshot_at {
+            if let Some(&at) = self.snapshot_at.first() {
                 end = end.min(at);
             }
             let result = backend.forward(&mut self.seq, &self.prompt[self.prefilled..end], LogitsWanted::Last, &mut self.logits);
@@ -280,10 +283,10 @@ impl Decoder {
                 return Err(e);
             }
             self.prefilled = end;
-            if self.snapshot_at == Some(end) {
-                self.snapshot_at = None;
+            if self.snapshot_at.first() == Some(&end) {
+                self.snapshot_at.remove(0);
                 match backend.snapshot(&self.seq) {
-                    Ok(snap) => self.snapshot = Some(snap),
+                    Ok(snap) => self.snapshots.push(snap),
                     Err(e) => tracing::warn!(error = %e, "taking a prefix snapshot failed; continuing without it"),
                 }
             }

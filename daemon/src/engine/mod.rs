@@ -159,7 +159,7 @@ impl Engine {
     /// into the prefix cache.
     pub fn step(&mut self, decoder: &mut Decoder) -> Result<Step, BackendError> {
         let step = decoder.step(self.backend.as_mut(), &self.tokenizer)?;
-        if let Some((tokens, snap)) = decoder.take_snapshot() {
+        for (tokens, snap) in decoder.take_snapshots() {
             let bytes = snap.bytes();
             if let Err(e) = self.cache.insert(tokens, snap, bytes, false) {
                 tracing::debug!(reason = %e, "prefix not cached");
@@ -236,13 +236,13 @@ impl Engine {
         Ok(tokens.len())
     }
 
-    /// A decoder for `prompt` that starts from the longest cached prefix of it and, when
-    /// `store_at` marks a prefix worth keeping (a message boundary), snapshots the state there
-    /// for later prompts. Stops on the model's EOS ids; `context_length` caps prompt + output.
+    /// A decoder for `prompt` that starts from the longest cached prefix of it and, at each
+    /// position of `store_at` that marks a prefix worth keeping (a message boundary), snapshots
+    /// the state for later prompts. Stops on the model's EOS ids; `context_length` caps prompt + output.
     pub fn cached_decoder(
         &mut self,
         prompt: Vec<u32>,
-        store_at: Option<usize>,
+        store_at: &[usize],
         params: GenerateParams,
         context_length: usize,
     ) -> Result<Decoder, BackendError> {
@@ -261,7 +261,8 @@ impl Engine {
             Some(seq) => Decoder::resume(seq, prompt, params, eos, context_length)?,
             None => Decoder::new(self.backend.new_sequence()?, prompt, params, eos, context_length)?,
         };
-        if let Some(at) = store_at.filter(|&at| self.cache.worth_storing(at, decoder.reused_tokens())) {
+        let reused = decoder.reused_tokens();
+        for &at in store_at.iter().filter(|&&at| self.cache.worth_storing(at, reused)) {
             decoder.snapshot_at(at);
         }
         Ok(decoder)

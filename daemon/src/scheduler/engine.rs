@@ -103,7 +103,7 @@ impl Loader for EngineLoader {
 /// A request ready for the engine.
 pub struct PreparedRun {
     prompt: Vec<u32>,
-    store_at: Option<usize>,
+    store_at: Vec<usize>,
     params: GenerateParams,
     context: usize,
     constraint: Option<Constraint>,
@@ -132,10 +132,10 @@ fn context_length(engine: &Engine, settings: &Settings) -> usize {
     }
 }
 
-/// Where the conversation's messages end inside `prompt` (before the assistant turn opener):
-/// the state there is what the next turn of the same conversation starts with. `history` is
-/// the chat rendered without the generation prompt; `None` unless its tokens are a prefix of
-/// `prompt`.
+/// Where a run of the conversation's messages ends inside `prompt` (before the next message or
+/// the assistant turn opener): the state there is what a later prompt with the same messages
+/// starts with. `history` is those messages rendered without the generation prompt; `None`
+/// unless its tokens are a prefix of `prompt`.
 fn message_boundary(engine: &Engine, prompt: &[u32], history: &str) -> Option<usize> {
     let tokens = engine.tokenizer.encode(history).ok()?;
     (!tokens.is_empty() && prompt.starts_with(&tokens)).then_some(tokens.len())
@@ -201,7 +201,7 @@ impl Model for Engine {
     type Running = Run;
 
     fn prepare(&mut self, request: &GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<PreparedRun>, Refusal> {
-        let mut history = None;
+        let mut boundaries = Vec::new();
         let mut grammar = request.format().map(grammar);
         let mut intent = None;
         let mut max_tokens = ctx.max_tokens;
@@ -242,13 +242,20 @@ impl Model for Engine {
                 let text = self.render_chat(&input).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
                 if self.cache_stats().max_bytes > 0 {
                     input.add_generation_prompt = false;
-                    history = self.render_chat(&input).ok();
+                    // What every conversation with this system prompt and these tools shares
+                    // (Home Assistant starts each one so), then the whole conversation so far.
+                    let system = messages.iter().take_while(|m| m["role"] == "system").count();
+                    if system > 0 && system < messages.len() {
+                        let shared = ChatInput { messages: messages[..system].to_vec(), ..input.clone() };
+                        boundaries.extend(self.render_chat(&shared).ok());
+                    }
+                    boundaries.extend(self.render_chat(&input).ok());
                 }
                 text
             }
         };
         let prompt = self.tokenizer.encode(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-        let store_at = history.and_then(|h| message_boundary(self, &prompt, &h));
+        let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
         let context = context_length(self, ctx.settings);
         let tokens = (prompt.len() + max_tokens).min(context);
         let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
@@ -268,7 +275,7 @@ impl Model for Engine {
     }
 
     fn start(&mut self, p: PreparedRun) -> Result<Run, Refusal> {
-        match self.cached_decoder(p.prompt, p.store_at, p.params, p.context) {
+        match self.cached_decoder(p.prompt, &p.store_at, p.params, p.context) {
             Ok(mut decoder) => {
                 if let Some(c) = p.constraint {
                     decoder.constrain(c);
