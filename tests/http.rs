@@ -138,8 +138,8 @@ fn listening_beyond_loopback_without_a_key_file_stops_start_up() {
 }
 
 #[test]
-fn health_answers_while_serving_and_after_an_idle_unload() {
-    let (d, base) = start("");
+fn health_answers_while_serving_and_after_an_idle_unload_and_errors_keep_each_apis_shape() {
+    let (d, base) = start("max_body_bytes = 65536");
     let get = |path: &str| request(&base, "GET", path, None);
     assert_eq!(get("/health"), (200, serde_json::json!({"status": "ok", "model_loaded": true})));
     let unload = serde_json::json!({"model": MODEL, "messages": [], "keep_alive": 0});
@@ -152,6 +152,13 @@ fn health_answers_while_serving_and_after_an_idle_unload() {
     }
     let (code, body) = get("/health");
     assert_eq!((code, &body["status"], &body["model_loaded"]), (200, &"ok".into(), &false.into()), "{body}");
+    let big = serde_json::json!({"model": MODEL, "prompt": "a".repeat(70_000)});
+    let (code, body) = request(&base, "POST", "/api/generate", Some(&big));
+    assert_eq!(code, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("http.max_body_bytes"), "{body}");
+    let (code, body) = request(&base, "POST", "/v1/completions", Some(&big));
+    assert_eq!(code, 413, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("http.max_body_bytes"), "{body}");
     let (code, body) = get("/v1/nonexistent");
     assert_eq!(code, 404, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("/v1/nonexistent"));

@@ -2,6 +2,7 @@
 //! and Ollama's `{"error": "…"}`, each with the status its clients expect. One enum per API,
 //! both built from the daemon's stable error codes.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -148,6 +149,27 @@ impl IntoResponse for OllamaError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
         }
         response
+    }
+}
+
+impl From<BytesRejection> for OpenAiError {
+    /// A body that could not be read (over `http.max_body_bytes`: 413).
+    fn from(r: BytesRejection) -> Self {
+        Self { status: r.status(), param: None, message: body_message(&r), kind: "invalid_request_error", code: None }
+    }
+}
+
+impl From<BytesRejection> for OllamaError {
+    /// A body that could not be read (over `http.max_body_bytes`: 413).
+    fn from(r: BytesRejection) -> Self {
+        Self { status: r.status(), message: body_message(&r) }
+    }
+}
+
+fn body_message(r: &BytesRejection) -> String {
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body: larger than http.max_body_bytes".into(),
+        _ => format!("request body: {}", r.body_text()),
     }
 }
 

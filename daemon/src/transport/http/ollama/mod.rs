@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -128,7 +129,8 @@ pub async fn ps(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /api/show`.
-pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, OllamaError> {
+pub async fn show(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OllamaError> {
+    let body = body?;
     let v: Value = parse_body(&body).map_err(OllamaError::bad_request)?;
     let requested = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).ok_or(OllamaError::bad_request("model: missing"))?;
     if !state.is_our_model(requested) {
@@ -151,7 +153,8 @@ pub async fn show(State(state): State<AppState>, body: Bytes) -> Result<Json<Val
 }
 
 /// `POST /api/pull`: success for the served model; for any other, how models get here.
-pub async fn pull(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+pub async fn pull(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+    let body = body?;
     let v: Value = parse_body(&body).map_err(OllamaError::bad_request)?;
     let requested = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).ok_or(OllamaError::bad_request("model: missing"))?;
     if !state.is_our_model(requested) {
@@ -244,7 +247,8 @@ async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Resu
 }
 
 /// `POST /api/chat`.
-pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+pub async fn chat(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+    let body = body?;
     let chat: ChatBody = parse_body(&body).map_err(OllamaError::bad_request)?;
     check_model(&state, &chat.common)?;
     if let Some(done) = keep_alive_or_load(&state, &chat.common, chat.messages.is_empty(), Shape::Chat)? {
@@ -255,7 +259,8 @@ pub async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response
 }
 
 /// `POST /api/generate`.
-pub async fn generate(State(state): State<AppState>, body: Bytes) -> Result<Response, OllamaError> {
+pub async fn generate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+    let body = body?;
     let generate: GenerateBody = parse_body(&body).map_err(OllamaError::bad_request)?;
     check_model(&state, &generate.common)?;
     if let Some(done) = keep_alive_or_load(&state, &generate.common, generate.prompt.is_empty(), Shape::Generate)? {

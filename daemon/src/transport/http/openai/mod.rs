@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,7 +49,8 @@ where
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Result<Response, OpenAiError> {
+pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OpenAiError> {
+    let body = body?;
     let chat: ChatBody = parse_body(&body).map_err(OpenAiError::bad_request)?;
     check_model(&state, chat.common.model.as_deref())?;
     let include_usage = chat.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -87,7 +89,8 @@ pub async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Res
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, OpenAiError> {
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OpenAiError> {
+    let body = body?;
     let completion: CompletionBody = parse_body(&body).map_err(OpenAiError::bad_request)?;
     check_model(&state, completion.common.model.as_deref())?;
     let include_usage = completion.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
