@@ -19,6 +19,7 @@ use qwenedge::service;
 use qwenedge::transport::http;
 use qwenedge::transport::mqtt::MqttTransport;
 use qwenedge::transport::unix::{self, Lifecycle};
+use qwenedge::transport::wyoming;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -54,23 +55,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let load = settings.model.load_settings();
     let engine = scheduler::load_engine(&load, &settings)?;
     let socket = unix::bind(&settings.socket, activated)?;
-    let bound_http = match settings.http.enabled {
-        true => Some(http::bind(&settings.http)?),
-        false => None,
+    let bound = Bound {
+        http: settings.http.enabled.then(|| http::bind(&settings.http)).transpose()?,
+        wyoming: settings.wyoming.enabled.then(|| wyoming::bind(&settings.wyoming)).transpose()?,
     };
     let (scheduler, stopped) =
         Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog).context("starting the engine thread")?;
     let mut budget = budget_monitor(&scheduler, &settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(serve(&socket, bound_http, &settings, scheduler, stopped, args.config, &mut budget));
+    let result = runtime.block_on(serve(&socket, bound, &settings, scheduler, stopped, args.config, &mut budget));
     socket.remove();
     service::notify("STATUS=stopped");
     result
 }
 
+/// The TCP listeners of the network transports, bound before READY.
+struct Bound {
+    http: Option<http::BoundTcp>,
+    wyoming: Option<wyoming::BoundTcp>,
+}
+
 async fn serve(
     socket: &unix::BoundSocket,
-    bound_http: Option<http::BoundHttp>,
+    bound: Bound,
     settings: &config::Settings,
     scheduler: Scheduler,
     mut stopped: scheduler::Stopped,
@@ -81,8 +88,37 @@ async fn serve(
     let (life_tx, life_rx) = tokio::sync::watch::channel(Lifecycle::Running);
     let server = unix::serve(socket, Arc::new(settings.socket.clone()), scheduler.clone(), requests.clone(), life_rx.clone());
     tokio::pin!(server);
-    let http_addrs: Vec<String> = bound_http.as_ref().map(|b| b.addrs.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
-    let http_server = bound_http.map(|bound| {
+    let http_addrs: Vec<String> = bound.http.as_ref().map(|b| b.addrs.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
+    let wyoming_addrs: Vec<std::net::SocketAddr> = bound.wyoming.as_ref().map(|b| b.addrs.clone()).unwrap_or_default();
+    let wyoming_server = bound.wyoming.map(|b| {
+        let server = wyoming::serve(
+            b,
+            Arc::new(settings.wyoming.clone()),
+            settings.intents.temperature,
+            scheduler.clone(),
+            requests.clone(),
+            life_rx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                error!(error = %e, "Wyoming: the server failed");
+            }
+        })
+    });
+    let announcement = match wyoming::zeroconf::record(&settings.wyoming, &wyoming_addrs, None) {
+        Some(record) if settings.wyoming.enabled => match wyoming::zeroconf::Announcement::start(&record) {
+            Ok(a) => {
+                info!(name = a.fullname(), port = record.port, "Wyoming: announced over zeroconf");
+                Some(a)
+            }
+            Err(e) => {
+                warn!(error = %e, "Wyoming: zeroconf announcement failed; Home Assistant can still add the server by host and port");
+                None
+            }
+        },
+        _ => None,
+    };
+    let http_server = bound.http.map(|bound| {
         let server = http::serve(bound, Arc::new(settings.http.clone()), scheduler.clone(), requests.clone(), life_rx.clone());
         tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -100,7 +136,7 @@ async fn serve(
         true => Some(MqttTransport::start(Arc::new(settings.mqtt.clone()), scheduler.clone(), &requests).context("MQTT")?),
         false => None,
     };
-    info!(socket = %socket.path.display(), http = ?http_addrs, "ready");
+    info!(socket = %socket.path.display(), http = ?http_addrs, wyoming = ?wyoming_addrs, "ready");
     service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
     let mut server_done = false;
     let engine = loop {
@@ -162,6 +198,12 @@ async fn serve(
     }
     if let Some(h) = http_server {
         let _ = tokio::time::timeout(Duration::from_secs(6), h).await;
+    }
+    if let Some(a) = announcement {
+        a.stop();
+    }
+    if let Some(w) = wyoming_server {
+        let _ = tokio::time::timeout(Duration::from_secs(6), w).await;
     }
     match engine {
         Ok(()) => {

@@ -5,11 +5,12 @@
 //! came from; nothing starts half-configured.
 //!
 //! Sections of the layers below (`[budget]`, `[cache]`) are defined by those layers; the rest
-//! here (`sections`, `mqtt`, `http`), so that no transport is imported by the configuration.
+//! here (`sections`, `mqtt`, `http`, `wyoming`), so that no transport is imported by the configuration.
 
 pub mod http;
 pub mod mqtt;
 mod sections;
+pub mod wyoming;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use http::HttpSettings;
 pub use mqtt::MqttSettings;
 pub use sections::{FileMode, IntentSettings, LoadSettings, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
+pub use wyoming::{Program as WyomingProgram, WyomingSettings};
 
 use crate::intent::Catalog;
 
@@ -30,7 +32,8 @@ pub const DEFAULT_PATH: &str = "/etc/qwenedge/config.toml";
 pub const ENV_PREFIX: &str = "QWENEDGE";
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["socket.allowed_uids", "socket.allowed_gids", "model.execution_providers"];
+const LIST_KEYS: &[&str] =
+    &["socket.allowed_uids", "socket.allowed_gids", "model.execution_providers", "wyoming.programs", "wyoming.languages"];
 
 /// Everything the daemon reads at start (and again on SIGHUP).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     /// The HTTP APIs (OpenAI and Ollama compatible).
     pub http: HttpSettings,
+    /// The Wyoming server (Home Assistant's Assist pipelines).
+    pub wyoming: WyomingSettings,
     /// The prefix-state cache.
     pub cache: crate::engine::cache::CacheSettings,
     /// Intent recognition.
@@ -175,6 +180,7 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
         s.budget.validate(),
         s.mqtt.validate(),
         s.http.validate(),
+        s.wyoming.validate(),
         s.cache.validate(),
         s.intents.validate(),
         s.scheduler.validate(),
@@ -198,6 +204,9 @@ impl Settings {
         }
         if self.http != new.http {
             keys.push("[http]");
+        }
+        if self.wyoming != new.wyoming {
+            keys.push("[wyoming]");
         }
         if self.service != new.service {
             keys.push("[service]");

@@ -306,7 +306,8 @@ pub struct IntentSettings {
     pub devices: Option<PathBuf>,
     /// Intents the model chose with a lower confidence (0–1) are answered "not recognized".
     pub min_confidence: f64,
-    /// Sampling temperature of Hermes NLU queries, which carry none (0 = greedy).
+    /// Sampling temperature of Hermes NLU queries and Wyoming transcripts, which carry none
+    /// (0 = greedy).
     pub temperature: f32,
 }
 

@@ -5,7 +5,10 @@
 
 pub mod http;
 pub mod mqtt;
+pub mod running;
+pub mod tcp;
 pub mod unix;
+pub mod wyoming;
 
 /// How far the daemon is in its life, as connections see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

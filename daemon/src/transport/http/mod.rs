@@ -29,7 +29,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-pub use server::{bind, BoundHttp, HttpError};
+pub use crate::transport::tcp::BoundTcp;
+pub use server::{bind, HttpError};
 pub use state::AppState;
 
 use crate::config::HttpSettings;
@@ -142,7 +143,7 @@ async fn not_found(request: Request) -> Response {
 
 /// Serves the HTTP APIs on `bound` until the lifecycle reaches `Closing`.
 pub async fn serve(
-    bound: BoundHttp,
+    bound: BoundTcp,
     settings: Arc<HttpSettings>,
     scheduler: Scheduler,
     requests: Requests,

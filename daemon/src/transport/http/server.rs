@@ -1,5 +1,5 @@
-//! Listening and connections: the sockets are bound before the daemon reports ready (a port in
-//! use stops start-up), each connection is served by hyper's HTTP/1.1 server with the router,
+//! Listening and connections: the sockets are bound before the daemon reports ready
+//! (`transport::tcp`; a port in use stops start-up), each connection is served by hyper's HTTP/1.1 server with the router,
 //! and each is watched for the header and idle timeouts. On `Draining` no more connections are
 //! taken; on `Closing` the open ones finish their responses and close.
 
@@ -14,12 +14,13 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::config::HttpSettings;
+use crate::transport::tcp::{self, BoundTcp};
 use crate::transport::Lifecycle;
 
 /// Why the HTTP transport could not start.
@@ -38,25 +39,9 @@ pub enum HttpError {
     Keys(String),
 }
 
-/// Listening sockets, bound before READY.
-#[derive(Debug)]
-pub struct BoundHttp {
-    listeners: Vec<std::net::TcpListener>,
-    /// Where clients connect.
-    pub addrs: Vec<SocketAddr>,
-}
-
 /// Binds every `http.listen` address.
-pub fn bind(settings: &HttpSettings) -> Result<BoundHttp, HttpError> {
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for &addr in settings.listen.addrs() {
-        let bound = std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l));
-        let listener = bound.map_err(|error| HttpError::Bind { addr, error })?;
-        addrs.push(listener.local_addr().unwrap_or(addr));
-        listeners.push(listener);
-    }
-    Ok(BoundHttp { listeners, addrs })
+pub fn bind(settings: &HttpSettings) -> Result<BoundTcp, HttpError> {
+    tcp::bind(settings.listen.addrs()).map_err(|(addr, error)| HttpError::Bind { addr, error })
 }
 
 /// What a connection's watchdog reads: requests whose response has not ended, when the
@@ -145,21 +130,20 @@ impl AsyncWrite for Watched {
 /// Serves `router` on the bound sockets until the lifecycle reaches `Closing` and the open
 /// connections have finished (or `grace` has passed after that).
 pub async fn serve(
-    bound: BoundHttp,
+    bound: BoundTcp,
     settings: Arc<HttpSettings>,
     router: impl Fn(Arc<ConnState>) -> Router,
     mut life: watch::Receiver<Lifecycle>,
 ) -> std::io::Result<()> {
-    let listeners = bound.listeners.into_iter().map(TcpListener::from_std).collect::<std::io::Result<Vec<_>>>()?;
+    let listeners = bound.into_listeners()?;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let header = Duration::from_millis(settings.header_timeout_ms);
     let idle = Duration::from_millis(settings.idle_timeout_ms);
     loop {
-        let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
         tokio::select! {
-            (accepted, _, _) = futures_util::future::select_all(accepts) => {
+            accepted = listeners.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -171,7 +155,6 @@ pub async fn serve(
                     debug!(%peer, "HTTP: too many connections; closing a new one");
                     continue;
                 };
-                let _ = stream.set_nodelay(true);
                 let state = Arc::new(ConnState::new());
                 let service = TowerToHyperService::new(router(Arc::clone(&state)));
                 let mut stop = stop_rx.clone();

@@ -1,14 +1,15 @@
-//! What every HTTP handler shares, and the path of one generation request: a table client of
-//! its own (so a client that disconnects cancels it), the scheduler's admission, and its
-//! events read back in order.
+//! What every HTTP handler shares, and where its generation requests go (the transports'
+//! shared [`Running`]: a request-table client of its own, so a client that disconnects cancels
+//! its request).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::api::{EventBody, GenerateRequest, ModelReport};
+use crate::api::{GenerateRequest, ModelReport};
 use crate::config::HttpSettings;
-use crate::scheduler::{Client, ClientPolicy, Job, Outbound, Refusal, Requests, Scheduler};
+use crate::scheduler::{Refusal, Requests, Scheduler};
+use crate::transport::running::Route;
+pub use crate::transport::running::Running;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -44,57 +45,16 @@ impl AppState {
     pub fn model(&self) -> ModelReport {
         self.scheduler.models().into_iter().next().expect("the scheduler always reports its model")
     }
-}
 
-/// A generation request handed to the scheduler, and its events as they come.
-pub struct Running {
-    _client: Client,
-    out: Arc<Outbound>,
-    pending: VecDeque<EventBody>,
-    done: bool,
-}
-
-impl Running {
-    /// Submits `request` from `transport`; a refusal (queue full, shutting down, too hot)
-    /// comes back at once.
-    pub fn submit(state: &AppState, transport: &'static str, request: GenerateRequest) -> Result<Self, Refusal> {
-        let out = Arc::new(Outbound::new(state.settings.max_unread_bytes));
-        let policy = ClientPolicy { remember: 1, reject_recent: false, unread_key: "http.max_unread_bytes", transport };
-        let client = state.requests.client(policy, Arc::clone(&out));
-        let id = format!("http-{}", super::next_id());
-        let ticket = client.begin("request", &id).map_err(|_| Refusal::new(crate::api::ErrorCode::ModelError, "request table"))?;
-        if let Err(rejected) = state.scheduler.submit(Job::new(ticket, request)) {
-            let refusal = rejected.refusal.clone();
-            drop(rejected);
-            return Err(refusal);
-        }
-        Ok(Self { _client: client, out, pending: VecDeque::new(), done: false })
-    }
-
-    /// The next event; `None` after the terminal one.
-    pub async fn next(&mut self) -> Option<EventBody> {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                self.done |= e.is_terminal();
-                return Some(e);
-            }
-            if self.done {
-                return None;
-            }
-            self.out.ready().await;
-            self.pending.extend(self.out.take().into_iter().map(|d| d.event.body));
-        }
-    }
-
-    /// Everything up to the terminal event: the streamed text and the terminal event.
-    pub async fn collect(mut self) -> (String, EventBody) {
-        let mut text = String::new();
-        while let Some(e) = self.next().await {
-            match e {
-                EventBody::Token { text: t } => text.push_str(&t),
-                terminal => return (text, terminal),
-            }
-        }
-        (text, EventBody::error(crate::api::ErrorCode::ModelError, "the request ended without an answer"))
+    /// Submits `request` from `transport` (the counters' label) through the request table.
+    pub fn submit(&self, transport: &'static str, request: GenerateRequest) -> Result<Running, Refusal> {
+        let route = Route {
+            scheduler: &self.scheduler,
+            requests: &self.requests,
+            max_unread_bytes: self.settings.max_unread_bytes,
+            unread_key: "http.max_unread_bytes",
+            transport,
+        };
+        Running::submit(route, request)
     }
 }

@@ -19,7 +19,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{parse_body, OllamaError};
-use super::state::{AppState, Running};
+use super::state::AppState;
 use super::time::rfc3339;
 use crate::api::{EventBody, GenerateRequest, ModelReport, Prompt};
 use crate::dialect::Splitter;
@@ -209,7 +209,7 @@ async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Resu
         _ => (false, Vec::new()),
     };
     let stream = request.stream();
-    let mut running = Running::submit(&state, TRANSPORT, request).map_err(|r| OllamaError::from_code(r.code, r.message))?;
+    let mut running = state.submit(TRANSPORT, request).map_err(|r| OllamaError::from_code(r.code, r.message))?;
     let model = tag_name(&state);
     if !stream {
         return match running.collect().await.1 {

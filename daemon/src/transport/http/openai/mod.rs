@@ -18,7 +18,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{parse_body, OpenAiError};
-use super::state::{AppState, Running};
+use super::state::AppState;
 use super::time::unix_seconds;
 use crate::api::{EventBody, Prompt};
 use crate::dialect::Splitter;
@@ -60,7 +60,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         _ => (false, Vec::new()),
     };
     let stream = request.stream();
-    let mut running = Running::submit(&state, TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
+    let mut running = state.submit(TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
     let meta = meta(&state, "chatcmpl");
     if !stream {
         return match running.collect().await.1 {
@@ -96,7 +96,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
     let include_usage = completion.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let request = completion.request(&state.scheduler.limits()).map_err(OpenAiError::bad_request)?;
     let stream = request.stream();
-    let mut running = Running::submit(&state, TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
+    let mut running = state.submit(TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
     let meta = meta(&state, "cmpl");
     if !stream {
         return match running.collect().await.1 {
