@@ -5,26 +5,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::clients;
 use common::daemon::Daemon;
 use common::mqtt::free_port;
 use serde_json::Value;
 
 const MODEL: &str = "qwen3.5-tiny";
-
-/// The clients' Python: `QWENEDGE_CLIENT_PYTHON`, else the venv tests/clients/venv.sh makes.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("QWENEDGE_CLIENT_PYTHON") {
-        return p.into();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/venv.sh");
-    let out = Command::new(script).output().expect("running tests/clients/venv.sh");
-    assert!(out.status.success(), "tests/clients/venv.sh: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().into()
-}
 
 /// One HTTP/1.1 request with `Connection: close`: the status and the JSON body (`null` when it
 /// is not JSON).
@@ -53,23 +42,10 @@ fn start(extra_http: &str) -> (Daemon, String) {
 
 /// Runs one check of check_http.py; returns its figures.
 fn check(name: &str, base: &str, extra: &[&str], d: &Daemon) -> Value {
-    let began = Instant::now();
-    let out = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/check_http.py"))
-        .args([name, "--base-url", base, "--model", MODEL])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "check {name} failed after {:?}:\n{stdout}\n{}\ndaemon log:\n{}",
-        began.elapsed(),
-        String::from_utf8_lossy(&out.stderr),
-        d.log_text()
-    );
-    let figures: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
-    eprintln!("{name}: {figures} in {:.1?}", began.elapsed());
+    let mut args = vec![name, "--base-url", base, "--model", MODEL];
+    args.extend_from_slice(extra);
+    let figures = clients::run("check_http.py", &args, d);
+    eprintln!("{name}: {figures}");
     figures
 }
 
