@@ -70,7 +70,14 @@ fn describe_is_answered_at_once_while_the_engine_is_busy_or_reloading() {
     assert_eq!(d.status()["running"].as_array().unwrap().len(), 1);
     let busy = check("describe", port, &[], &d);
     assert!(busy["describe_ms"].as_f64().unwrap() < 1000.0, "{busy}");
-    // A reload (another thread count: the model is loaded again).
+    // A reload (another thread count: the model is loaded again), once the generation is
+    // cancelled by its client leaving.
+    drop(c);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !d.status()["running"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < until, "the generation was not cancelled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let text = std::fs::read_to_string(&d.config).unwrap().replace("threads = 1\n", "threads = 2\n");
     std::fs::write(&d.config, text).unwrap();
     d.signal(libc::SIGHUP);
