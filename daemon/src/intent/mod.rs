@@ -26,14 +26,17 @@ pub struct Prepared {
     pub max_tokens: usize,
 }
 
-/// Builds the prompt and grammar for `text` against the intents `filter` allows.
+/// Builds the prompt and grammar for `text` against the intents `filter` allows. The prompt
+/// always lists the whole catalog — it is the same for every request, so the pinned catalog
+/// prefix serves filtered requests too — and the filter applies in the grammar only.
 pub fn prepare(catalog: &Catalog, text: &str, filter: Option<&[String]>) -> Prepared {
     let intents = grammar::select(catalog, filter);
+    let all = grammar::select(catalog, None);
     let messages = vec![
         serde_json::json!({"role": "system", "content": grammar::system_prompt(catalog)}),
         serde_json::json!({"role": "user", "content": text}),
     ];
-    let tools = (!intents.is_empty()).then(|| grammar::tools(catalog, &intents));
+    let tools = (!all.is_empty()).then(|| grammar::tools(catalog, &all));
     Prepared {
         chat: ChatInput { messages, tools, add_generation_prompt: true, enable_thinking: Some(false) },
         grammar: grammar::lark(catalog, &intents),
