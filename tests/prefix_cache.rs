@@ -328,14 +328,19 @@ max_mb = 64
     let status = wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
     let catalog_bytes = status["cache"]["bytes"].as_u64().unwrap();
     let mut c = d.client();
+    // The second request filters the intents: the prompt is the same, the filter is the grammar's.
     for (i, text) in ["turn on the kitchen lights", "set the timer for five minutes"].iter().enumerate() {
         let id = format!("i{i}");
-        c.send(&json!({"id": id, "op": "intent", "text": text}));
+        let filter = if i == 1 { json!(["HassStartTimer", "HassCancelTimer"]) } else { Value::Null };
+        c.send(&json!({"id": id, "op": "intent", "text": text, "intent_filter": filter}));
         let end = c.until_terminal(&id).pop().unwrap();
         assert_eq!(end["event"], "intent", "{end}");
         let usage = &end["usage"];
         let (prompt, cached) = (usage["prompt_tokens"].as_u64().unwrap(), usage["cached_tokens"].as_u64().unwrap());
         assert!(cached > 200 && prompt - cached < 40, "only the utterance turn is prefilled: {end}");
+        if i == 1 && end["recognized"] == true {
+            assert!(["HassStartTimer", "HassCancelTimer"].contains(&end["intent"]["name"].as_str().unwrap()), "{end}");
+        }
     }
     let cache = d.status()["cache"].clone();
     assert_eq!(cache["hits"], 2, "{cache}");
@@ -351,4 +356,21 @@ max_mb = 64
         s["cache"]["pinned"] == 1 && s["cache"]["bytes"].as_u64().unwrap() < catalog_bytes
     });
     assert!(status["cache"]["insertions"].as_u64().unwrap() >= 2, "{status}");
+}
+
+#[test]
+fn a_request_during_the_first_catalog_prefill_is_answered_before_that_prefill_ends() {
+    // Two-token chunks: the catalog's prefix (about 2,900 tokens) takes over a thousand of them.
+    let d = Daemon::start_customized(&model_dir("tiny-a", "int4"), "prefill_chunk_tokens = 2\n", "[cache]\nmax_mb = 64\n", |_| {});
+    let mut c = d.client();
+    c.send(&chat("early", "hi", json!({"max_tokens": 2, "stream": false})));
+    let end = c.until_terminal("early").pop().unwrap();
+    assert_eq!(end["event"], "done", "{end}");
+    let status = d.status();
+    assert_eq!(status["cache"]["pinned"], 0, "the catalog prefill was still going when the answer came: {status}");
+    let pinned = wait_for(&d, "the catalog prefill resumes and ends", |s| s["cache"]["pinned"] == 1);
+    assert!(pinned["cache"]["bytes"].as_u64().unwrap() > 0);
+    c.send(&json!({"id": "i", "op": "intent", "text": "turn on the kitchen lights"}));
+    let end = c.until_terminal("i").pop().unwrap();
+    assert!(end["usage"]["cached_tokens"].as_u64().unwrap() > 200, "then intents reuse it: {end}");
 }

@@ -81,6 +81,27 @@ pub struct Engine {
     constrainer: Option<std::sync::Arc<constrain::Constrainer>>,
     /// Why this backend was chosen (see [`backend::select`]).
     chosen: String,
+    /// A prefix being pinned a chunk at a time.
+    pinning: Option<Pinning>,
+}
+
+/// A pinned prefix in the making: its tokens, the sequence prefilled so far, and how far.
+struct Pinning {
+    tokens: Vec<u32>,
+    seq: Sequence,
+    done: usize,
+    began: std::time::Instant,
+}
+
+/// How far pinning a prefix is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PinProgress {
+    /// The prefix's length in tokens.
+    pub tokens: usize,
+    /// Whether it is pinned (else more chunks remain).
+    pub pinned: bool,
+    /// Milliseconds since its first chunk (when it was prefilled here).
+    pub elapsed_ms: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -116,7 +137,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let backend = make(&spec)?;
-        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None, chosen: String::new() })
+        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None, chosen: String::new(), pinning: None })
     }
 
     /// The backend's description.
@@ -209,18 +230,41 @@ impl Engine {
     /// Prefills `tokens` once and keeps their state as a pinned prefix, so every prompt that
     /// starts with them prefills only the rest. Does nothing when it is pinned already.
     pub fn pin_prefix(&mut self, tokens: &[u32]) -> Result<(), PinError> {
+        while !self.pin_prefix_step(tokens, usize::MAX)?.pinned {}
+        Ok(())
+    }
+
+    /// Pins `tokens` as a prefix a chunk of at most `chunk` tokens per call, so that other work
+    /// can run between the calls; a call for other tokens starts over. The state is the same as
+    /// prefilling the prefix at once (chunked prefill continues the sequence exactly).
+    pub fn pin_prefix_step(&mut self, tokens: &[u32], chunk: usize) -> Result<PinProgress, PinError> {
         if !self.cache.enabled() {
+            self.pinning = None;
             return Err(PinError::Cache(CacheError::Disabled));
         }
+        let mut progress = PinProgress { tokens: tokens.len(), pinned: true, elapsed_ms: 0 };
         if tokens.is_empty() || self.cache.contains(tokens, true) {
-            return Ok(());
+            self.pinning = None;
+            return Ok(progress);
         }
-        let mut seq = self.backend.new_sequence()?;
+        let mut p = match self.pinning.take() {
+            Some(p) if p.tokens == tokens => p,
+            _ => Pinning { tokens: tokens.to_vec(), seq: self.backend.new_sequence()?, done: 0, began: std::time::Instant::now() },
+        };
+        let end = p.done.saturating_add(chunk.max(1)).min(tokens.len());
         let mut logits = backend::Logits::default();
-        self.backend.forward(&mut seq, tokens, backend::LogitsWanted::Last, &mut logits)?;
-        let snap = self.backend.snapshot(&seq)?;
+        self.backend.forward(&mut p.seq, &tokens[p.done..end], backend::LogitsWanted::Last, &mut logits)?;
+        p.done = end;
+        progress.elapsed_ms = p.began.elapsed().as_millis() as u64;
+        if end < tokens.len() {
+            self.pinning = Some(p);
+            progress.pinned = false;
+            return Ok(progress);
+        }
+        let snap = self.backend.snapshot(&p.seq)?;
         let bytes = snap.bytes();
-        Ok(self.cache.insert(tokens.to_vec(), snap, bytes, true)?)
+        self.cache.insert(tokens.to_vec(), snap, bytes, true)?;
+        Ok(progress)
     }
 
     /// Makes the part of `chat` that every request of its kind shares the pinned prefix,
@@ -228,12 +272,21 @@ impl Engine {
     /// same tools and no generation prompt (for an intent request, the catalog's system prompt
     /// and tools). Prefills only when it is not pinned already. Returns its length in tokens.
     pub fn pin_chat_prefix(&mut self, chat: &ChatInput) -> Result<usize, PinError> {
+        loop {
+            let p = self.pin_chat_prefix_step(chat, usize::MAX)?;
+            if p.pinned {
+                return Ok(p.tokens);
+            }
+        }
+    }
+
+    /// [`pin_chat_prefix`](Self::pin_chat_prefix) a chunk of at most `chunk` tokens per call.
+    pub fn pin_chat_prefix_step(&mut self, chat: &ChatInput, chunk: usize) -> Result<PinProgress, PinError> {
         let last_user = chat.messages.iter().rposition(|m| m["role"] == "user").unwrap_or(chat.messages.len());
         let fixed = ChatInput { messages: chat.messages[..last_user].to_vec(), add_generation_prompt: false, ..chat.clone() };
         let tokens = self.tokenizer.encode(&self.render_chat(&fixed)?)?;
         self.cache.unpin_except(&tokens);
-        self.pin_prefix(&tokens)?;
-        Ok(tokens.len())
+        self.pin_prefix_step(&tokens, chunk)
     }
 
     /// A decoder for `prompt` that starts from the longest cached prefix of it and, at each

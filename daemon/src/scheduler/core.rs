@@ -261,10 +261,7 @@ impl<L: Loader> Core<L> {
             }
             Work::WarmUp => {
                 let began = Instant::now();
-                if let Some(m) = self.model.as_mut() {
-                    m.warm_up(&context(snap, 0));
-                }
-                self.warm_up_pending = false;
+                self.warm_up_pending = self.model.as_mut().is_some_and(|m| m.warm_up(&context(snap, 0)));
                 ran.busy = began.elapsed();
             }
         }

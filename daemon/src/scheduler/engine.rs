@@ -4,7 +4,6 @@
 //! the memory check first) and the conversions between the engine's types and the wire's.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -87,6 +86,11 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
     engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
     Ok(engine)
 }
+
+/// Tokens of the intent catalog's prefix prefilled per warm-up chunk (when
+/// `model.prefill_chunk_tokens` does not say): a request that arrives meanwhile waits for one
+/// chunk at most.
+const WARM_UP_CHUNK_TOKENS: usize = 256;
 
 /// Loads engines for the scheduler.
 #[derive(Debug, Default)]
@@ -320,17 +324,27 @@ impl Model for Engine {
         }
     }
 
-    fn warm_up(&mut self, ctx: &Context<'_>) {
+    fn warm_up(&mut self, ctx: &Context<'_>) -> bool {
         let cache = &ctx.settings.cache;
         if !cache.pin_intents || cache.max_mb == 0 {
             self.unpin_prefixes();
-            return;
+            return false;
         }
         let chat = crate::intent::prepare(ctx.catalog, "", None).chat;
-        let began = Instant::now();
-        match self.pin_chat_prefix(&chat) {
-            Ok(tokens) => info!(tokens, ms = began.elapsed().as_millis() as u64, "intent catalog prefix cached"),
-            Err(e) => warn!(error = %e, "caching the intent catalog prefix failed"),
+        let chunk = match ctx.settings.model.prefill_chunk_tokens {
+            0 => WARM_UP_CHUNK_TOKENS,
+            n => n,
+        };
+        match self.pin_chat_prefix_step(&chat, chunk) {
+            Ok(p) if p.pinned => {
+                info!(tokens = p.tokens, ms = p.elapsed_ms, "intent catalog prefix cached");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "caching the intent catalog prefix failed");
+                false
+            }
         }
     }
 

@@ -98,8 +98,10 @@ pub trait Model: Send + 'static {
     /// `intent` for an intent request); an error is a model error.
     fn finish(&mut self, running: Self::Running, clock: &Clock, ctx: &Context<'_>) -> Result<EventBody, String>;
 
-    /// Work to do once after loading while idle (caching the intent catalog's prefix).
-    fn warm_up(&mut self, ctx: &Context<'_>);
+    /// One piece of the work to do after loading while idle (caching the intent catalog's
+    /// prefix, a chunk at a time so that requests run between the chunks). Returns whether
+    /// more remains.
+    fn warm_up(&mut self, ctx: &Context<'_>) -> bool;
 
     /// Applies settings that need no reload (the prefix cache's size).
     fn reconfigure(&mut self, settings: &Settings);

@@ -20,6 +20,8 @@ struct Fake {
     path: PathBuf,
     need_mb: f64,
     warm_up: Duration,
+    /// Warm-up chunks still to do.
+    warm_left: usize,
     panic_at_step: Option<usize>,
     steps: usize,
     pressure: Arc<Mutex<Vec<bool>>>,
@@ -74,8 +76,10 @@ impl Model for Fake {
         Ok(EventBody::Done { text: run.text, finish_reason: FinishReason::Length, usage, timings: clock.timings(0.0, 0.0, 0.0) })
     }
 
-    fn warm_up(&mut self, _ctx: &Context<'_>) {
+    fn warm_up(&mut self, _ctx: &Context<'_>) -> bool {
         std::thread::sleep(self.warm_up);
+        self.warm_left = self.warm_left.saturating_sub(1);
+        self.warm_left > 0
     }
 
     fn reconfigure(&mut self, _settings: &crate::config::Settings) {}
@@ -120,6 +124,8 @@ struct FakeLoader {
     loads: Loads,
     broken: Vec<PathBuf>,
     warm_up: Duration,
+    /// Chunks of each model's warm-up (0 counts as 1).
+    warm_up_chunks: usize,
     panic_at_step: Option<usize>,
     pressure: Arc<Mutex<Vec<bool>>>,
 }
@@ -130,6 +136,7 @@ impl FakeLoader {
             path,
             need_mb: 1.0,
             warm_up: self.warm_up,
+            warm_left: self.warm_up_chunks.max(1),
             panic_at_step: self.panic_at_step,
             steps: 0,
             pressure: Arc::clone(&self.pressure),
@@ -518,4 +525,19 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failu
     let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
     let rejected = scheduler.submit(Job::new(client.begin("late", "late").unwrap(), request)).unwrap_err();
     assert_eq!(rejected.refusal.code, ErrorCode::ShuttingDown, "nothing is admitted after the failure");
+}
+
+#[test]
+fn the_warm_up_runs_in_chunks_and_a_request_runs_between_them() {
+    let loader = FakeLoader { warm_up_chunks: 4, ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    assert_eq!(h.turn(Instant::now()), Some("warm_up"), "the second chunk");
+    h.submit("a", Priority::Interactive, 3, None);
+    let done = h.run();
+    let start = done.iter().position(|k| *k == "start").unwrap();
+    let warm: Vec<usize> = done.iter().enumerate().filter(|(_, k)| **k == "warm_up").map(|(i, _)| i).collect();
+    assert_eq!(warm.len(), 2, "the two chunks left, after the request: {done:?}");
+    assert!(warm.iter().all(|&i| i > start), "the request ran before the warm-up went on: {done:?}");
+    assert!(matches!(terminal(&h.events(), "a"), EventBody::Done { .. }));
+    assert!(h.run().is_empty(), "the warm-up is over");
 }
