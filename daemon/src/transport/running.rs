@@ -51,17 +51,20 @@ impl Running {
 
     /// The next event; `None` after the terminal one.
     pub async fn next(&mut self) -> Option<EventBody> {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                self.done |= e.is_terminal();
-                return Some(e);
-            }
-            if self.done {
-                return None;
-            }
+        self.peek().await?;
+        let e = self.pending.pop_front()?;
+        self.done |= e.is_terminal();
+        Some(e)
+    }
+
+    /// The event [`next`](Self::next) will return, left in place (a transport chooses its
+    /// response status from the first event, then streams them all).
+    pub async fn peek(&mut self) -> Option<&EventBody> {
+        while self.pending.is_empty() && !self.done {
             self.out.ready().await;
             self.pending.extend(self.out.take().into_iter().map(|d| d.event.body));
         }
+        self.pending.front()
     }
 
     /// Everything up to the terminal event: the streamed text and the terminal event.

@@ -237,11 +237,10 @@ async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Resu
             other => Err(OllamaError::from_code(crate::api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
         };
     }
-    let first = running.next().await;
-    if let Some(EventBody::Error { code, message }) = first {
-        return Err(OllamaError::from_code(code, message));
+    if let Some(EventBody::Error { code, message }) = running.peek().await {
+        return Err(OllamaError::from_code(*code, message.clone()));
     }
-    let s = Stream { running, shape, model, splitter: Some(Splitter::new(thinking, &tools)), first, ended: false };
+    let s = Stream { running, shape, model, splitter: Some(Splitter::new(thinking, &tools)), ended: false };
     let lines = futures_util::stream::unfold(s, |mut s| async move { s.next_lines().await.map(|b| (Ok::<_, Infallible>(b), s)) });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }

@@ -85,8 +85,6 @@ pub struct Stream {
     pub model: String,
     /// Splits the text.
     pub splitter: Option<Splitter>,
-    /// The event read while choosing the response's status.
-    pub first: Option<EventBody>,
     /// The stream has ended.
     pub ended: bool,
 }
@@ -113,10 +111,7 @@ impl Stream {
         if self.ended {
             return None;
         }
-        let event = match self.first.take() {
-            Some(e) => Some(e),
-            None => self.running.next().await,
-        };
+        let event = self.running.next().await;
         let mut out = String::new();
         match event {
             Some(EventBody::Token { text }) => {

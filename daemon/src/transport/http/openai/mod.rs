@@ -71,15 +71,13 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
             other => Err(OpenAiError::from_code(crate::api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
         };
     }
-    let first = running.next().await;
-    if let Some(EventBody::Error { code, message }) = first {
-        return Err(OpenAiError::from_code(code, message));
+    if let Some(EventBody::Error { code, message }) = running.peek().await {
+        return Err(OpenAiError::from_code(*code, message.clone()));
     }
     let state = ChatStream {
         running,
         meta,
         splitter: Some(Splitter::new(thinking, &tools)),
-        first,
         include_usage,
         calls: 0,
         started: false,
@@ -107,11 +105,10 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
             other => Err(OpenAiError::from_code(crate::api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
         };
     }
-    let first = running.next().await;
-    if let Some(EventBody::Error { code, message }) = first {
-        return Err(OpenAiError::from_code(code, message));
+    if let Some(EventBody::Error { code, message }) = running.peek().await {
+        return Err(OpenAiError::from_code(*code, message.clone()));
     }
-    let state = TextStream { running, meta, first, include_usage, ended: false };
+    let state = TextStream { running, meta, include_usage, ended: false };
     Ok(event_stream(futures_util::stream::unfold(state, |mut s| async move { s.next_frames().await.map(|b| (Ok(b), s)) })))
 }
 

@@ -129,8 +129,6 @@ pub struct ChatStream {
     pub meta: Meta,
     /// Splits the text.
     pub splitter: Option<Splitter>,
-    /// The event read while choosing the response's status.
-    pub first: Option<EventBody>,
     /// Send a last chunk with the usage.
     pub include_usage: bool,
     /// Tool calls sent so far.
@@ -168,10 +166,7 @@ impl ChatStream {
         if self.ended {
             return None;
         }
-        let event = match self.first.take() {
-            Some(e) => Some(e),
-            None => self.running.next().await,
-        };
+        let event = self.running.next().await;
         let mut out = String::new();
         if !self.started {
             self.started = true;
@@ -223,8 +218,6 @@ pub struct TextStream {
     pub running: Running,
     /// The ids and model.
     pub meta: Meta,
-    /// The event read while choosing the response's status.
-    pub first: Option<EventBody>,
     /// Send a last chunk with the usage.
     pub include_usage: bool,
     /// The stream has ended.
@@ -242,10 +235,7 @@ impl TextStream {
         if self.ended {
             return None;
         }
-        let event = match self.first.take() {
-            Some(e) => Some(e),
-            None => self.running.next().await,
-        };
+        let event = self.running.next().await;
         let mut out = String::new();
         match event {
             Some(EventBody::Token { text }) => out.push_str(&format!("data: {}\n\n", self.chunk(&text, None))),
