@@ -4,7 +4,16 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::Lifecycle;
+
+/// How long open connections may take to finish once the daemon closes.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Listening sockets, bound before READY.
 #[derive(Debug)]
@@ -45,4 +54,21 @@ impl Listeners {
         let _ = stream.set_nodelay(true);
         Ok((stream, peer))
     }
+}
+
+/// The end of a transport's accept loop: waits until the lifecycle reaches `Closing`, runs
+/// `closing` (a transport's signal to its connections), then gives the connections
+/// [`CLOSE_GRACE`] to finish and aborts the rest. Returns whether any had to be aborted.
+pub async fn close(connections: &mut JoinSet<()>, life: &mut watch::Receiver<Lifecycle>, closing: impl FnOnce()) -> bool {
+    while *life.borrow() != Lifecycle::Closing {
+        if life.changed().await.is_err() {
+            break;
+        }
+    }
+    closing();
+    let drained = tokio::time::timeout(CLOSE_GRACE, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    drained.is_err()
 }

@@ -199,15 +199,9 @@ pub async fn serve(
         }
     }
     drop(listeners);
-    while *life.borrow() != Lifecycle::Closing {
-        if life.changed().await.is_err() {
-            break;
-        }
-    }
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        connections.abort_all();
-    }
+    tcp::close(&mut connections, &mut life, || {
+        let _ = stop_tx.send(true);
+    })
+    .await;
     Ok(())
 }

@@ -15,7 +15,6 @@ pub mod zeroconf;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -103,15 +102,8 @@ pub async fn serve(
     }
     drop(listeners);
     info!("Wyoming: no longer accepting connections");
-    while *life.borrow() != Lifecycle::Closing {
-        if life.changed().await.is_err() {
-            break;
-        }
-    }
-    let drained = tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        debug!("Wyoming: closing connections that did not finish");
-        connections.abort_all();
+    if tcp::close(&mut connections, &mut life, || {}).await {
+        debug!("Wyoming: closed connections that did not finish");
     }
     Ok(())
 }
