@@ -9,7 +9,6 @@ usage: check_http.py CHECK --base-url http://127.0.0.1:PORT --model NAME [--api-
 import argparse
 import asyncio
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -20,15 +19,7 @@ import ollama
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-
-def fail(msg):
-    print(f"FAIL: {msg}", flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+from checks import check, fail
 
 
 # Tool schemas with bounded strings, arrays and numbers (a random-weight model closes a bounded

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import socket
-import sys
 import time
 
 from wyoming.asr import Transcript
@@ -21,20 +20,12 @@ from wyoming.handle import Handled, HandledStop, NotHandled
 from wyoming.info import Describe, Info
 from wyoming.intent import Intent, NotRecognized
 
+from checks import check, fail
+
 UTTERANCES = ["turn on the kitchen light", "set the living room lamp to 40 percent", "turn off all the lights in the bedroom",
               "what time is it", "start a timer for 5 minutes", "tell me a joke", "set the temperature to 21 degrees",
               "pause the music in the office", "make the kitchen lights blue", "never mind"]
 ANSWERS = ("intent", "not-recognized", "handled", "not-handled", "error")
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 
 async def describe(port):
