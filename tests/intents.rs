@@ -9,52 +9,16 @@ use std::time::Duration;
 use common::daemon::{chat, Daemon};
 use common::model_dir;
 use common::mqtt::{mqtt_section, Broker, Tester};
+use common::utterances::{markers, utterances};
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::constrain::Grammar;
 use qwenedge::engine::generate::{FinishReason, GenerateParams, Step};
 use qwenedge::engine::sampler::SamplingParams;
 use qwenedge::engine::{Engine, EngineOptions};
-use qwenedge::intent::catalog::{EntitySource, SlotKind};
+use qwenedge::intent::catalog::SlotKind;
 use qwenedge::intent::{self, Catalog};
 use serde_json::{json, Value};
-
-/// A small deterministic generator for utterances and seeds.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.next(items.len())]
-    }
-}
-
-/// `n` varied utterances over the catalog: device commands with numbers, colours, areas,
-/// timers, media, questions and chatter that matches no intent.
-fn utterances(catalog: &Catalog, n: usize) -> Vec<String> {
-    let names = catalog.entity_values(EntitySource::Name);
-    let areas = catalog.entity_values(EntitySource::Area);
-    let colors = ["red", "blue", "warm white", "green", "purple"];
-    let mut r = Lcg(42);
-    (0..n)
-        .map(|i| match i % 10 {
-            0 => format!("turn on the {}", r.pick(&names)),
-            1 => format!("switch off all the lights in the {}", r.pick(&areas)),
-            2 => format!("set the {} to {} percent", r.pick(&names), r.next(101)),
-            3 => format!("make the {} lights {}", r.pick(&areas), r.pick(&colors)),
-            4 => format!("set the temperature to {}.{} degrees", 15 + r.next(10), r.next(10)),
-            5 => format!("start a timer for {} minutes", 1 + r.next(90)),
-            6 => format!("{} the music in the {}", r.pick(&["pause", "resume", "skip", "stop"]), r.pick(&areas)),
-            7 => format!("set the volume to {}", r.next(101)),
-            8 => r.pick(&["what time is it", "what's the weather like tomorrow", "never mind", "is the garage door open"]).to_string(),
-            _ => r.pick(&["tell me a joke", "who wrote hamlet", "bonjour, ça va ?", "order a pizza with extra cheese"]).to_string(),
-        })
-        .collect()
-}
 
 /// Checks a parsed intent against the catalog independently of the parser.
 fn check_in_type(catalog: &Catalog, i: &intent::Intent) {
@@ -84,7 +48,9 @@ fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
     let mut engine = Engine::load(model_dir("tiny-a", "fp32"), &opts).unwrap();
     let constrainer = engine.constrainer().unwrap();
     // The catalog part of the prompt is prefilled once (the prefix cache), as the daemon does.
-    let render = |e: &Engine, text: &str| e.tokenizer.encode(&e.render_chat(&intent::prepare(&catalog, text, None).chat).unwrap()).unwrap();
+    let render = |e: &Engine, text: &str| {
+        e.tokenizer.encode(&e.render_chat(&intent::prepare(&catalog, text, None, &markers(e)).chat).unwrap()).unwrap()
+    };
     let (a, b) = (render(&engine, "one"), render(&engine, "two words"));
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     engine.configure_cache(512 << 20, 1);
@@ -92,7 +58,7 @@ fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
     let context = engine.spec.context_length;
     let (mut calls, mut names) = (0, std::collections::BTreeSet::new());
     for (k, text) in utterances.iter().enumerate() {
-        let prepared = intent::prepare(&catalog, text, None);
+        let prepared = intent::prepare(&catalog, text, None, &markers(&engine));
         let prompt = engine.tokenizer.encode(&engine.render_chat(&prepared.chat).unwrap()).unwrap();
         let sampling = SamplingParams { temperature: 1.0, seed: Some(k as u64), ..Default::default() };
         let params = GenerateParams { max_tokens: prepared.max_tokens, sampling, ..Default::default() };

@@ -374,3 +374,69 @@ fn a_request_during_the_first_catalog_prefill_is_answered_before_that_prefill_en
     let end = c.until_terminal("i").pop().unwrap();
     assert!(end["usage"]["cached_tokens"].as_u64().unwrap() > 200, "then intents reuse it: {end}");
 }
+
+/// The one `.prefix` file under `dir`.
+fn saved_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let files: Vec<_> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "prefix")).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// Starts a daemon on `model` with its snapshots under `store` and waits for the catalog.
+fn start_pinned(model: &std::path::Path, store: &std::path::Path) -> Daemon {
+    let d = Daemon::start_with_model(model, &format!("[cache]\nmax_mb = 128\ndir = {:?}\n", store.display().to_string()));
+    wait_for(&d, "the catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    d
+}
+
+#[test]
+fn a_saved_catalog_state_is_restored_and_a_damaged_one_is_named_ignored_and_rebuilt() {
+    let store = tempfile::tempdir().unwrap();
+    let model = model_dir("tiny-a", "int4");
+    let d = start_pinned(&model, store.path());
+    assert!(d.log_text().contains("saved the prefix snapshot to disk") && d.log_text().contains("how=\"prefilled\""), "{}", d.log_text());
+    let file = saved_file(store.path());
+    let good = std::fs::read(&file).unwrap();
+    let mut c = d.client();
+    c.send(&json!({"id": "a", "op": "intent", "text": "turn on the kitchen lights"}));
+    let prefilled = c.until_terminal("a").pop().unwrap();
+    drop(d);
+
+    let d = start_pinned(&model, store.path());
+    let log = d.log_text();
+    assert!(log.contains("restored a prefix snapshot from disk") && log.contains("how=\"restored from disk\""), "{log}");
+    let mut c = d.client();
+    c.send(&json!({"id": "a", "op": "intent", "text": "turn on the kitchen lights"}));
+    let restored = c.until_terminal("a").pop().unwrap();
+    for key in ["recognized", "intent", "slots", "text", "usage"] {
+        assert_eq!(restored[key], prefilled[key], "{key}: restored {restored} vs prefilled {prefilled}");
+    }
+    drop(d);
+
+    // A snapshot of another model's catalog state, under this one's name.
+    let other = tempfile::tempdir().unwrap();
+    drop(start_pinned(&model_dir("tiny-a", "fp32"), other.path()));
+    let foreign = std::fs::read(saved_file(other.path())).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    let damages: [(&str, &dyn Fn()); 5] = [
+        ("truncated", &|| std::fs::write(&file, &good[..good.len() / 3]).unwrap()),
+        ("truncated", &|| std::fs::write(&file, &good[..10]).unwrap()),
+        ("checksum mismatch", &|| std::fs::write(&file, &flipped).unwrap()),
+        ("made for", &|| std::fs::write(&file, &foreign).unwrap()),
+        ("Is a directory", &|| {
+            std::fs::remove_file(&file).unwrap();
+            std::fs::create_dir(&file).unwrap();
+        }),
+    ];
+    for (why, damage) in damages {
+        damage();
+        let d = start_pinned(&model, store.path());
+        let log = d.log_text();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("ignoring an unusable prefix snapshot")).collect();
+        assert!(warnings.len() == 1 && warnings[0].contains(why), "{why}: one warning naming it: {log}");
+        assert!(log.contains("how=\"prefilled\"") && log.contains("saved the prefix snapshot to disk"), "{why}: {log}");
+        assert_eq!(std::fs::read(&file).unwrap(), good, "{why}: the file is rebuilt as it was");
+    }
+}

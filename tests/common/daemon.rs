@@ -50,7 +50,13 @@ impl Daemon {
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("daemon.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_qwenedge"));
-        command.args(["serve", "--config"]).arg(&config).env("QWENEDGE_LOG", "info");
+        // Saved prefix snapshots stay with this daemon (the default directory is under here).
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("QWENEDGE_LOG", "info")
+            .env("XDG_CACHE_HOME", dir.path())
+            .env_remove("STATE_DIRECTORY");
         customize(&mut command);
         let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let mut daemon = Daemon { child, dir, socket, config, log };

@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod daemon;
 pub mod mqtt;
+pub mod utterances;
 
 use std::path::{Path, PathBuf};
 

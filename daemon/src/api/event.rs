@@ -88,6 +88,13 @@ pub struct RequestTimings {
     pub paced_ms: f64,
     /// Arrival to the end (ms).
     pub total_ms: f64,
+    /// Forward passes of the model after the prompt: one per generated token, fewer when the
+    /// tokens a grammar forced shared one.
+    #[serde(default)]
+    pub model_steps: usize,
+    /// Generated tokens the grammar forced (emitted without sampling).
+    #[serde(default)]
+    pub forced_tokens: usize,
 }
 
 /// One filled slot of a recognised intent.

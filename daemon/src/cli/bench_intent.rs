@@ -51,7 +51,7 @@ fn time_to_first_token(engine: &mut Engine, prompt: &[u32], context: usize) -> a
 /// Runs the intent benchmark with `catalog` and prints the figures.
 pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs: usize, threads: usize) -> anyhow::Result<()> {
     let (text, n_utterance) = utterance(engine, utterance_tokens)?;
-    let chat = qwenedge::intent::prepare(catalog, &text, None).chat;
+    let chat = qwenedge::intent::prepare(catalog, &text, None, &Default::default()).chat;
     let prompt = engine.tokenizer.encode(&engine.render_chat(&chat)?)?;
     let context = engine.spec.context_length;
     anyhow::ensure!(prompt.len() < context, "the prompt ({} tokens) does not fit the model's context", prompt.len());

@@ -85,7 +85,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     let prompt = engine.tokenizer.encode(&text)?;
-    let params = GenerateParams { max_tokens: args.max_tokens, stop: args.stop.clone(), sampling, prefill_chunk: 0 };
+    let params = GenerateParams { max_tokens: args.max_tokens, stop: args.stop.clone(), sampling, ..Default::default() };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;

@@ -30,6 +30,9 @@ pub struct ModelSettings {
     /// Prompt tokens per forward pass during prefill (0 = the whole prompt at once). Smaller
     /// chunks let an interactive request start sooner behind a long background prompt.
     pub prefill_chunk_tokens: usize,
+    /// Give the model the tokens a grammar forces (the fixed parts of a tool call or an
+    /// intent) in one forward pass instead of one pass each. The tokens are the same either way.
+    pub batch_forced_tokens: bool,
     /// Execution providers in priority order (`qnn`, `xnnpack`, `cuda`, `tensorrt`,
     /// `openvino`, `acl`, `rknpu`, `nnapi`, `coreml`, `cpu`). Unavailable ones are skipped.
     pub execution_providers: Vec<String>,
@@ -51,6 +54,7 @@ impl Default for ModelSettings {
             threads: 0,
             context_length: 0,
             prefill_chunk_tokens: 0,
+            batch_forced_tokens: true,
             execution_providers: vec!["cpu".into()],
             strict_providers: false,
             provider_options: BTreeMap::new(),

@@ -41,10 +41,24 @@ pub enum Marker {
 }
 
 impl Marker {
-    fn rule(&self) -> String {
+    /// The marker as a Lark grammar item.
+    pub fn rule(&self) -> String {
         match self {
             Marker::Token(id) => format!("<[{id}]>"),
             Marker::Text(t) => lit(t),
+        }
+    }
+}
+
+impl Markers {
+    /// The markers of a tokenizer: `special` gives the id of a text's special token, if it has
+    /// one; the others are written as text.
+    pub fn from_special(special: impl Fn(&str) -> Option<u32>) -> Self {
+        let marker = |text: &'static str| special(text).map_or(Marker::Text(text), Marker::Token);
+        Self {
+            tool_call_open: marker(super::TOOL_CALL_OPEN),
+            tool_call_close: marker(super::TOOL_CALL_CLOSE),
+            think_close: marker(super::THINK_CLOSE),
         }
     }
 }

@@ -31,11 +31,18 @@ pub struct CacheSettings {
     /// Prefill the intent catalog's prompt (system prompt + tools) once the model is loaded and
     /// idle, and keep its state pinned for every `intent` request.
     pub pin_intents: bool,
+    /// Where pinned prefix snapshots are saved so that a restart restores them instead of
+    /// prefilling (default: `$STATE_DIRECTORY/prefix` under systemd, else
+    /// `$XDG_CACHE_HOME/qwenedge/prefix` or `~/.cache/qwenedge/prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Disk for saved snapshots (MiB, 0 = none are saved); the oldest files go first.
+    pub max_disk_mb: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self { max_mb: 256, min_tokens: 32, pin_intents: true }
+        Self { max_mb: 256, min_tokens: 32, pin_intents: true, dir: None, max_disk_mb: 512 }
     }
 }
 
@@ -45,10 +52,36 @@ impl CacheSettings {
         usize::try_from(self.max_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
+    /// The disk budget in bytes.
+    pub fn max_disk_bytes(&self) -> u64 {
+        self.max_disk_mb.saturating_mul(1 << 20)
+    }
+
+    /// The snapshot directory: `dir`, else the default for the environment (see `dir`); `None`
+    /// when saving is off or no home directory is known.
+    pub fn disk_dir(&self) -> Option<std::path::PathBuf> {
+        if self.max_disk_mb == 0 || self.max_mb == 0 {
+            return None;
+        }
+        if let Some(d) = &self.dir {
+            return Some(d.clone());
+        }
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        if let Some(state) =
+            std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty())
+        {
+            return Some(std::path::PathBuf::from(state).join("prefix"));
+        }
+        var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("qwenedge").join("prefix"))
+    }
+
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.max_mb > 1 << 20 {
             return Err(("cache.max_mb".into(), format!("{} is more than 1048576 (1 TiB)", self.max_mb)));
+        }
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty() || d.is_relative()) {
+            return Err(("cache.dir".into(), "must be an absolute path".into()));
         }
         if self.min_tokens == 0 {
             return Err(("cache.min_tokens".into(), "must be at least 1".into()));

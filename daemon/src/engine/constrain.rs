@@ -46,9 +46,12 @@ pub enum ConstrainError {
     Decode(String),
 }
 
-/// The tokenizer as llguidance sees it: token bytes in a trie, special tokens marked.
+/// The tokenizer as llguidance sees it: token bytes in a trie, special tokens marked, and the
+/// model's own BPE for text the grammar forces, so forced output is tokenized as the model
+/// would tokenize it (llguidance's fast-forward needs a canonical tokenizer).
 struct Env {
     trie: TokTrie,
+    tokenizer: TextTokenizer,
 }
 
 impl TokenizerEnv for Env {
@@ -57,11 +60,11 @@ impl TokenizerEnv for Env {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
-        self.trie.greedy_tokenize(s)
+        self.tokenizer.encode_plain(s)
     }
 
     fn tokenize_is_canonical(&self) -> bool {
-        false
+        true
     }
 }
 
@@ -99,7 +102,7 @@ impl Constrainer {
             .collect();
         let info = TokRxInfo::new(vocab as u32, eos[0]);
         let trie = TokTrie::from(&info, &words).with_eos_tokens(eos);
-        let env: llguidance::toktrie::TokEnv = Arc::new(Env { trie });
+        let env: llguidance::toktrie::TokEnv = Arc::new(Env { trie, tokenizer: tokenizer.clone() });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| ConstrainError::Setup(e.to_string()))?;
         factory.quiet();
         Ok(Arc::new(Self { factory, eos: eos.to_vec() }))
@@ -133,7 +136,7 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(ConstrainError::Grammar(e));
         }
-        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
+        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0, forced: 0 })
     }
 }
 
@@ -166,6 +169,8 @@ pub struct Constraint {
     lse: Option<f32>,
     log_sum: f64,
     free: usize,
+    /// Tokens the grammar forced (taken by [`Constraint::take_forced`]).
+    forced: usize,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -245,6 +250,27 @@ impl Constraint {
             return Err(self.matcher_error("the token broke the grammar"));
         }
         Ok(())
+    }
+
+    /// The tokens the grammar forces next (its only continuation, tokenized as the model's
+    /// tokenizer would), already advanced past: the decoder emits them without sampling. Empty
+    /// when the next token is a choice, or while the grammar does not hold the output yet. The
+    /// last forced bytes may be left to the next choice when a token could join them.
+    pub fn take_forced(&mut self) -> Result<Vec<u32>, ConstrainError> {
+        if self.mode != Mode::Held || self.matcher.is_stopped() {
+            return Ok(Vec::new());
+        }
+        let tokens = self.matcher.consume_ff_tokens();
+        if self.matcher.is_error() {
+            return Err(self.matcher_error("the forced tokens broke the grammar"));
+        }
+        self.forced += tokens.len();
+        Ok(tokens)
+    }
+
+    /// Tokens forced by the grammar so far.
+    pub fn forced_tokens(&self) -> usize {
+        self.forced
     }
 
     /// True when the grammar admits nothing more.

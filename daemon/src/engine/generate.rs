@@ -3,6 +3,7 @@
 //! string, the token limit, the context end or cancellation. [`Decoder`] is the loop as a state
 //! machine the scheduler steps; [`run_to_end`] drives it for one-shot callers.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Prompt tokens per forward pass during prefill (0 = whole prompt in one pass).
     pub prefill_chunk: usize,
+    /// Feed the tokens a grammar forces to the model one forward pass each, instead of all of
+    /// them in one pass (the same tokens either way; for comparison and measurement).
+    pub forced_one_by_one: bool,
 }
 
 /// Why generation ended.
@@ -62,6 +66,11 @@ pub struct Timings {
     pub prefill_tok_s: f64,
     /// Generated tokens per second after the first.
     pub decode_tok_s: f64,
+    /// Forward passes after the prompt (one per generated token, fewer when forced tokens
+    /// share one).
+    pub model_steps: usize,
+    /// Generated tokens that the grammar forced (emitted without sampling).
+    pub forced_tokens: usize,
 }
 
 /// The result of a generation.
@@ -148,6 +157,14 @@ pub struct Decoder {
     pending: Option<FinishReason>,
     /// The grammar the output must follow, if any.
     constraint: Option<Constraint>,
+    /// Tokens the grammar forced, to emit next without sampling.
+    queue: VecDeque<u32>,
+    /// How many of `queue` the model has already been given.
+    ahead: usize,
+    /// Forward passes after the prompt.
+    model_steps: usize,
+    /// Tokens the grammar forced.
+    forced: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -209,6 +226,10 @@ impl Decoder {
             finished: None,
             pending: None,
             constraint: None,
+            queue: VecDeque::new(),
+            ahead: 0,
+            model_steps: 0,
+            forced: 0,
         })
     }
 
@@ -277,7 +298,18 @@ impl Decoder {
             if let Some(&at) = self.snapshot_at.first() {
                 end = end.min(at);
             }
-            let result = backend.forward(&mut self.seq, &self.prompt[self.prefilled..end], LogitsWanted::Last, &mut self.logits);
+            let mut input = self.prompt[self.prefilled..end].to_vec();
+            if end == self.prompt.len() {
+                // What the grammar forces at the start rides along with the prompt's last chunk
+                // (unless a snapshot of the prompt alone is wanted there).
+                let alone = self.snapshot_at.first() == Some(&end) || self.params.forced_one_by_one;
+                self.fill_queue(self.seq.len() + input.len())?;
+                if !alone && !self.done_after_queue() {
+                    input.extend(self.queue.iter());
+                    self.ahead = self.queue.len();
+                }
+            }
+            let result = backend.forward(&mut self.seq, &input, LogitsWanted::Last, &mut self.logits);
             if let Err(e) = result {
                 self.finished = Some(FinishReason::Cancelled);
                 return Err(e);
@@ -298,6 +330,9 @@ impl Decoder {
         if self.tokens.len() >= self.params.max_tokens {
             return Ok(self.finish(FinishReason::Length));
         }
+        if let Some(token) = self.queue.pop_front() {
+            return self.emit(token, false, backend, tokenizer);
+        }
         if let Some(c) = self.constraint.as_mut() {
             match c.mask(&mut self.logits.data[..self.logits.vocab]) {
                 Ok(Allowed::Tokens) => {}
@@ -309,42 +344,87 @@ impl Decoder {
             }
         }
         let choice = self.sampler.sample(&mut self.logits.data[..self.logits.vocab]);
-        self.first_token.get_or_insert_with(Instant::now);
         if let Some(c) = self.constraint.as_mut() {
             if let Err(e) = c.commit(choice.token, &self.logits.data[..self.logits.vocab]) {
                 self.finished = Some(FinishReason::Cancelled);
                 return Err(BackendError::Run(e.to_string()));
             }
-            if c.is_finished() && !self.eos.contains(&choice.token) {
-                self.pending = Some(FinishReason::Stop);
-            }
         }
         if self.eos.contains(&choice.token) {
+            self.first_token.get_or_insert_with(Instant::now);
             return Ok(self.finish(FinishReason::Stop));
         }
-        self.sampler.accept(choice.token);
-        self.tokens.push(choice.token);
-        let decoded = self.utf8.push(tokenizer.token_bytes(choice.token));
+        self.emit(choice.token, true, backend, tokenizer)
+    }
+
+    /// Takes what the grammar forces after the last token into the queue, at most what the
+    /// token limit and the context (`len` positions used after the next forward) leave room for.
+    fn fill_queue(&mut self, len: usize) -> Result<(), BackendError> {
+        let Some(c) = self.constraint.as_mut() else { return Ok(()) };
+        let forced = match c.take_forced() {
+            Ok(f) => f,
+            Err(e) => {
+                self.finished = Some(FinishReason::Cancelled);
+                return Err(BackendError::Run(e.to_string()));
+            }
+        };
+        let room = self.params.max_tokens.saturating_sub(self.tokens.len()).min(self.context_length.saturating_sub(len + 1));
+        self.forced += forced.len().min(room);
+        self.queue.extend(forced.into_iter().take(room));
+        Ok(())
+    }
+
+    /// True when the grammar is complete once the queue is emitted: no more forward passes.
+    fn done_after_queue(&self) -> bool {
+        self.constraint.as_ref().is_some_and(Constraint::is_finished)
+    }
+
+    /// Emits `token` (sampled, or forced from the queue), then gives the model what it needs
+    /// for the next choice: after a sampled token, the token and (unless one by one) everything
+    /// the grammar now forces in one forward pass; after a forced token, nothing when it was
+    /// part of that pass.
+    fn emit(&mut self, token: u32, sampled: bool, backend: &mut dyn Backend, tokenizer: &TextTokenizer) -> Result<Step, BackendError> {
+        self.first_token.get_or_insert_with(Instant::now);
+        self.sampler.accept(token);
+        self.tokens.push(token);
+        let decoded = self.utf8.push(tokenizer.token_bytes(token));
         let piece = match self.stops.push(&decoded) {
             StopState::Continue(s) => s,
             StopState::Stopped(s) => {
                 self.text.push_str(&s);
                 self.finished = Some(FinishReason::Stop);
-                return Ok(Step::Token { piece: s, token: choice.token });
+                return Ok(Step::Token { piece: s, token });
             }
         };
         self.text.push_str(&piece);
-        if self.pending.is_some() {
+        if sampled {
+            self.fill_queue(self.seq.len() + 1)?;
+        }
+        if self.queue.is_empty() && self.done_after_queue() {
+            self.pending = Some(FinishReason::Stop);
+        }
+        if self.pending.is_some() || self.done_after_queue() {
             // The grammar is complete: no further forward pass.
         } else if self.tokens.len() >= self.params.max_tokens {
             self.pending = Some(FinishReason::Length);
-        } else if self.seq.len() + 1 >= self.context_length {
-            self.pending = Some(FinishReason::ContextFull);
-        } else if let Err(e) = backend.forward(&mut self.seq, &[choice.token], LogitsWanted::Last, &mut self.logits) {
-            self.finished = Some(FinishReason::Cancelled);
-            return Err(e);
+        } else if self.ahead > 0 {
+            self.ahead -= 1;
+        } else {
+            let mut input = vec![token];
+            if !self.params.forced_one_by_one {
+                input.extend(self.queue.iter());
+                self.ahead = self.queue.len();
+            }
+            if self.seq.len() + input.len() >= self.context_length {
+                self.pending = Some(FinishReason::ContextFull);
+            } else if let Err(e) = backend.forward(&mut self.seq, &input, LogitsWanted::Last, &mut self.logits) {
+                self.finished = Some(FinishReason::Cancelled);
+                return Err(e);
+            } else {
+                self.model_steps += 1;
+            }
         }
-        Ok(Step::Token { piece, token: choice.token })
+        Ok(Step::Token { piece, token })
     }
 
     /// Ends the generation: the text held back for a possible stop string or an unfinished
@@ -393,6 +473,8 @@ impl Decoder {
                 decode_ms: ms(decode),
                 prefill_tok_s: rate(self.prompt.len() - self.reused, prefill),
                 decode_tok_s: rate(self.tokens.len().saturating_sub(1), decode),
+                model_steps: self.model_steps,
+                forced_tokens: self.forced,
             },
         }
     }

@@ -10,6 +10,7 @@ pub mod detok;
 pub mod generate;
 pub mod model;
 pub mod onnx;
+pub mod persist;
 pub mod sampler;
 pub mod tokenizer;
 
@@ -83,6 +84,8 @@ pub struct Engine {
     chosen: String,
     /// A prefix being pinned a chunk at a time.
     pinning: Option<Pinning>,
+    /// Where pinned prefixes are saved and restored from across restarts.
+    store: Option<persist::SnapshotStore>,
 }
 
 /// A pinned prefix in the making: its tokens, the sequence prefilled so far, and how far.
@@ -100,8 +103,10 @@ pub struct PinProgress {
     pub tokens: usize,
     /// Whether it is pinned (else more chunks remain).
     pub pinned: bool,
-    /// Milliseconds since its first chunk (when it was prefilled here).
+    /// Milliseconds since its first chunk (when it was prefilled here), or spent restoring it.
     pub elapsed_ms: u64,
+    /// Whether it was restored from a snapshot on disk instead of prefilled.
+    pub restored: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -137,7 +142,17 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let backend = make(&spec)?;
-        Ok(Self { spec, tokenizer, chat, backend, cache: PrefixCache::default(), constrainer: None, chosen: String::new(), pinning: None })
+        Ok(Self {
+            spec,
+            tokenizer,
+            chat,
+            backend,
+            cache: PrefixCache::default(),
+            constrainer: None,
+            chosen: String::new(),
+            pinning: None,
+            store: None,
+        })
     }
 
     /// The backend's description.
@@ -242,14 +257,25 @@ impl Engine {
             self.pinning = None;
             return Err(PinError::Cache(CacheError::Disabled));
         }
-        let mut progress = PinProgress { tokens: tokens.len(), pinned: true, elapsed_ms: 0 };
+        let mut progress = PinProgress { tokens: tokens.len(), pinned: true, elapsed_ms: 0, restored: false };
         if tokens.is_empty() || self.cache.contains(tokens, true) {
             self.pinning = None;
             return Ok(progress);
         }
+        let store = self.store.as_ref().map(|s| s.variant(&format!("prefill chunk {chunk}")));
         let mut p = match self.pinning.take() {
             Some(p) if p.tokens == tokens => p,
-            _ => Pinning { tokens: tokens.to_vec(), seq: self.backend.new_sequence()?, done: 0, began: std::time::Instant::now() },
+            _ => {
+                let began = std::time::Instant::now();
+                if let Some(snap) = store.as_ref().and_then(|s| self.restore_saved(s, tokens)) {
+                    let bytes = snap.bytes();
+                    self.cache.insert(tokens.to_vec(), snap, bytes, true)?;
+                    progress.elapsed_ms = began.elapsed().as_millis() as u64;
+                    progress.restored = true;
+                    return Ok(progress);
+                }
+                Pinning { tokens: tokens.to_vec(), seq: self.backend.new_sequence()?, done: 0, began }
+            }
         };
         let end = p.done.saturating_add(chunk.max(1)).min(tokens.len());
         let mut logits = backend::Logits::default();
@@ -262,9 +288,95 @@ impl Engine {
             return Ok(progress);
         }
         let snap = self.backend.snapshot(&p.seq)?;
+        if let Some(store) = &store {
+            self.save(store, tokens, &snap);
+        }
         let bytes = snap.bytes();
         self.cache.insert(tokens.to_vec(), snap, bytes, true)?;
         Ok(progress)
+    }
+
+    /// Saves pinned prefixes under `store` from now on, and restores them from there instead of
+    /// prefilling when a matching file exists (`None`: neither). `store`'s identity should come
+    /// from [`state_identity`](Self::state_identity).
+    pub fn set_snapshot_store(&mut self, store: Option<persist::SnapshotStore>) {
+        self.store = store;
+    }
+
+    /// What determines the state a prefill produces besides its tokens: the backend, its
+    /// version, provider and threads, and each model file (name, size, modification time).
+    pub fn state_identity(&self) -> String {
+        let info = self.backend.info();
+        let mut files: Vec<String> = std::fs::read_dir(&self.spec.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let m = e.metadata().ok().filter(|m| m.is_file())?;
+                        let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+                        Some(format!("{}:{}:{mtime}", e.file_name().to_string_lossy(), m.len()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let dir = self.spec.dir.canonicalize().unwrap_or_else(|_| self.spec.dir.clone());
+        format!(
+            "{} {} provider {} threads {} model {} [{}]",
+            info.name,
+            info.version,
+            info.execution_provider,
+            info.threads,
+            dir.display(),
+            files.join(" ")
+        )
+    }
+
+    /// The snapshot of `tokens` saved in `store`, if there is a usable one; an unusable file
+    /// is logged and deleted (the prefill that follows writes a new one).
+    fn restore_saved(&self, store: &persist::SnapshotStore, tokens: &[u32]) -> Option<Snapshot> {
+        let result = store.load(tokens).map_err(|e| e.to_string()).and_then(|found| match found {
+            None => Ok(None),
+            Some((len, parts)) => self.backend.snapshot_from_parts(len, parts).map(Some).map_err(|e| e.to_string()),
+        });
+        match result {
+            Ok(Some(snap)) if snap.len() == tokens.len() => {
+                tracing::info!(file = %store.path(tokens).display(), tokens = tokens.len(), "restored a prefix snapshot from disk");
+                Some(snap)
+            }
+            Ok(None) => None,
+            Ok(Some(snap)) => {
+                tracing::warn!(file = %store.path(tokens).display(), held = snap.len(), tokens = tokens.len(), "ignoring a prefix snapshot of the wrong length; prefilling instead");
+                store.remove(tokens);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unusable prefix snapshot; prefilling instead");
+                store.remove(tokens);
+                None
+            }
+        }
+    }
+
+    /// Writes `snap` of `tokens` to `store`; a failure (a full disk) is logged and serving goes on.
+    fn save(&self, store: &persist::SnapshotStore, tokens: &[u32], snap: &Snapshot) {
+        let began = std::time::Instant::now();
+        let failed = std::cell::RefCell::new(None);
+        let visit = |each: &mut dyn FnMut(&[f32])| {
+            if let Err(e) = self.backend.snapshot_parts(snap, each) {
+                *failed.borrow_mut() = Some(e);
+            }
+        };
+        match store.save(tokens, snap.len(), &visit) {
+            Ok(_) if failed.borrow().is_some() => {
+                store.remove(tokens);
+                tracing::warn!(error = %failed.borrow().as_ref().map(ToString::to_string).unwrap_or_default(), "could not write the prefix snapshot");
+            }
+            Ok((path, bytes)) => {
+                let ms = began.elapsed().as_millis() as u64;
+                tracing::info!(file = %path.display(), mb = bytes >> 20, ms, "saved the prefix snapshot to disk");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not save the prefix snapshot; serving goes on"),
+        }
     }
 
     /// Makes the part of `chat` that every request of its kind shares the pinned prefix,

@@ -3,6 +3,7 @@
 //! refused at load time instead of producing garbage.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::bpe::Bpe;
 use super::model::ModelSpec;
@@ -30,9 +31,10 @@ pub enum TokenizerError {
     Encode(String),
 }
 
-/// Tokenizer bound to one model.
+/// Tokenizer bound to one model (cheap to clone: the tables are shared).
+#[derive(Clone)]
 pub struct TextTokenizer {
-    bpe: Bpe,
+    bpe: Arc<Bpe>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -57,12 +59,18 @@ impl TextTokenizer {
                 return Err(mismatch(format!("it has no token with id {eos}, which genai_config.json names as end-of-sequence")));
             }
         }
-        Ok(Self { bpe })
+        Ok(Self { bpe: Arc::new(bpe) })
     }
 
     /// Encodes text; special tokens written in the text (`<|im_start|>`) become their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.bpe.encode(text).map_err(TokenizerError::Encode)
+    }
+
+    /// Encodes raw bytes as plain text (added tokens written in it stay text, nothing is
+    /// normalised): the tokens whose bytes are exactly `bytes`, as the tokenizer would split them.
+    pub fn encode_plain(&self, bytes: &[u8]) -> Vec<u32> {
+        self.bpe.encode_plain(bytes)
     }
 
     /// The raw bytes of a token (empty for ids outside the tokenizer).

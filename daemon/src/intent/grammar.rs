@@ -7,6 +7,7 @@
 use serde_json::{json, Value};
 
 use super::catalog::{Catalog, IntentDef, SlotKind};
+use crate::dialect::Markers;
 
 /// The function the model calls when no intent fits (a reserved intent name).
 pub const NO_INTENT: &str = "NoIntent";
@@ -143,12 +144,14 @@ pub fn max_bytes(catalog: &Catalog, intents: &[&IntentDef]) -> usize {
 /// The bytes of a call around the function name and parameters.
 const CALL_BYTES: usize = "<tool_call>\n<function=>\n</function>\n</tool_call>".len();
 
-/// The Lark grammar admitting one call, in the model's native tool-call format, of one of
-/// `intents` or of [`NO_INTENT`].
-pub fn lark(catalog: &Catalog, intents: &[&IntentDef]) -> String {
+/// The Lark grammar admitting one call, in the model's native tool-call format with its
+/// `markers` (the special tokens where the tokenizer has them), of one of `intents` or of
+/// [`NO_INTENT`].
+pub fn lark(catalog: &Catalog, intents: &[&IntentDef], markers: &Markers) -> String {
     let mut names: Vec<String> = (0..intents.len()).map(|i| format!("i{i}")).collect();
     names.push("none".into());
-    let mut g = format!("start: \"<tool_call>\\n<function=\" ({}) \"</function>\\n</tool_call>\"\n", names.join(" | "));
+    let (open, close) = (markers.tool_call_open.rule(), markers.tool_call_close.rule());
+    let mut g = format!("start: {open} \"\\n<function=\" ({}) \"</function>\\n\" {close}\n", names.join(" | "));
     g.push_str(&format!("none: {}\n", lit(&format!("{NO_INTENT}>\n"))));
     for (i, intent) in intents.iter().enumerate() {
         let mut body = lit(&format!("{}>\n", intent.name));
@@ -171,13 +174,15 @@ mod tests {
         let c = Catalog::builtin().unwrap();
         let all = select(&c, None);
         assert_eq!(all.len(), c.intents.len());
-        let g = lark(&c, &all);
+        let g = lark(&c, &all, &Markers::default());
         assert!(g.contains("\"HassLightSet>\\n\""), "{g}");
         assert!(g.contains("\"maximum\": 100"), "{g}");
         let only = select(&c, Some(&["HassNevermind".to_string(), "NotThere".to_string()]));
         assert_eq!(only.len(), 1);
-        assert!(!lark(&c, &only).contains("HassTurnOn"));
-        assert!(lark(&c, &[]).contains("start: \"<tool_call>\\n<function=\" (none)"));
+        assert!(!lark(&c, &only, &Markers::default()).contains("HassTurnOn"));
+        assert!(lark(&c, &[], &Markers::default()).contains("start: \"<tool_call>\" \"\\n<function=\" (none)"));
+        let special = Markers::from_special(|t| (t == "<tool_call>").then_some(7));
+        assert!(lark(&c, &[], &special).starts_with("start: <[7]> \"\\n<function=\" (none) \"</function>\\n\" \"</tool_call>\""));
         let t = tools(&c, &only);
         assert_eq!(t[0]["function"]["name"], "HassNevermind");
         assert_eq!(t[1]["function"]["name"], NO_INTENT);

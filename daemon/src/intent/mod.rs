@@ -11,6 +11,7 @@ pub use catalog::{Catalog, CatalogError};
 pub use result::{Intent, Slot, SlotRange};
 
 use crate::api::{EventBody, IntentSummary, RequestTimings, Usage};
+use crate::dialect::Markers;
 use crate::engine::chat::ChatInput;
 
 /// What the engine needs to answer one utterance: the chat to render and the grammar.
@@ -26,10 +27,11 @@ pub struct Prepared {
     pub max_tokens: usize,
 }
 
-/// Builds the prompt and grammar for `text` against the intents `filter` allows. The prompt
+/// Builds the prompt and grammar for `text` against the intents `filter` allows, with the
+/// tool-call markers written as the model's tokenizer writes them (`markers`). The prompt
 /// always lists the whole catalog — it is the same for every request, so the pinned catalog
 /// prefix serves filtered requests too — and the filter applies in the grammar only.
-pub fn prepare(catalog: &Catalog, text: &str, filter: Option<&[String]>) -> Prepared {
+pub fn prepare(catalog: &Catalog, text: &str, filter: Option<&[String]>, markers: &Markers) -> Prepared {
     let intents = grammar::select(catalog, filter);
     let all = grammar::select(catalog, None);
     let messages = vec![
@@ -39,7 +41,7 @@ pub fn prepare(catalog: &Catalog, text: &str, filter: Option<&[String]>) -> Prep
     let tools = (!all.is_empty()).then(|| grammar::tools(catalog, &all));
     Prepared {
         chat: ChatInput { messages, tools, add_generation_prompt: true, enable_thinking: Some(false) },
-        grammar: grammar::lark(catalog, &intents),
+        grammar: grammar::lark(catalog, &intents, markers),
         any_intent: !intents.is_empty(),
         max_tokens: grammar::max_bytes(catalog, &intents) + 1,
     }
@@ -57,6 +59,8 @@ pub fn event(
     usage: Usage,
     timings: RequestTimings,
 ) -> Result<EventBody, result::ParseError> {
+    // Four decimals: what a threshold needs, without float noise of the last digits.
+    let confidence = (confidence * 1e4).round() / 1e4;
     let parsed = result::parse(catalog, output, input, confidence)?;
     let recognized = parsed.as_ref().is_some_and(|i| i.confidence >= min_confidence);
     let (intent, slots) = match parsed {

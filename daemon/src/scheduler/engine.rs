@@ -12,7 +12,7 @@ use crate::api::{self, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFo
 use crate::budget::memory::{self, ModelShape};
 use crate::budget::readers::SysRoot;
 use crate::config::{LoadSettings, Settings};
-use crate::dialect::{self, grammar::Marker, Hold, Markers};
+use crate::dialect::{self, Hold, Markers};
 use crate::engine::backend::ort::OrtOptions;
 use crate::engine::backend::providers::ProviderRequest;
 use crate::engine::backend::BackendError;
@@ -20,6 +20,7 @@ use crate::engine::chat::ChatInput;
 use crate::engine::constrain::{ConstrainError, Constraint, Grammar};
 use crate::engine::generate::{Decoder, FinishReason, GenerateParams, Step};
 use crate::engine::model::ModelSpec;
+use crate::engine::persist::SnapshotStore;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::intent::Catalog;
@@ -84,7 +85,15 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
     let info = engine.backend_info();
     info!(model = %path.display(), backend = info.name, runtime = %info.version, chosen = %info.chosen, "backend chosen");
     engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+    configure_store(&mut engine, settings);
     Ok(engine)
+}
+
+/// Saves and restores pinned prefixes under `cache.dir` (when `cache.max_disk_mb` allows).
+fn configure_store(engine: &mut Engine, settings: &Settings) {
+    let dir = settings.cache.disk_dir();
+    let store = dir.map(|d| SnapshotStore::new(d, settings.cache.max_disk_bytes(), engine.state_identity()));
+    engine.set_snapshot_store(store);
 }
 
 /// Tokens of the intent catalog's prefix prefilled per warm-up chunk (when
@@ -162,15 +171,7 @@ impl From<&api::Sampling> for SamplingParams {
 
 /// How this model's tokenizer writes the tool-call and thinking markers.
 fn markers(engine: &Engine) -> Markers {
-    let marker = |text: &'static str| match engine.tokenizer.token_id(text) {
-        Some(id) if engine.tokenizer.is_special(id) => Marker::Token(id),
-        _ => Marker::Text(text),
-    };
-    Markers {
-        tool_call_open: marker(dialect::TOOL_CALL_OPEN),
-        tool_call_close: marker(dialect::TOOL_CALL_CLOSE),
-        think_close: marker(dialect::THINK_CLOSE),
-    }
+    Markers::from_special(|text| engine.tokenizer.token_id(text).filter(|&id| engine.tokenizer.is_special(id)))
 }
 
 fn grammar(format: &ResponseFormat) -> Grammar {
@@ -212,7 +213,7 @@ impl Model for Engine {
         let text = match request.prompt() {
             Prompt::Text(t) => t.clone(),
             Prompt::Intent { text, filter } => {
-                let prepared = crate::intent::prepare(ctx.catalog, text, filter.as_deref());
+                let prepared = crate::intent::prepare(ctx.catalog, text, filter.as_deref(), &markers(self));
                 let rendered = self.render_chat(&prepared.chat).map_err(|e| Refusal::new(ErrorCode::ModelError, e.to_string()))?;
                 grammar = Some(Grammar::Lark(prepared.grammar));
                 // The grammar ends every answer within this many tokens; a lower cap would cut it.
@@ -274,6 +275,7 @@ impl Model for Engine {
             stop: request.stop().to_vec(),
             sampling: request.sampling().into(),
             prefill_chunk: ctx.settings.model.prefill_chunk_tokens,
+            forced_one_by_one: !ctx.settings.model.batch_forced_tokens,
         };
         Ok(Prepared { job: PreparedRun { prompt, store_at, params, context, constraint, intent }, tokens, need_mb })
     }
@@ -308,7 +310,9 @@ impl Model for Engine {
 
     fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
         let done = run.decoder.completion();
-        let timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
+        let mut timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
+        timings.model_steps = done.timings.model_steps;
+        timings.forced_tokens = done.timings.forced_tokens;
         let usage = api::Usage {
             prompt_tokens: done.usage.prompt_tokens,
             completion_tokens: done.usage.completion_tokens,
@@ -330,14 +334,15 @@ impl Model for Engine {
             self.unpin_prefixes();
             return false;
         }
-        let chat = crate::intent::prepare(ctx.catalog, "", None).chat;
+        let chat = crate::intent::prepare(ctx.catalog, "", None, &Markers::default()).chat;
         let chunk = match ctx.settings.model.prefill_chunk_tokens {
             0 => WARM_UP_CHUNK_TOKENS,
             n => n,
         };
         match self.pin_chat_prefix_step(&chat, chunk) {
             Ok(p) if p.pinned => {
-                info!(tokens = p.tokens, ms = p.elapsed_ms, "intent catalog prefix cached");
+                let how = if p.restored { "restored from disk" } else { "prefilled" };
+                info!(tokens = p.tokens, ms = p.elapsed_ms, how, "intent catalog prefix cached");
                 false
             }
             Ok(_) => true,
@@ -350,6 +355,7 @@ impl Model for Engine {
 
     fn reconfigure(&mut self, settings: &Settings) {
         self.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+        configure_store(self, settings);
     }
 
     fn set_pressure(&mut self, on: bool) {

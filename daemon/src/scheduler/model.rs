@@ -70,6 +70,8 @@ impl Clock {
             decode_tok_s,
             paced_ms: self.paced.as_secs_f64() * 1e3,
             total_ms: self.received.elapsed().as_secs_f64() * 1e3,
+            model_steps: 0,
+            forced_tokens: 0,
         }
     }
 }

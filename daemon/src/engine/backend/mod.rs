@@ -170,4 +170,13 @@ pub trait Backend: Send {
     /// A new sequence continuing from `snap`, with room for `room` more tokens before its
     /// buffers have to grow.
     fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError>;
+
+    /// Hands `snap`'s state to `each` as flat arrays, always in the same order (to write it to
+    /// disk).
+    fn snapshot_parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError>;
+
+    /// A snapshot of `len` tokens from arrays in the order of
+    /// [`snapshot_parts`](Self::snapshot_parts); refused when their number or sizes do not fit
+    /// this model.
+    fn snapshot_from_parts(&self, len: usize, parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError>;
 }

@@ -414,11 +414,7 @@ impl Backend for OrtBackend {
     fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError> {
         let saved = snap.state.downcast_ref::<OrtSnapshot>().ok_or(BackendError::ForeignState)?;
         let len = snap.len;
-        let kv_fits = saved.kv.len() == self.kv.len() || (len == 0 && saved.kv.is_empty());
-        let kv_shapes = self.kv.iter().zip(&saved.kv).all(|(t, v)| v.len() == t.shape[0] * len * t.shape[2]);
-        let linear_shapes = saved.linear.len() == self.linear.len()
-            && self.linear.iter().zip(&saved.linear).all(|(t, v)| v.len() == t.shape.iter().product::<usize>());
-        if !(kv_fits && kv_shapes && linear_shapes) {
+        if !self.fits(len, saved) {
             return Err(BackendError::ForeignState);
         }
         let linear = self
@@ -453,5 +449,35 @@ impl Backend for OrtBackend {
         };
         let state = OrtState { id: next_state_id(), kv, capacity, linear, broken: false };
         Ok(Sequence { len, state: Box::new(state) })
+    }
+
+    fn snapshot_parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError> {
+        let saved = snap.state.downcast_ref::<OrtSnapshot>().ok_or(BackendError::ForeignState)?;
+        saved.kv.iter().chain(&saved.linear).for_each(|p| each(p));
+        Ok(())
+    }
+
+    fn snapshot_from_parts(&self, len: usize, mut parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError> {
+        if parts.len() != self.kv.len() + self.linear.len() {
+            return Err(BackendError::ForeignState);
+        }
+        let linear = parts.split_off(self.kv.len());
+        let saved = OrtSnapshot { kv: parts, linear };
+        if !self.fits(len, &saved) {
+            return Err(BackendError::ForeignState);
+        }
+        let floats: usize = saved.kv.iter().chain(&saved.linear).map(Vec::len).sum();
+        Ok(Snapshot { len, bytes: floats * std::mem::size_of::<f32>(), state: Box::new(saved) })
+    }
+}
+
+impl OrtBackend {
+    /// Whether `saved` holds `len` positions of this model's state.
+    fn fits(&self, len: usize, saved: &OrtSnapshot) -> bool {
+        let kv_fits = saved.kv.len() == self.kv.len() || (len == 0 && saved.kv.is_empty());
+        let kv_shapes = self.kv.iter().zip(&saved.kv).all(|(t, v)| v.len() == t.shape[0] * len * t.shape[2]);
+        let linear_shapes = saved.linear.len() == self.linear.len()
+            && self.linear.iter().zip(&saved.linear).all(|(t, v)| v.len() == t.shape.iter().product::<usize>());
+        kv_fits && kv_shapes && linear_shapes
     }
 }

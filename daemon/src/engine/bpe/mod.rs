@@ -167,6 +167,25 @@ impl Bpe {
         Ok(out)
     }
 
+    /// Encodes `bytes` as plain text: no added tokens, no normalisation, so the tokens' bytes
+    /// are exactly `bytes` (the canonical tokenization of a piece of output that a grammar
+    /// forces). Bytes that are not UTF-8 are merged as one piece.
+    pub fn encode_plain(&self, bytes: &[u8]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(bytes.len() / 3 + 1);
+        let (text, rest) = match std::str::from_utf8(bytes) {
+            Ok(s) => (s, &[][..]),
+            Err(e) => (std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(), &bytes[e.valid_up_to()..]),
+        };
+        if self.pre_tokenize(text, &mut out).is_err() {
+            out.clear();
+            self.bpe(&bytes[..text.len()], &mut out);
+        }
+        if !rest.is_empty() {
+            self.bpe(rest, &mut out);
+        }
+        out
+    }
+
     /// Splits on added tokens; text between them goes to `rest`.
     fn split_added(
         &self,
@@ -295,6 +314,19 @@ mod tests {
         assert_eq!(t.encode(" wo").unwrap(), vec![260, b'o' as u32]);
         assert_eq!(t.encode("hello<|x|>hello").unwrap(), vec![259, 300, 259]);
         assert_eq!(t.piece(259), b"hello");
+    }
+
+    #[test]
+    fn plain_encoding_keeps_added_token_text_and_exact_bytes() {
+        let t = tiny();
+        assert_eq!(t.encode_plain(b"hello world"), t.encode("hello world").unwrap());
+        let plain = t.encode_plain(b"<|x|>");
+        assert!(!plain.contains(&300), "{plain:?}");
+        let bytes: Vec<u8> = plain.iter().flat_map(|&id| t.piece(id).to_vec()).collect();
+        assert_eq!(bytes, b"<|x|>");
+        let odd = t.encode_plain(b"he\xffll");
+        let bytes: Vec<u8> = odd.iter().flat_map(|&id| t.piece(id).to_vec()).collect();
+        assert_eq!(bytes, b"he\xffll");
     }
 
     #[test]

@@ -294,16 +294,42 @@ impl Backend for TractBackend {
 
     fn restore(&self, snap: &Snapshot, _room: usize) -> Result<Sequence, BackendError> {
         let saved = snap.state.downcast_ref::<Vec<Tensor>>().ok_or(BackendError::ForeignState)?;
-        let fits = saved.len() == self.states.len()
-            && saved.iter().zip(&self.states).zip(&self.kv).all(|((t, s), &kv)| {
-                let want: Vec<usize> =
-                    std::iter::once(1).chain(s.shape.iter().enumerate().map(|(i, &d)| if kv && i == 1 { snap.len } else { d })).collect();
-                t.shape() == want.as_slice()
-            });
-        if !fits {
+        let shapes = self.state_shapes(snap.len);
+        if saved.len() != shapes.len() || saved.iter().zip(&shapes).any(|(t, want)| t.shape() != want.as_slice()) {
             return Err(BackendError::ForeignState);
         }
         let tensors = saved.iter().cloned().map(Some).collect();
         Ok(Sequence { len: snap.len, state: Box::new(TractState { tensors, broken: false }) })
+    }
+
+    fn snapshot_parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError> {
+        let saved = snap.state.downcast_ref::<Vec<Tensor>>().ok_or(BackendError::ForeignState)?;
+        for t in saved {
+            each(t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(run_err)?);
+        }
+        Ok(())
+    }
+
+    fn snapshot_from_parts(&self, len: usize, parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError> {
+        let shapes = self.state_shapes(len);
+        if parts.len() != shapes.len() || parts.iter().zip(&shapes).any(|(p, s)| p.len() != s.iter().product::<usize>()) {
+            return Err(BackendError::ForeignState);
+        }
+        let bytes = parts.iter().map(|p| p.len() * std::mem::size_of::<f32>()).sum();
+        let tensors = parts.iter().zip(&shapes).map(|(p, s)| Tensor::from_shape(s, p).map_err(run_err)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Snapshot { len, bytes, state: Box::new(tensors) })
+    }
+}
+
+impl TractBackend {
+    /// The shape of each state tensor after `len` tokens (the KV tensors grow with it).
+    fn state_shapes(&self, len: usize) -> Vec<Vec<usize>> {
+        self.states
+            .iter()
+            .zip(&self.kv)
+            .map(|(s, &kv)| {
+                std::iter::once(1).chain(s.shape.iter().enumerate().map(|(i, &d)| if kv && i == 1 { len } else { d })).collect()
+            })
+            .collect()
     }
 }
