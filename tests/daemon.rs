@@ -314,3 +314,19 @@ fn load_test_every_request_gets_exactly_one_terminal_event() {
     let growth = after as f64 / before as f64;
     assert!(growth <= 1.10, "RSS grew from {before} KiB to {after} KiB ({growth:.3}x)");
 }
+
+#[test]
+fn a_huge_single_letter_prompt_is_refused_by_its_length_while_another_client_is_answered() {
+    let d = Daemon::start("");
+    let mut big = d.client();
+    // Just under the 256 KiB line limit: one pre-token the old merge loop took minutes over.
+    big.send(&json!({"id": "big", "op": "complete", "prompt": "a".repeat(255 * 1024)}));
+    let mut small = d.client();
+    small.send(&chat("small", "hi", json!({"max_tokens": 4})));
+    let answered = small.until_terminal("small").pop().unwrap();
+    assert_eq!(answered["event"], "done", "{answered}");
+    let refused = big.until_terminal("big").pop().unwrap();
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("tokens") && message.contains("context holds"), "the limit is named: {message}");
+}

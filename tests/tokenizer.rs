@@ -17,6 +17,16 @@ struct Case {
 #[derive(Deserialize)]
 struct Cases {
     cases: Vec<Case>,
+    #[serde(default)]
+    shapes: Vec<Shape>,
+}
+
+/// 64 KiB of one hostile input shape and the reference tokenizer's ids.
+#[derive(Deserialize)]
+struct Shape {
+    shape: String,
+    text: String,
+    ids: Vec<u32>,
 }
 
 fn load() -> (Bpe, Vec<Case>) {
@@ -63,4 +73,19 @@ fn special_tokens_in_text_map_to_their_ids() {
     assert_eq!(bpe.encode("<|im_start|>user\nhi<|im_end|>").unwrap()[0], 248045);
     assert_eq!(bpe.token_id("<think>"), Some(248068));
     assert_eq!(bpe.token_id("</think>"), Some(248069));
+}
+
+#[test]
+fn hostile_input_shapes_encode_like_the_reference() {
+    let dir = common::fixtures();
+    let bpe = Bpe::from_json(&std::fs::read(dir.join("tokenizer/tokenizer.json")).unwrap()).unwrap();
+    let cases: Cases = serde_json::from_slice(&std::fs::read(dir.join("tokenizer_reference.json")).unwrap()).unwrap();
+    let names: Vec<&str> = cases.shapes.iter().map(|s| s.shape.as_str()).collect();
+    assert_eq!(names, ["one_letter", "random_letters", "spaces", "random_code_points", "cjk", "emoji"]);
+    for s in &cases.shapes {
+        assert!(s.text.len() >= 64 * 1024, "{}: {} bytes", s.shape, s.text.len());
+        let ids = bpe.encode(&s.text).unwrap();
+        let first = ids.iter().zip(&s.ids).position(|(a, b)| a != b);
+        assert!(ids == s.ids, "{}: {} ids vs {}, first difference at {first:?}", s.shape, ids.len(), s.ids.len());
+    }
 }

@@ -39,19 +39,30 @@ pub struct BenchArgs {
     /// Intent catalog for --intent (default: the built-in catalog).
     #[arg(long)]
     catalog: Option<std::path::PathBuf>,
+    /// Time the tokenizer alone on 1 MiB of each hostile input shape instead.
+    #[arg(long, conflicts_with = "intent")]
+    tokenizer: bool,
 }
 
 /// Runs `bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.new_tokens > 1, "--prompt-tokens must be > 0 and --new-tokens > 1");
     anyhow::ensure!(args.runs > 0, "--runs must be > 0");
+    if args.tokenizer {
+        return super::bench_tokenizer::run(&args.model.model);
+    }
     let load_start = Instant::now();
     let mut engine = args.model.load()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     if args.intent {
         anyhow::ensure!(args.utterance_tokens > 0, "--utterance-tokens must be > 0");
         let catalog = qwenedge::intent::Catalog::load(args.catalog.as_deref(), None)?;
-        return super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, args.model.threads);
+        let mut line = super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, args.model.threads)?;
+        drop(engine);
+        let figures = super::bench_daemon::run(&args.model, args.catalog.as_deref())?;
+        super::bench_intent::report_daemon(&mut line, &figures);
+        println!("{line}");
+        return Ok(());
     }
     let unit = engine.tokenizer.encode(PARAGRAPH)?;
     let prompt: Vec<u32> = unit.iter().copied().cycle().take(args.prompt_tokens).collect();

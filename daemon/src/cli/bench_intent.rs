@@ -1,15 +1,19 @@
 //! `qwenedge bench --intent`: time to first token of a voice-assistant intent request, with and
-//! without the prefix-state cache, in one run. The prompt is the one the `intent` op renders:
-//! the catalog's fixed part (system prompt + tools, through the model's chat template) followed
-//! by a short utterance; the cached run restores the catalog's pinned snapshot and prefills only
-//! the utterance turn. A human table goes to stderr, one JSON line to stdout.
+//! without the prefix-state cache, in one run, in this process. The prompt is the one the
+//! `intent` op renders: the catalog's fixed part (system prompt + tools, through the model's
+//! chat template) followed by a short utterance; the cached run restores the catalog's pinned
+//! snapshot and prefills only the utterance turn. Then the same model through the daemon
+//! (`bench_daemon`): intent latency, model passes and start-up with and without a saved catalog
+//! state. A human table goes to stderr, one JSON line to stdout.
 
 use std::time::Instant;
 
 use qwenedge::engine::generate::{GenerateParams, Step};
 use qwenedge::engine::Engine;
 use qwenedge::intent::Catalog;
-use serde_json::json;
+use serde_json::{json, Value};
+
+use super::bench_daemon::{mean, quantile, DaemonFigures};
 
 /// Words the utterance is cut from until it has the wanted number of tokens.
 const UTTERANCE: &str = "please turn the kitchen ceiling lights to forty percent brightness and then \
@@ -48,8 +52,9 @@ fn time_to_first_token(engine: &mut Engine, prompt: &[u32], context: usize) -> a
     Ok(began.elapsed().as_secs_f64() * 1e3)
 }
 
-/// Runs the intent benchmark with `catalog` and prints the figures.
-pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs: usize, threads: usize) -> anyhow::Result<()> {
+/// Runs the in-process part of the intent benchmark with `catalog`, prints its figures and
+/// returns them as the JSON line's first fields.
+pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs: usize, threads: usize) -> anyhow::Result<Value> {
     let (text, n_utterance) = utterance(engine, utterance_tokens)?;
     let chat = qwenedge::intent::prepare(catalog, &text, None, &Default::default()).chat;
     let prompt = engine.tokenizer.encode(&engine.render_chat(&chat)?)?;
@@ -117,6 +122,45 @@ pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs
         "catalog_prefill_ms": pin_ms,
         "snapshot_mb": snapshot_mb,
     });
-    println!("{line}");
-    Ok(())
+    Ok(line)
+}
+
+/// Prints the daemon part's figures and adds them to `line`.
+pub fn report_daemon(line: &mut Value, d: &DaemonFigures) {
+    let (b, o) = (&d.batched, &d.one_by_one);
+    let (p50, p95) = (quantile(&b.intent_ms, 0.5), quantile(&b.intent_ms, 0.95));
+    let p50_one = quantile(&o.intent_ms, 0.5);
+    let (steps, forced, tokens) = (mean(&b.model_steps), mean(&b.forced_tokens), mean(&b.completion_tokens));
+    let ratio = d.ready_ms_snapshot / d.ready_ms_cold;
+    let same = b.texts.iter().zip(&o.texts).filter(|(x, y)| x == y).count();
+    eprintln!("  through the daemon ({} utterances over the socket, {} recognised)", b.intent_ms.len(), b.recognized);
+    eprintln!("  intent p50       {p50:>9.1} ms  (p95 {p95:.1} ms, request to intent result)");
+    eprintln!("  one by one p50   {p50_one:>9.1} ms  ({:.3} batched/one by one; {same} of {} answers alike)", p50 / p50_one, b.texts.len());
+    eprintln!(
+        "  model passes     {steps:>9.2} per answer of {tokens:.2} tokens ({forced:.2} forced; one by one: {:.2})",
+        mean(&o.model_steps)
+    );
+    eprintln!("  ready, cold      {:>9.1} ms  (process start to the first intent answered)", d.ready_ms_cold);
+    eprintln!("  ready, snapshot  {:>9.1} ms  ({ratio:.3} × cold; the catalog state read from disk)", d.ready_ms_snapshot);
+    let extra = json!({
+        "utterances": b.intent_ms.len(),
+        "recognized": b.recognized,
+        "intent_p50_ms": p50,
+        "intent_p95_ms": p95,
+        "intent_p50_ms_one_by_one": p50_one,
+        "intent_p95_ms_one_by_one": quantile(&o.intent_ms, 0.95),
+        "intent_ratio": p50 / p50_one,
+        "answers_alike": same,
+        "model_steps_mean": steps,
+        "model_steps_mean_one_by_one": mean(&o.model_steps),
+        "forced_tokens_mean": forced,
+        "completion_tokens_mean": tokens,
+        "steps_per_token": if tokens > 0.0 { steps / tokens } else { 0.0 },
+        "ready_ms_cold": d.ready_ms_cold,
+        "ready_ms_snapshot": d.ready_ms_snapshot,
+        "ready_ratio": ratio,
+    });
+    if let (Some(obj), Value::Object(more)) = (line.as_object_mut(), extra) {
+        obj.extend(more);
+    }
 }

@@ -3,8 +3,10 @@
 
 mod ask;
 mod bench;
+mod bench_daemon;
 mod bench_intent;
 mod bench_thermal;
+mod bench_tokenizer;
 mod doctor;
 mod eval_intents;
 mod generate;
@@ -64,14 +66,21 @@ pub struct ModelArgs {
     /// Runtime: ONNX Runtime, the pure-Rust tract backend, or ONNX Runtime when it loads.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto, env = "QWENEDGE__MODEL__BACKEND")]
     pub backend: BackendKind,
+    /// Write ONNX Runtime's per-operator profile (Chrome trace JSON) to files starting with
+    /// this path.
+    #[arg(long)]
+    pub ort_profile: Option<PathBuf>,
 }
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<Engine> {
-        let opts = EngineOptions {
-            backend: self.backend,
-            ort: OrtOptions { library: self.onnxruntime.clone(), threads: self.threads, ..Default::default() },
+        let ort = OrtOptions {
+            library: self.onnxruntime.clone(),
+            threads: self.threads,
+            profile: self.ort_profile.clone(),
+            ..Default::default()
         };
+        let opts = EngineOptions { backend: self.backend, ort };
         let started = std::time::Instant::now();
         let engine = Engine::load(&self.model, &opts)?;
         let info = engine.backend_info();

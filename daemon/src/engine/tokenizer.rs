@@ -94,6 +94,11 @@ impl TextTokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Bytes of the longest token: a text of n bytes has at least n / this many tokens.
+    pub fn max_token_bytes(&self) -> usize {
+        self.bpe.max_piece_bytes()
+    }
+
     /// Number of ids the tokenizer knows.
     pub fn vocab_size(&self) -> usize {
         self.bpe.len()

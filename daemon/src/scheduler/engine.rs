@@ -259,9 +259,15 @@ impl Model for Engine {
                 text
             }
         };
+        let context = context_length(self, ctx.settings);
+        // No token is longer than the longest one: a text past this cannot fit, whatever it is.
+        let most = context.saturating_mul(self.tokenizer.max_token_bytes());
+        if text.len() > most {
+            let msg = format!("the prompt has {} bytes; the model's context of {context} tokens holds at most {most}", text.len());
+            return Err(Refusal::new(ErrorCode::BadRequest, msg));
+        }
         let prompt = self.tokenizer.encode(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
-        let context = context_length(self, ctx.settings);
         let tokens = (prompt.len() + max_tokens).min(context);
         let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
         let constraint = match grammar.map(|g| self.constrainer().and_then(|c| c.constraint(&g))) {

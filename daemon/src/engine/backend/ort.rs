@@ -45,6 +45,9 @@ pub struct OrtOptions {
     pub providers: Vec<ProviderRequest>,
     /// Fail instead of falling back when a requested provider is unavailable.
     pub strict_providers: bool,
+    /// Write ONNX Runtime's per-operator profile (a Chrome trace, JSON) to files starting with
+    /// this path (benchmarks: where a forward pass spends its time).
+    pub profile: Option<PathBuf>,
 }
 
 impl Default for OrtOptions {
@@ -57,6 +60,7 @@ impl Default for OrtOptions {
             memory_arena: false,
             providers: Vec::new(),
             strict_providers: false,
+            profile: None,
         }
     }
 }
@@ -215,6 +219,9 @@ impl OrtBackend {
         }
         if opts.threads > 0 {
             builder = builder.with_intra_threads(opts.threads).map_err(|e| load_err(e.into()))?;
+        }
+        if let Some(prefix) = &opts.profile {
+            builder = builder.with_profiling(prefix).map_err(|e| load_err(e.into()))?;
         }
         let graph = std::fs::read(&spec.onnx_path).map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?;
         let edit_err = |e: crate::engine::onnx::ProtoError| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };

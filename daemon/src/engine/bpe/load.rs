@@ -289,8 +289,10 @@ impl Bpe {
         }
         let (raw_matcher, raw_ids) = matcher(&file.added_tokens, false)?;
         let (norm_matcher, norm_ids) = matcher(&file.added_tokens, true)?;
+        let max_piece = (0..pieces.len() as u32).map(|id| pieces.get(id).len()).max().unwrap_or(1).max(1);
         Ok(Self {
             pieces,
+            max_piece,
             merges,
             byte_ids,
             ignore_merges: m.ignore_merges,

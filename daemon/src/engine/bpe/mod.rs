@@ -11,7 +11,8 @@
 
 mod load;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
@@ -37,6 +38,11 @@ impl Hasher for FastHasher {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
+
+/// Bytes of text the pre-tokenizer regex sees at once.
+const WINDOW: usize = 128 << 10;
+/// A match ending this close to a window's end may continue past it.
+const MARGIN: usize = 64;
 
 type PairMap = HashMap<(u32, u32), (u32, u32), BuildHasherDefault<FastHasher>>;
 
@@ -110,6 +116,8 @@ impl Pieces {
 /// The encoder built from a `tokenizer.json`.
 pub struct Bpe {
     pieces: Pieces,
+    /// Bytes of the longest token.
+    max_piece: usize,
     /// (left, right) → (rank, merged id).
     merges: PairMap,
     /// Id of each single byte.
@@ -229,26 +237,52 @@ impl Bpe {
     }
 
     /// Regex pre-tokenisation with "Isolated" behaviour: matches and the gaps between them are
-    /// pieces.
+    /// pieces. The regex runs over windows of [`WINDOW`] bytes (its backtracking engine has a
+    /// bounded stack, which a long run of spaces would overflow); a match that reaches into the
+    /// last [`MARGIN`] bytes of a window is looked at again from the next window, and a single
+    /// piece longer than a window is cut there.
     fn pre_tokenize(&self, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
         let mut pos = 0;
-        for m in self.split.find_iter(text) {
-            let m = m.map_err(|e| format!("pre-tokenizer regex failed: {e}"))?;
-            if m.start() > pos {
-                self.bpe(&text.as_bytes()[pos..m.start()], out);
+        while pos < text.len() {
+            let mut end = (pos + WINDOW).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
             }
-            if m.end() > m.start() {
-                self.bpe(m.as_str().as_bytes(), out);
+            let window = &text[pos..end];
+            let last = end == text.len();
+            let mut done = 0;
+            for m in self.split.find_iter(window) {
+                let m = match m {
+                    Ok(m) => m,
+                    // The engine's stack ran out inside this window: what is left of it is a piece.
+                    Err(fancy_regex::Error::RuntimeError(_)) => break,
+                    Err(e) => return Err(format!("pre-tokenizer regex failed: {e}")),
+                };
+                if !last && m.end() + MARGIN > window.len() {
+                    break;
+                }
+                if m.start() > done {
+                    self.bpe(&window.as_bytes()[done..m.start()], out);
+                }
+                if m.end() > m.start() {
+                    self.bpe(m.as_str().as_bytes(), out);
+                }
+                done = m.end();
             }
-            pos = m.end();
-        }
-        if pos < text.len() {
-            self.bpe(&text.as_bytes()[pos..], out);
+            if last || done == 0 {
+                if done < window.len() {
+                    self.bpe(&window.as_bytes()[done..], out);
+                }
+                done = window.len();
+            }
+            pos += done;
         }
         Ok(())
     }
 
-    /// Byte-pair merges of one piece, lowest rank first (leftmost on ties).
+    /// Byte-pair merges of one piece, lowest rank first (leftmost on ties): the candidate pairs
+    /// in a min-heap by (rank, position) over a linked list of symbols, stale entries skipped
+    /// when popped, so a piece of n bytes costs O(n log n) whatever its content.
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
         if self.ignore_merges {
             if let Some(id) = self.pieces.id(piece) {
@@ -257,27 +291,53 @@ impl Bpe {
             }
         }
         let mut symbols: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
-        // Ranks of each adjacent pair; u32::MAX = no merge.
-        let rank_of = |a: u32, b: u32| self.merges.get(&(a, b)).copied();
-        let mut pairs: Vec<Option<(u32, u32)>> = symbols.windows(2).map(|w| rank_of(w[0], w[1])).collect();
-        loop {
-            let best = pairs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| p.map(|(rank, merged)| (rank, i, merged)))
-                .min_by_key(|&(rank, i, _)| (rank, i));
-            let Some((_, i, merged)) = best else { break };
-            symbols[i] = merged;
-            symbols.remove(i + 1);
-            pairs.remove(i);
-            if i > 0 {
-                pairs[i - 1] = rank_of(symbols[i - 1], symbols[i]);
+        let n = symbols.len();
+        if n < 2 {
+            out.extend_from_slice(&symbols);
+            return;
+        }
+        // Symbols as a linked list over their first byte's position (u32::MAX: none); the
+        // candidates as (rank << 32 | left position), checked against the list when popped.
+        const NONE: u32 = u32::MAX;
+        let rank_of = |a: u32, b: u32| self.merges.get(&(a, b)).map(|&(rank, _)| rank);
+        let entry = |rank: u32, left: u32| Reverse((u64::from(rank) << 32) | u64::from(left));
+        let mut next: Vec<u32> = (1..=n as u32).map(|k| if k as usize == n { NONE } else { k }).collect();
+        let mut prev: Vec<u32> = (0..n as u32).map(|k| k.checked_sub(1).unwrap_or(NONE)).collect();
+        let mut heap: BinaryHeap<Reverse<u64>> =
+            (0..n - 1).filter_map(|k| rank_of(symbols[k], symbols[k + 1]).map(|r| entry(r, k as u32))).collect();
+        while let Some(Reverse(e)) = heap.pop() {
+            let (rank, left) = ((e >> 32) as u32, e as u32 as usize);
+            let right = next[left];
+            if symbols[left] == NONE || right == NONE {
+                continue;
             }
-            if i < pairs.len() {
-                pairs[i] = rank_of(symbols[i], symbols[i + 1]);
+            let right = right as usize;
+            let Some(&(r, merged)) = self.merges.get(&(symbols[left], symbols[right])) else { continue };
+            if r != rank {
+                continue;
+            }
+            symbols[left] = merged;
+            symbols[right] = NONE;
+            next[left] = next[right];
+            if let Some(&after) = next.get(left).filter(|&&a| a != NONE) {
+                prev[after as usize] = left as u32;
+                if let Some(r) = rank_of(merged, symbols[after as usize]) {
+                    heap.push(entry(r, left as u32));
+                }
+            }
+            if prev[left] != NONE {
+                let before = prev[left] as usize;
+                if let Some(r) = rank_of(symbols[before], merged) {
+                    heap.push(entry(r, before as u32));
+                }
             }
         }
-        out.extend_from_slice(&symbols);
+        out.extend(symbols.iter().copied().filter(|&s| s != NONE));
+    }
+
+    /// The longest regular token, in bytes (no token of a prompt is longer).
+    pub fn max_piece_bytes(&self) -> usize {
+        self.max_piece
     }
 }
 
@@ -327,6 +387,88 @@ mod tests {
         let odd = t.encode_plain(b"he\xffll");
         let bytes: Vec<u8> = odd.iter().flat_map(|&id| t.piece(id).to_vec()).collect();
         assert_eq!(bytes, b"he\xffll");
+    }
+
+    /// The textbook merge loop: the lowest-ranked adjacent pair, leftmost on ties, until none.
+    fn reference_merges(t: &Bpe, piece: &[u8]) -> Vec<u32> {
+        let mut symbols: Vec<u32> = piece.iter().map(|&b| t.byte_ids[b as usize]).collect();
+        loop {
+            let best = (0..symbols.len().saturating_sub(1))
+                .filter_map(|i| t.merges.get(&(symbols[i], symbols[i + 1])).map(|&(rank, merged)| (rank, i, merged)))
+                .min_by_key(|&(rank, i, _)| (rank, i));
+            let Some((_, i, merged)) = best else { return symbols };
+            symbols[i] = merged;
+            symbols.remove(i + 1);
+        }
+    }
+
+    /// A vocabulary over "abc" with 80 merges of random earlier tokens, in random rank order.
+    fn dense() -> Bpe {
+        let mut rand = lcg(11);
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| load::byte_char(b).to_string()).collect();
+        let mut merges = Vec::new();
+        while merges.len() < 80 {
+            let pick = |r: &mut dyn FnMut(usize) -> usize, tokens: &[String]| {
+                let small: Vec<&String> = tokens.iter().filter(|t| t.chars().all(|c| "abc".contains(c))).collect();
+                small[r(small.len())].clone()
+            };
+            let (a, b) = (pick(&mut rand, &tokens), pick(&mut rand, &tokens));
+            let joined = format!("{a}{b}");
+            if joined.len() <= 6 && !tokens.contains(&joined) {
+                tokens.push(joined);
+                merges.push(format!("{a} {b}"));
+            }
+        }
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i.into())).collect();
+        let json = serde_json::json!({"decoder": {"type": "ByteLevel"},
+            "pre_tokenizer": {"type": "ByteLevel", "use_regex": true},
+            "model": {"type": "BPE", "vocab": vocab, "merges": merges}});
+        Bpe::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    fn lcg(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        }
+    }
+
+    #[test]
+    fn heap_merges_equal_the_textbook_loop_on_a_dense_vocabulary() {
+        let t = dense();
+        let mut rand = lcg(3);
+        for len in [2, 3, 4, 7, 16, 50, 300] {
+            for _ in 0..200 {
+                let piece: Vec<u8> = (0..len).map(|_| b"abc"[rand(3)]).collect();
+                let mut got = Vec::new();
+                t.bpe(&piece, &mut got);
+                assert_eq!(got, reference_merges(&t, &piece), "{:?}", String::from_utf8_lossy(&piece));
+            }
+        }
+    }
+
+    #[test]
+    fn heap_merges_equal_the_textbook_loop_on_every_shape() {
+        let t = tiny();
+        let mut seed = 7u64;
+        let mut rand = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let alphabet = b"helowrd ";
+        for len in [0, 1, 2, 3, 5, 8, 13, 40, 200] {
+            for _ in 0..50 {
+                let piece: Vec<u8> = (0..len).map(|_| alphabet[rand(alphabet.len())]).collect();
+                let mut got = Vec::new();
+                t.bpe(&piece, &mut got);
+                assert_eq!(got, reference_merges(&t, &piece), "{:?}", String::from_utf8_lossy(&piece));
+            }
+        }
+        for piece in [&b"llllllllllllllll"[..], b"hhhhhheeeeellll", b"hellohellohello"] {
+            let mut got = Vec::new();
+            t.bpe(piece, &mut got);
+            assert_eq!(got, reference_merges(&t, piece));
+        }
     }
 
     #[test]
