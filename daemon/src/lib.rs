@@ -21,4 +21,6 @@ pub mod service;
 pub mod transport;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod layering;

@@ -6,10 +6,10 @@
 //! share; one generation request), `error` (each API's error shape), `openai`, `ollama`,
 //! `monitor` (health and metrics), `time`.
 
-mod error;
+pub(crate) mod error;
 mod monitor;
-mod ollama;
-mod openai;
+pub(crate) mod ollama;
+pub(crate) mod openai;
 mod server;
 mod state;
 mod time;

@@ -7,7 +7,7 @@
 //! `turn` (a transcript through the shared request table and scheduler), `zeroconf` (the
 //! `_wyoming._tcp.local.` announcement).
 
-mod codec;
+pub(crate) mod codec;
 mod conn;
 mod events;
 mod turn;

@@ -5,7 +5,7 @@
 //! prompt with `keep_alive` loads or unloads the model, as in Ollama.
 
 mod reply;
-mod request;
+pub(crate) mod request;
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};

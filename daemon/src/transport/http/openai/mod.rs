@@ -4,7 +4,7 @@
 //! refused by the model (a broken grammar, too little memory) still gets a proper status.
 
 mod reply;
-mod request;
+pub(crate) mod request;
 
 use std::convert::Infallible;
 use std::time::SystemTime;

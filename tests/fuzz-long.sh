@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The long mode of the parser property tests (daemon/src/fuzz.rs): every parser that takes bytes
+# from outside, 1,000,000 cases each (the configuration file, which is written to disk per case,
+# 100,000). Prints each parser's time. Not part of CI (which runs 10,000 cases each).
+#
+# usage: tests/fuzz-long.sh [CASES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases="${1:-1000000}"
+export QWENEDGE_PROPTEST_CASES="$cases"
+cargo test --release --locked -p qwenedge --lib --no-run
+for t in socket_requests mqtt_requests hermes_queries http_bodies wyoming_frames configuration_files intent_catalogs; do
+  start=$(date +%s%N)
+  cargo test --release --locked -p qwenedge --lib -q "fuzz::$t" -- --exact > /dev/null
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  n=$cases
+  [ "$t" = configuration_files ] && n=$((cases / 10))
+  [ "$t" = http_bodies ] && n="2 x $cases"
+  printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "$t" "$n" $((ms / 1000)) $((ms % 1000 / 100))
+done
