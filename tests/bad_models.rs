@@ -116,3 +116,93 @@ fn config_and_graph_that_disagree_are_named() {
     let err = broken(|d| edit_config(d, |c| c["model"]["vocab_size"] = 1000.into()));
     assert_mentions(&err, &["model.onnx", "vocab_size 1000"]);
 }
+
+/// Random damage to the files the model directory reader parses — `genai_config.json` and
+/// the `model.onnx` graph truncated, bit-flipped or replaced by random bytes — is an error
+/// with a message or a spec, never a panic (`QWENEDGE_PROPTEST_CASES`, default 10,000).
+#[test]
+fn random_damage_to_the_model_files_never_panics_the_reader() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("QWENEDGE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000u32);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    let src = common::model_dir("tiny-a", "int4");
+    common::copy_model(&src, &dir);
+    let originals: Vec<(&str, Vec<u8>)> =
+        ["genai_config.json", "model.onnx"].into_iter().map(|f| (f, std::fs::read(src.join(f)).unwrap())).collect();
+    assert!(qwenedge::engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");
+    let damage = (0..originals.len(), 0u8..3, any::<usize>(), 0u8..8, prop::collection::vec(any::<u8>(), 0..64));
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&damage, |(file, how, at, bit, noise)| {
+        let (name, good) = &originals[file];
+        let mut bytes = good.clone();
+        match how {
+            0 => bytes.truncate(at % (good.len() + 1)),
+            1 => bytes[at % good.len()] ^= 1 << bit,
+            _ => bytes = noise,
+        }
+        replace(&dir.join(name), &bytes);
+        let outcome = qwenedge::engine::model::ModelSpec::load(&dir);
+        replace(&dir.join(name), good);
+        if let Err(e) = outcome {
+            let msg = e.to_string();
+            prop_assert!(!msg.trim().is_empty(), "an error without a message");
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Random damage to a `tokenizer.json` (a small one: the real file takes half a second to
+/// read) is refused with a message, never a panic.
+#[test]
+fn random_damage_to_a_tokenizer_file_never_panics_the_reader() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("QWENEDGE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000u32);
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8)
+        .map(|b| {
+            // The byte-level alphabet (GPT-2's): printable bytes as themselves, the rest shifted.
+            let c = match b {
+                b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => u32::from(b),
+                0x00..=0x20 => 256 + u32::from(b),
+                0x7F..=0xA0 => 256 + 33 + u32::from(b - 0x7F),
+                0xAD => 256 + 67,
+            };
+            let c = char::from_u32(c).unwrap();
+            (c.to_string(), b.into())
+        })
+        .collect();
+    let good = serde_json::json!({
+        "added_tokens": [{"id": 300, "content": "<|x|>", "special": true}],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": " ?\\p{L}+|\\s+"}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]},
+        "decoder": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []}
+    })
+    .to_string()
+    .into_bytes();
+    assert!(qwenedge::engine::bpe::Bpe::from_json(&good).is_ok(), "the undamaged file loads");
+    let damage = (0u8..3, any::<usize>(), 0u8..8, prop::collection::vec(any::<u8>(), 0..64));
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&damage, |(how, at, bit, noise)| {
+        let mut bytes = good.clone();
+        match how {
+            0 => bytes.truncate(at % (good.len() + 1)),
+            1 => bytes[at % good.len()] ^= 1 << bit,
+            _ => bytes = noise,
+        }
+        if let Err(msg) = qwenedge::engine::bpe::Bpe::from_json(&bytes) {
+            prop_assert!(!msg.trim().is_empty(), "an error without a message");
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -3,6 +3,9 @@
 # from outside, 1,000,000 cases each (the configuration file, which is written to disk per case,
 # 100,000). Prints each parser's time. Not part of CI (which runs 10,000 cases each).
 #
+# Then the model directory reader (tests/bad_models.rs: genai_config.json and model.onnx
+# damaged at random, a small tokenizer.json damaged at random), the same number of cases.
+#
 # usage: tests/fuzz-long.sh [CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +21,7 @@ for t in socket_requests mqtt_requests hermes_queries http_bodies wyoming_frames
   [ "$t" = http_bodies ] && n="2 x $cases"
   printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "$t" "$n" $((ms / 1000)) $((ms % 1000 / 100))
 done
+start=$(date +%s%N)
+cargo test --release --locked --test bad_models -q random_damage > /dev/null
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "model_files" "2 x $cases" $((ms / 1000)) $((ms % 1000 / 100))
