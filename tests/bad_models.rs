@@ -117,65 +117,61 @@ fn config_and_graph_that_disagree_are_named() {
     assert_mentions(&err, &["model.onnx", "vocab_size 1000"]);
 }
 
-/// Random damage to the files the model directory reader parses — `genai_config.json` and
-/// the `model.onnx` graph truncated, bit-flipped or replaced by random bytes — is an error
-/// with a message or a spec, never a panic (`QWENEDGE_PROPTEST_CASES`, default 10,000).
-#[test]
-fn random_damage_to_the_model_files_never_panics_the_reader() {
+/// Runs `check` on `QWENEDGE_PROPTEST_CASES` (default 10,000) damages of `files`: one of them
+/// truncated at a random point, with a random bit flipped, or replaced by random bytes.
+fn each_damage(files: &[Vec<u8>], check: impl Fn(usize, &[u8]) -> Result<(), proptest::test_runner::TestCaseError>) {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
     let cases = std::env::var("QWENEDGE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000u32);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    let src = common::model_dir("tiny-a", "int4");
-    common::copy_model(&src, &dir);
-    let originals: Vec<(&str, Vec<u8>)> =
-        ["genai_config.json", "model.onnx"].into_iter().map(|f| (f, std::fs::read(src.join(f)).unwrap())).collect();
-    assert!(qwenedge::engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");
-    let damage = (0..originals.len(), 0u8..3, any::<usize>(), 0u8..8, prop::collection::vec(any::<u8>(), 0..64));
+    let damage = (0..files.len(), 0u8..3, any::<usize>(), 0u8..8, prop::collection::vec(any::<u8>(), 0..64));
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&damage, |(file, how, at, bit, noise)| {
-        let (name, good) = &originals[file];
+        let good = &files[file];
         let mut bytes = good.clone();
         match how {
             0 => bytes.truncate(at % (good.len() + 1)),
             1 => bytes[at % good.len()] ^= 1 << bit,
             _ => bytes = noise,
         }
-        replace(&dir.join(name), &bytes);
-        let outcome = qwenedge::engine::model::ModelSpec::load(&dir);
-        replace(&dir.join(name), good);
-        if let Err(e) = outcome {
-            let msg = e.to_string();
-            prop_assert!(!msg.trim().is_empty(), "an error without a message");
-        }
-        Ok(())
+        check(file, &bytes)
     });
     if let Err(e) = result {
         panic!("{e}");
     }
 }
 
+/// An error must say something.
+fn said(msg: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+    proptest::prop_assert!(!msg.trim().is_empty(), "an error without a message");
+    Ok(())
+}
+
+/// Random damage to the files the model directory reader parses — `genai_config.json` and
+/// the `model.onnx` graph truncated, bit-flipped or replaced by random bytes — is an error
+/// with a message or a spec, never a panic.
+#[test]
+fn random_damage_to_the_model_files_never_panics_the_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    let src = common::model_dir("tiny-a", "int4");
+    common::copy_model(&src, &dir);
+    let names = ["genai_config.json", "model.onnx"];
+    let originals: Vec<Vec<u8>> = names.iter().map(|f| std::fs::read(src.join(f)).unwrap()).collect();
+    assert!(qwenedge::engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");
+    each_damage(&originals, |file, bytes| {
+        replace(&dir.join(names[file]), bytes);
+        let outcome = qwenedge::engine::model::ModelSpec::load(&dir);
+        replace(&dir.join(names[file]), &originals[file]);
+        outcome.map(drop).or_else(|e| said(&e.to_string()))
+    });
+}
+
 /// Random damage to a `tokenizer.json` (a small one: the real file takes half a second to
 /// read) is refused with a message, never a panic.
 #[test]
 fn random_damage_to_a_tokenizer_file_never_panics_the_reader() {
-    use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
-    let cases = std::env::var("QWENEDGE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000u32);
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8)
-        .map(|b| {
-            // The byte-level alphabet (GPT-2's): printable bytes as themselves, the rest shifted.
-            let c = match b {
-                b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => u32::from(b),
-                0x00..=0x20 => 256 + u32::from(b),
-                0x7F..=0xA0 => 256 + 33 + u32::from(b - 0x7F),
-                0xAD => 256 + 67,
-            };
-            let c = char::from_u32(c).unwrap();
-            (c.to_string(), b.into())
-        })
-        .collect();
+    use qwenedge::engine::bpe::{byte_char, Bpe};
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8).map(|b| (byte_char(b).to_string(), b.into())).collect();
     let good = serde_json::json!({
         "added_tokens": [{"id": 300, "content": "<|x|>", "special": true}],
         "normalizer": {"type": "NFC"},
@@ -187,22 +183,6 @@ fn random_damage_to_a_tokenizer_file_never_panics_the_reader() {
     })
     .to_string()
     .into_bytes();
-    assert!(qwenedge::engine::bpe::Bpe::from_json(&good).is_ok(), "the undamaged file loads");
-    let damage = (0u8..3, any::<usize>(), 0u8..8, prop::collection::vec(any::<u8>(), 0..64));
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-    let result = runner.run(&damage, |(how, at, bit, noise)| {
-        let mut bytes = good.clone();
-        match how {
-            0 => bytes.truncate(at % (good.len() + 1)),
-            1 => bytes[at % good.len()] ^= 1 << bit,
-            _ => bytes = noise,
-        }
-        if let Err(msg) = qwenedge::engine::bpe::Bpe::from_json(&bytes) {
-            prop_assert!(!msg.trim().is_empty(), "an error without a message");
-        }
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    assert!(Bpe::from_json(&good).is_ok(), "the undamaged file loads");
+    each_damage(&[good], |_, bytes| Bpe::from_json(bytes).map(drop).or_else(|e| said(&e)));
 }

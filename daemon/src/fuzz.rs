@@ -112,7 +112,15 @@ fn run<S: Strategy>(strategy: S, check: impl Fn(S::Value) -> Result<(), TestCase
 where
     S::Value: std::fmt::Debug,
 {
-    let mut runner = TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
+    run_cases(cases(), strategy, check);
+}
+
+/// Runs `check` on `n` inputs drawn from `strategy`.
+fn run_cases<S: Strategy>(n: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = TestRunner::new(Config { cases: n, failure_persistence: None, ..Config::default() });
     if let Err(e) = runner.run(&strategy, check) {
         panic!("{e}");
     }
@@ -254,17 +262,13 @@ fn configuration_files() {
     let path = dir.path().join("config.toml");
     let env = std::collections::BTreeMap::new();
     // File writes bound this one: a tenth of the cases.
-    let mut runner = TestRunner::new(Config { cases: cases() / 10, failure_persistence: None, ..Config::default() });
-    let result = runner.run(&input(CONFIG), |text| {
+    run_cases(cases() / 10, input(CONFIG), |text| {
         std::fs::write(&path, &text).unwrap();
         match crate::config::load(Some(&path), &env) {
             Ok(_) => Ok(()),
             Err(e) => said(&e.to_string()),
         }
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 const CATALOG: &[&str] = &[

@@ -136,7 +136,7 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(ConstrainError::Grammar(e));
         }
-        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0, forced: 0 })
+        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
     }
 }
 
@@ -169,8 +169,6 @@ pub struct Constraint {
     lse: Option<f32>,
     log_sum: f64,
     free: usize,
-    /// Tokens the grammar forced (taken by [`Constraint::take_forced`]).
-    forced: usize,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -264,13 +262,7 @@ impl Constraint {
         if self.matcher.is_error() {
             return Err(self.matcher_error("the forced tokens broke the grammar"));
         }
-        self.forced += tokens.len();
         Ok(tokens)
-    }
-
-    /// Tokens forced by the grammar so far.
-    pub fn forced_tokens(&self) -> usize {
-        self.forced
     }
 
     /// True when the grammar admits nothing more.

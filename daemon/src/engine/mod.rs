@@ -336,19 +336,14 @@ impl Engine {
     fn restore_saved(&self, store: &persist::SnapshotStore, tokens: &[u32]) -> Option<Snapshot> {
         let result = store.load(tokens).map_err(|e| e.to_string()).and_then(|found| match found {
             None => Ok(None),
-            Some((len, parts)) => self.backend.snapshot_from_parts(len, parts).map(Some).map_err(|e| e.to_string()),
+            Some(parts) => self.backend.snapshot_from_parts(tokens.len(), parts).map(Some).map_err(|e| e.to_string()),
         });
         match result {
-            Ok(Some(snap)) if snap.len() == tokens.len() => {
+            Ok(Some(snap)) => {
                 tracing::info!(file = %store.path(tokens).display(), tokens = tokens.len(), "restored a prefix snapshot from disk");
                 Some(snap)
             }
             Ok(None) => None,
-            Ok(Some(snap)) => {
-                tracing::warn!(file = %store.path(tokens).display(), held = snap.len(), tokens = tokens.len(), "ignoring a prefix snapshot of the wrong length; prefilling instead");
-                store.remove(tokens);
-                None
-            }
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring an unusable prefix snapshot; prefilling instead");
                 store.remove(tokens);
@@ -366,7 +361,7 @@ impl Engine {
                 *failed.borrow_mut() = Some(e);
             }
         };
-        match store.save(tokens, snap.len(), &visit) {
+        match store.save(tokens, &visit) {
             Ok(_) if failed.borrow().is_some() => {
                 store.remove(tokens);
                 tracing::warn!(error = %failed.borrow().as_ref().map(ToString::to_string).unwrap_or_default(), "could not write the prefix snapshot");

@@ -65,8 +65,9 @@ pub enum PersistError {
     },
 }
 
-/// A saved state: the prefix length and the backend's arrays, in its order.
-pub type SavedState = (usize, Vec<Vec<f32>>);
+/// A saved state: the backend's arrays, in its order (it holds as many positions as the
+/// prefix has tokens).
+pub type SavedState = Vec<Vec<f32>>;
 
 /// Hands a state's arrays, always in the same order, to the function it is given.
 pub type VisitParts<'a> = dyn Fn(&mut dyn FnMut(&[f32])) + 'a;
@@ -76,7 +77,6 @@ struct Header {
     format: u32,
     identity: String,
     tokens: Vec<u32>,
-    len: usize,
     parts: Vec<usize>,
 }
 
@@ -117,8 +117,8 @@ impl SnapshotStore {
         self.dir.join(format!("{hex}.{EXTENSION}"))
     }
 
-    /// The saved state of `tokens`: `Ok(None)` when there is no file, else the prefix length
-    /// and its parts, or why the file cannot be used.
+    /// The saved state of `tokens`: `Ok(None)` when there is no file, else its parts, or why
+    /// the file cannot be used.
     pub fn load(&self, tokens: &[u32]) -> Result<Option<SavedState>, PersistError> {
         let path = self.path(tokens);
         let io = |source| PersistError::Io { path: path.clone(), source };
@@ -169,17 +169,17 @@ impl SnapshotStore {
         if header.tokens != tokens {
             return Err(PersistError::Foreign(path.clone(), format!("another prefix ({} tokens)", header.tokens.len())));
         }
-        Ok(Some((header.len, parts)))
+        Ok(Some(parts))
     }
 
-    /// Writes the state of `tokens` (`len` positions, its parts as `visit` gives them, in the
-    /// same order every call), then deletes the oldest other files until the directory fits its
+    /// Writes the state after `tokens` (its parts as `visit` gives them, in the same order every
+    /// call), then deletes the oldest other files until the directory fits its
     /// budget. Returns the file and its size.
-    pub fn save(&self, tokens: &[u32], len: usize, visit: &VisitParts<'_>) -> Result<(PathBuf, u64), PersistError> {
+    pub fn save(&self, tokens: &[u32], visit: &VisitParts<'_>) -> Result<(PathBuf, u64), PersistError> {
         let mut sizes = Vec::new();
         visit(&mut |p| sizes.push(p.len()));
         let floats: u64 = sizes.iter().map(|&n| n as u64).sum();
-        let header = Header { format: FORMAT, identity: self.identity.clone(), tokens: tokens.to_vec(), len, parts: sizes };
+        let header = Header { format: FORMAT, identity: self.identity.clone(), tokens: tokens.to_vec(), parts: sizes };
         let header = serde_json::to_vec(&header).expect("a header serializes");
         let bytes = 20 + header.len() as u64 + floats * 4 + 32;
         if bytes > self.max_bytes {
@@ -304,7 +304,7 @@ mod tests {
 
     fn save(store: &SnapshotStore, tokens: &[u32]) -> PathBuf {
         let p = parts();
-        store.save(tokens, tokens.len(), &|each| p.iter().for_each(|x| each(x))).unwrap().0
+        store.save(tokens, &|each| p.iter().for_each(|x| each(x))).unwrap().0
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
         let store = SnapshotStore::new(dir.path().join("prefix"), 1 << 20, "model a".into());
         assert!(store.load(&[1, 2, 3]).unwrap().is_none(), "no file yet");
         let path = save(&store, &[1, 2, 3]);
-        assert_eq!(store.load(&[1, 2, 3]).unwrap(), Some((3, parts())));
+        assert_eq!(store.load(&[1, 2, 3]).unwrap(), Some(parts()));
         assert!(store.load(&[1, 2]).unwrap().is_none(), "another prefix has another file");
         let other = SnapshotStore::new(dir.path().join("prefix"), 1 << 20, "model b".into());
         assert!(other.load(&[1, 2, 3]).unwrap().is_none());
@@ -352,7 +352,7 @@ mod tests {
         assert!(matches!(e, PersistError::Io { .. }), "{e}");
         store.remove(&[7]);
         save(&store, &[7]);
-        assert_eq!(store.load(&[7]).unwrap(), Some((1, parts())), "a new save replaces the bad file");
+        assert_eq!(store.load(&[7]).unwrap(), Some(parts()), "a new save replaces the bad file");
     }
 
     #[test]
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(kept, [false, false, true, true]);
         let tiny = SnapshotStore::new(dir.path().to_path_buf(), 10, "m".into());
         let p = parts();
-        let e = tiny.save(&[9], 1, &|each| p.iter().for_each(|x| each(x))).unwrap_err();
+        let e = tiny.save(&[9], &|each| p.iter().for_each(|x| each(x))).unwrap_err();
         assert!(matches!(e, PersistError::TooLarge { .. }), "{e}");
     }
 }

@@ -12,8 +12,9 @@ use super::{AddedToken, Bpe, PairMap, Pieces};
 /// GPT-2's pre-tokenizer pattern, used by `ByteLevel { use_regex: true }`.
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-/// The byte-level alphabet: byte → printable char (GPT-2's mapping).
-pub(super) fn byte_char(b: u8) -> char {
+/// The byte-level alphabet: byte → printable char (GPT-2's mapping), as `tokenizer.json`
+/// writes token bytes.
+pub fn byte_char(b: u8) -> char {
     let c = match b {
         b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF => u32::from(b),
         0x00..=0x20 => 256 + u32::from(b),

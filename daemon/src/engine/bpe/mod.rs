@@ -11,6 +11,8 @@
 
 mod load;
 
+pub use load::byte_char;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
