@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian machine: packages, the fixture Python environment
 # (cached), the generated test models (cached), the ONNX Runtime library (cached), then
-# `cargo fmt --check` and `cargo clippy -D warnings`, every cargo test against the fixtures,
-# the engine-panic test (a build with the test-only `fault-injection` feature), then the
-# package test (tests/package-deb.sh) and the aarch64 build under emulation
-# (tests/aarch64-qemu.sh). Expensive parts live in $QWENEDGE_CACHE (default ~/.cache/qwenedge),
+# `cargo fmt --check` and `cargo clippy -D warnings`, every cargo test against the fixtures (the
+# soak among them, for 3 minutes), the engine-panic and runtime-error tests (a build with the
+# test-only `fault-injection` feature), then the package test (tests/package-deb.sh) and the
+# aarch64 build under emulation (tests/aarch64-qemu.sh). Expensive parts live in $QWENEDGE_CACHE (default ~/.cache/qwenedge),
 # so a second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,9 +31,9 @@ cargo clippy --release --workspace --all-targets --locked --features fault-injec
 clippy=$?
 cargo test --release --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 tests=${PIPESTATUS[0]}
-# The panic test needs the binary built with the test-only feature; the suite above and the
-# package below use the binary without it.
-cargo test --release --workspace --locked --features fault-injection --test engine_panic 2>&1 | tee -a "$log"
+# The panic and runtime-error tests need the binary built with the test-only feature; the
+# suite above and the package below use the binary without it.
+cargo test --release --workspace --locked --features fault-injection --test engine_panic --test ort_error 2>&1 | tee -a "$log"
 panic_test=${PIPESTATUS[0]}
 set -e
 for rc in "$fmt" "$clippy" "$tests" "$panic_test"; do
@@ -42,7 +42,7 @@ done
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 word() { [ "$1" -eq 0 ] && echo ok || echo "FAILED (status $1)"; }
-summary="cargo fmt --check: $(word "$fmt"); clippy: $(word "$clippy"); cargo test: $passed passed, $failed failed (status $tests; engine panic test $(word "$panic_test"))"
+summary="cargo fmt --check: $(word "$fmt"); clippy: $(word "$clippy"); cargo test: $passed passed, $failed failed (status $tests; fault-injection tests $(word "$panic_test"))"
 
 # The scripted checks, each run even when an earlier part failed, so one run shows everything.
 # The package test installs into a scratch root, which needs root.

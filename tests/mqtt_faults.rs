@@ -1,5 +1,6 @@
 //! MQTT delivery under faults and load: the broker killed (SIGKILL) while requests stream and
-//! restarted from its persistence two seconds later, a fleet of two daemons splitting one
+//! restarted from its persistence two seconds later, the broker gone for minutes while the
+//! socket goes on serving, a fleet of two daemons splitting one
 //! request stream through a shared subscription, and 500 requests from 10 clients with the
 //! daemon's memory checked before and after.
 
@@ -91,6 +92,74 @@ fn a_broker_killed_mid_stream_loses_nothing_mqtt311() {
 #[test]
 fn a_broker_killed_mid_stream_loses_nothing_mqtt5() {
     broker_restart_mid_stream("5", "f5");
+}
+
+/// How long the outage test keeps the broker down: two minutes, or `QWENEDGE_TEST_OUTAGE_S`.
+fn outage() -> Duration {
+    Duration::from_secs(std::env::var("QWENEDGE_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(120))
+}
+
+#[test]
+fn a_broker_gone_for_minutes_loses_nothing_and_the_socket_goes_on() {
+    let mut broker = Broker::start();
+    let device = "gone";
+    let mqtt = format!(
+        "[mqtt]\nenabled = true\nurl = \"mqtt://127.0.0.1:{}\"\ndevice_id = \"{device}\"\nreconnect_min_ms = 500\nreconnect_max_ms = 5000\n",
+        broker.port
+    );
+    let d = Daemon::start(&mqtt);
+    let t = Tester::connect_with(broker.port, "gone-client", TesterOptions { persistent: true, ..Default::default() });
+    t.wait_online(device);
+    let prefix = format!("qwenedge/{device}/response/");
+    t.subscribe(&format!("{prefix}#"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids: Vec<String> = (0..4).map(|i| format!("g{i}")).collect();
+    for id in &ids {
+        t.publish(&format!("qwenedge/{device}/request"), chat(id, &format!("story number {id}"), json!({"max_tokens": 60})).to_string());
+    }
+    t.wait_acked(ids.len(), WAIT);
+    // Down before the answers are out: they are made while no broker is there.
+    broker.kill();
+    let down = Instant::now();
+    let mut socket: u64 = 0;
+    while down.elapsed() < outage() {
+        let mut c = d.client();
+        let id = format!("s{socket}");
+        c.send(&chat(&id, "hello over the socket", json!({"max_tokens": 8})));
+        let end = c.until_terminal(&id).pop().unwrap();
+        assert_eq!(end["event"], "done", "the socket answers while the broker is gone: {end}");
+        socket += 1;
+        if socket == 3 {
+            // Published while the broker is down: the client library holds it until it is back.
+            ids.push("late".into());
+            t.publish(&format!("qwenedge/{device}/request"), chat("late", "sent during the outage", json!({"max_tokens": 8})).to_string());
+        }
+        std::thread::sleep(Duration::from_secs(5).min(outage().saturating_sub(down.elapsed())));
+    }
+    let warnings = d.log_text().matches("no connection to the broker").count();
+    let back = Instant::now();
+    broker.restart();
+    let mut answers = Answers::default();
+    collect_answers(&t, &prefix, &ids, &mut answers);
+    let reconnected = d.log_text().matches("connected to the broker").count() >= 2;
+    for id in &ids {
+        let ends = answers.terminals(id);
+        assert_eq!(ends.len(), 1, "{id}: exactly one terminal event: {ends:?}");
+        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
+        assert_eq!(answers.text(id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
+    }
+    assert!(reconnected, "{}", d.log_text());
+    let (done, failed) = done_and_failed(&d);
+    assert_eq!((done, failed), (ids.len() as u64 + socket, 0), "every request ran once");
+    // One warning when the connection goes, then one every ten failed attempts: not a line per try.
+    let most = 2 + outage().as_secs() / 20;
+    assert!(warnings as u64 <= most, "{warnings} warnings in {:?} (at most {most})", outage());
+    eprintln!(
+        "broker down {:.0} s: {socket} socket answers meanwhile, {warnings} warnings, all {} MQTT answers {:.1} s after it came back",
+        outage().as_secs_f64(),
+        ids.len(),
+        back.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

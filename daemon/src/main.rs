@@ -10,7 +10,8 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qwenedge: {e:#}");
+            // Not `eprintln!`: it panics when stderr cannot be written (a full disk).
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("qwenedge: {e:#}\n").as_bytes());
             std::process::ExitCode::FAILURE
         }
     }

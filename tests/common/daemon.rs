@@ -40,8 +40,8 @@ impl Daemon {
     }
 
     /// Starts a daemon on `model` with `model_keys` (TOML lines) added to its `[model]` section,
-    /// `extra` appended, and `customize` applied to the command (environment, say) before it
-    /// is spawned.
+    /// `extra` appended, and `customize` applied to the command (environment, say, or another
+    /// stderr than the log file) before it is spawned.
     pub fn start_customized(model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qwenedge.sock");
@@ -56,9 +56,11 @@ impl Daemon {
             .arg(&config)
             .env("QWENEDGE_LOG", "info")
             .env("XDG_CACHE_HOME", dir.path())
-            .env_remove("STATE_DIRECTORY");
+            .env_remove("STATE_DIRECTORY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         customize(&mut command);
-        let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let child = command.spawn().unwrap();
         let mut daemon = Daemon { child, dir, socket, config, log };
         daemon.wait_ready();
         daemon

@@ -127,6 +127,20 @@ impl Broker {
         }
     }
 
+    /// SIGTERM, as systemd stops it: Mosquitto saves its database and exits; then it starts
+    /// again after `down`.
+    pub fn restart_gracefully(&mut self, down: Duration) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with a valid pid and signal number has no memory-safety preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
     /// Starts it again on the same port with the same data directory.
     pub fn restart(&mut self) {
         self.kill();

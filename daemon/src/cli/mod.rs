@@ -110,6 +110,9 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) is dropped; the default reports it with
+        // `eprintln!`, which panics when stderr is what failed.
+        .log_internal_errors(false)
         .init();
 }
 

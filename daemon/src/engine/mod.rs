@@ -7,6 +7,7 @@ pub mod cache;
 pub mod chat;
 pub mod constrain;
 pub mod detok;
+pub mod files;
 pub mod generate;
 pub mod model;
 pub mod onnx;
@@ -86,6 +87,8 @@ pub struct Engine {
     pinning: Option<Pinning>,
     /// Where pinned prefixes are saved and restored from across restarts.
     store: Option<persist::SnapshotStore>,
+    /// The model directory's files as they were when loading began.
+    files: files::ModelFiles,
 }
 
 /// A pinned prefix in the making: its tokens, the sequence prefilled so far, and how far.
@@ -134,13 +137,8 @@ impl Engine {
         dir: impl AsRef<Path>,
         make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
     ) -> Result<Self, EngineError> {
-        let spec = ModelSpec::load(dir)?;
-        let tokenizer = TextTokenizer::load(&spec)?;
-        let chat = match ChatTemplate::load(&spec) {
-            Ok(t) => Some(t),
-            Err(TemplateError::Absent) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let files = files::ModelFiles::read(dir.as_ref());
+        let (spec, tokenizer, chat) = Self::read_dir(dir)?;
         let backend = make(&spec)?;
         Ok(Self {
             spec,
@@ -152,7 +150,31 @@ impl Engine {
             chosen: String::new(),
             pinning: None,
             store: None,
+            files,
         })
+    }
+
+    /// Reads and checks everything in `dir` but the weights (which only the runtime reads):
+    /// what [`load`](Self::load) would refuse for the directory's files, without a session.
+    pub fn check(dir: impl AsRef<Path>) -> Result<(), EngineError> {
+        Self::read_dir(dir).map(|_| ())
+    }
+
+    fn read_dir(dir: impl AsRef<Path>) -> Result<(ModelSpec, TextTokenizer, Option<ChatTemplate>), EngineError> {
+        let spec = ModelSpec::load(dir)?;
+        let tokenizer = TextTokenizer::load(&spec)?;
+        let chat = match ChatTemplate::load(&spec) {
+            Ok(t) => Some(t),
+            Err(TemplateError::Absent) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((spec, tokenizer, chat))
+    }
+
+    /// What changed in the model directory since this model was loaded from it (files
+    /// replaced, changed, added or deleted), in a few words; `None` when nothing did.
+    pub fn files_changed(&self) -> Option<String> {
+        self.files.changed()
     }
 
     /// The backend's description.
@@ -307,18 +329,6 @@ impl Engine {
     /// version, provider and threads, and each model file (name, size, modification time).
     pub fn state_identity(&self) -> String {
         let info = self.backend.info();
-        let mut files: Vec<String> = std::fs::read_dir(&self.spec.dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        let m = e.metadata().ok().filter(|m| m.is_file())?;
-                        let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-                        Some(format!("{}:{}:{mtime}", e.file_name().to_string_lossy(), m.len()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
         let dir = self.spec.dir.canonicalize().unwrap_or_else(|_| self.spec.dir.clone());
         format!(
             "{} {} provider {} threads {} model {} [{}]",
@@ -327,7 +337,7 @@ impl Engine {
             info.execution_provider,
             info.threads,
             dir.display(),
-            files.join(" ")
+            self.files.identity()
         )
     }
 

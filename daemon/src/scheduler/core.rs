@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, info_span, warn};
 
+mod lifecycle;
+
 pub use super::board::{Board, Reload};
 use super::job::Job;
 use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
@@ -104,8 +106,12 @@ pub struct Core<L: Loader> {
     active: Vec<Active<<L::Model as Model>::Running>>,
     next_seq: u64,
     warm_up_pending: bool,
+    /// Failed tries of the warm-up since the model was loaded or reconfigured.
+    warm_up_failures: u32,
     last_busy: Instant,
     pressure: bool,
+    /// Why the last load failed (for the requests that find no model).
+    last_error: Option<String>,
 }
 
 impl<L: Loader> Core<L> {
@@ -118,8 +124,10 @@ impl<L: Loader> Core<L> {
             active: Vec::new(),
             next_seq: 0,
             warm_up_pending: true,
+            warm_up_failures: 0,
             last_busy: Instant::now(),
             pressure: false,
+            last_error: None,
         }
     }
 
@@ -261,68 +269,19 @@ impl<L: Loader> Core<L> {
             }
             Work::WarmUp => {
                 let began = Instant::now();
-                self.warm_up_pending = self.model.as_mut().is_some_and(|m| m.warm_up(&context(snap, 0)));
+                self.warm_up(snap);
                 ran.busy = began.elapsed();
             }
         }
         ran
     }
 
-    /// Loads `load` in place of the current model (freed first: a board rarely has room for
-    /// two). On failure the slot stays empty and the next request tries again.
-    fn load(&mut self, load: &LoadSettings, settings: &Settings, ran: &mut Ran) {
-        self.model = None;
-        self.loaded = None;
-        self.warm_up_pending = true;
-        self.pressure = false;
-        match self.loader.load(load, settings) {
-            Ok(m) => {
-                ran.model = Some(ModelChange::Loaded(Box::new(m.report(settings))));
-                self.model = Some(m);
-                self.loaded = Some(load.clone());
-            }
-            Err(error) => {
-                warn!(%error, model = %load.path.display(), "loading the model failed");
-                ran.model = Some(ModelChange::Gone);
-            }
-        }
-    }
-
-    /// Applies new settings; loads the model again when what loading reads changed, falling
-    /// back to the previous model if the new one does not load.
-    fn reload(&mut self, reload: Reload, snap: &Snapshot, ran: &mut Ran) {
-        let (old, new) = (&snap.settings, &reload.settings);
-        for section in old.restart_needed(new) {
-            warn!(section, "changed in the configuration; only a restart applies it");
-        }
-        let mut applied = reload.clone();
-        if self.model.is_none() || old.model.load_settings() != new.model.load_settings() {
-            info!(model = %new.model.load_settings().path.display(), backend = ?new.model.backend, "loading the model for the new configuration");
-            self.load(&new.model.load_settings(), new, ran);
-            if self.model.is_none() {
-                warn!("going back to the previous model");
-                self.load(&old.model.load_settings(), old, ran);
-                applied.settings = Arc::new(Settings { model: old.model.clone(), ..(**new).clone() });
-            } else {
-                info!("configuration reloaded");
-            }
-        } else if let Some(m) = self.model.as_mut() {
-            m.reconfigure(new);
-            ran.model = Some(ModelChange::Loaded(Box::new(m.report(new))));
-            self.warm_up_pending = true;
-            info!("configuration reloaded");
-        }
-        ran.applied = Some(applied);
-    }
-
     fn start(&mut self, job: Job, snap: &Snapshot, load_ms: f64, ran: &mut Ran) {
         let _span = info_span!("request", id = %job.id()).entered();
         let Some(model) = self.model.as_mut() else {
-            return answer_error(
-                ran,
-                job,
-                Refusal::new(ErrorCode::ModelError, "no model is loaded (loading it failed; see the daemon log)"),
-            );
+            let why = self.last_error.as_deref().unwrap_or("see the daemon log");
+            let msg = format!("no model is loaded (loading it failed: {why}); the next request tries again");
+            return answer_error(ran, job, Refusal::new(ErrorCode::ModelError, msg));
         };
         let ctx = context(snap, max_tokens(&job, snap));
         let prepared = match model.prepare(job.request(), &ctx) {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::model::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
 use crate::api::{self, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFormat};
@@ -110,6 +110,10 @@ impl Loader for EngineLoader {
 
     fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, String> {
         load_engine(load, settings).map_err(|e| e.to_string())
+    }
+
+    fn check(&mut self, load: &LoadSettings) -> Result<(), String> {
+        Engine::check(&load.path).map_err(|e| e.to_string())
     }
 }
 
@@ -334,11 +338,11 @@ impl Model for Engine {
         }
     }
 
-    fn warm_up(&mut self, ctx: &Context<'_>) -> bool {
+    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, String> {
         let cache = &ctx.settings.cache;
         if !cache.pin_intents || cache.max_mb == 0 {
             self.unpin_prefixes();
-            return false;
+            return Ok(false);
         }
         let chat = crate::intent::prepare(ctx.catalog, "", None, &Markers::default()).chat;
         let chunk = match ctx.settings.model.prefill_chunk_tokens {
@@ -349,13 +353,10 @@ impl Model for Engine {
             Ok(p) if p.pinned => {
                 let how = if p.restored { "restored from disk" } else { "prefilled" };
                 info!(tokens = p.tokens, ms = p.elapsed_ms, how, "intent catalog prefix cached");
-                false
+                Ok(false)
             }
-            Ok(_) => true,
-            Err(e) => {
-                warn!(error = %e, "caching the intent catalog prefix failed");
-                false
-            }
+            Ok(_) => Ok(true),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -418,5 +419,9 @@ impl Model for Engine {
             bytes: s.bytes,
             max_bytes: s.max_bytes,
         })
+    }
+
+    fn files_changed(&self) -> Option<String> {
+        Engine::files_changed(self)
     }
 }

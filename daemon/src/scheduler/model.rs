@@ -102,8 +102,8 @@ pub trait Model: Send + 'static {
 
     /// One piece of the work to do after loading while idle (caching the intent catalog's
     /// prefix, a chunk at a time so that requests run between the chunks). Returns whether
-    /// more remains.
-    fn warm_up(&mut self, ctx: &Context<'_>) -> bool;
+    /// more remains; an error says why the work failed (it may be tried again).
+    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, String>;
 
     /// Applies settings that need no reload (the prefix cache's size).
     fn reconfigure(&mut self, settings: &Settings);
@@ -116,6 +116,10 @@ pub trait Model: Send + 'static {
 
     /// The prefix cache's counters.
     fn cache(&self) -> Option<CacheReport>;
+
+    /// What changed in the model's files on disk since it was loaded, in a few words; `None`
+    /// when nothing did.
+    fn files_changed(&self) -> Option<String>;
 }
 
 /// Loads models.
@@ -126,4 +130,8 @@ pub trait Loader: Send + 'static {
     /// Loads the model `load` describes (checking first that it fits in memory); the error is
     /// one line for the log.
     fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Self::Model, String>;
+
+    /// Checks, without loading, what can be checked of the model `load` describes before the
+    /// loaded one is freed for it (its files); the error is one line for the log.
+    fn check(&mut self, load: &LoadSettings) -> Result<(), String>;
 }

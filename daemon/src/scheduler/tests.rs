@@ -22,9 +22,12 @@ struct Fake {
     warm_up: Duration,
     /// Warm-up chunks still to do.
     warm_left: usize,
+    /// Warm-up tries still to fail.
+    warm_fails: Arc<Mutex<usize>>,
     panic_at_step: Option<usize>,
     steps: usize,
     pressure: Arc<Mutex<Vec<bool>>>,
+    changed_on_disk: Arc<Mutex<Option<String>>>,
 }
 
 struct FakeRun {
@@ -76,10 +79,15 @@ impl Model for Fake {
         Ok(EventBody::Done { text: run.text, finish_reason: FinishReason::Length, usage, timings: clock.timings(0.0, 0.0, 0.0) })
     }
 
-    fn warm_up(&mut self, _ctx: &Context<'_>) -> bool {
+    fn warm_up(&mut self, _ctx: &Context<'_>) -> Result<bool, String> {
         std::thread::sleep(self.warm_up);
+        let mut fails = self.warm_fails.lock().unwrap();
+        if *fails > 0 {
+            *fails -= 1;
+            return Err("the fake's runtime failed".into());
+        }
         self.warm_left = self.warm_left.saturating_sub(1);
-        self.warm_left > 0
+        Ok(self.warm_left > 0)
     }
 
     fn reconfigure(&mut self, _settings: &crate::config::Settings) {}
@@ -117,17 +125,27 @@ impl Model for Fake {
     fn cache(&self) -> Option<CacheReport> {
         None
     }
+
+    fn files_changed(&self) -> Option<String> {
+        self.changed_on_disk.lock().unwrap().clone()
+    }
 }
 
 #[derive(Default, Clone)]
 struct FakeLoader {
     loads: Loads,
-    broken: Vec<PathBuf>,
+    broken: Arc<Mutex<Vec<PathBuf>>>,
+    /// Models whose files check but which fail to load (in the runtime).
+    fail_to_load: Vec<PathBuf>,
     warm_up: Duration,
     /// Chunks of each model's warm-up (0 counts as 1).
     warm_up_chunks: usize,
+    /// Warm-up tries that fail, in all models made.
+    warm_fails: Arc<Mutex<usize>>,
     panic_at_step: Option<usize>,
     pressure: Arc<Mutex<Vec<bool>>>,
+    /// What every model made says changed in its files.
+    changed_on_disk: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeLoader {
@@ -137,9 +155,11 @@ impl FakeLoader {
             need_mb: 1.0,
             warm_up: self.warm_up,
             warm_left: self.warm_up_chunks.max(1),
+            warm_fails: Arc::clone(&self.warm_fails),
             panic_at_step: self.panic_at_step,
             steps: 0,
             pressure: Arc::clone(&self.pressure),
+            changed_on_disk: Arc::clone(&self.changed_on_disk),
         }
     }
 }
@@ -148,11 +168,20 @@ impl Loader for FakeLoader {
     type Model = Fake;
 
     fn load(&mut self, load: &crate::config::LoadSettings, _settings: &crate::config::Settings) -> Result<Fake, String> {
-        if self.broken.contains(&load.path) {
-            return Err(format!("{}: broken", load.path.display()));
+        self.check(load)?;
+        if self.fail_to_load.contains(&load.path) {
+            return Err(format!("{}: the runtime failed", load.path.display()));
         }
         self.loads.lock().unwrap().push(load.path.clone());
+        *self.changed_on_disk.lock().unwrap() = None;
         Ok(self.fake(load.path.clone()))
+    }
+
+    fn check(&mut self, load: &crate::config::LoadSettings) -> Result<(), String> {
+        match self.broken.lock().unwrap().contains(&load.path) {
+            true => Err(format!("{}: broken", load.path.display())),
+            false => Ok(()),
+        }
     }
 }
 
@@ -385,18 +414,70 @@ fn a_reload_waits_for_the_running_request_and_the_queued_ones_get_the_new_model(
 }
 
 #[test]
-fn a_reload_to_a_model_that_does_not_load_keeps_the_previous_one() {
-    let loader = FakeLoader { broken: vec![PathBuf::from("/m/broken")], ..Default::default() };
+fn a_reload_to_a_model_whose_files_are_broken_keeps_the_loaded_one() {
+    let loader = FakeLoader { broken: Arc::new(Mutex::new(vec![PathBuf::from("/m/broken")])), ..Default::default() };
     let mut h = Harness::new(loader, settings("/m/a", |_| {}));
     let catalog = Arc::clone(&h.board.catalog);
     h.board.reload = Some(Reload { settings: settings("/m/broken", |s| s.scheduler.queue_capacity = 3), catalog });
     h.submit("after", Priority::Interactive, 2, None);
     h.run();
     assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
-    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "the previous model was loaded again");
+    assert!(h.loads().is_empty(), "the loaded model was never freed: {:?}", h.loads());
     assert_eq!(h.board.settings.model.path.as_deref(), Some(std::path::Path::new("/m/a")));
     assert_eq!(h.board.settings.scheduler.queue_capacity, 3, "the rest of the new configuration applies");
     assert!(h.board.stats.loaded);
+}
+
+#[test]
+fn a_reload_to_a_model_the_runtime_refuses_loads_the_previous_one_again() {
+    let loader = FakeLoader { fail_to_load: vec![PathBuf::from("/m/bad")], ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    let catalog = Arc::clone(&h.board.catalog);
+    h.board.reload = Some(Reload { settings: settings("/m/bad", |_| {}), catalog });
+    h.submit("after", Priority::Interactive, 2, None);
+    h.run();
+    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "the previous model was loaded again");
+    assert_eq!(h.board.settings.model.path.as_deref(), Some(std::path::Path::new("/m/a")));
+}
+
+#[test]
+fn a_reload_loads_files_that_changed_on_disk_and_keeps_the_model_when_they_are_gone() {
+    let loader = FakeLoader::default();
+    let changed = Arc::clone(&loader.changed_on_disk);
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    let catalog = Arc::clone(&h.board.catalog);
+    // Same settings, nothing changed: no load.
+    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog: Arc::clone(&catalog) });
+    h.run();
+    assert!(h.loads().is_empty());
+    // The files were replaced: the same path is loaded again.
+    *changed.lock().unwrap() = Some("model.onnx was replaced or changed".into());
+    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog: Arc::clone(&catalog) });
+    h.run();
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")]);
+    // The directory is gone: the check fails and the model in memory keeps serving.
+    h.loader.broken.lock().unwrap().push(PathBuf::from("/m/a"));
+    *changed.lock().unwrap() = Some("/m/a can no longer be read".into());
+    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog });
+    h.submit("after", Priority::Interactive, 2, None);
+    h.run();
+    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "not freed");
+    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
+}
+
+#[test]
+fn a_request_without_a_model_is_told_why_loading_failed() {
+    // Neither the new model nor, after it, the previous one loads in the runtime.
+    let loader = FakeLoader { fail_to_load: vec![PathBuf::from("/m/a"), PathBuf::from("/m/bad")], ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    let catalog = Arc::clone(&h.board.catalog);
+    h.board.reload = Some(Reload { settings: settings("/m/bad", |_| {}), catalog });
+    h.submit("one", Priority::Interactive, 2, None);
+    h.run();
+    let events = h.events();
+    let end = format!("{:?}", terminal(&events, "one"));
+    assert!(end.contains("ModelError") && end.contains("/m/a: the runtime failed"), "{end}");
 }
 
 #[test]
@@ -540,4 +621,26 @@ fn the_warm_up_runs_in_chunks_and_a_request_runs_between_them() {
     assert!(warm.iter().all(|&i| i > start), "the request ran before the warm-up went on: {done:?}");
     assert!(matches!(terminal(&h.events(), "a"), EventBody::Done { .. }));
     assert!(h.run().is_empty(), "the warm-up is over");
+}
+
+#[test]
+fn a_failed_warm_up_is_tried_again_then_waits_for_the_next_reload() {
+    let loader = FakeLoader { warm_fails: Arc::new(Mutex::new(2)), ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    assert_eq!(h.run(), vec!["warm_up"; 2], "the two failures, then the warm-up that works");
+    assert!(h.run().is_empty());
+
+    let fails = Arc::new(Mutex::new(5));
+    let loader = FakeLoader { warm_fails: Arc::clone(&fails), ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    assert_eq!(h.run(), vec!["warm_up"; 2], "three tries in all (the harness made the first)");
+    assert_eq!(*fails.lock().unwrap(), 2);
+    h.submit("a", Priority::Interactive, 3, None);
+    h.run();
+    assert!(matches!(terminal(&h.events(), "a"), EventBody::Done { .. }), "requests are answered meanwhile");
+    let catalog = Arc::clone(&h.board.catalog);
+    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog });
+    let after = h.run();
+    assert_eq!(after.iter().filter(|k| **k == "warm_up").count(), 3, "a reload tries again: {after:?}");
+    assert_eq!(*fails.lock().unwrap(), 0);
 }

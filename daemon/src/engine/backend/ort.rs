@@ -138,6 +138,13 @@ fn advise_random_access(file: &std::path::Path) {
     }
 }
 
+/// Whether this run is to fail (test builds only): once for each time the file
+/// `QWENEDGE_FAULT_ORT_ERROR_FILE` names appears (it is removed).
+#[cfg(feature = "fault-injection")]
+fn injected_error() -> bool {
+    std::env::var_os("QWENEDGE_FAULT_ORT_ERROR_FILE").is_some_and(|f| std::fs::remove_file(f).is_ok())
+}
+
 fn run_err(e: ort::Error) -> BackendError {
     BackendError::Run(e.to_string())
 }
@@ -261,6 +268,19 @@ impl OrtBackend {
         Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only })
     }
 
+    /// Runs the session on the bound inputs and outputs. Test builds can make ONNX Runtime
+    /// fail the run (its terminate flag, set before the run) to check what an error in the
+    /// middle of a generation does.
+    fn run_bound(&mut self) -> Result<(), ort::Error> {
+        #[cfg(feature = "fault-injection")]
+        if injected_error() {
+            let options = ort::session::RunOptions::new()?;
+            options.terminate()?;
+            return self.session.run_binding_with_options(&self.binding, &options).map(drop);
+        }
+        self.session.run_binding(&self.binding).map(drop)
+    }
+
     /// Makes room for `need` positions in every KV buffer.
     fn reserve(&self, state: &mut OrtState, len: usize, need: usize) -> Result<(), BackendError> {
         if need <= state.capacity {
@@ -361,7 +381,7 @@ impl Backend for OrtBackend {
                 self.binding.bind_output(&self.spec.logits, &mut t).map_err(run_err)?;
                 all_rows = Some(t);
             }
-            let ran = self.session.run_binding(&self.binding).map(drop).map_err(run_err);
+            let ran = self.run_bound().map_err(run_err);
             let logits = all_rows.as_ref().or(self.logits.as_ref()).expect("a logits buffer is bound");
             let data = logits.extract_tensor().1;
             let rows = data.len() / self.spec.vocab_size;
