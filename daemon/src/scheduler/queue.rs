@@ -1,8 +1,10 @@
 //! The waiting room in front of the engine: two lanes (interactive before background) with a
-//! shared capacity. Within a lane, clients take turns: each client's requests wait in arrival
-//! order, a client that arrives goes ahead of the clients that have had a turn already, and a
-//! client that had its turn goes to the back. One client with many requests (or one that
-//! stopped reading) therefore holds up the others by one request at most. Pure data structure,
+//! shared capacity. Within a lane, clients take turns in rounds: each client's requests wait in
+//! arrival order, and each client waiting has one turn per round. A client that arrives, or
+//! that had its turn and has more waiting, goes in line for the next round, behind those
+//! already in line for it. So a client with a backlog holds up a newcomer by one request at
+//! most, and clients that send one request at a time (a new connection each, as Wyoming and
+//! many scripts do) cannot keep a client with a backlog waiting for ever. Pure data structure,
 //! no I/O or locking, so its rules are unit-tested.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,18 +20,21 @@ pub trait Queued {
     fn client(&self) -> u64;
 }
 
-/// One lane: each client's jobs in arrival order, and the clients in turn order (with whether
-/// each has had a turn since it joined).
+/// One lane: each client's jobs in arrival order, and the waiting clients in turn order with
+/// the round each waits for.
 #[derive(Debug)]
 struct Lane<J> {
     jobs: HashMap<u64, VecDeque<J>>,
-    turns: VecDeque<(u64, bool)>,
+    /// `(client, round)`, sorted by round (arrival order within a round).
+    turns: VecDeque<(u64, u64)>,
+    /// The round of the last turn given.
+    round: u64,
     len: usize,
 }
 
 impl<J> Default for Lane<J> {
     fn default() -> Self {
-        Self { jobs: HashMap::new(), turns: VecDeque::new(), len: 0 }
+        Self { jobs: HashMap::new(), turns: VecDeque::new(), round: 0, len: 0 }
     }
 }
 
@@ -37,22 +42,28 @@ impl<J: Queued> Lane<J> {
     fn push(&mut self, job: J) {
         let client = job.client();
         let queue = self.jobs.entry(client).or_default();
-        if queue.is_empty() {
-            let at = self.turns.iter().position(|(_, served)| *served).unwrap_or(self.turns.len());
-            self.turns.insert(at, (client, false));
-        }
         queue.push_back(job);
+        if queue.len() == 1 {
+            self.wait_for(client, self.round + 1);
+        }
         self.len += 1;
     }
 
+    /// Puts `client` in line for `round`, behind everyone waiting for that round or earlier.
+    fn wait_for(&mut self, client: u64, round: u64) {
+        let at = self.turns.iter().position(|(_, r)| *r > round).unwrap_or(self.turns.len());
+        self.turns.insert(at, (client, round));
+    }
+
     fn pop(&mut self) -> Option<J> {
-        let (client, _) = self.turns.pop_front()?;
+        let (client, round) = self.turns.pop_front()?;
+        self.round = round;
         let queue = self.jobs.get_mut(&client)?;
         let job = queue.pop_front();
         if queue.is_empty() {
             self.jobs.remove(&client);
         } else {
-            self.turns.push_back((client, true));
+            self.wait_for(client, round + 1);
         }
         self.len -= usize::from(job.is_some());
         job
@@ -181,13 +192,39 @@ mod tests {
         assert_eq!(order, [0, 10, 20, 1, 11, 2, 3], "one client's backlog does not hold up the others");
         assert!(q.is_empty());
 
-        // A client that arrives after another had its turn goes before it.
+        // A client that arrives after another had its turn waits for that one's next request
+        // at most.
         q.push(J(0, I, 7));
         q.push(J(1, I, 7));
+        q.push(J(2, I, 7));
         assert_eq!(q.pop(I), Some(J(0, I, 7)));
         q.push(J(10, I, 8));
-        assert_eq!(q.pop(I), Some(J(10, I, 8)));
         assert_eq!(q.pop(I), Some(J(1, I, 7)));
+        assert_eq!(q.pop(I), Some(J(10, I, 8)));
+        assert_eq!(q.pop(I), Some(J(2, I, 7)));
+    }
+
+    #[test]
+    fn clients_sending_one_request_at_a_time_do_not_starve_a_backlog() {
+        let mut q = JobQueue::default();
+        for n in 0..3 {
+            q.push(J(100 + n, I, 9));
+        }
+        // Clients 1..=4 send their next request as soon as the last one is served; 10..=13
+        // come back as new clients each time (a new connection per request).
+        for c in [1, 2, 10, 11] {
+            q.push(J(0, I, c));
+        }
+        let mut backlog = Vec::new();
+        for turn in 0..20 {
+            let j = q.pop(I).unwrap();
+            match j.2 {
+                9 => backlog.push(turn),
+                c if c >= 10 => q.push(J(j.0 + 1, I, c + 100)),
+                c => q.push(J(j.0 + 1, I, c)),
+            }
+        }
+        assert_eq!(backlog, [0, 5, 10], "one turn per round of five clients");
     }
 
     #[test]
