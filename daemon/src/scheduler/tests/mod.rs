@@ -1,7 +1,10 @@
 //! The scheduling core against a fake model: priorities and preemption, deadlines,
-//! cancellation, reloads, the hot-weather swap, idle unload, draining, refusals, and a panic on
+//! cancellation, the hot-weather swap, idle unload, draining, refusals, and a panic on
 //! the engine thread. No model files, no sockets: the fake says which model served a request,
-//! and the events arrive on a client's queue as a transport would see them.
+//! and the events arrive on a client's queue as a transport would see them. Reloads and the
+//! warm-up are in [`lifecycle`].
+
+mod lifecycle;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -380,107 +383,6 @@ fn cancel_while_queued_and_while_running() {
 }
 
 #[test]
-fn a_reload_waits_for_the_running_request_and_the_queued_ones_get_the_new_model() {
-    let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
-    h.submit("first", Priority::Interactive, 3, None);
-    h.turn(Instant::now());
-    let catalog = Arc::clone(&h.board.catalog);
-    h.board.reload = Some(Reload { settings: settings("/m/b", |_| {}), catalog });
-    h.submit("second", Priority::Interactive, 3, None);
-    let work = h.run();
-    let events = h.events();
-    assert!(text_of(&events, "first").starts_with("/m/a#1"), "the running request finishes on the old model");
-    assert!(text_of(&events, "second").starts_with("/m/b#1"), "the queued one is served by the new model");
-    let reload_at = work.iter().position(|&k| k == "reload").unwrap();
-    assert!(work[..reload_at].contains(&"step") && work[reload_at..].contains(&"start"), "{work:?}");
-    assert_eq!(h.loads(), [PathBuf::from("/m/b")]);
-    assert_eq!(h.board.stats.model.path, PathBuf::from("/m/b"));
-    assert_eq!(h.board.phase, crate::api::Phase::Ready);
-
-    // What loading reads is compared whole: a new backend alone loads the model again.
-    let catalog = Arc::clone(&h.board.catalog);
-    let tract = settings("/m/b", |s| s.model.backend = crate::engine::backend::select::BackendKind::Tract);
-    h.board.reload = Some(Reload { settings: tract, catalog: Arc::clone(&catalog) });
-    h.run();
-    assert_eq!(h.loads().len(), 2, "changing model.backend reloads");
-    let cache_only = settings("/m/b", |s| {
-        s.model.backend = crate::engine::backend::select::BackendKind::Tract;
-        s.cache.max_mb = 1;
-    });
-    h.board.reload = Some(Reload { settings: cache_only, catalog });
-    h.run();
-    assert_eq!(h.loads().len(), 2, "a setting loading does not read is applied without a reload");
-    assert_eq!(h.board.settings.cache.max_mb, 1);
-}
-
-#[test]
-fn a_reload_to_a_model_whose_files_are_broken_keeps_the_loaded_one() {
-    let loader = FakeLoader { broken: Arc::new(Mutex::new(vec![PathBuf::from("/m/broken")])), ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    let catalog = Arc::clone(&h.board.catalog);
-    h.board.reload = Some(Reload { settings: settings("/m/broken", |s| s.scheduler.queue_capacity = 3), catalog });
-    h.submit("after", Priority::Interactive, 2, None);
-    h.run();
-    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
-    assert!(h.loads().is_empty(), "the loaded model was never freed: {:?}", h.loads());
-    assert_eq!(h.board.settings.model.path.as_deref(), Some(std::path::Path::new("/m/a")));
-    assert_eq!(h.board.settings.scheduler.queue_capacity, 3, "the rest of the new configuration applies");
-    assert!(h.board.stats.loaded);
-}
-
-#[test]
-fn a_reload_to_a_model_the_runtime_refuses_loads_the_previous_one_again() {
-    let loader = FakeLoader { fail_to_load: vec![PathBuf::from("/m/bad")], ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    let catalog = Arc::clone(&h.board.catalog);
-    h.board.reload = Some(Reload { settings: settings("/m/bad", |_| {}), catalog });
-    h.submit("after", Priority::Interactive, 2, None);
-    h.run();
-    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
-    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "the previous model was loaded again");
-    assert_eq!(h.board.settings.model.path.as_deref(), Some(std::path::Path::new("/m/a")));
-}
-
-#[test]
-fn a_reload_loads_files_that_changed_on_disk_and_keeps_the_model_when_they_are_gone() {
-    let loader = FakeLoader::default();
-    let changed = Arc::clone(&loader.changed_on_disk);
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    let catalog = Arc::clone(&h.board.catalog);
-    // Same settings, nothing changed: no load.
-    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog: Arc::clone(&catalog) });
-    h.run();
-    assert!(h.loads().is_empty());
-    // The files were replaced: the same path is loaded again.
-    *changed.lock().unwrap() = Some("model.onnx was replaced or changed".into());
-    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog: Arc::clone(&catalog) });
-    h.run();
-    assert_eq!(h.loads(), [PathBuf::from("/m/a")]);
-    // The directory is gone: the check fails and the model in memory keeps serving.
-    h.loader.broken.lock().unwrap().push(PathBuf::from("/m/a"));
-    *changed.lock().unwrap() = Some("/m/a can no longer be read".into());
-    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog });
-    h.submit("after", Priority::Interactive, 2, None);
-    h.run();
-    assert_eq!(h.loads(), [PathBuf::from("/m/a")], "not freed");
-    assert!(text_of(&h.events(), "after").starts_with("/m/a#1"));
-}
-
-#[test]
-fn a_request_without_a_model_is_told_why_loading_failed() {
-    // Neither the new model nor, after it, the previous one loads in the runtime.
-    let loader = FakeLoader { fail_to_load: vec![PathBuf::from("/m/a"), PathBuf::from("/m/bad")], ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    let catalog = Arc::clone(&h.board.catalog);
-    h.board.reload = Some(Reload { settings: settings("/m/bad", |_| {}), catalog });
-    h.submit("one", Priority::Interactive, 2, None);
-    h.run();
-    let events = h.events();
-    let end = format!("{:?}", terminal(&events, "one"));
-    assert!(end.contains("ModelError") && end.contains("/m/a: the runtime failed"), "{end}");
-}
-
-#[test]
 fn a_hot_device_swaps_to_the_hot_model_between_requests_and_back() {
     let mut h = Harness::new(FakeLoader::default(), settings("/m/big", |s| s.budget.hot_model = Some("/m/small".into())));
     h.submit("one", Priority::Interactive, 3, None);
@@ -606,41 +508,4 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failu
     let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
     let rejected = scheduler.submit(Job::new(client.begin("late", "late").unwrap(), request)).unwrap_err();
     assert_eq!(rejected.refusal.code, ErrorCode::ShuttingDown, "nothing is admitted after the failure");
-}
-
-#[test]
-fn the_warm_up_runs_in_chunks_and_a_request_runs_between_them() {
-    let loader = FakeLoader { warm_up_chunks: 4, ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    assert_eq!(h.turn(Instant::now()), Some("warm_up"), "the second chunk");
-    h.submit("a", Priority::Interactive, 3, None);
-    let done = h.run();
-    let start = done.iter().position(|k| *k == "start").unwrap();
-    let warm: Vec<usize> = done.iter().enumerate().filter(|(_, k)| **k == "warm_up").map(|(i, _)| i).collect();
-    assert_eq!(warm.len(), 2, "the two chunks left, after the request: {done:?}");
-    assert!(warm.iter().all(|&i| i > start), "the request ran before the warm-up went on: {done:?}");
-    assert!(matches!(terminal(&h.events(), "a"), EventBody::Done { .. }));
-    assert!(h.run().is_empty(), "the warm-up is over");
-}
-
-#[test]
-fn a_failed_warm_up_is_tried_again_then_waits_for_the_next_reload() {
-    let loader = FakeLoader { warm_fails: Arc::new(Mutex::new(2)), ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    assert_eq!(h.run(), vec!["warm_up"; 2], "the two failures, then the warm-up that works");
-    assert!(h.run().is_empty());
-
-    let fails = Arc::new(Mutex::new(5));
-    let loader = FakeLoader { warm_fails: Arc::clone(&fails), ..Default::default() };
-    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    assert_eq!(h.run(), vec!["warm_up"; 2], "three tries in all (the harness made the first)");
-    assert_eq!(*fails.lock().unwrap(), 2);
-    h.submit("a", Priority::Interactive, 3, None);
-    h.run();
-    assert!(matches!(terminal(&h.events(), "a"), EventBody::Done { .. }), "requests are answered meanwhile");
-    let catalog = Arc::clone(&h.board.catalog);
-    h.board.reload = Some(Reload { settings: settings("/m/a", |_| {}), catalog });
-    let after = h.run();
-    assert_eq!(after.iter().filter(|k| **k == "warm_up").count(), 3, "a reload tries again: {after:?}");
-    assert_eq!(*fails.lock().unwrap(), 0);
 }
