@@ -23,21 +23,17 @@ fn done_and_failed(d: &Daemon) -> (u64, u64) {
 /// Collects events from topics under `prefix` until every id has a terminal event, then a
 /// little longer for late duplicates.
 fn collect_answers(t: &Tester, prefix: &str, ids: &[String], answers: &mut Answers) {
-    let until = Instant::now() + WAIT;
-    while !answers.complete(ids) {
-        let left = until.saturating_duration_since(Instant::now());
-        let m = t.recv(left).unwrap_or_else(|| {
-            let missing: Vec<_> = ids.iter().filter(|id| answers.terminals(id).is_empty()).collect();
-            panic!("no terminal event for {missing:?}")
-        });
-        if m.topic.starts_with(prefix) {
-            answers.add(m.json());
-        }
-    }
-    for m in t.drain(Duration::from_millis(700)) {
-        if m.topic.starts_with(prefix) {
-            answers.add(m.json());
-        }
+    t.collect_terminals(prefix, ids, answers, WAIT);
+    t.drain_into(prefix, answers, Duration::from_millis(700));
+}
+
+/// Each of `ids` ended `done`, once, with the streamed tokens making up its text.
+fn assert_answered_once(answers: &Answers, ids: &[String]) {
+    for id in ids {
+        let ends = answers.terminals(id);
+        assert_eq!(ends.len(), 1, "{id}: exactly one terminal event: {ends:?}");
+        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
+        assert_eq!(answers.text(id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
     }
 }
 
@@ -71,12 +67,7 @@ fn broker_restart_mid_stream(protocol: &str, device: &str) {
     broker.restart();
     collect_answers(&t, &prefix, &ids, &mut answers);
 
-    for id in &ids {
-        let ends = answers.terminals(id);
-        assert_eq!(ends.len(), 1, "{id}: exactly one terminal event: {ends:?}");
-        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
-        assert_eq!(answers.text(id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
-    }
+    assert_answered_once(&answers, &ids);
     let (done, failed) = done_and_failed(&d);
     assert_eq!(done + failed, 10, "no request ran twice");
     let log = d.log_text();
@@ -142,12 +133,7 @@ fn a_broker_gone_for_minutes_loses_nothing_and_the_socket_goes_on() {
     let mut answers = Answers::default();
     collect_answers(&t, &prefix, &ids, &mut answers);
     let reconnected = d.log_text().matches("connected to the broker").count() >= 2;
-    for id in &ids {
-        let ends = answers.terminals(id);
-        assert_eq!(ends.len(), 1, "{id}: exactly one terminal event: {ends:?}");
-        assert_eq!(ends[0]["event"], "done", "{id}: {}", ends[0]);
-        assert_eq!(answers.text(id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
-    }
+    assert_answered_once(&answers, &ids);
     assert!(reconnected, "{}", d.log_text());
     let (done, failed) = done_and_failed(&d);
     assert_eq!((done, failed), (ids.len() as u64 + socket, 0), "every request ran once");

@@ -43,11 +43,7 @@ fn an_onnx_runtime_error_mid_generation_is_a_model_error_and_the_daemon_goes_on(
         c.env("QWENEDGE_FAULT_ORT_ERROR_FILE", &flag);
     });
     // The catalog's warm-up first, so that each fault meets the request it is meant for.
-    let until = Instant::now() + Duration::from_secs(120);
-    while d.status()["cache"]["pinned"] != 1 {
-        assert!(Instant::now() < until, "the catalog was never cached:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the catalog was never cached", Duration::from_secs(120), |s| s["cache"]["pinned"] == 1);
     let (end, story_before) = ask(&d, story("story-before", 40));
     assert_eq!(end["event"], "done", "{end}");
     let (_, hello_before) = ask(&d, hello("hello-before"));
@@ -99,8 +95,5 @@ fn an_onnx_runtime_error_while_caching_the_catalog_leaves_intents_answered() {
     let log = d.log_text();
     assert!(log.contains("inference failed") && log.contains("trying again when idle"), "the failure is logged:\n{log}");
     // Tried again when idle: the catalog ends up cached all the same.
-    while d.status()["cache"]["pinned"] != 1 {
-        assert!(Instant::now() < until, "the catalog was never cached:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the catalog was never cached", until.saturating_duration_since(Instant::now()), |s| s["cache"]["pinned"] == 1);
 }

@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::daemon::{chat, Daemon};
 use common::{model_dir, CONFIGS};
+
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::backend::{Logits, LogitsWanted};
@@ -252,6 +255,9 @@ fn the_daemon_resumes_a_conversation_and_reports_the_cache_in_status() {
     assert_eq!(cache["max_bytes"], 64 << 20);
 }
 
+/// How long a daemon test waits for its status to reach what it expects.
+const WAIT: Duration = Duration::from_secs(20);
+
 /// Writes `text` to `rel` under the fake device root `root`.
 fn put(root: &std::path::Path, rel: &str, text: &str) {
     let p = root.join(rel);
@@ -259,18 +265,6 @@ fn put(root: &std::path::Path, rel: &str, text: &str) {
     let tmp = p.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(tmp, p).unwrap();
-}
-
-fn wait_for(d: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let status = d.status();
-        if ok(&status) {
-            return status;
-        }
-        assert!(std::time::Instant::now() < until, "{what}: {status}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -292,11 +286,11 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     assert_eq!(ask("a", &first)["event"], "done");
     // Conversation prefixes, not counting the pinned intent catalog.
     let entries = |s: &Value| s["cache"]["entries"].as_u64().unwrap() - s["cache"]["pinned"].as_u64().unwrap();
-    wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    d.wait_status("the intent catalog is pinned", WAIT, |s| s["cache"]["pinned"] == 1);
     assert_eq!(entries(&d.status()), 2, "the system prompt's prefix and the conversation's are stored");
 
     put(root, "proc/pressure/memory", "some avg10=45.00 avg60=10.00 avg300=1.00 total=99\n");
-    let status = wait_for(&d, "pressure empties the cache", |s| s["budget"]["under_pressure"] == true && entries(s) == 0);
+    let status = d.wait_status("pressure empties the cache", WAIT, |s| s["budget"]["under_pressure"] == true && entries(s) == 0);
     assert_eq!(status["cache"]["pinned"], 1, "the catalog stays: {status}");
     assert!(status["cache"]["evictions"].as_u64().unwrap() >= 1, "{status}");
     let second = json!([{"role": "system", "content": "You are a voice assistant."}, {"role": "user", "content": "Lights off"}]);
@@ -305,7 +299,7 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     assert_eq!(entries(&d.status()), 0, "nothing is stored under pressure");
 
     put(root, "proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=99\n");
-    wait_for(&d, "pressure ends", |s| s["budget"]["under_pressure"] == false);
+    d.wait_status("pressure ends", WAIT, |s| s["budget"]["under_pressure"] == false);
     assert_eq!(ask("c", &first)["event"], "done");
     assert_eq!(entries(&d.status()), 2, "storing resumes once the pressure is gone");
 
@@ -315,7 +309,7 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
     )
     .unwrap();
     d.signal(libc::SIGHUP);
-    wait_for(&d, "the reload applies the new budget", |s| s["cache"]["max_bytes"] == 8 << 20);
+    d.wait_status("the reload applies the new budget", WAIT, |s| s["cache"]["max_bytes"] == 8 << 20);
 }
 
 #[test]
@@ -325,7 +319,7 @@ fn intent_requests_reuse_the_pinned_catalog_and_a_changed_catalog_is_pinned_agai
 max_mb = 64
 ",
     );
-    let status = wait_for(&d, "the intent catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    let status = d.wait_status("the intent catalog is pinned", WAIT, |s| s["cache"]["pinned"] == 1);
     let catalog_bytes = status["cache"]["bytes"].as_u64().unwrap();
     let mut c = d.client();
     // The second request filters the intents: the prompt is the same, the filter is the grammar's.
@@ -352,7 +346,7 @@ max_mb = 64
     let text = std::fs::read_to_string(&d.config).unwrap() + &format!("\n[intents]\ncatalog = {:?}\n", catalog.display().to_string());
     std::fs::write(&d.config, text).unwrap();
     d.signal(libc::SIGHUP);
-    let status = wait_for(&d, "the new catalog replaces the pinned prefix", |s| {
+    let status = d.wait_status("the new catalog replaces the pinned prefix", WAIT, |s| {
         s["cache"]["pinned"] == 1 && s["cache"]["bytes"].as_u64().unwrap() < catalog_bytes
     });
     assert!(status["cache"]["insertions"].as_u64().unwrap() >= 2, "{status}");
@@ -368,7 +362,7 @@ fn a_request_during_the_first_catalog_prefill_is_answered_before_that_prefill_en
     assert_eq!(end["event"], "done", "{end}");
     let status = d.status();
     assert_eq!(status["cache"]["pinned"], 0, "the catalog prefill was still going when the answer came: {status}");
-    let pinned = wait_for(&d, "the catalog prefill resumes and ends", |s| s["cache"]["pinned"] == 1);
+    let pinned = d.wait_status("the catalog prefill resumes and ends", WAIT, |s| s["cache"]["pinned"] == 1);
     assert!(pinned["cache"]["bytes"].as_u64().unwrap() > 0);
     c.send(&json!({"id": "i", "op": "intent", "text": "turn on the kitchen lights"}));
     let end = c.until_terminal("i").pop().unwrap();
@@ -386,7 +380,7 @@ fn saved_file(dir: &std::path::Path) -> std::path::PathBuf {
 /// Starts a daemon on `model` with its snapshots under `store` and waits for the catalog.
 fn start_pinned(model: &std::path::Path, store: &std::path::Path) -> Daemon {
     let d = Daemon::start_with_model(model, &format!("[cache]\nmax_mb = 128\ndir = {:?}\n", store.display().to_string()));
-    wait_for(&d, "the catalog is pinned", |s| s["cache"]["pinned"] == 1);
+    d.wait_status("the catalog is pinned", WAIT, |s| s["cache"]["pinned"] == 1);
     d
 }
 

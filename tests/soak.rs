@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "qwen3.5-soak";
 
+/// Where the MQTT answers come.
+const PREFIX: &str = "qwenedge/soak/response/";
+
 /// When traffic flows: a warm-up window, a quiet gap (the baseline is measured in it), the main
 /// window, and a quiet end (the last measurement).
 #[derive(Clone, Copy)]
@@ -117,7 +120,7 @@ fn socket_fresh(d: &Daemon, plan: Plan) -> u64 {
 fn mqtt_client(port: u16, plan: Plan) -> (u64, Answers) {
     let t = Tester::connect_with(port, "soak-client", TesterOptions { persistent: true, ..Default::default() });
     t.wait_online("soak");
-    t.subscribe("qwenedge/soak/response/#");
+    t.subscribe(&format!("{PREFIX}#"));
     let mut answers = Answers::default();
     let mut batch = Vec::new();
     let n = drive(plan, |n| {
@@ -130,28 +133,12 @@ fn mqtt_client(port: u16, plan: Plan) -> (u64, Answers) {
         t.publish("qwenedge/soak/request", request.to_string());
         batch.push(id);
         if batch.len() == 3 {
-            let until = Instant::now() + Duration::from_secs(180);
-            while !answers.complete(&batch) {
-                let m = t.recv(until.saturating_duration_since(Instant::now())).unwrap_or_else(|| panic!("no answer to {batch:?}"));
-                if m.topic.starts_with("qwenedge/soak/response/") {
-                    answers.add(m.json());
-                }
-            }
+            t.collect_terminals(PREFIX, &batch, &mut answers, Duration::from_secs(180));
             batch.clear();
         }
     });
-    let until = Instant::now() + Duration::from_secs(180);
-    while !answers.complete(&batch) {
-        let m = t.recv(until.saturating_duration_since(Instant::now())).unwrap_or_else(|| panic!("no answer to {batch:?}"));
-        if m.topic.starts_with("qwenedge/soak/response/") {
-            answers.add(m.json());
-        }
-    }
-    for m in t.drain(Duration::from_secs(2)) {
-        if m.topic.starts_with("qwenedge/soak/response/") {
-            answers.add(m.json());
-        }
-    }
+    t.collect_terminals(PREFIX, &batch, &mut answers, Duration::from_secs(180));
+    t.drain_into(PREFIX, &mut answers, Duration::from_secs(2));
     (n, answers)
 }
 

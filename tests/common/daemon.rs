@@ -120,6 +120,20 @@ impl Daemon {
         c.send(&json!({"id": "status", "op": "status"}));
         c.recv()
     }
+
+    /// Asks `status` until `ok` holds and returns that report; panics naming `what` (with the
+    /// last report and the log) after `within`.
+    pub fn wait_status(&self, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + within;
+        loop {
+            let status = self.status();
+            if ok(&status) {
+                return status;
+            }
+            assert!(Instant::now() < until, "{what}: {status}\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Daemon {

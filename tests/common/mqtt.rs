@@ -321,6 +321,31 @@ impl Tester {
     }
 
     /// Waits for `qwenedge/<device>/status` to say `online`.
+    /// Adds the events published under `prefix` to `answers` until every id in `ids` has a
+    /// terminal event; panics naming those without one after `within`.
+    pub fn collect_terminals(&self, prefix: &str, ids: &[String], answers: &mut Answers, within: Duration) {
+        let until = Instant::now() + within;
+        while !answers.complete(ids) {
+            let m = self.recv(until.saturating_duration_since(Instant::now())).unwrap_or_else(|| {
+                let missing: Vec<_> = ids.iter().filter(|id| answers.terminals(id).is_empty()).collect();
+                panic!("no terminal event for {missing:?}")
+            });
+            if m.topic.starts_with(prefix) {
+                answers.add(m.json());
+            }
+        }
+    }
+
+    /// Adds the events under `prefix` that arrive until `quiet` passes without a message
+    /// (late QoS 1 repeats).
+    pub fn drain_into(&self, prefix: &str, answers: &mut Answers, quiet: Duration) {
+        for m in self.drain(quiet) {
+            if m.topic.starts_with(prefix) {
+                answers.add(m.json());
+            }
+        }
+    }
+
     pub fn wait_online(&self, device: &str) {
         let topic = format!("qwenedge/{device}/status");
         self.subscribe(&topic);

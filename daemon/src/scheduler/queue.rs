@@ -210,7 +210,7 @@ mod tests {
         for n in 0..3 {
             q.push(J(100 + n, I, 9));
         }
-        // Clients 1..=4 send their next request as soon as the last one is served; 10..=13
+        // Clients 1 and 2 send their next request as soon as the last one is served; 10 and 11
         // come back as new clients each time (a new connection per request).
         for c in [1, 2, 10, 11] {
             q.push(J(0, I, c));
