@@ -70,6 +70,10 @@ pub struct ModelArgs {
     /// this path.
     #[arg(long)]
     pub ort_profile: Option<PathBuf>,
+    /// Pack ONNX Runtime's weights at load instead of saving the optimized model with its
+    /// pre-packed weights (as the daemon does, see `cache.optimized_dir`) and mapping it.
+    #[arg(long)]
+    pub no_optimized_cache: bool,
 }
 
 impl ModelArgs {
@@ -78,6 +82,7 @@ impl ModelArgs {
             library: self.onnxruntime.clone(),
             threads: self.threads,
             profile: self.ort_profile.clone(),
+            optimized: if self.no_optimized_cache { None } else { qwenedge::engine::cache::CacheSettings::default().optimized() },
             ..Default::default()
         };
         let opts = EngineOptions { backend: self.backend, ort };

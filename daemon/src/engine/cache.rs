@@ -38,12 +38,39 @@ pub struct CacheSettings {
     pub dir: Option<std::path::PathBuf>,
     /// Disk for saved snapshots (MiB, 0 = none are saved); the oldest files go first.
     pub max_disk_mb: u64,
+    /// Where ONNX Runtime's optimized model is saved with its pre-packed weights, to be mapped
+    /// on later loads instead of packed again (default: `optimized` beside `dir`'s default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimized_dir: Option<std::path::PathBuf>,
+    /// Disk for saved optimized models (MiB, 0 = none: weights are packed at every load); the
+    /// least recently used go first.
+    pub optimized_max_disk_mb: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self { max_mb: 256, min_tokens: 32, pin_intents: true, dir: None, max_disk_mb: 512 }
+        Self {
+            max_mb: 256,
+            min_tokens: 32,
+            pin_intents: true,
+            dir: None,
+            max_disk_mb: 512,
+            optimized_dir: None,
+            optimized_max_disk_mb: 8192,
+        }
     }
+}
+
+/// `leaf` under the service's state directory (systemd's `STATE_DIRECTORY`), else under
+/// `$XDG_CACHE_HOME/qwenedge` or `~/.cache/qwenedge`; `None` when no home directory is known.
+fn default_dir(leaf: &str) -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    if let Some(state) =
+        std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty())
+    {
+        return Some(std::path::PathBuf::from(state).join(leaf));
+    }
+    var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("qwenedge").join(leaf))
 }
 
 impl CacheSettings {
@@ -63,16 +90,16 @@ impl CacheSettings {
         if self.max_disk_mb == 0 || self.max_mb == 0 {
             return None;
         }
-        if let Some(d) = &self.dir {
-            return Some(d.clone());
+        self.dir.clone().or_else(|| default_dir("prefix"))
+    }
+
+    /// Where optimized ONNX Runtime sessions are saved, and their budget; `None` when off.
+    pub fn optimized(&self) -> Option<crate::engine::backend::ort::OptimizedCache> {
+        if self.optimized_max_disk_mb == 0 {
+            return None;
         }
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-        if let Some(state) =
-            std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty())
-        {
-            return Some(std::path::PathBuf::from(state).join("prefix"));
-        }
-        var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("qwenedge").join("prefix"))
+        let dir = self.optimized_dir.clone().or_else(|| default_dir("optimized"))?;
+        Some(crate::engine::backend::ort::OptimizedCache { dir, max_bytes: self.optimized_max_disk_mb.saturating_mul(1 << 20) })
     }
 
     /// Checks the values; the error names the key.
@@ -82,6 +109,9 @@ impl CacheSettings {
         }
         if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty() || d.is_relative()) {
             return Err(("cache.dir".into(), "must be an absolute path".into()));
+        }
+        if self.optimized_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty() || d.is_relative()) {
+            return Err(("cache.optimized_dir".into(), "must be an absolute path".into()));
         }
         if self.min_tokens == 0 {
             return Err(("cache.min_tokens".into(), "must be at least 1".into()));

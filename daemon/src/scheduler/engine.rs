@@ -78,6 +78,7 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
             threads: load.threads,
             providers,
             strict_providers: load.strict_providers,
+            optimized: settings.cache.optimized(),
             ..Default::default()
         },
     };

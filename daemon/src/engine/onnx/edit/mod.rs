@@ -10,13 +10,17 @@
 //!   the whole quantized matrix (121 MB for 0.8B). A second initializer that points at the same
 //!   bytes of the data file with the reshaped dimensions makes the copy unnecessary: the lookup
 //!   then reads only the rows it needs, straight from the memory-mapped file.
+//! - [`align_external_data`]: a saved optimized model's data file laid out again so that every
+//!   tensor and pre-packed blob starts at an aligned offset.
 //! - [`lookup_reads_stored_rows`]: for runtimes that keep that Reshape as a step (tract), the
 //!   lookup reads the stored tensor directly instead.
 
 mod alias;
+mod align;
 mod lookup;
 
 pub use alias::alias_reshaped_initializers;
+pub use align::{align_external_data, Aligned, Move};
 pub use lookup::lookup_reads_stored_rows;
 
 use super::read::{Fields, ProtoError, Wire};

@@ -14,14 +14,19 @@
 use std::path::PathBuf;
 
 use ort::memory::Allocator;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
-use super::providers::{self, ProviderRequest};
+mod optimized;
+mod session;
+
+pub use optimized::OptimizedCache;
+use session::{edited_graph, load_optimized, plain, Optimized};
+
+use super::providers::ProviderRequest;
 use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence, Snapshot};
+use crate::engine::files::ModelFiles;
 use crate::engine::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
-use crate::engine::onnx::edit;
 
 /// Positions of KV capacity allocated at least, so short prompts do not regrow at once.
 const MIN_KV_CAPACITY: usize = 256;
@@ -48,6 +53,9 @@ pub struct OrtOptions {
     /// Write ONNX Runtime's per-operator profile (a Chrome trace, JSON) to files starting with
     /// this path (benchmarks: where a forward pass spends its time).
     pub profile: Option<PathBuf>,
+    /// Save the optimized session with its pre-packed weights here and map it on later loads
+    /// (CPU provider only; `None`: pack at every load).
+    pub optimized: Option<OptimizedCache>,
 }
 
 impl Default for OrtOptions {
@@ -61,6 +69,7 @@ impl Default for OrtOptions {
             providers: Vec::new(),
             strict_providers: false,
             profile: None,
+            optimized: None,
         }
     }
 }
@@ -145,6 +154,26 @@ fn injected_error() -> bool {
     std::env::var_os("QWENEDGE_FAULT_ORT_ERROR_FILE").is_some_and(|f| std::fs::remove_file(f).is_ok())
 }
 
+/// Hands memory freed on the heap back to the kernel: the session that packed the weights
+/// at load is gone, and without this its pages would stay resident in the allocator's pools.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The SHA-256 of a list of floats' little-endian bytes.
+fn hash_logits(v: &[f32]) -> String {
+    optimized::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+/// The largest absolute difference of two equally long lists (NaN counts as infinite).
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max)
+}
+
 fn run_err(e: ort::Error) -> BackendError {
     BackendError::Run(e.to_string())
 }
@@ -193,62 +222,98 @@ impl OrtBackend {
         if spec.logits_dtype != StateType::F32 {
             return Err(BackendError::Load { path: spec.onnx_path.clone(), msg: "float16 logits are not supported".into() });
         }
-        let load_err = |e: ort::Error| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
-        let mut builder = Session::builder(&rt.env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| load_err(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_op_spinning(opts.spinning)
-            .map_err(|e| load_err(e.into()))?;
-        let library = rt.path.display().to_string();
-        let (b, reports, primary) =
-            providers::register(builder, &opts.providers, opts.strict_providers, &library).map_err(|(name, why)| BackendError::Load {
-                path: spec.onnx_path.clone(),
-                msg: format!("execution provider '{name}' is unavailable and model.strict_providers is set: {why}"),
-            })?;
-        builder = b;
+        let (graph, last_only) = edited_graph(spec, opts.all_logits)?;
+        let cache = opts.optimized.as_ref().filter(|_| opts.profile.is_none() && opts.providers.iter().all(|p| p.name == "cpu"));
+        let Some(cache) = cache else {
+            return Self::from_session(rt, spec, opts, plain(rt, spec, opts, graph.as_deref())?, last_only);
+        };
+        let edits = if last_only { "last-position logits" } else { "all logits" };
+        let identity = optimized::identity(&rt.version, &rt.path, &ModelFiles::read(&spec.dir).identity(), edits);
+        for use_saved in [true, false] {
+            match load_optimized(rt, spec, opts, graph.as_deref(), cache, &identity, use_saved)? {
+                Optimized::Plain(created) => return Self::from_session(rt, spec, opts, created, last_only),
+                Optimized::Saving { packed, tmp, entry } => {
+                    let packed = Self::from_session(rt, spec, opts, packed, last_only)?;
+                    return Self::finish_saving(rt, spec, opts, graph.as_deref(), last_only, (cache, &identity), packed, (tmp, entry));
+                }
+                Optimized::Mapped { created, probe, entry } => {
+                    let mut backend = Self::from_session(rt, spec, opts, created, last_only)?;
+                    match backend.probe() {
+                        Ok(got) if hash_logits(&got) == probe => return Ok(backend),
+                        outcome => {
+                            let why =
+                                outcome.err().map_or("its logits differ from those recorded when it was saved".into(), |e| e.to_string());
+                            tracing::warn!(entry = %entry.display(), reason = %why, "saved optimized model is damaged; building it again");
+                            drop(backend);
+                            let _ = std::fs::remove_dir_all(&entry);
+                        }
+                    }
+                }
+            }
+        }
+        Self::from_session(rt, spec, opts, plain(rt, spec, opts, graph.as_deref())?, last_only)
+    }
+
+    /// Checks and publishes a saved session: it is used only when it answers the probe exactly
+    /// as `packed`, the session that packed the same weights at load; otherwise a plain session
+    /// serves and the saved files are deleted.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_saving(
+        rt: &runtime::Runtime,
+        spec: &ModelSpec,
+        opts: &OrtOptions,
+        graph: Option<&[u8]>,
+        last_only: bool,
+        (cache, identity): (&OptimizedCache, &str),
+        mut packed: Self,
+        (tmp, entry): (PathBuf, PathBuf),
+    ) -> Result<Self, BackendError> {
+        let started = std::time::Instant::now();
+        let want = packed.probe()?;
+        drop(packed);
+        release_freed_memory();
+        let checked = cache.prepare(&tmp).and_then(|model| {
+            let created = session::load_saved(rt, spec, opts, &model).map_err(|e| e.to_string())?;
+            let mut backend = Self::from_session(rt, spec, opts, created, last_only).map_err(|e| e.to_string())?;
+            let got = backend.probe().map_err(|e| e.to_string())?;
+            if got != want {
+                return Err(format!("its logits differ from the packed session's by up to {}", max_diff(&got, &want)));
+            }
+            Ok(backend)
+        });
+        match checked {
+            Ok(backend) => {
+                match cache.publish(&tmp, &entry, identity, &hash_logits(&want)) {
+                    Ok(()) => {
+                        tracing::info!(entry = %entry.display(), ms = started.elapsed().as_millis() as u64, "optimized model saved with its pre-packed weights")
+                    }
+                    Err(why) => tracing::warn!(reason = %why, "could not keep the saved optimized model"),
+                }
+                Ok(backend)
+            }
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                tracing::warn!(reason = %why, "the saved optimized model is not used");
+                Self::from_session(rt, spec, opts, plain(rt, spec, opts, graph)?, last_only)
+            }
+        }
+    }
+
+    /// Builds the backend around a created session.
+    fn from_session(
+        rt: &runtime::Runtime,
+        spec: &ModelSpec,
+        opts: &OrtOptions,
+        (session, reports, primary, weights): session::Created,
+        last_only: bool,
+    ) -> Result<Self, BackendError> {
         for r in &reports {
             match &r.reason {
                 Some(why) => tracing::warn!(provider = %r.name, reason = %why, "execution provider skipped"),
                 None => tracing::info!(provider = %r.name, "execution provider active"),
             }
         }
-        if !opts.memory_arena {
-            // Without the arena and memory patterns, activations are plain allocations freed
-            // after each step instead of a pool sized for the largest prefill ever seen.
-            builder = builder
-                .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-                .map_err(|e| load_err(e.into()))?
-                .with_memory_pattern(false)
-                .map_err(|e| load_err(e.into()))?;
-        }
-        if opts.threads > 0 {
-            builder = builder.with_intra_threads(opts.threads).map_err(|e| load_err(e.into()))?;
-        }
-        if let Some(prefix) = &opts.profile {
-            builder = builder.with_profiling(prefix).map_err(|e| load_err(e.into()))?;
-        }
-        let graph = std::fs::read(&spec.onnx_path).map_err(|e| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() })?;
-        let edit_err = |e: crate::engine::onnx::ProtoError| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
-        let aliased = edit::alias_reshaped_initializers(&graph).map_err(edit_err)?;
-        let base = aliased.as_deref().unwrap_or(&graph);
-        let last = if opts.all_logits { None } else { edit::last_position_logits(base, &spec.logits).map_err(edit_err)? };
-        let last_only = last.is_some();
-        let edited = last.or(aliased);
-        let session = match edited {
-            Some(bytes) => {
-                drop(graph);
-                let dir = spec.onnx_path.parent().unwrap_or(&spec.dir).to_string_lossy().into_owned();
-                builder
-                    .with_config_entry("session.model_external_initializers_file_folder_path", dir)
-                    .map_err(|e| load_err(e.into()))?
-                    .commit_from_memory(&bytes)
-                    .map_err(load_err)?
-            }
-            None => builder.commit_from_file(&spec.onnx_path).map_err(load_err)?,
-        };
+        let load_err = |e: ort::Error| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
         let info = BackendInfo {
             name: "onnxruntime",
             version: rt.version.clone(),
@@ -258,7 +323,7 @@ impl OrtBackend {
             threads: opts.threads,
             chosen: String::new(),
         };
-        for (data, _) in &spec.data_files {
+        for data in &weights {
             advise_random_access(data);
         }
         let binding = session.create_binding().map_err(load_err)?;
@@ -266,6 +331,19 @@ impl OrtBackend {
         let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
         Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only })
+    }
+
+    /// The logits of a fixed short prefill and one decode step after it (both kernel paths:
+    /// many rows and one), to compare two sessions of the same model.
+    fn probe(&mut self) -> Result<Vec<f32>, BackendError> {
+        let mut seq = self.new_sequence()?;
+        let mut out = Logits::default();
+        let tokens: Vec<u32> = (0..5u32).map(|i| i * 7919 % self.spec.vocab_size as u32).collect();
+        self.forward(&mut seq, &tokens, LogitsWanted::Last, &mut out)?;
+        let mut all = std::mem::take(&mut out.data);
+        self.forward(&mut seq, &[11], LogitsWanted::Last, &mut out)?;
+        all.extend_from_slice(&out.data);
+        Ok(all)
     }
 
     /// Runs the session on the bound inputs and outputs. Test builds can make ONNX Runtime
