@@ -15,7 +15,7 @@ use qwenedge::engine::backend::{Logits, LogitsWanted};
 use qwenedge::engine::{Engine, EngineOptions};
 
 fn engine(dir: &Path, cache: Option<&Path>) -> Engine {
-    let optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30 });
+    let optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None });
     let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, optimized, ..Default::default() } };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
@@ -126,10 +126,26 @@ fn unwritable_or_too_small_cache_serves_packed() {
     let small = scratch.path().join("small");
     let opts = EngineOptions {
         backend: BackendKind::Ort,
-        ort: OrtOptions { threads: 2, optimized: Some(OptimizedCache { dir: small.clone(), max_bytes: 1 << 20 }), ..Default::default() },
+        ort: OrtOptions {
+            threads: 2,
+            optimized: Some(OptimizedCache { dir: small.clone(), max_bytes: 1 << 20, room_bytes: None }),
+            ..Default::default()
+        },
     };
     let mut e = Engine::load(&a, &opts).unwrap();
     same(&answers(&mut e, "tiny-a"), &want, "over budget");
     assert!(entries(&small).is_empty(), "an entry over budget must not be kept");
     assert!(std::fs::read_dir(&small).map(|d| d.count()).unwrap_or(0) == 0, "no scratch directory left");
+    // Too little memory free to save: packed at load, nothing written.
+    let tight = scratch.path().join("tight");
+    let opts = EngineOptions {
+        backend: BackendKind::Ort,
+        ort: OrtOptions {
+            threads: 2,
+            optimized: Some(OptimizedCache { dir: tight.clone(), max_bytes: 8 << 30, room_bytes: Some(1 << 20) }),
+            ..Default::default()
+        },
+    };
+    same(&answers(&mut Engine::load(&a, &opts).unwrap(), "tiny-a"), &want, "little memory");
+    assert!(!tight.exists(), "nothing is saved without the memory to save it");
 }

@@ -99,7 +99,8 @@ impl CacheSettings {
             return None;
         }
         let dir = self.optimized_dir.clone().or_else(|| default_dir("optimized"))?;
-        Some(crate::engine::backend::ort::OptimizedCache { dir, max_bytes: self.optimized_max_disk_mb.saturating_mul(1 << 20) })
+        let max_bytes = self.optimized_max_disk_mb.saturating_mul(1 << 20);
+        Some(crate::engine::backend::ort::OptimizedCache { dir, max_bytes, room_bytes: None })
     }
 
     /// Checks the values; the error names the key.

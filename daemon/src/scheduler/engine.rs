@@ -13,7 +13,7 @@ use crate::budget::memory::{self, ModelShape};
 use crate::budget::readers::SysRoot;
 use crate::config::{LoadSettings, Settings};
 use crate::dialect::{self, Hold, Markers};
-use crate::engine::backend::ort::OrtOptions;
+use crate::engine::backend::ort::{OptimizedCache, OrtOptions};
 use crate::engine::backend::providers::ProviderRequest;
 use crate::engine::backend::BackendError;
 use crate::engine::chat::ChatInput;
@@ -78,7 +78,10 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
             threads: load.threads,
             providers,
             strict_providers: load.strict_providers,
-            optimized: settings.cache.optimized(),
+            optimized: settings
+                .cache
+                .optimized()
+                .map(|c| OptimizedCache { room_bytes: room.room_mb.map(|mb| (mb.max(0.0) * 1048576.0) as u64), ..c }),
             ..Default::default()
         },
     };

@@ -168,6 +168,15 @@ pub(super) fn load_optimized(
             }
         }
     }
+    let weights: u64 = spec.data_files.iter().map(|(_, len)| *len).sum();
+    if let Some(room) = cache.room_bytes.filter(|&room| room < weights.saturating_mul(2)) {
+        tracing::info!(
+            weights_mb = weights >> 20,
+            free_mb = room >> 20,
+            "not saving the optimized model: saving holds every weight in memory once more; packing at load instead"
+        );
+        return Ok(Optimized::Plain(plain(rt, spec, opts, graph)?));
+    }
     let (tmp, entry) = cache.paths(identity);
     match cache.begin(&tmp).map_err(|e| format!("{}: {e}", tmp.display())).and_then(|()| save(rt, spec, opts, graph, &tmp)) {
         Ok(packed) => Ok(Optimized::Saving { packed, tmp, entry }),
