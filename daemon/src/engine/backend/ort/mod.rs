@@ -18,6 +18,7 @@ use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
 mod optimized;
+mod probe;
 mod session;
 
 pub use optimized::OptimizedCache;
@@ -88,6 +89,8 @@ pub struct OrtBackend {
     linear: Vec<StateTensor>,
     info: BackendInfo,
     last_only: bool,
+    /// Set while [`probe`](Self::probe) runs (test builds inject no faults into it).
+    probing: bool,
 }
 
 /// One sequence's state: KV buffers with `capacity` positions and one buffer per linear state
@@ -152,26 +155,6 @@ fn advise_random_access(file: &std::path::Path) {
 #[cfg(feature = "fault-injection")]
 fn injected_error() -> bool {
     std::env::var_os("QWENEDGE_FAULT_ORT_ERROR_FILE").is_some_and(|f| std::fs::remove_file(f).is_ok())
-}
-
-/// Hands memory freed on the heap back to the kernel: the session that packed the weights
-/// at load is gone, and without this its pages would stay resident in the allocator's pools.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// The SHA-256 of a list of floats' little-endian bytes.
-fn hash_logits(v: &[f32]) -> String {
-    optimized::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
-}
-
-/// The largest absolute difference of two equally long lists (NaN counts as infinite).
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max)
 }
 
 fn run_err(e: ort::Error) -> BackendError {
@@ -239,7 +222,7 @@ impl OrtBackend {
                 Optimized::Mapped { created, probe, entry } => {
                     let mut backend = Self::from_session(rt, spec, opts, created, last_only)?;
                     match backend.probe() {
-                        Ok(got) if hash_logits(&got) == probe => return Ok(backend),
+                        Ok(got) if probe::hash_logits(&got) == probe => return Ok(backend),
                         outcome => {
                             let why =
                                 outcome.err().map_or("its logits differ from those recorded when it was saved".into(), |e| e.to_string());
@@ -252,51 +235,6 @@ impl OrtBackend {
             }
         }
         Self::from_session(rt, spec, opts, plain(rt, spec, opts, graph.as_deref())?, last_only)
-    }
-
-    /// Checks and publishes a saved session: it is used only when it answers the probe exactly
-    /// as `packed`, the session that packed the same weights at load; otherwise a plain session
-    /// serves and the saved files are deleted.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_saving(
-        rt: &runtime::Runtime,
-        spec: &ModelSpec,
-        opts: &OrtOptions,
-        graph: Option<&[u8]>,
-        last_only: bool,
-        (cache, identity): (&OptimizedCache, &str),
-        mut packed: Self,
-        (tmp, entry): (PathBuf, PathBuf),
-    ) -> Result<Self, BackendError> {
-        let started = std::time::Instant::now();
-        let want = packed.probe()?;
-        drop(packed);
-        release_freed_memory();
-        let checked = cache.prepare(&tmp).and_then(|model| {
-            let created = session::load_saved(rt, spec, opts, &model).map_err(|e| e.to_string())?;
-            let mut backend = Self::from_session(rt, spec, opts, created, last_only).map_err(|e| e.to_string())?;
-            let got = backend.probe().map_err(|e| e.to_string())?;
-            if got != want {
-                return Err(format!("its logits differ from the packed session's by up to {}", max_diff(&got, &want)));
-            }
-            Ok(backend)
-        });
-        match checked {
-            Ok(backend) => {
-                match cache.publish(&tmp, &entry, identity, &hash_logits(&want)) {
-                    Ok(()) => {
-                        tracing::info!(entry = %entry.display(), ms = started.elapsed().as_millis() as u64, "optimized model saved with its pre-packed weights")
-                    }
-                    Err(why) => tracing::warn!(reason = %why, "could not keep the saved optimized model"),
-                }
-                Ok(backend)
-            }
-            Err(why) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                tracing::warn!(reason = %why, "the saved optimized model is not used");
-                Self::from_session(rt, spec, opts, plain(rt, spec, opts, graph)?, last_only)
-            }
-        }
     }
 
     /// Builds the backend around a created session.
@@ -330,20 +268,7 @@ impl OrtBackend {
         let allocator = Allocator::default();
         let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
-        Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only })
-    }
-
-    /// The logits of a fixed short prefill and one decode step after it (both kernel paths:
-    /// many rows and one), to compare two sessions of the same model.
-    fn probe(&mut self) -> Result<Vec<f32>, BackendError> {
-        let mut seq = self.new_sequence()?;
-        let mut out = Logits::default();
-        let tokens: Vec<u32> = (0..5u32).map(|i| i * 7919 % self.spec.vocab_size as u32).collect();
-        self.forward(&mut seq, &tokens, LogitsWanted::Last, &mut out)?;
-        let mut all = std::mem::take(&mut out.data);
-        self.forward(&mut seq, &[11], LogitsWanted::Last, &mut out)?;
-        all.extend_from_slice(&out.data);
-        Ok(all)
+        Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only, probing: false })
     }
 
     /// Runs the session on the bound inputs and outputs. Test builds can make ONNX Runtime
@@ -351,7 +276,7 @@ impl OrtBackend {
     /// middle of a generation does.
     fn run_bound(&mut self) -> Result<(), ort::Error> {
         #[cfg(feature = "fault-injection")]
-        if injected_error() {
+        if !self.probing && injected_error() {
             let options = ort::session::RunOptions::new()?;
             options.terminate()?;
             return self.session.run_binding_with_options(&self.binding, &options).map(drop);

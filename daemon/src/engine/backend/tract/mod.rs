@@ -102,6 +102,9 @@ impl TractBackend {
         if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
             bytes = b;
         }
+        if let Some(b) = edit::lookups_read_mapped_tables(&bytes).map_err(|e| load_err(path, e))? {
+            bytes = b;
+        }
         let edited =
             if opts.all_logits { None } else { edit::last_position_logits(&bytes, &spec.logits).map_err(|e| load_err(path, e))? };
         let last_only = edited.is_some();

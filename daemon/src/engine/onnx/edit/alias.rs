@@ -14,7 +14,7 @@ pub(super) struct Initializer<'a> {
     int64s: Option<Vec<i64>>,
 }
 
-fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
+pub(super) fn varints(b: &[u8]) -> Result<Vec<i64>, ProtoError> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {

@@ -12,16 +12,20 @@
 //!   then reads only the rows it needs, straight from the memory-mapped file.
 //! - [`align_external_data`]: a saved optimized model's data file laid out again so that every
 //!   tensor and pre-packed blob starts at an aligned offset.
+//! - [`lookups_read_mapped_tables`]: for runtimes that copy every initializer into memory
+//!   (tract), a large float lookup table (the untied embedding) is read from the mapped file.
 //! - [`lookup_reads_stored_rows`]: for runtimes that keep that Reshape as a step (tract), the
 //!   lookup reads the stored tensor directly instead.
 
 mod alias;
 mod align;
 mod lookup;
+mod mapped;
 
 pub use alias::alias_reshaped_initializers;
 pub use align::{align_external_data, Aligned, Move};
 pub use lookup::lookup_reads_stored_rows;
+pub use mapped::{lookups_read_mapped_tables, MAPPED_GATHER};
 
 use super::read::{Fields, ProtoError, Wire};
 

@@ -4,7 +4,8 @@
 //! (tract's cannot serve prefill and decode from one plan) and the 4-bit `MatMulNBits` /
 //! `GatherBlockQuantized` (tract's round scales to float16 and do not quantize activations as
 //! ONNX Runtime's `accuracy_level` 4 does, which changes greedy tokens), and the RMS norms
-//! (summed in ONNX Runtime's order, which the int8 activations of `MatMulNBits` are sensitive to).
+//! (summed in ONNX Runtime's order, which the int8 activations of `MatMulNBits` are sensitive to),
+//! and this project's `MappedGather` (a lookup that reads its table from the mapped file).
 //!
 //! Each op is a plain kernel over `f32` tensors: a typed op that evaluates itself, wrapped in
 //! [`Hir`] so the loader's shape inference sees its output shapes. The semantics follow ONNX
@@ -12,6 +13,7 @@
 
 mod attention;
 mod linear;
+mod mapped;
 mod norm;
 mod quant;
 mod rope;
@@ -23,6 +25,7 @@ use tract_onnx::Onnx;
 
 pub use attention::GroupQueryAttention;
 pub use linear::{CausalConvWithState, GatedRmsNorm, LinearAttention, LinearAttentionGate};
+pub use mapped::MappedGather;
 pub use norm::{SimplifiedLayerNorm, SkipSimplifiedLayerNorm};
 pub use quant::{GatherBlockQuantized, MatMulNBits};
 pub use rope::MRotaryEmbedding;
@@ -37,6 +40,7 @@ pub const OPS: &[&str] = &[
     "GroupQueryAttention",
     "LinearAttention",
     "LinearAttentionGate",
+    "MappedGather",
     "MatMulNBits",
     "MRotaryEmbedding",
     "SimplifiedLayerNormalization",
@@ -52,6 +56,7 @@ pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("LinearAttentionGate", linear::linear_attention_gate);
     onnx.op_register.insert("MRotaryEmbedding", rope::mrotary_embedding);
     onnx.op_register.insert("MatMulNBits", quant::mat_mul_nbits);
+    onnx.op_register.insert("MappedGather", mapped::mapped_gather);
     onnx.op_register.insert("GatherBlockQuantized", quant::gather_block_quantized);
     onnx.op_register.insert("SimplifiedLayerNormalization", norm::simplified_layer_norm);
     onnx.op_register.insert("SkipSimplifiedLayerNormalization", norm::skip_simplified_layer_norm);
