@@ -76,7 +76,12 @@ fn a_temperature_ramp_moves_through_every_level_and_back() {
     let dev = Device::new();
     let d = Daemon::start(&dev.config("hot_max_tokens = 5\n"));
     wait_level(&d, "normal");
-    assert_eq!(budget(&d)["temperature_c"], 45.0);
+    // The level reads "normal" before the monitor's first reading is in; wait for it.
+    let until = Instant::now() + Duration::from_secs(20);
+    while budget(&d)["temperature_c"] != 45.0 {
+        assert!(Instant::now() < until, "the first reading never came: {}", budget(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut current = "normal";
     for (t, level) in [
         (72.0, "warm"),
