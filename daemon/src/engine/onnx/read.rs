@@ -187,14 +187,7 @@ fn parse_initializer(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<
             (9, Wire::Bytes(v, _)) => s.inline_bytes += v.len() as u64,
             (14, Wire::Varint(v)) => external = v == 1,
             (13, Wire::Bytes(b, off)) => {
-                let (mut key, mut value) = (String::new(), String::new());
-                for f in Fields::new(b, off) {
-                    match f? {
-                        (1, Wire::Bytes(v, _)) => key = lossy(v),
-                        (2, Wire::Bytes(v, _)) => value = lossy(v),
-                        _ => {}
-                    }
-                }
+                let (key, value) = string_entry(b, off)?;
                 match key.as_str() {
                     "location" => location = Some(value),
                     "offset" => offset = value.parse().unwrap_or(0),
@@ -210,6 +203,19 @@ fn parse_initializer(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<
         s.external.push(ExternalRef { tensor: name.clone(), location, offset, length });
     }
     Ok(name)
+}
+
+/// The key and value of a `StringStringEntryProto` (a tensor's `external_data` entry).
+pub(crate) fn string_entry(bytes: &[u8], base: usize) -> Result<(String, String), ProtoError> {
+    let (mut key, mut value) = (String::new(), String::new());
+    for f in Fields::new(bytes, base) {
+        match f? {
+            (1, Wire::Bytes(v, _)) => key = lossy(v),
+            (2, Wire::Bytes(v, _)) => value = lossy(v),
+            _ => {}
+        }
+    }
+    Ok((key, value))
 }
 
 fn parse_value_info(bytes: &[u8], base: usize) -> Result<ValueInfo, ProtoError> {

@@ -104,8 +104,9 @@ pub(super) fn identity(runtime_version: &str, library: &Path, model_files: &str,
     )
 }
 
+/// An entry's directory name: the first 16 hex digits of its identity's SHA-256.
 fn hash(identity: &str) -> String {
-    digest(&SHA256, identity.as_bytes()).as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(identity.as_bytes())[..16].to_string()
 }
 
 fn dir_size(dir: &Path) -> u64 {

@@ -18,6 +18,11 @@ use crate::engine::onnx::edit;
 /// A session, the providers' reports, the primary provider and the weight files it maps.
 pub(super) type Created = (Session, Vec<ProviderReport>, String, Vec<PathBuf>);
 
+/// The model directory's weight files (what a session that reads them maps).
+fn original_weights(spec: &ModelSpec) -> Vec<PathBuf> {
+    spec.data_files.iter().map(|(d, _)| d.clone()).collect()
+}
+
 fn load_err(spec: &ModelSpec, e: impl std::fmt::Display) -> BackendError {
     BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() }
 }
@@ -113,8 +118,7 @@ fn save(rt: &Runtime, spec: &ModelSpec, opts: &OrtOptions, graph: Option<&[u8]>,
         .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         .map_err(err)?;
     let session = commit(builder, spec, graph).map_err(|e| e.to_string())?;
-    let weights = spec.data_files.iter().map(|(d, _)| d.clone()).collect();
-    Ok((session, reports, primary, weights))
+    Ok((session, reports, primary, original_weights(spec)))
 }
 
 /// What [`load_optimized`] found or did.
@@ -191,6 +195,5 @@ pub(super) fn load_optimized(
 /// A session packed at load, nothing saved.
 pub(super) fn plain(rt: &Runtime, spec: &ModelSpec, opts: &OrtOptions, graph: Option<&[u8]>) -> Result<Created, BackendError> {
     let (builder, reports, primary) = session_builder(rt, spec, opts)?;
-    let weights = spec.data_files.iter().map(|(d, _)| d.clone()).collect();
-    Ok((commit(builder, spec, graph)?, reports, primary, weights))
+    Ok((commit(builder, spec, graph)?, reports, primary, original_weights(spec)))
 }

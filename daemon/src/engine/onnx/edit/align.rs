@@ -9,7 +9,7 @@
 //! without changing a byte of any blob.
 
 use super::{bytes_field, with_graph};
-use crate::engine::onnx::read::{Fields, ProtoError, Wire};
+use crate::engine::onnx::read::{string_entry, Fields, ProtoError, Wire};
 
 /// Alignment of every region (MLAS's buffer alignment).
 pub const ALIGN: u64 = 64;
@@ -54,26 +54,13 @@ fn blobs(value: &str) -> Result<(&str, Vec<Blob<'_>>), ProtoError> {
     Ok((head, blobs?))
 }
 
-/// The key and value of a `StringStringEntryProto`.
-fn entry(b: &[u8]) -> Result<(String, String), ProtoError> {
-    let (mut k, mut v) = (String::new(), String::new());
-    for f in Fields::new(b, 0) {
-        match f? {
-            (1, Wire::Bytes(s, _)) => k = String::from_utf8_lossy(s).into_owned(),
-            (2, Wire::Bytes(s, _)) => v = String::from_utf8_lossy(s).into_owned(),
-            _ => {}
-        }
-    }
-    Ok((k, v))
-}
-
 /// Every region one tensor's external data entries name.
 fn tensor_regions(tensor: &[u8]) -> Result<Vec<(u64, u64)>, ProtoError> {
     let mut out = Vec::new();
     let (mut offset, mut length) = (None, None);
     for f in Fields::new(tensor, 0) {
         if let (13, Wire::Bytes(e, _)) = f? {
-            let (k, v) = entry(e)?;
+            let (k, v) = string_entry(e, 0)?;
             match k.as_str() {
                 "offset" => offset = Some(v.parse().map_err(|_| ProtoError { offset: 0, what: BAD })?),
                 "length" => length = Some(v.parse().map_err(|_| ProtoError { offset: 0, what: BAD })?),
@@ -125,7 +112,7 @@ fn rewrite_tensor(tensor: &[u8], moves: &[Move]) -> Result<Vec<u8>, ProtoError> 
     while let Some(f) = fields.next() {
         match f? {
             (13, Wire::Bytes(e, _)) => {
-                let (k, v) = entry(e)?;
+                let (k, v) = string_entry(e, 0)?;
                 let new = if k == "offset" {
                     relocate(moves, v.parse().map_err(|_| ProtoError { offset: 0, what: BAD })?).to_string()
                 } else if k.starts_with("prepacked") {
@@ -210,7 +197,7 @@ mod tests {
                     let mut es = Vec::new();
                     for f in Fields::new(t, 0) {
                         if let (13, Wire::Bytes(e, _)) = f? {
-                            es.push(entry(e)?);
+                            es.push(string_entry(e, 0)?);
                         }
                     }
                     out.borrow_mut().push(es);

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::{bytes_field, strings, varint_field, with_graph};
-use crate::engine::onnx::read::{Fields, ProtoError, Wire};
+use crate::engine::onnx::read::{string_entry, Fields, ProtoError, Wire};
 
 /// The op the tract backend registers for the rewritten lookups.
 pub const MAPPED_GATHER: &str = "MappedGather";
@@ -33,7 +33,7 @@ fn table(tensor: &[u8]) -> Result<Option<(String, Table)>, ProtoError> {
             (8, Wire::Bytes(b, _)) => name = String::from_utf8_lossy(b).into_owned(),
             (14, Wire::Varint(v)) => external = v == 1,
             (13, Wire::Bytes(e, _)) => {
-                let (k, v) = (strings(e, 1)?.pop().unwrap_or_default(), strings(e, 2)?.pop().unwrap_or_default());
+                let (k, v) = string_entry(e, 0)?;
                 entries.insert(k, v);
             }
             _ => {}
