@@ -76,7 +76,7 @@ fn catalog_for(engine: &Engine) -> Catalog {
 /// Loads `config`/`precision` on `backend` with its catalog prefix pinned, saving it under
 /// `store` or restoring it from there; says which.
 fn pinned(config: &str, precision: &str, backend: BackendKind, store: &std::path::Path) -> (Engine, Catalog, bool) {
-    let opts = EngineOptions { backend, ort: OrtOptions { threads: 2, ..Default::default() } };
+    let opts = EngineOptions { backend, ort: OrtOptions { threads: 2, ..Default::default() }, ..Default::default() };
     let mut engine = Engine::load(model_dir(config, precision), &opts).unwrap();
     let catalog = catalog_for(&engine);
     engine.configure_cache(512 << 20, 1);

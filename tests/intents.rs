@@ -44,7 +44,7 @@ fn check_in_type(catalog: &Catalog, i: &intent::Intent) {
 fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
     let catalog = Catalog::builtin().unwrap();
     let utterances = utterances(&catalog, 300);
-    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() }, ..Default::default() };
     let mut engine = Engine::load(model_dir("tiny-a", "fp32"), &opts).unwrap();
     let constrainer = engine.constrainer().unwrap();
     // The catalog part of the prompt is prefilled once (the prefix cache), as the daemon does.

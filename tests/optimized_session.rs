@@ -16,7 +16,8 @@ use qwenedge::engine::{Engine, EngineOptions};
 
 fn engine(dir: &Path, cache: Option<&Path>) -> Engine {
     let optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None });
-    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, optimized, ..Default::default() } };
+    let opts =
+        EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, optimized, ..Default::default() }, ..Default::default() };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
@@ -131,6 +132,7 @@ fn unwritable_or_too_small_cache_serves_packed() {
             optimized: Some(OptimizedCache { dir: small.clone(), max_bytes: 1 << 20, room_bytes: None }),
             ..Default::default()
         },
+        ..Default::default()
     };
     let mut e = Engine::load(&a, &opts).unwrap();
     same(&answers(&mut e, "tiny-a"), &want, "over budget");
@@ -145,6 +147,7 @@ fn unwritable_or_too_small_cache_serves_packed() {
             optimized: Some(OptimizedCache { dir: tight.clone(), max_bytes: 8 << 30, room_bytes: Some(1 << 20) }),
             ..Default::default()
         },
+        ..Default::default()
     };
     same(&answers(&mut Engine::load(&a, &opts).unwrap(), "tiny-a"), &want, "little memory");
     assert!(!tight.exists(), "nothing is saved without the memory to save it");

@@ -16,7 +16,8 @@ use qwenedge::engine::sampler::SamplingParams;
 use qwenedge::engine::{Engine, EngineOptions};
 
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
-    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, all_logits, ..Default::default() } };
+    let opts =
+        EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, all_logits, ..Default::default() }, ..Default::default() };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 

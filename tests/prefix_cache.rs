@@ -24,7 +24,7 @@ const NEW_TOKENS: usize = 16;
 const INT4_TIE: f32 = 0.05;
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() } };
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() }, ..Default::default() };
     Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
@@ -190,6 +190,44 @@ fn greedy_output_with_the_cache_equals_the_output_without_it() {
         }
     }
     assert!(requests >= 50, "{requests} requests compared");
+}
+
+#[test]
+fn the_pinned_intent_prefix_ends_with_the_user_header_and_every_intent_prompt_starts_with_it() {
+    let mut e = engine(&model_dir("tiny-a", "int4"));
+    e.configure_cache(256 << 20, 1);
+    let catalog = qwenedge::intent::Catalog::builtin().unwrap();
+    let markers = common::utterances::markers(&e);
+    let chat = |text: &str| qwenedge::intent::prepare(&catalog, text, None, &markers).chat;
+    let pinned = e.pin_chat_prefix(&chat("")).unwrap();
+    let header = e.tokenizer.encode("<|im_start|>user\n").unwrap();
+    let utterances = [
+        "turn on the kitchen lights",
+        "40 percent",
+        "\"quoted\" lamp",
+        "¿qué hora es?",
+        "把灯关掉",
+        "🔥 fire",
+        "  padded  ",
+        "\n\nnewlines first",
+    ];
+    for u in utterances {
+        let text = e.render_chat(&chat(u)).unwrap();
+        let tokens = e.encode_prompt(&text).unwrap();
+        assert_eq!(tokens, e.tokenizer.encode(&text).unwrap(), "{u:?}: the same tokens as the whole text");
+        assert!(tokens[..pinned].ends_with(&header), "{u:?}: the pinned part ends with the user header");
+    }
+    // An utterance the template got untrimmed still finds the pinned part (split after it).
+    let mut raw = chat("x");
+    raw.messages[1]["content"] = json!("\n\nhello");
+    let text = e.render_chat(&raw).unwrap();
+    let whole = e.tokenizer.encode(&text).unwrap();
+    let split = e.encode_prompt(&text).unwrap();
+    assert_eq!(split[pinned..], e.tokenizer.encode(&text[text.find("\n\nhello").unwrap()..]).unwrap()[..]);
+    assert_ne!(whole[..pinned], split[..pinned], "the whole text's tokens would have missed it");
+    let mut d = e.cached_decoder(split, &[], params(), e.spec.context_length).unwrap();
+    assert_eq!(d.reused_tokens(), pinned);
+    while !matches!(e.step(&mut d).unwrap(), Step::Finished { .. }) {}
 }
 
 #[test]

@@ -85,7 +85,7 @@ impl ModelArgs {
             optimized: if self.no_optimized_cache { None } else { qwenedge::engine::cache::CacheSettings::default().optimized() },
             ..Default::default()
         };
-        let opts = EngineOptions { backend: self.backend, ort };
+        let opts = EngineOptions { backend: self.backend, ort, ..Default::default() };
         let started = std::time::Instant::now();
         let engine = Engine::load(&self.model, &opts)?;
         let info = engine.backend_info();

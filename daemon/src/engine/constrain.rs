@@ -68,10 +68,16 @@ impl TokenizerEnv for Env {
     }
 }
 
+/// Compiled grammars kept for reuse: an intent prompt's grammar is the same for every
+/// request, and compiling it takes longer than a copy.
+const COMPILED_KEPT: usize = 4;
+
 /// Compiles grammars for one model's vocabulary (built once; cheap to share).
 pub struct Constrainer {
     factory: ParserFactory,
     eos: Vec<u32>,
+    /// The last grammars compiled, most recent last, each with its fresh matcher.
+    compiled: std::sync::Mutex<Vec<(Grammar, Matcher)>>,
 }
 
 impl std::fmt::Debug for Constrainer {
@@ -105,22 +111,42 @@ impl Constrainer {
         let env: llguidance::toktrie::TokEnv = Arc::new(Env { trie, tokenizer: tokenizer.clone() });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| ConstrainError::Setup(e.to_string()))?;
         factory.quiet();
-        Ok(Arc::new(Self { factory, eos: eos.to_vec() }))
+        Ok(Arc::new(Self { factory, eos: eos.to_vec(), compiled: std::sync::Mutex::new(Vec::new()) }))
     }
 
-    /// A fresh constraint for one generation under `grammar`.
+    /// A fresh constraint for one generation under `grammar` (compiled once for the last few
+    /// grammars asked for, then copied).
     pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, ConstrainError> {
-        let mut mode = Mode::Held;
+        let mode = match grammar {
+            Grammar::Triggered { trigger, .. } => Mode::Waiting(*trigger),
+            Grammar::Banned(ids) => Mode::Banned(ids.clone()),
+            Grammar::Lark(_) | Grammar::JsonSchema(_) => Mode::Held,
+        };
+        let mut compiled = self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let matcher = match compiled.iter().position(|(g, _)| g == grammar) {
+            Some(i) => {
+                let entry = compiled.remove(i);
+                let matcher = entry.1.deep_clone();
+                compiled.push(entry);
+                matcher
+            }
+            None => {
+                let matcher = self.compile(grammar)?;
+                if compiled.len() == COMPILED_KEPT {
+                    compiled.remove(0);
+                }
+                compiled.push((grammar.clone(), matcher.deep_clone()));
+                matcher
+            }
+        };
+        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
+    }
+
+    /// Compiles `grammar` into a matcher at its start.
+    fn compile(&self, grammar: &Grammar) -> Result<Matcher, ConstrainError> {
         let top = match grammar {
-            Grammar::Lark(s) => TopLevelGrammar::from_lark(s.clone()),
-            Grammar::Triggered { trigger, lark } => {
-                mode = Mode::Waiting(*trigger);
-                TopLevelGrammar::from_lark(lark.clone())
-            }
-            Grammar::Banned(ids) => {
-                mode = Mode::Banned(ids.clone());
-                TopLevelGrammar::from_lark("start: /(?s:.*)/".to_string())
-            }
+            Grammar::Lark(s) | Grammar::Triggered { lark: s, .. } => TopLevelGrammar::from_lark(s.clone()),
+            Grammar::Banned(_) => TopLevelGrammar::from_lark("start: /(?s:.*)/".to_string()),
             Grammar::JsonSchema(v) => {
                 // Compact JSON unless the schema says otherwise: free whitespace would let a
                 // weak model pad the answer until it runs out of tokens.
@@ -136,7 +162,64 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(ConstrainError::Grammar(e));
         }
-        Ok(Constraint { mode, matcher, eos: self.eos.clone(), lse: None, log_sum: 0.0, free: 0 })
+        Ok(matcher)
+    }
+}
+
+/// The [`Constrainer`] of one model: built on first use, or on a thread of its own while the
+/// runtime loads ([`spawn`](Self::spawn)), since the token trie of a large vocabulary takes
+/// about a second and a daemon serving intents needs it for its first request.
+#[derive(Default)]
+pub struct ConstrainerSlot {
+    state: SlotState,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    Building(std::thread::JoinHandle<Result<Arc<Constrainer>, ConstrainError>>),
+    Built(Arc<Constrainer>),
+}
+
+impl std::fmt::Debug for ConstrainerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            SlotState::Empty => "empty",
+            SlotState::Building(_) => "building",
+            SlotState::Built(_) => "built",
+        };
+        f.debug_struct("ConstrainerSlot").field("state", &state).finish()
+    }
+}
+
+impl ConstrainerSlot {
+    /// Starts building the constrainer of `tokenizer` (see [`Constrainer::new`]) on a thread
+    /// of its own; if no thread can be started it is built on first use instead.
+    pub fn spawn(tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Self {
+        let (tokenizer, eos) = (tokenizer.clone(), eos.to_vec());
+        let built = std::thread::Builder::new().name("constrainer".into()).spawn(move || Constrainer::new(&tokenizer, vocab, &eos));
+        match built {
+            Ok(handle) => Self { state: SlotState::Building(handle) },
+            Err(e) => {
+                tracing::debug!(error = %e, "no thread for the constrainer; building it on first use");
+                Self::default()
+            }
+        }
+    }
+
+    /// The constrainer: the one built, the one being built (waited for), or one built now
+    /// from `tokenizer`. A failure is returned each time and nothing is kept.
+    pub fn get(&mut self, tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Result<Arc<Constrainer>, ConstrainError> {
+        let built = match std::mem::take(&mut self.state) {
+            SlotState::Built(c) => Ok(c),
+            SlotState::Building(handle) => {
+                handle.join().unwrap_or_else(|_| Err(ConstrainError::Setup("building the token trie panicked".into())))
+            }
+            SlotState::Empty => Constrainer::new(tokenizer, vocab, eos),
+        }?;
+        self.state = SlotState::Built(Arc::clone(&built));
+        Ok(built)
     }
 }
 

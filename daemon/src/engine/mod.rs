@@ -12,6 +12,7 @@ pub mod generate;
 pub mod model;
 pub mod onnx;
 pub mod persist;
+mod pin;
 pub mod sampler;
 pub mod tokenizer;
 
@@ -20,10 +21,11 @@ use std::path::Path;
 use backend::ort::OrtOptions;
 use backend::select::{self, BackendKind};
 use backend::{Backend, BackendError, BackendInfo, Sequence, Snapshot};
-use cache::{CacheError, CacheStats, PrefixCache};
+use cache::{CacheStats, PrefixCache};
 use chat::{ChatInput, ChatTemplate, TemplateError};
 use generate::{Completion, Decoder, GenerateParams, Step, TokenSink};
 use model::{ModelError, ModelSpec};
+pub use pin::{PinError, PinProgress};
 use tokenizer::{TextTokenizer, TokenizerError};
 
 /// Any failure of the engine, by layer.
@@ -43,23 +45,6 @@ pub enum EngineError {
     Backend(#[from] BackendError),
 }
 
-/// Why a prefix could not be pinned.
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    /// Prefilling it failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    /// The cache would not hold it.
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    /// The chat could not be rendered.
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    /// The rendered chat could not be tokenized.
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-}
-
 /// Options for loading an engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
@@ -67,6 +52,11 @@ pub struct EngineOptions {
     pub backend: BackendKind,
     /// ONNX Runtime settings.
     pub ort: OrtOptions,
+    /// Read the tokenizer and chat template on another thread while the runtime loads the
+    /// model, then build the grammar compiler ([`constrainer`](Engine::constrainer)) on a thread
+    /// of its own instead of on first use: a daemon serving intents starts sooner and its first
+    /// constrained request does not wait for the compiler.
+    pub parallel_setup: bool,
 }
 
 /// A loaded model: spec, tokenizer, chat template and a backend session.
@@ -79,37 +69,18 @@ pub struct Engine {
     backend: Box<dyn Backend>,
     /// Prefix snapshots of this backend's sequences (off until configured).
     cache: PrefixCache<Snapshot>,
-    /// Grammar compiler for this vocabulary, built on first use.
-    constrainer: Option<std::sync::Arc<constrain::Constrainer>>,
+    /// Grammar compiler for this vocabulary.
+    constrainer: constrain::ConstrainerSlot,
     /// Why this backend was chosen (see [`backend::select`]).
     chosen: String,
     /// A prefix being pinned a chunk at a time.
-    pinning: Option<Pinning>,
+    pinning: Option<pin::Pinning>,
+    /// The pinned chat prefix's text and tokens.
+    pinned_text: Option<pin::PinnedText>,
     /// Where pinned prefixes are saved and restored from across restarts.
     store: Option<persist::SnapshotStore>,
     /// The model directory's files as they were when loading began.
     files: files::ModelFiles,
-}
-
-/// A pinned prefix in the making: its tokens, the sequence prefilled so far, and how far.
-struct Pinning {
-    tokens: Vec<u32>,
-    seq: Sequence,
-    done: usize,
-    began: std::time::Instant,
-}
-
-/// How far pinning a prefix is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PinProgress {
-    /// The prefix's length in tokens.
-    pub tokens: usize,
-    /// Whether it is pinned (else more chunks remain).
-    pub pinned: bool,
-    /// Milliseconds since its first chunk (when it was prefilled here), or spent restoring it.
-    pub elapsed_ms: u64,
-    /// Whether it was restored from a snapshot on disk instead of prefilled.
-    pub restored: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -123,7 +94,7 @@ impl Engine {
     /// before touching the runtime when the files are wrong.
     pub fn load(dir: impl AsRef<Path>, opts: &EngineOptions) -> Result<Self, EngineError> {
         let mut chosen = String::new();
-        let mut engine = Self::load_with(dir, |spec| {
+        let mut engine = Self::load_parts(dir.as_ref(), opts.parallel_setup, |spec| {
             let c = select::load(spec, opts.backend, &opts.ort)?;
             chosen = c.why;
             Ok(c.backend)
@@ -137,18 +108,46 @@ impl Engine {
         dir: impl AsRef<Path>,
         make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
     ) -> Result<Self, EngineError> {
-        let files = files::ModelFiles::read(dir.as_ref());
-        let (spec, tokenizer, chat) = Self::read_dir(dir)?;
-        let backend = make(&spec)?;
+        Self::load_parts(dir.as_ref(), false, make)
+    }
+
+    /// Loads `dir` with the backend `make` builds; with `parallel`, the tokenizer and chat
+    /// template are read on another thread meanwhile, and the grammar compiler is built on a
+    /// third (the first error of the files is returned before the backend's).
+    fn load_parts(
+        dir: &Path,
+        parallel: bool,
+        make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
+    ) -> Result<Self, EngineError> {
+        let files = files::ModelFiles::read(dir);
+        let (spec, tokenizer, chat, constrainer, backend) = if parallel {
+            let spec = ModelSpec::load(dir)?;
+            let (text, backend) = std::thread::scope(|scope| {
+                let text = scope.spawn(|| {
+                    let (tokenizer, chat) = Self::read_text(&spec)?;
+                    let constrainer = constrain::ConstrainerSlot::spawn(&tokenizer, spec.vocab_size, &spec.eos_token_ids);
+                    Ok::<_, EngineError>((tokenizer, chat, constrainer))
+                });
+                let backend = make(&spec);
+                (text.join(), backend)
+            });
+            let (tokenizer, chat, constrainer) = text.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            (spec, tokenizer, chat, constrainer, backend?)
+        } else {
+            let (spec, tokenizer, chat) = Self::read_dir(dir)?;
+            let backend = make(&spec)?;
+            (spec, tokenizer, chat, constrain::ConstrainerSlot::default(), backend)
+        };
         Ok(Self {
             spec,
             tokenizer,
             chat,
             backend,
             cache: PrefixCache::default(),
-            constrainer: None,
+            constrainer,
             chosen: String::new(),
             pinning: None,
+            pinned_text: None,
             store: None,
             files,
         })
@@ -162,13 +161,19 @@ impl Engine {
 
     fn read_dir(dir: impl AsRef<Path>) -> Result<(ModelSpec, TextTokenizer, Option<ChatTemplate>), EngineError> {
         let spec = ModelSpec::load(dir)?;
-        let tokenizer = TextTokenizer::load(&spec)?;
-        let chat = match ChatTemplate::load(&spec) {
+        let (tokenizer, chat) = Self::read_text(&spec)?;
+        Ok((spec, tokenizer, chat))
+    }
+
+    /// The tokenizer and the chat template (if the model has one) of `spec`.
+    fn read_text(spec: &ModelSpec) -> Result<(TextTokenizer, Option<ChatTemplate>), EngineError> {
+        let tokenizer = TextTokenizer::load(spec)?;
+        let chat = match ChatTemplate::load(spec) {
             Ok(t) => Some(t),
             Err(TemplateError::Absent) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok((spec, tokenizer, chat))
+        Ok((tokenizer, chat))
     }
 
     /// What changed in the model directory since this model was loaded from it (files
@@ -229,12 +234,7 @@ impl Engine {
     /// The grammar compiler for this model's vocabulary (built on the first call, which takes
     /// a moment for a large vocabulary).
     pub fn constrainer(&mut self) -> Result<std::sync::Arc<constrain::Constrainer>, constrain::ConstrainError> {
-        if let Some(c) = &self.constrainer {
-            return Ok(c.clone());
-        }
-        let c = constrain::Constrainer::new(&self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)?;
-        self.constrainer = Some(c.clone());
-        Ok(c)
+        self.constrainer.get(&self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)
     }
 
     /// Sets the prefix cache's budget (0: off) and the fewest tokens a stored conversation
@@ -259,65 +259,6 @@ impl Engine {
         self.cache.clear();
     }
 
-    /// Drops the pinned prefixes (before the current ones are registered again).
-    pub fn unpin_prefixes(&mut self) {
-        self.cache.unpin_all();
-    }
-
-    /// Prefills `tokens` once and keeps their state as a pinned prefix, so every prompt that
-    /// starts with them prefills only the rest. Does nothing when it is pinned already.
-    pub fn pin_prefix(&mut self, tokens: &[u32]) -> Result<(), PinError> {
-        while !self.pin_prefix_step(tokens, usize::MAX)?.pinned {}
-        Ok(())
-    }
-
-    /// Pins `tokens` as a prefix a chunk of at most `chunk` tokens per call, so that other work
-    /// can run between the calls; a call for other tokens starts over. The state is the same as
-    /// prefilling the prefix at once (chunked prefill continues the sequence exactly).
-    pub fn pin_prefix_step(&mut self, tokens: &[u32], chunk: usize) -> Result<PinProgress, PinError> {
-        if !self.cache.enabled() {
-            self.pinning = None;
-            return Err(PinError::Cache(CacheError::Disabled));
-        }
-        let mut progress = PinProgress { tokens: tokens.len(), pinned: true, elapsed_ms: 0, restored: false };
-        if tokens.is_empty() || self.cache.contains(tokens, true) {
-            self.pinning = None;
-            return Ok(progress);
-        }
-        let store = self.store.as_ref().map(|s| s.variant(&format!("prefill chunk {chunk}")));
-        let mut p = match self.pinning.take() {
-            Some(p) if p.tokens == tokens => p,
-            _ => {
-                let began = std::time::Instant::now();
-                if let Some(snap) = store.as_ref().and_then(|s| self.restore_saved(s, tokens)) {
-                    let bytes = snap.bytes();
-                    self.cache.insert(tokens.to_vec(), snap, bytes, true)?;
-                    progress.elapsed_ms = began.elapsed().as_millis() as u64;
-                    progress.restored = true;
-                    return Ok(progress);
-                }
-                Pinning { tokens: tokens.to_vec(), seq: self.backend.new_sequence()?, done: 0, began }
-            }
-        };
-        let end = p.done.saturating_add(chunk.max(1)).min(tokens.len());
-        let mut logits = backend::Logits::default();
-        self.backend.forward(&mut p.seq, &tokens[p.done..end], backend::LogitsWanted::Last, &mut logits)?;
-        p.done = end;
-        progress.elapsed_ms = p.began.elapsed().as_millis() as u64;
-        if end < tokens.len() {
-            self.pinning = Some(p);
-            progress.pinned = false;
-            return Ok(progress);
-        }
-        let snap = self.backend.snapshot(&p.seq)?;
-        if let Some(store) = &store {
-            self.save(store, tokens, &snap);
-        }
-        let bytes = snap.bytes();
-        self.cache.insert(tokens.to_vec(), snap, bytes, true)?;
-        Ok(progress)
-    }
-
     /// Saves pinned prefixes under `store` from now on, and restores them from there instead of
     /// prefilling when a matching file exists (`None`: neither). `store`'s identity should come
     /// from [`state_identity`](Self::state_identity).
@@ -339,71 +280,6 @@ impl Engine {
             dir.display(),
             self.files.identity()
         )
-    }
-
-    /// The snapshot of `tokens` saved in `store`, if there is a usable one; an unusable file
-    /// is logged and deleted (the prefill that follows writes a new one).
-    fn restore_saved(&self, store: &persist::SnapshotStore, tokens: &[u32]) -> Option<Snapshot> {
-        let result = store.load(tokens).map_err(|e| e.to_string()).and_then(|found| match found {
-            None => Ok(None),
-            Some(parts) => self.backend.snapshot_from_parts(tokens.len(), parts).map(Some).map_err(|e| e.to_string()),
-        });
-        match result {
-            Ok(Some(snap)) => {
-                tracing::info!(file = %store.path(tokens).display(), tokens = tokens.len(), "restored a prefix snapshot from disk");
-                Some(snap)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring an unusable prefix snapshot; prefilling instead");
-                store.remove(tokens);
-                None
-            }
-        }
-    }
-
-    /// Writes `snap` of `tokens` to `store`; a failure (a full disk) is logged and serving goes on.
-    fn save(&self, store: &persist::SnapshotStore, tokens: &[u32], snap: &Snapshot) {
-        let began = std::time::Instant::now();
-        let failed = std::cell::RefCell::new(None);
-        let visit = |each: &mut dyn FnMut(&[f32])| {
-            if let Err(e) = self.backend.snapshot_parts(snap, each) {
-                *failed.borrow_mut() = Some(e);
-            }
-        };
-        match store.save(tokens, &visit) {
-            Ok(_) if failed.borrow().is_some() => {
-                store.remove(tokens);
-                tracing::warn!(error = %failed.borrow().as_ref().map(ToString::to_string).unwrap_or_default(), "could not write the prefix snapshot");
-            }
-            Ok((path, bytes)) => {
-                let ms = began.elapsed().as_millis() as u64;
-                tracing::info!(file = %path.display(), mb = bytes >> 20, ms, "saved the prefix snapshot to disk");
-            }
-            Err(e) => tracing::warn!(error = %e, "could not save the prefix snapshot; serving goes on"),
-        }
-    }
-
-    /// Makes the part of `chat` that every request of its kind shares the pinned prefix,
-    /// replacing other pinned prefixes: the messages before the last user message with the
-    /// same tools and no generation prompt (for an intent request, the catalog's system prompt
-    /// and tools). Prefills only when it is not pinned already. Returns its length in tokens.
-    pub fn pin_chat_prefix(&mut self, chat: &ChatInput) -> Result<usize, PinError> {
-        loop {
-            let p = self.pin_chat_prefix_step(chat, usize::MAX)?;
-            if p.pinned {
-                return Ok(p.tokens);
-            }
-        }
-    }
-
-    /// [`pin_chat_prefix`](Self::pin_chat_prefix) a chunk of at most `chunk` tokens per call.
-    pub fn pin_chat_prefix_step(&mut self, chat: &ChatInput, chunk: usize) -> Result<PinProgress, PinError> {
-        let last_user = chat.messages.iter().rposition(|m| m["role"] == "user").unwrap_or(chat.messages.len());
-        let fixed = ChatInput { messages: chat.messages[..last_user].to_vec(), add_generation_prompt: false, ..chat.clone() };
-        let tokens = self.tokenizer.encode(&self.render_chat(&fixed)?)?;
-        self.cache.unpin_except(&tokens);
-        self.pin_prefix_step(&tokens, chunk)
     }
 
     /// A decoder for `prompt` that starts from the longest cached prefix of it and, at each

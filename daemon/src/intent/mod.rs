@@ -36,7 +36,9 @@ pub fn prepare(catalog: &Catalog, text: &str, filter: Option<&[String]>, markers
     let all = grammar::select(catalog, None);
     let messages = vec![
         serde_json::json!({"role": "system", "content": grammar::system_prompt(catalog)}),
-        serde_json::json!({"role": "user", "content": text}),
+        // Whitespace around an utterance means nothing; without it the user turn's header
+        // ends a pre-token, so the pinned catalog prefix (which ends there) is always found.
+        serde_json::json!({"role": "user", "content": text.trim()}),
     ];
     let tools = (!all.is_empty()).then(|| grammar::tools(catalog, &all));
     Prepared {

@@ -9,7 +9,8 @@
 //! generation per class is in flight, so a paused background generation holds one sequence of
 //! state while an interactive request runs. Model lifecycle happens only while nothing runs:
 //! reloads (SIGHUP), the switch to the hot-weather model, caching the catalog prefix once
-//! after a load, unloading when idle; a request that finds no model loads it first.
+//! after a load (in chunks while idle; an intent request, which starts with that prefix, lets
+//! it finish first), unloading when idle; a request that finds no model loads it first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ mod lifecycle;
 pub use super::board::{Board, Reload};
 use super::job::Job;
 use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
-use crate::api::{ErrorCode, EventBody, ModelReport, Phase, Priority, RunningReport, ThermalLevel};
+use crate::api::{ErrorCode, EventBody, ModelReport, Phase, Priority, Prompt, RunningReport, ThermalLevel};
 use crate::budget::BudgetState;
 use crate::config::{LoadSettings, Settings};
 use crate::intent::Catalog;
@@ -154,7 +155,7 @@ impl<L: Loader> Core<L> {
                 board.phase = Phase::Loading;
                 return Next::Run(Work::Swap(Box::new(wanted)), snapshot(board));
             }
-            if self.warm_up_pending && self.model.is_some() && board.queue.is_empty() {
+            if self.warm_up_pending && self.model.is_some() && (board.queue.is_empty() || self.intent_waits_for_warm_up(board)) {
                 return Next::Run(Work::WarmUp, snapshot(board));
             }
             if self.model.is_none() && std::mem::take(&mut board.load_requested) {
@@ -183,6 +184,18 @@ impl<L: Loader> Core<L> {
         }
         let wait = board.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(now).min(IDLE_TICK));
         Next::Wait(wait)
+    }
+
+    /// True when the request that would start next is an intent request and the warm-up (the
+    /// catalog prefix it starts with) has not failed yet: finishing the catalog's prefill, or
+    /// restoring it from disk, answers it sooner than a cold prefill of its whole prompt, and
+    /// leaves the catalog cached. Other requests run between the warm-up's chunks.
+    fn intent_waits_for_warm_up(&self, board: &Board) -> bool {
+        let next = board.queue.peek(Priority::Interactive).or_else(|| {
+            let background_waits = board.budget.level >= ThermalLevel::Warm;
+            (!background_waits).then(|| board.queue.peek(Priority::Background)).flatten()
+        });
+        self.warm_up_failures == 0 && next.is_some_and(|job| matches!(job.request().prompt(), Prompt::Intent { .. }))
     }
 
     /// Answers what must end now: queued requests that were cancelled, timed out, or wait

@@ -84,6 +84,8 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
                 .map(|c| OptimizedCache { room_bytes: room.room_mb.map(|mb| (mb.max(0.0) * 1048576.0) as u64), ..c }),
             ..Default::default()
         },
+        // Intent requests need the grammar compiler at once.
+        parallel_setup: settings.cache.pin_intents,
     };
     let mut engine = Engine::load(path, &opts)?;
     let info = engine.backend_info();
@@ -274,7 +276,7 @@ impl Model for Engine {
             let msg = format!("the prompt has {} bytes; the model's context of {context} tokens holds at most {most}", text.len());
             return Err(Refusal::new(ErrorCode::BadRequest, msg));
         }
-        let prompt = self.tokenizer.encode(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let prompt = self.encode_prompt(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
         let tokens = (prompt.len() + max_tokens).min(context);
         let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);

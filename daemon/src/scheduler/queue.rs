@@ -55,6 +55,11 @@ impl<J: Queued> Lane<J> {
         self.turns.insert(at, (client, round));
     }
 
+    fn peek(&self) -> Option<&J> {
+        let (client, _) = self.turns.front()?;
+        self.jobs.get(client)?.front()
+    }
+
     fn pop(&mut self) -> Option<J> {
         let (client, round) = self.turns.pop_front()?;
         self.round = round;
@@ -118,6 +123,14 @@ impl<J: Queued> JobQueue<J> {
         match priority {
             Priority::Interactive => self.interactive.pop(),
             Priority::Background => self.background.pop(),
+        }
+    }
+
+    /// The job [`pop`](Self::pop) would return for `priority`, left in place.
+    pub fn peek(&self, priority: Priority) -> Option<&J> {
+        match priority {
+            Priority::Interactive => self.interactive.peek(),
+            Priority::Background => self.background.peek(),
         }
     }
 
@@ -188,8 +201,15 @@ mod tests {
         q.push(J(10, I, 8));
         q.push(J(11, I, 8));
         q.push(J(20, I, 9));
-        let order: Vec<u32> = std::iter::from_fn(|| q.pop(I)).map(|j| j.0).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| {
+            let next = q.peek(I).map(|j| j.0);
+            let popped = q.pop(I).map(|j| j.0);
+            assert_eq!(next, popped, "peek shows what pop takes");
+            popped
+        })
+        .collect();
         assert_eq!(order, [0, 10, 20, 1, 11, 2, 3], "one client's backlog does not hold up the others");
+        assert!(q.peek(B).is_none());
         assert!(q.is_empty());
 
         // A client that arrives after another had its turn waits for that one's next request

@@ -121,6 +121,36 @@ fn the_warm_up_runs_in_chunks_and_a_request_runs_between_them() {
 }
 
 #[test]
+fn an_intent_request_lets_the_warm_up_finish_first_and_a_failed_one_does_not_hold_it() {
+    let loader = FakeLoader { warm_up_chunks: 4, ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    let intent = || Prompt::Intent { text: "turn on the light".into(), filter: None };
+    h.submit_prompt("i", intent(), Priority::Interactive, 3, None);
+    let done = h.run();
+    assert_eq!(&done[..3], ["warm_up"; 3], "the catalog prefix it starts with is finished first: {done:?}");
+    assert!(matches!(terminal(&h.events(), "i"), EventBody::Done { .. }));
+
+    // A chat request first: it runs between the chunks; the intent behind it waits for the rest.
+    let mut h = Harness::new(FakeLoader { warm_up_chunks: 4, ..Default::default() }, settings("/m/a", |_| {}));
+    h.submit("chat", Priority::Interactive, 2, None);
+    h.submit_prompt("i", intent(), Priority::Interactive, 2, None);
+    let done = h.run();
+    assert_eq!(done[0], "start", "{done:?}");
+    let starts: Vec<usize> = done.iter().enumerate().filter(|(_, k)| **k == "start").map(|(i, _)| i).collect();
+    let warm: Vec<usize> = done.iter().enumerate().filter(|(_, k)| **k == "warm_up").map(|(i, _)| i).collect();
+    assert_eq!(warm.len(), 3, "{done:?}");
+    assert!(warm.iter().all(|&w| w < starts[1]), "the intent request started after the warm-up: {done:?}");
+
+    // After a failed try the warm-up waits for idle time again.
+    let loader = FakeLoader { warm_up_chunks: 2, warm_fails: Arc::new(Mutex::new(1)), ..Default::default() };
+    let mut h = Harness::new(loader, settings("/m/a", |_| {}));
+    h.submit_prompt("i", intent(), Priority::Interactive, 2, None);
+    let done = h.run();
+    assert_eq!(done[0], "start", "{done:?}");
+    assert!(done.contains(&"warm_up"), "{done:?}");
+}
+
+#[test]
 fn a_failed_warm_up_is_tried_again_then_waits_for_the_next_reload() {
     let loader = FakeLoader { warm_fails: Arc::new(Mutex::new(2)), ..Default::default() };
     let mut h = Harness::new(loader, settings("/m/a", |_| {}));

@@ -231,7 +231,9 @@ impl Harness {
     }
 
     fn submit_prompt(&mut self, id: &str, prompt: Prompt, priority: Priority, max_tokens: usize, deadline_ms: Option<u64>) {
-        let spec = GenerateSpec { max_tokens: Some(max_tokens), priority, deadline_ms, ..GenerateSpec::new(prompt) };
+        // An intent request takes its length from the grammar.
+        let max_tokens = (!matches!(prompt, Prompt::Intent { .. })).then_some(max_tokens);
+        let spec = GenerateSpec { max_tokens, priority, deadline_ms, ..GenerateSpec::new(prompt) };
         let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
         let ticket = self.client.begin(id, id).unwrap();
         self.board.queue.push(Job::new(ticket, request));
