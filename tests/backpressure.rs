@@ -45,6 +45,7 @@ fn answered_meanwhile(d: &Daemon, stop: impl Fn() -> bool) -> (usize, Duration) 
 /// Runs one long request to its end, reading everything: the runtime's buffers for long
 /// sequences exist before memory is compared.
 fn warm_up(d: &Daemon) {
+    d.settle();
     let mut c = d.client();
     c.send(&long_request("warm-up"));
     let end = c.until_terminal("warm-up").pop().unwrap();

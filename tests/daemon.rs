@@ -278,6 +278,7 @@ fn load_test_every_request_gets_exactly_one_terminal_event() {
         warm.send(&chat(&id, "warm up", json!({"max_tokens": 4})));
         warm.until_terminal(&id);
     }
+    d.settle();
     let before = d.rss_kb();
     let socket = d.socket.clone();
     let started = Instant::now();
@@ -309,7 +310,7 @@ fn load_test_every_request_gets_exactly_one_terminal_event() {
     assert!(all.values().all(|&n| n == 1), "exactly one terminal event each");
     assert!(started.elapsed() < Duration::from_secs(300));
     let s = d.status();
-    assert_eq!(s["requests"]["done"].as_u64().unwrap() + s["requests"]["failed"].as_u64().unwrap(), 3 + 640);
+    assert_eq!(s["requests"]["done"].as_u64().unwrap() + s["requests"]["failed"].as_u64().unwrap(), 4 + 640);
     let after = d.rss_kb();
     let growth = after as f64 / before as f64;
     assert!(growth <= 1.10, "RSS grew from {before} KiB to {after} KiB ({growth:.3}x)");

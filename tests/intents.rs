@@ -12,7 +12,7 @@ use common::mqtt::{mqtt_section, Broker, Tester};
 use common::utterances::{markers, utterances};
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::constrain::Grammar;
+use qwenedge::engine::constrain::{Allowed, Constrainer, Grammar};
 use qwenedge::engine::generate::{FinishReason, GenerateParams, Step};
 use qwenedge::engine::sampler::SamplingParams;
 use qwenedge::engine::{Engine, EngineOptions};
@@ -178,6 +178,50 @@ fn a_confidence_threshold_of_one_recognises_nothing_uncertain() {
         assert_eq!(e["event"], "intent", "{e}");
         let conf = e["intent"]["confidence"].as_f64();
         assert_eq!(e["recognized"], conf == Some(1.0), "{e}");
+    }
+}
+
+#[test]
+fn the_compiler_without_vocabulary_slices_allows_the_same_tokens() {
+    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 1, ..Default::default() }, ..Default::default() };
+    let engine = Engine::load(model_dir("tiny-a", "int4"), &opts).unwrap();
+    let (vocab, eos) = (engine.spec.vocab_size, engine.spec.eos_token_ids.clone());
+    let sliced = Constrainer::new(&engine.tokenizer, vocab, &eos).unwrap();
+    let unsliced = Constrainer::unsliced(&engine.tokenizer, vocab, &eos).unwrap();
+    let catalog = Catalog::builtin().unwrap();
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "note": {"type": "string", "maxLength": 40},
+                        "n": {"type": "integer"}}, "required": ["name", "note", "n"]});
+    let grammars = [
+        Grammar::Lark(intent::prepare(&catalog, "x", None, &markers(&engine)).grammar),
+        Grammar::JsonSchema(schema),
+        Grammar::Lark("start: /[a-z ]{1,30}/ \".\"".into()),
+    ];
+    let mut rng = common::utterances::Lcg(7);
+    for (g, grammar) in grammars.iter().enumerate() {
+        for walk in 0..8 {
+            let (mut a, mut b) = (sliced.constraint(grammar).unwrap(), unsliced.constraint(grammar).unwrap());
+            for step in 0..60 {
+                let what = format!("grammar {g}, walk {walk}, step {step}");
+                let forced = a.take_forced().unwrap();
+                assert_eq!(forced, b.take_forced().unwrap(), "{what}: forced tokens");
+                let random: Vec<f32> = (0..vocab).map(|_| rng.next(1000) as f32 / 100.0).collect();
+                let (mut la, mut lb) = (random.clone(), random);
+                let allowed = a.mask(&mut la).unwrap();
+                assert_eq!(allowed, b.mask(&mut lb).unwrap(), "{what}");
+                let masked = |l: &[f32]| l.iter().map(|x| x.is_finite()).collect::<Vec<_>>();
+                assert!(masked(&la) == masked(&lb), "{what}: the masks differ");
+                if allowed == Allowed::EndOnly {
+                    break;
+                }
+                let token = (0..vocab).filter(|&i| la[i].is_finite()).max_by(|&i, &j| la[i].total_cmp(&la[j])).unwrap() as u32;
+                a.commit(token, &la).unwrap();
+                b.commit(token, &lb).unwrap();
+                if a.is_finished() {
+                    assert!(b.is_finished(), "{what}");
+                    break;
+                }
+            }
+        }
     }
 }
 

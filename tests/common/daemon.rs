@@ -107,6 +107,16 @@ impl Daemon {
         panic!("daemon did not exit within {within:?}:\n{}", self.log_text());
     }
 
+    /// Waits for what the daemon builds beside the model at start (the grammar compiler, the
+    /// catalog prefix): an intent request needs both. Memory measured after this is the
+    /// daemon's working set.
+    pub fn settle(&self) {
+        let mut c = self.client();
+        c.send(&json!({"id": "settle", "op": "intent", "text": "turn on the light"}));
+        let end = c.until_terminal("settle").pop().unwrap();
+        assert_eq!(end["event"], "intent", "{end}");
+    }
+
     /// Resident memory of the daemon in KiB.
     pub fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

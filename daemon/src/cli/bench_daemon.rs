@@ -45,6 +45,9 @@ pub const UTTERANCES: &[&str] = &[
     "turn the fan off",
 ];
 
+/// Starts with the saved catalog state measured (the median is reported).
+const READY_STARTS: usize = 3;
+
 /// The utterance set measured once.
 #[derive(Debug, Clone, Default)]
 pub struct SetFigures {
@@ -71,7 +74,7 @@ pub struct DaemonFigures {
     pub one_by_one: SetFigures,
     /// Process start to the first intent answered, with no saved catalog state (ms).
     pub ready_ms_cold: f64,
-    /// The same with the catalog state saved by the first run (ms).
+    /// The same with the catalog state saved by the first run (ms; median of three starts).
     pub ready_ms_snapshot: f64,
 }
 
@@ -236,10 +239,16 @@ pub fn run(model: &ModelArgs, catalog: Option<&Path>) -> anyhow::Result<DaemonFi
     // No saved state: the first answer comes during or after the catalog prefill.
     let (ready_ms_cold, batched_set) = session(&batched, true).map_err(with_log)?;
     anyhow::ensure!(std::fs::read_dir(&prefix).map(|d| d.count()).unwrap_or(0) > 0, "the daemon saved no catalog snapshot");
-    // The saved state, read back at start.
-    let (ready_ms_snapshot, _) = session(&batched, false).map_err(with_log)?;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    anyhow::ensure!(text.contains("restored a prefix snapshot from disk"), "the second start did not restore the catalog state");
+    // The saved state, read back at start (three starts, the median: a start takes seconds,
+    // and one start alone varies by a tenth on a shared machine).
+    let mut starts = Vec::new();
+    for _ in 0..READY_STARTS {
+        let _ = std::fs::remove_file(&log);
+        starts.push(session(&batched, false).map_err(with_log)?.0);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow::ensure!(text.contains("restored a prefix snapshot from disk"), "a start with the saved state did not restore it");
+    }
+    let ready_ms_snapshot = quantile(&starts, 0.5);
     // One pass per token, for the ratio.
     let (_, one_by_one_set) = session(&one_by_one, true).map_err(with_log)?;
     Ok(DaemonFigures { batched: batched_set, one_by_one: one_by_one_set, ready_ms_cold, ready_ms_snapshot })

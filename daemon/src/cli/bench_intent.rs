@@ -141,7 +141,10 @@ pub fn report_daemon(line: &mut Value, d: &DaemonFigures) {
         mean(&o.model_steps)
     );
     eprintln!("  ready, cold      {:>9.1} ms  (process start to the first intent answered)", d.ready_ms_cold);
-    eprintln!("  ready, snapshot  {:>9.1} ms  ({ratio:.3} × cold; the catalog state read from disk)", d.ready_ms_snapshot);
+    eprintln!(
+        "  ready, snapshot  {:>9.1} ms  ({ratio:.3} × cold; the catalog state read from disk; median of 3 starts)",
+        d.ready_ms_snapshot
+    );
     let extra = json!({
         "utterances": b.intent_ms.len(),
         "recognized": b.recognized,

@@ -234,7 +234,14 @@ impl Engine {
     /// The grammar compiler for this model's vocabulary (built on the first call, which takes
     /// a moment for a large vocabulary).
     pub fn constrainer(&mut self) -> Result<std::sync::Arc<constrain::Constrainer>, constrain::ConstrainError> {
-        self.constrainer.get(&self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)
+        self.constrainer.get(true, &self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)
+    }
+
+    /// The grammar compiler without the vocabulary's slices (see
+    /// [`Constrainer::unsliced`](constrain::Constrainer::unsliced)): for grammars without JSON
+    /// strings, such as the intent grammar; the same tokens, less memory.
+    pub fn plain_constrainer(&mut self) -> Result<std::sync::Arc<constrain::Constrainer>, constrain::ConstrainError> {
+        self.constrainer.get(false, &self.tokenizer, self.spec.vocab_size, &self.spec.eos_token_ids)
     }
 
     /// Sets the prefix cache's budget (0: off) and the fewest tokens a stored conversation

@@ -280,7 +280,9 @@ impl Model for Engine {
         let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
         let tokens = (prompt.len() + max_tokens).min(context);
         let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
-        let constraint = match grammar.map(|g| self.constrainer().and_then(|c| c.constraint(&g))) {
+        // An intent grammar has no JSON strings, where the vocabulary's slices would help.
+        let compiler = |e: &mut Self| if intent.is_some() { e.plain_constrainer() } else { e.constrainer() };
+        let constraint = match grammar.map(|g| compiler(self).and_then(|c| c.constraint(&g))) {
             None => None,
             Some(Ok(c)) => Some(c),
             Some(Err(e @ ConstrainError::Grammar(_))) => return Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
