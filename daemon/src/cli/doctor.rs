@@ -205,16 +205,21 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
         (Some(a), Some(l)) => Some(a.min(l)),
         (a, l) => a.or(l),
     };
-    let need = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
+    let estimate = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
         let context = qwenedge::budget::memory::load_context(settings.model.context_length, spec.context_length);
-        qwenedge::budget::memory::model_estimate(&qwenedge::scheduler::model_shape(&spec), context).total_mb
+        let holder = qwenedge::scheduler::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
+        qwenedge::budget::memory::model_estimate(&qwenedge::scheduler::model_shape(&spec), context, holder)
     });
+    let need = estimate.map(|e| e.total_mb);
     let (status, summary) = match (room, need) {
-        (Some(r), Some(n)) if n > r => ("warn", format!("{r:.0} MiB available, the model needs about {n:.0} MiB")),
+        (Some(r), Some(n)) if n > r => {
+            ("warn", format!("{r:.0} MiB available, the model needs {}", estimate.map(|e| e.to_string()).unwrap_or_default()))
+        }
         (Some(r), _) => ("ok", format!("{r:.0} MiB available{}", limit.map_or(String::new(), |l| format!(" (cgroup limit {l:.0} MiB)")))),
         (None, _) => ("info", "memory figures unreadable".to_string()),
     };
-    check("memory", status, summary, json!({"meminfo": mem, "cgroup": cg, "pressure": psi, "model_needs_mb": need}))
+    let detail = json!({"meminfo": mem, "cgroup": cg, "pressure": psi, "model_needs_mb": need, "model_estimate": estimate});
+    check("memory", status, summary, detail)
 }
 
 fn socket(settings: &Settings) -> Check {

@@ -9,13 +9,14 @@ use tracing::info;
 
 use super::model::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
 use crate::api::{self, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFormat};
-use crate::budget::memory::{self, ModelShape};
+use crate::budget::memory::{self, Holder, ModelShape};
 use crate::budget::readers::SysRoot;
 use crate::config::{LoadSettings, Settings};
 use crate::dialect::{self, Hold, Markers};
 use crate::engine::backend::ort::{OptimizedCache, OrtOptions};
 use crate::engine::backend::providers::ProviderRequest;
-use crate::engine::backend::BackendError;
+use crate::engine::backend::select::{BackendKind, TRACT_BUILT};
+use crate::engine::backend::{runtime, BackendError};
 use crate::engine::chat::ChatInput;
 use crate::engine::constrain::{ConstrainError, Constraint, Grammar};
 use crate::engine::generate::{Decoder, FinishReason, GenerateParams, Step};
@@ -38,12 +39,33 @@ pub enum LoadError {
 
 /// The sizes of `spec` that memory estimates read.
 pub fn model_shape(spec: &ModelSpec) -> ModelShape {
+    let w = &spec.weights;
     ModelShape {
         weight_bytes: spec.weight_bytes(),
+        matmul_bytes: w.matmul,
+        head_bytes: w.head,
+        gathered_bytes: w.gathered,
+        gathered_large_f32_bytes: w.gathered_large_f32,
+        positional_bytes: w.positional,
+        other_bytes: w.other,
+        layers: spec.layers.len(),
+        attention_heads: spec.attention_heads,
+        widest: w.widest.max(spec.hidden_size),
         kv_bytes_per_token: spec.kv_bytes_per_token(),
         fixed_state_bytes: spec.fixed_state_bytes(),
         vocab_size: spec.vocab_size,
         tokenizer_bytes: std::fs::metadata(&spec.tokenizer_path).map_or(0, |m| m.len()),
+    }
+}
+
+/// The runtime that will hold the model, for its memory estimate: `auto` takes ONNX Runtime
+/// when its library can be found (as loading will), else tract.
+pub fn holder(kind: BackendKind, library: Option<&std::path::Path>) -> Holder {
+    match kind {
+        BackendKind::Ort => Holder::OnnxRuntime,
+        BackendKind::Tract => Holder::Tract,
+        BackendKind::Auto if !TRACT_BUILT || runtime::locate(library).is_ok() => Holder::OnnxRuntime,
+        BackendKind::Auto => Holder::Tract,
     }
 }
 
@@ -53,7 +75,7 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
     let path = &load.path;
     let spec = ModelSpec::load(path).map_err(EngineError::from)?;
     let context = memory::load_context(load.context_length, spec.context_length);
-    let estimate = memory::model_estimate(&model_shape(&spec), context);
+    let estimate = memory::model_estimate(&model_shape(&spec), context, holder(load.backend, load.onnxruntime_library.as_deref()));
     let root = SysRoot::new(&settings.budget.root);
     let room = memory::room(&root, settings.budget.memory_reserve_mb);
     if room.room_mb.is_some_and(|free| estimate.total_mb > free) {

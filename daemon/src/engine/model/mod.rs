@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod graph;
 
+use super::onnx::weights::WeightUse;
 use super::onnx::{self, Dim, GraphSummary};
 use graph::{float_type, Names};
 
@@ -186,6 +187,10 @@ pub struct ModelSpec {
     pub chat_template_path: Option<PathBuf>,
     /// Operators the graph uses, as `domain:op`.
     pub ops: Vec<String>,
+    /// Query heads of the full-attention layers (0 when genai_config.json does not say).
+    pub attention_heads: usize,
+    /// The weights by how the graph reads them (what memory estimates need).
+    pub weights: WeightUse,
 }
 
 impl ModelSpec {
@@ -265,6 +270,8 @@ pub(super) struct GenaiDecoder {
     #[serde(default)]
     hidden_size: usize,
     num_hidden_layers: usize,
+    #[serde(default)]
+    num_attention_heads: Option<usize>,
     #[serde(default)]
     num_key_value_heads: Option<usize>,
     #[serde(default)]
@@ -409,6 +416,8 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         tokenizer_config_path,
         chat_template_path,
         ops: graph.ops.iter().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect(),
+        attention_heads: m.decoder.num_attention_heads.unwrap_or(0),
+        weights: graph.weight_use(m.vocab_size),
     })
 }
 

@@ -3,5 +3,6 @@
 
 pub mod edit;
 pub mod read;
+pub mod weights;
 
 pub use read::{parse_model, Dim, ElemType, ExternalRef, GraphSummary, ProtoError, ValueInfo};

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use super::weights::{self, Initializer, NodeUse, WeightUse};
+
 /// A protobuf decoding failure, with the byte offset where it happened.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed ONNX protobuf at byte {offset}: {what}")]
@@ -99,6 +101,10 @@ pub struct GraphSummary {
     pub external: Vec<ExternalRef>,
     /// Total bytes of initializers stored inline in the model file.
     pub inline_bytes: u64,
+    /// Each node's operator and inputs, for [`weight_use`](Self::weight_use).
+    nodes: Vec<NodeUse>,
+    /// Each initializer's name and size.
+    initializers: Vec<Initializer>,
 }
 
 impl GraphSummary {
@@ -110,6 +116,11 @@ impl GraphSummary {
     /// The output named `name`, if the graph has one.
     pub fn output(&self, name: &str) -> Option<&ValueInfo> {
         self.outputs.iter().find(|v| v.name == name)
+    }
+
+    /// The initializers' bytes by how the graph reads them; `vocab` tells the LM head apart.
+    pub fn weight_use(&self, vocab: usize) -> WeightUse {
+        weights::classify(&self.nodes, &self.initializers, Some(vocab))
     }
 }
 
@@ -151,16 +162,23 @@ fn parse_graph(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<(), Pr
     for field in Fields::new(bytes, base) {
         match field? {
             (1, Wire::Bytes(b, off)) => {
-                let mut op = String::new();
+                let mut node = NodeUse::default();
                 let mut domain = String::new();
                 for f in Fields::new(b, off) {
                     match f? {
-                        (4, Wire::Bytes(v, _)) => op = lossy(v),
+                        (1, Wire::Bytes(v, _)) => node.inputs.push(lossy(v)),
+                        (4, Wire::Bytes(v, _)) => node.op = lossy(v),
+                        (5, Wire::Bytes(a, off)) => match int_attribute(a, off)? {
+                            (name, v) if name == "K" => node.k = v,
+                            (name, v) if name == "N" => node.n = v,
+                            _ => {}
+                        },
                         (7, Wire::Bytes(v, _)) => domain = lossy(v),
                         _ => {}
                     }
                 }
-                s.ops.insert((domain, op));
+                s.ops.insert((domain, node.op.clone()));
+                s.nodes.push(node);
             }
             (5, Wire::Bytes(b, off)) => {
                 let name = parse_initializer(b, off, s)?;
@@ -175,16 +193,32 @@ fn parse_graph(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<(), Pr
     Ok(())
 }
 
+/// The name and integer value (0 for other kinds) of an `AttributeProto`.
+fn int_attribute(bytes: &[u8], base: usize) -> Result<(String, usize), ProtoError> {
+    let (mut name, mut value) = (String::new(), 0);
+    for f in Fields::new(bytes, base) {
+        match f? {
+            (1, Wire::Bytes(v, _)) => name = lossy(v),
+            (3, Wire::Varint(v)) => value = usize::try_from(v).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((name, value))
+}
+
 fn parse_initializer(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<String, ProtoError> {
     let mut name = String::new();
     let mut external = false;
     let mut location = None;
     let mut offset = 0u64;
     let mut length = None;
+    let mut inline = 0u64;
+    let mut f32 = false;
     for field in Fields::new(bytes, base) {
         match field? {
+            (2, Wire::Varint(v)) => f32 = v == 1,
             (8, Wire::Bytes(v, _)) => name = lossy(v),
-            (9, Wire::Bytes(v, _)) => s.inline_bytes += v.len() as u64,
+            (4 | 9, Wire::Bytes(v, _)) => inline += v.len() as u64,
             (14, Wire::Varint(v)) => external = v == 1,
             (13, Wire::Bytes(b, off)) => {
                 let (key, value) = string_entry(b, off)?;
@@ -198,6 +232,9 @@ fn parse_initializer(bytes: &[u8], base: usize, s: &mut GraphSummary) -> Result<
             _ => {}
         }
     }
+    s.inline_bytes += inline;
+    let bytes = if external { length.unwrap_or(0) } else { inline };
+    s.initializers.push(Initializer { name: name.clone(), bytes, f32 });
     if external {
         let location = location.ok_or(ProtoError { offset: base, what: "external initializer without location" })?;
         s.external.push(ExternalRef { tensor: name.clone(), location, offset, length });
