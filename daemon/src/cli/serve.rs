@@ -54,11 +54,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     info!(model = ?settings.model.path, "loading the model");
     let load = settings.model.load_settings();
     let engine = scheduler::load_engine(&load, &settings)?;
-    let socket = unix::bind(&settings.socket, activated)?;
+    // The TCP listeners first: a client that sees the socket file may connect to them at once.
     let bound = Bound {
         http: settings.http.enabled.then(|| http::bind(&settings.http)).transpose()?,
         wyoming: settings.wyoming.enabled.then(|| wyoming::bind(&settings.wyoming)).transpose()?,
     };
+    let socket = unix::bind(&settings.socket, activated)?;
     let (scheduler, stopped) =
         Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog).context("starting the engine thread")?;
     let mut budget = budget_monitor(&scheduler, &settings)?;
