@@ -174,6 +174,9 @@ pub struct BackendReport {
     /// Why this backend runs the model.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub chosen: String,
+    /// Which execution provider runs which nodes of the graph (ONNX Runtime only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementReport>,
 }
 
 /// What happened to one requested execution provider.
@@ -186,6 +189,48 @@ pub struct ProviderReport {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The plugin library it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// The plugin device it runs on (`NPU (Qualcomm)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// How the graph's nodes are spread over the execution providers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacementReport {
+    /// Nodes in the session's graph.
+    pub total_nodes: usize,
+    /// One line (`qnn took 2 of 687 nodes (Cast 1, Gather 1); cpu 685`).
+    pub summary: String,
+    /// Per provider, configured order, CPU last.
+    pub providers: Vec<ProviderNodes>,
+}
+
+/// The nodes one execution provider took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderNodes {
+    /// Configured name (`qnn`, `cpu`).
+    pub ep: String,
+    /// Nodes it runs.
+    pub nodes: usize,
+    /// Of which, by operator type.
+    pub op_types: std::collections::BTreeMap<String, usize>,
+    /// Nodes it did not take, by operator type, with the reason it gave.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<DeclinedNodes>,
+}
+
+/// Nodes of one operator type a provider did not take, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeclinedNodes {
+    /// Operator type.
+    pub op_type: String,
+    /// The provider's reason.
+    pub reason: String,
+    /// How many nodes.
+    pub nodes: usize,
 }
 
 /// The thermal and memory governors' view.

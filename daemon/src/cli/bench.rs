@@ -42,6 +42,57 @@ pub struct BenchArgs {
     /// Time the tokenizer alone on 1 MiB of each hostile input shape instead.
     #[arg(long, conflicts_with = "intent")]
     tokenizer: bool,
+    /// Also run through this execution-provider plugin (`qnn=/path/libonnxruntime_providers_qnn.so`)
+    /// and print its speed, node placement and agreement beside the CPU provider's.
+    #[arg(long, value_name = "EP=PATH", conflicts_with_all = ["intent", "tokenizer"])]
+    ep_library: Option<String>,
+    /// Options for the plugin provider (`backend_type=htp`); repeat for several.
+    #[arg(long, value_name = "KEY=VALUE", requires = "ep_library")]
+    ep_option: Vec<String>,
+}
+
+/// The benchmark prompt: `n` tokens of [`PARAGRAPH`] repeated.
+pub(super) fn prompt(engine: &qwenedge::engine::Engine, n: usize) -> anyhow::Result<Vec<u32>> {
+    let unit = engine.tokenizer.encode(PARAGRAPH)?;
+    Ok(unit.iter().copied().cycle().take(n).collect())
+}
+
+/// Medians of the measured runs, and the tokens the last one generated.
+pub(super) struct Speed {
+    /// Prompt tokens per second.
+    pub prefill: f64,
+    /// Generated tokens per second.
+    pub decode: f64,
+    /// Time to first token (ms).
+    pub ttft: f64,
+    /// Greedy tokens of the last run.
+    pub tokens: Vec<u32>,
+}
+
+/// Generates `new_tokens` after `prompt` once to warm up and `runs` times measured.
+pub(super) fn speed(engine: &mut qwenedge::engine::Engine, prompt: &[u32], new_tokens: usize, runs: usize) -> anyhow::Result<Speed> {
+    let params = GenerateParams { max_tokens: new_tokens, ..Default::default() };
+    let mut results: Vec<Completion> = Vec::new();
+    for i in 0..=runs {
+        let seq = engine.new_sequence()?;
+        let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
+        let done = engine.generate_with(seq, prompt, &params, &[], &mut sink)?;
+        anyhow::ensure!(done.tokens.len() == new_tokens, "generated {} tokens", done.tokens.len());
+        if i > 0 {
+            results.push(done);
+        }
+    }
+    let median = |f: fn(&Completion) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Speed {
+        prefill: median(|c| c.timings.prefill_tok_s),
+        decode: median(|c| c.timings.decode_tok_s),
+        ttft: median(|c| c.timings.ttft_ms),
+        tokens: results.pop().map(|c| c.tokens).unwrap_or_default(),
+    })
 }
 
 /// Runs `bench`.
@@ -50,6 +101,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be > 0");
     if args.tokenizer {
         return super::bench_tokenizer::run(&args.model.model);
+    }
+    if let Some(spec) = &args.ep_library {
+        return super::bench_ep::run(&args.model, spec, &args.ep_option, args.prompt_tokens, args.new_tokens, args.runs);
     }
     let load_start = Instant::now();
     let mut engine = args.model.load()?;
@@ -64,27 +118,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{line}");
         return Ok(());
     }
-    let unit = engine.tokenizer.encode(PARAGRAPH)?;
-    let prompt: Vec<u32> = unit.iter().copied().cycle().take(args.prompt_tokens).collect();
-    let params = GenerateParams { max_tokens: args.new_tokens, ..Default::default() };
-    let mut results: Vec<Completion> = Vec::new();
-    for i in 0..=args.runs {
-        let seq = engine.new_sequence()?;
-        let mut sink = |_: &str, _: u32| ControlFlow::Continue(());
-        let done = engine.generate_with(seq, &prompt, &params, &[], &mut sink)?;
-        anyhow::ensure!(done.tokens.len() == args.new_tokens, "generated {} tokens", done.tokens.len());
-        if i > 0 {
-            results.push(done);
-        }
-    }
-    let median = |f: fn(&Completion) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let prefill = median(|c| c.timings.prefill_tok_s);
-    let decode = median(|c| c.timings.decode_tok_s);
-    let ttft = median(|c| c.timings.ttft_ms);
+    let prompt = prompt(&engine, args.prompt_tokens)?;
+    let Speed { prefill, decode, ttft, .. } = speed(&mut engine, &prompt, args.new_tokens, args.runs)?;
     let rss = peak_rss_mb().unwrap_or(0.0);
     let rss_now = rss_mb().unwrap_or(0.0);
     let info = engine.backend_info();

@@ -12,7 +12,7 @@ use clap::Args;
 use qwenedge::budget::readers::{self, SysRoot};
 use qwenedge::config::{self, Settings};
 use qwenedge::engine::backend::select::{self, BackendKind};
-use qwenedge::engine::backend::{providers, runtime};
+use qwenedge::engine::backend::{plugins, providers, runtime};
 use qwenedge::engine::model::ModelSpec;
 use serde_json::{json, Value};
 
@@ -64,7 +64,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     checks.push(backend(&settings));
     checks.push(thermal(&root));
     checks.push(memory(&root, &settings));
-    checks.push(socket(&settings));
+    let (socket_check, daemon) = socket(&settings);
+    checks.push(socket_check);
+    checks.push(placement(daemon.as_ref()));
     checks.push(mqtt(&settings));
     if config_ok {
         checks.push(model(&settings));
@@ -139,18 +141,45 @@ fn onnxruntime(settings: &Settings) -> Vec<Check> {
         .execution_providers
         .iter()
         .map(|name| {
+            if let Some(lib) = settings.model.ep_library.iter().find(|l| &l.ep == name) {
+                let library = lib.path.display().to_string();
+                return match plugins::inspect(rt, lib) {
+                    Ok(devices) => json!({"name": name, "available": true, "library": library, "devices": devices}),
+                    Err(why) => json!({"name": name, "available": false, "library": library, "reason": why}),
+                };
+            }
             let ort_name = providers::ort_name(name).unwrap_or("unknown");
             let present = name == "cpu" || available.iter().any(|a| a == ort_name);
             json!({"name": name, "available": present})
         })
         .collect();
     let missing: Vec<&str> = requested.iter().filter(|r| r["available"] == false).filter_map(|r| r["name"].as_str()).collect();
+    let reasons: Vec<String> = requested
+        .iter()
+        .filter_map(|r| Some(format!("{}: {}", r["name"].as_str()?, r["reason"].as_str().or(r["devices"].as_str())?)))
+        .collect();
+    let plugins = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
     let (status, summary) = match (missing.is_empty(), settings.model.strict_providers) {
-        (true, _) => ("ok", format!("requested {} all available", settings.model.execution_providers.join(", "))),
-        (false, true) => ("error", format!("{} not in this library and model.strict_providers is set", missing.join(", "))),
-        (false, false) => ("warn", format!("{} not in this library; they will be skipped", missing.join(", "))),
+        (true, _) => ("ok", format!("requested {} all available{plugins}", settings.model.execution_providers.join(", "))),
+        (false, true) => ("error", format!("{} unavailable and model.strict_providers is set{plugins}", missing.join(", "))),
+        (false, false) => ("warn", format!("{} unavailable; they will be skipped{plugins}", missing.join(", "))),
     };
     vec![ort, check("providers", status, summary, json!({"requested": requested, "strict": settings.model.strict_providers}))]
+}
+
+/// Which execution provider runs which nodes, as the running daemon reports it.
+fn placement(daemon: Option<&Value>) -> Check {
+    let Some(status) = daemon else {
+        return check("placement", "info", "daemon not running (serve logs it when the model loads)", json!({"known": false}));
+    };
+    let backend = &status["model"]["backend"];
+    match backend.get("placement").filter(|p| !p.is_null()) {
+        Some(p) => check("placement", "ok", p["summary"].as_str().unwrap_or("?").to_string(), p.clone()),
+        None => {
+            let name = backend["name"].as_str().unwrap_or("no model");
+            check("placement", "info", format!("{name}: no node placement reported"), json!({"known": false}))
+        }
+    }
 }
 
 /// Which backend `serve` would use, and why.
@@ -222,29 +251,33 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
     check("memory", status, summary, detail)
 }
 
-fn socket(settings: &Settings) -> Check {
+/// The socket check, and the daemon's status when it answered.
+fn socket(settings: &Settings) -> (Check, Option<Value>) {
     let path = settings.socket.path();
     let shown = path.display().to_string();
     let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return check("socket", "info", format!("{shown} does not exist (daemon not running)"), json!({"path": shown, "exists": false}));
+        return (
+            check("socket", "info", format!("{shown} does not exist (daemon not running)"), json!({"path": shown, "exists": false})),
+            None,
+        );
     };
     let detail = json!({
         "path": shown, "exists": true, "is_socket": meta.file_type().is_socket(),
         "mode": format!("{:04o}", meta.mode() & 0o7777), "uid": meta.uid(), "gid": meta.gid(),
     });
     if !meta.file_type().is_socket() {
-        return check("socket", "error", format!("{shown} exists but is not a socket"), detail);
+        return (check("socket", "error", format!("{shown} exists but is not a socket"), detail), None);
     }
     let mut detail = detail;
     match daemon_status(&path) {
         Ok(status) => {
             let state = status["state"].as_str().unwrap_or("?").to_string();
-            detail["daemon"] = status;
-            check("socket", "ok", format!("{shown}: daemon {state}"), detail)
+            detail["daemon"] = status.clone();
+            (check("socket", "ok", format!("{shown}: daemon {state}"), detail), Some(status))
         }
         Err(e) => {
             detail["error"] = e.to_string().into();
-            check("socket", "warn", format!("{shown}: no answer ({e})"), detail)
+            (check("socket", "warn", format!("{shown}: no answer ({e})"), detail), None)
         }
     }
 }

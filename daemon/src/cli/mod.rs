@@ -4,6 +4,7 @@
 mod ask;
 mod bench;
 mod bench_daemon;
+mod bench_ep;
 mod bench_intent;
 mod bench_thermal;
 mod bench_tokenizer;
@@ -78,11 +79,17 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<Engine> {
+        self.load_with(Vec::new())
+    }
+
+    /// Loads the model with `providers` in front of ONNX Runtime's CPU provider.
+    fn load_with(&self, providers: Vec<qwenedge::engine::backend::providers::ProviderRequest>) -> anyhow::Result<Engine> {
         let ort = OrtOptions {
             library: self.onnxruntime.clone(),
             threads: self.threads,
             profile: self.ort_profile.clone(),
             optimized: if self.no_optimized_cache { None } else { qwenedge::engine::cache::CacheSettings::default().optimized() },
+            providers,
             ..Default::default()
         };
         let opts = EngineOptions { backend: self.backend, ort, ..Default::default() };

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::backend::plugins::EpLibrary;
 use crate::engine::backend::providers;
 use crate::engine::backend::select::{BackendKind, TRACT_BUILT};
 
@@ -34,8 +35,12 @@ pub struct ModelSettings {
     /// intent) in one forward pass instead of one pass each. The tokens are the same either way.
     pub batch_forced_tokens: bool,
     /// Execution providers in priority order (`qnn`, `xnnpack`, `cuda`, `tensorrt`,
-    /// `openvino`, `acl`, `rknpu`, `nnapi`, `coreml`, `cpu`). Unavailable ones are skipped.
+    /// `openvino`, `acl`, `rknpu`, `nnapi`, `coreml`, `cpu`, or an `ep` of `ep_library`).
+    /// Unavailable ones are skipped.
     pub execution_providers: Vec<String>,
+    /// Execution providers shipped as plugin libraries (`[[model.ep_library]]`: `ep`, `path`,
+    /// optional `device` = `cpu`/`gpu`/`npu` and `vendor`), registered once per process.
+    pub ep_library: Vec<EpLibrary>,
     /// Refuse to start when a requested provider is unavailable, instead of skipping it.
     pub strict_providers: bool,
     /// Options per provider, passed to ONNX Runtime as given
@@ -56,6 +61,7 @@ impl Default for ModelSettings {
             prefill_chunk_tokens: 0,
             batch_forced_tokens: true,
             execution_providers: vec!["cpu".into()],
+            ep_library: Vec::new(),
             strict_providers: false,
             provider_options: BTreeMap::new(),
             backend: BackendKind::default(),
@@ -80,6 +86,8 @@ pub struct LoadSettings {
     pub context_length: usize,
     /// `model.execution_providers`.
     pub execution_providers: Vec<String>,
+    /// `model.ep_library`.
+    pub ep_library: Vec<EpLibrary>,
     /// `model.strict_providers`.
     pub strict_providers: bool,
     /// `model.provider_options`.
@@ -96,6 +104,7 @@ impl ModelSettings {
             threads: self.threads,
             context_length: self.context_length,
             execution_providers: self.execution_providers.clone(),
+            ep_library: self.ep_library.clone(),
             strict_providers: self.strict_providers,
             provider_options: self.provider_options.clone(),
         }
@@ -116,10 +125,28 @@ impl ModelSettings {
                 return fail("model.onnxruntime_library", format!("{} does not exist", lib.display()));
             }
         }
+        for (i, lib) in self.ep_library.iter().enumerate() {
+            let key = format!("model.ep_library[{i}]");
+            if lib.ep.is_empty() || !lib.ep.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return fail(&format!("{key}.ep"), format!("'{}' is not a provider name (letters, digits, '_', '-')", lib.ep));
+            }
+            if lib.ep == "cpu" {
+                return fail(&format!("{key}.ep"), "'cpu' is built into ONNX Runtime and takes no plugin".into());
+            }
+            if self.ep_library[..i].iter().any(|o| o.ep == lib.ep) {
+                return fail(&format!("{key}.ep"), format!("'{}' has two libraries; give each provider one", lib.ep));
+            }
+            if lib.path.as_os_str().is_empty() {
+                return fail(&format!("{key}.path"), "is required (the plugin library file)".into());
+            }
+        }
         for name in &self.execution_providers {
-            if providers::ort_name(name).is_none() {
+            if providers::ort_name(name).is_none() && !self.ep_library.iter().any(|l| &l.ep == name) {
                 let known: Vec<&str> = providers::PROVIDERS.iter().map(|(n, _)| *n).collect();
-                return fail("model.execution_providers", format!("unknown provider '{name}' (known: {})", known.join(", ")));
+                return fail(
+                    "model.execution_providers",
+                    format!("unknown provider '{name}' (known: {}; a plugin's name needs a [[model.ep_library]] entry)", known.join(", ")),
+                );
             }
         }
         if let Some(name) = self.provider_options.keys().find(|k| !self.execution_providers.contains(k)) {

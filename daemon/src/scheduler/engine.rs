@@ -91,7 +91,11 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
     let providers = load
         .execution_providers
         .iter()
-        .map(|name| ProviderRequest { name: name.clone(), options: load.provider_options.get(name).cloned().unwrap_or_default() })
+        .map(|name| ProviderRequest {
+            name: name.clone(),
+            options: load.provider_options.get(name).cloned().unwrap_or_default(),
+            plugin: load.ep_library.iter().find(|l| &l.ep == name).cloned(),
+        })
         .collect();
     let opts = EngineOptions {
         backend: load.backend,
@@ -428,10 +432,28 @@ impl Model for Engine {
                 providers: info
                     .providers
                     .into_iter()
-                    .map(|p| api::ProviderReport { name: p.name, active: p.active, reason: p.reason })
+                    .map(|p| api::ProviderReport { name: p.name, active: p.active, reason: p.reason, library: p.library, device: p.device })
                     .collect(),
                 threads: info.threads,
                 chosen: info.chosen,
+                placement: info.placement.map(|p| api::PlacementReport {
+                    total_nodes: p.total_nodes,
+                    summary: p.summary(),
+                    providers: p
+                        .providers
+                        .into_iter()
+                        .map(|n| api::ProviderNodes {
+                            ep: n.ep,
+                            nodes: n.nodes,
+                            op_types: n.op_types,
+                            declined: n
+                                .declined
+                                .into_iter()
+                                .map(|d| api::DeclinedNodes { op_type: d.op_type, reason: d.reason, nodes: d.nodes })
+                                .collect(),
+                        })
+                        .collect(),
+                }),
             },
         }
     }

@@ -5,6 +5,7 @@
 //! one, a vendor NPU library) plugs in here without touching sampling, stopping or streaming.
 
 pub mod ort;
+pub mod plugins;
 pub mod providers;
 pub mod runtime;
 pub mod select;
@@ -146,6 +147,9 @@ pub struct BackendInfo {
     /// the caller built the backend itself.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub chosen: String,
+    /// Which execution provider runs which nodes (ONNX Runtime only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<ort::Placement>,
 }
 
 /// Runs a decoder graph step by step.

@@ -4,6 +4,8 @@
 //! compiled with, then registered with its options. A provider that is missing or fails to
 //! register is skipped with the reason recorded; with `strict` that is a start-up error
 //! instead. ONNX Runtime's CPU provider always comes last and runs whatever the others do not.
+//! A provider with a plugin library (`[[model.ep_library]]`) is added through
+//! [`plugins`](super::plugins) instead of the compiled-in list.
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -11,6 +13,9 @@ use std::ffi::CStr;
 use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProviderDispatch};
 use ort::session::builder::SessionBuilder;
 use serde::Serialize;
+
+use super::plugins::{self, EpLibrary};
+use super::runtime::Runtime;
 
 /// Provider names accepted in `model.execution_providers`, with ONNX Runtime's names.
 pub const PROVIDERS: &[(&str, &str)] = &[
@@ -40,6 +45,8 @@ pub struct ProviderRequest {
     pub name: String,
     /// Provider options.
     pub options: BTreeMap<String, String>,
+    /// The plugin library that provides it (else it must be compiled into the runtime).
+    pub plugin: Option<EpLibrary>,
 }
 
 /// What happened to one requested provider.
@@ -52,6 +59,32 @@ pub struct ProviderReport {
     /// Why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The plugin library it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// The plugin device it runs on (`NPU (Qualcomm)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// ONNX Runtime's name for it (how the placement report lists it).
+    #[serde(skip)]
+    pub ort_name: String,
+    /// What it said, while the session was created, about each node it did not take.
+    #[serde(skip)]
+    pub rejections: Vec<String>,
+}
+
+impl ProviderReport {
+    fn new(req: &ProviderRequest, active: bool, reason: Option<String>) -> Self {
+        Self {
+            name: req.name.clone(),
+            active,
+            reason,
+            library: req.plugin.as_ref().map(|p| p.path.display().to_string()),
+            device: None,
+            ort_name: ort_name(&req.name).unwrap_or("unknown").to_string(),
+            rejections: Vec::new(),
+        }
+    }
 }
 
 /// Providers compiled into the loaded library (ONNX Runtime's names).
@@ -107,42 +140,51 @@ pub fn register(
     mut builder: SessionBuilder,
     requests: &[ProviderRequest],
     strict: bool,
-    library: &str,
+    rt: &Runtime,
 ) -> Result<(SessionBuilder, Vec<ProviderReport>, String), (String, String)> {
     let compiled = available();
     let mut reports = Vec::new();
     let mut primary = None;
     for req in requests {
-        let report = |active: bool, reason: Option<String>| ProviderReport { name: req.name.clone(), active, reason };
         if req.name == "cpu" {
-            reports.push(report(true, None));
+            reports.push(ProviderReport::new(req, true, None));
             primary.get_or_insert_with(|| "cpu".to_string());
             continue;
         }
-        let ort = ort_name(&req.name).unwrap_or("unknown");
-        if !compiled.iter().any(|c| c == ort) {
-            let reason = format!("not compiled into {library} (it has: {})", compiled.join(", "));
-            if strict {
-                return Err((req.name.clone(), reason));
-            }
-            reports.push(report(false, Some(reason)));
-            continue;
-        }
-        let Some(d) = dispatch(&req.name, &req.options) else { continue };
-        match builder.with_execution_providers([d.error_on_failure()]) {
-            Ok(b) => {
+        let outcome = match &req.plugin {
+            Some(lib) => {
+                let (b, appended) = plugins::append(builder, rt, lib, &req.options);
                 builder = b;
-                reports.push(report(true, None));
-                primary.get_or_insert_with(|| req.name.clone());
+                appended.map(|a| ProviderReport { device: Some(a.device), ort_name: a.ort_name, ..ProviderReport::new(req, true, None) })
             }
-            Err(e) => {
-                let reason = format!("registration failed: {}", e.message());
-                if strict {
-                    return Err((req.name.clone(), reason));
+            None => {
+                let ort = ort_name(&req.name).unwrap_or("unknown");
+                match dispatch(&req.name, &req.options) {
+                    _ if !compiled.iter().any(|c| c == ort) => {
+                        Err(format!("not compiled into {} (it has: {})", rt.path.display(), compiled.join(", ")))
+                    }
+                    None => continue,
+                    Some(d) => match builder.with_execution_providers([d.error_on_failure()]) {
+                        Ok(b) => {
+                            builder = b;
+                            Ok(ProviderReport::new(req, true, None))
+                        }
+                        Err(e) => {
+                            let why = format!("registration failed: {}", e.message());
+                            builder = e.recover();
+                            Err(why)
+                        }
+                    },
                 }
-                builder = e.recover();
-                reports.push(report(false, Some(reason)));
             }
+        };
+        match outcome {
+            Ok(report) => {
+                primary.get_or_insert_with(|| req.name.clone());
+                reports.push(report);
+            }
+            Err(why) if strict => return Err((req.name.clone(), why)),
+            Err(why) => reports.push(ProviderReport::new(req, false, Some(why))),
         }
     }
     Ok((builder, reports, primary.unwrap_or_else(|| "cpu".into())))

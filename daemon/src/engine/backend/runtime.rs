@@ -11,7 +11,10 @@
 //! 6. `libonnxruntime.so` through the system loader (`ld.so.conf`, `LD_LIBRARY_PATH`).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::logging::LogLevel;
+use ort::AsPointer;
 
 /// The oldest ONNX Runtime this build accepts (the API level `ort` is built against; it is also
 /// the first release with every contrib operator the Qwen3.5 exports use on CPU).
@@ -142,8 +145,10 @@ fn init(path: &Path) -> Result<Runtime, RuntimeError> {
     let env = builder
         .with_name("qwenedge")
         .with_telemetry(false)
+        .with_logger(Arc::new(log))
         .build()
         .map_err(|e| unusable(format!("creating the environment failed: {e}")))?;
+    set_level(&env, LogLevel::Warning);
     let version = version_of(path).unwrap_or_else(|| "unknown".into());
     Ok(Runtime { env, path: path.to_path_buf(), version })
 }
@@ -161,6 +166,52 @@ pub fn version_of(path: &Path) -> Option<String> {
         }
         let s = ((*base).GetVersionString)();
         Some(std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned())
+    }
+}
+
+/// While set, what execution providers say about nodes they do not take (see
+/// [`Runtime::node_reasons`]).
+static CAPTURE: Mutex<Option<Vec<String>>> = Mutex::new(None);
+
+/// ONNX Runtime's log messages, into this process's log (warnings and errors; the rest at
+/// trace level).
+fn log(level: LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    if message.contains("REASON") {
+        if let Some(v) = CAPTURE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            v.push(message.to_string());
+        }
+    }
+    let message = message.trim();
+    match level {
+        LogLevel::Error | LogLevel::Fatal => tracing::error!(target: "onnxruntime", location, "{message}"),
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", location, "{message}"),
+        LogLevel::Info => tracing::debug!(target: "onnxruntime", location, "{message}"),
+        LogLevel::Verbose => tracing::trace!(target: "onnxruntime", location, "{message}"),
+    }
+}
+
+/// Sets the level below which ONNX Runtime drops its messages before formatting them.
+fn set_level(env: &ort::environment::Environment, level: LogLevel) {
+    // SAFETY: the environment pointer is valid while `env` lives; a returned status is released.
+    unsafe {
+        let status = (ort::api().UpdateEnvWithCustomLogLevel)(env.ptr().cast_mut(), level.into());
+        if !status.0.is_null() {
+            (ort::api().ReleaseStatus)(status.0);
+        }
+    }
+}
+
+impl Runtime {
+    /// Runs `f` (creating a session) with ONNX Runtime's verbose messages on, and returns what
+    /// the execution providers said about each node they did not take (QNN: "Validation FAILED
+    /// … REASON : Cannot get shape"), one message per node.
+    pub fn node_reasons<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        *CAPTURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        set_level(&self.env, LogLevel::Verbose);
+        let out = f();
+        set_level(&self.env, LogLevel::Warning);
+        let reasons = CAPTURE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        (out, reasons)
     }
 }
 

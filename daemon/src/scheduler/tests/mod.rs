@@ -108,6 +108,7 @@ impl Model for Fake {
             providers: Vec::new(),
             threads: 1,
             chosen: String::new(),
+            placement: None,
         };
         ModelReport {
             id: None,

@@ -88,6 +88,7 @@ mod tests {
             providers: vec![],
             threads: 2,
             chosen: String::new(),
+            placement: None,
         };
         StatusReport {
             state: Phase::Ready,

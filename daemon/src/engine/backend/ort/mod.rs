@@ -18,11 +18,13 @@ use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
 mod optimized;
+mod placement;
 mod probe;
 mod session;
 mod state;
 
 pub use optimized::OptimizedCache;
+pub use placement::{Declined, EpNodes, Placement};
 use session::{edited_graph, load_optimized, plain, Optimized};
 use state::{grow_kv, next_state_id, zeros, OrtState};
 
@@ -202,7 +204,14 @@ impl OrtBackend {
         for r in &reports {
             match &r.reason {
                 Some(why) => tracing::warn!(provider = %r.name, reason = %why, "execution provider skipped"),
-                None => tracing::info!(provider = %r.name, "execution provider active"),
+                None => tracing::info!(provider = %r.name, device = r.device.as_deref().unwrap_or("-"), "execution provider active"),
+            }
+        }
+        let placement = placement::read(&session, &reports);
+        if let Some(p) = &placement {
+            tracing::info!(placement = %p.summary(), "nodes per execution provider");
+            for d in p.providers.iter().flat_map(|e| e.declined.iter().map(move |d| (&e.ep, d))) {
+                tracing::info!(provider = %d.0, op_type = %d.1.op_type, nodes = d.1.nodes, reason = %d.1.reason, "nodes left to the CPU");
             }
         }
         let load_err = |e: ort::Error| BackendError::Load { path: spec.onnx_path.clone(), msg: e.to_string() };
@@ -214,6 +223,7 @@ impl OrtBackend {
             providers: reports,
             threads: opts.threads,
             chosen: String::new(),
+            placement,
         };
         for data in &weights {
             advise_random_access(data);

@@ -8,7 +8,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 
 use super::optimized::{self, Lookup, OptimizedCache};
-use super::OrtOptions;
+use super::{placement, OrtOptions};
 use crate::engine::backend::providers::{self, ProviderReport};
 use crate::engine::backend::runtime::Runtime;
 use crate::engine::backend::BackendError;
@@ -42,8 +42,8 @@ fn session_builder(
         .map_err(|e| err(e.into()))?
         .with_intra_op_spinning(opts.spinning)
         .map_err(|e| err(e.into()))?;
-    let library = rt.path.display().to_string();
-    let (b, reports, primary) = providers::register(builder, &opts.providers, opts.strict_providers, &library).map_err(|(name, why)| {
+    builder = builder.with_config_entry(placement::RECORD_KEY, "1").map_err(|e| err(e.into()))?;
+    let (b, reports, primary) = providers::register(builder, &opts.providers, opts.strict_providers, rt).map_err(|(name, why)| {
         load_err(spec, format!("execution provider '{name}' is unavailable and model.strict_providers is set: {why}"))
     })?;
     builder = b;
@@ -192,8 +192,39 @@ pub(super) fn load_optimized(
     }
 }
 
-/// A session packed at load, nothing saved.
+/// A session packed at load, nothing saved. When a plugin provider was added but the session
+/// cannot be created with it (the EP refused the graph or its options) and
+/// `model.strict_providers` is off, the session is created without the plugin providers and
+/// their reports say why.
 pub(super) fn plain(rt: &Runtime, spec: &ModelSpec, opts: &OrtOptions, graph: Option<&[u8]>) -> Result<Created, BackendError> {
-    let (builder, reports, primary) = session_builder(rt, spec, opts)?;
-    Ok((commit(builder, spec, graph)?, reports, primary, original_weights(spec)))
+    let (builder, mut reports, primary) = session_builder(rt, spec, opts)?;
+    let plugin = reports.iter().position(|r| r.active && r.library.is_some());
+    let (created, rejections) = match plugin {
+        Some(_) => rt.node_reasons(|| commit(builder, spec, graph)),
+        None => (commit(builder, spec, graph), Vec::new()),
+    };
+    match created {
+        Ok(session) => {
+            // What the plugin said about the nodes it left to the others (ONNX Runtime does not
+            // say which provider a message comes from; with one plugin it is that one).
+            if let Some(i) = plugin {
+                reports[i].rejections = rejections;
+            }
+            Ok((session, reports, primary, original_weights(spec)))
+        }
+        Err(e) if plugin.is_some() && !opts.strict_providers => {
+            let why = format!("the session could not be created with it: {}", e.to_string().trim());
+            let without = OrtOptions { providers: opts.providers.iter().filter(|p| p.plugin.is_none()).cloned().collect(), ..opts.clone() };
+            let (builder, rest, primary) = session_builder(rt, spec, &without)?;
+            let reports = reports
+                .into_iter()
+                .map(|r| match rest.iter().find(|x| x.name == r.name) {
+                    Some(x) => x.clone(),
+                    None => ProviderReport { active: false, reason: Some(why.clone()), device: None, ..r },
+                })
+                .collect();
+            Ok((commit(builder, spec, graph)?, reports, primary, original_weights(spec)))
+        }
+        Err(e) => Err(e),
+    }
 }

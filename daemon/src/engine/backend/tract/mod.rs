@@ -226,6 +226,7 @@ impl Backend for TractBackend {
             providers: Vec::new(),
             threads: self.threads,
             chosen: String::new(),
+            placement: None,
         }
     }
 
