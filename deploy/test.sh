@@ -14,6 +14,10 @@ python=$(models/venv.sh | tail -n1)
 echo "test: fixtures" >&2
 fixtures=$("$python" models/fixtures/generate.py | tail -n1)
 ortlib=$(deploy/fetch-onnxruntime.sh | tail -n1)
+# The vendors' execution-provider plugins from PyPI (tests/plugin_eps.rs), cached.
+ep_qnn=$(deploy/fetch-ep-plugin.sh qnn | tail -n1)
+ep_openvino=$(deploy/fetch-ep-plugin.sh openvino | tail -n1)
+export QWENEDGE_EP_QNN="$ep_qnn" QWENEDGE_EP_OPENVINO="$ep_openvino"
 # The HTTP tests' client libraries (openai, ollama at Home Assistant's pin, jsonschema,
 # prometheus_client) in a small venv of their own.
 client_python=$(tests/clients/venv.sh | tail -n1)

@@ -41,7 +41,10 @@ struct Run {
     logits: Vec<Vec<f32>>,
     rss_mb: f64,
     placement: String,
+    /// `qnn on NPU (Qualcomm)`, or `qnn (skipped)`.
     provider: String,
+    /// Why the plugin provider was skipped.
+    skipped: Option<String>,
 }
 
 fn measure(
@@ -59,13 +62,13 @@ fn measure(
     let prompt = prompt(&engine, n)?;
     let speed = speed(&mut engine, &prompt, new, runs)?;
     let logits = forced_logits(&mut engine, &prompt, answer.unwrap_or(&speed.tokens))?;
-    let provider = match info.providers.iter().find(|p| p.name != "cpu") {
-        Some(p) if p.active => format!("{} on {}", p.name, p.device.as_deref().unwrap_or("?")),
-        Some(p) => format!("{} skipped: {}", p.name, p.reason.as_deref().unwrap_or("?")),
-        None => "cpu".into(),
+    let (provider, skipped) = match info.providers.iter().find(|p| p.name != "cpu") {
+        Some(p) if p.active => (format!("{} on {}", p.name, p.device.as_deref().unwrap_or("?")), None),
+        Some(p) => (format!("{} (skipped)", p.name), Some(p.reason.clone().unwrap_or_default())),
+        None => ("cpu".into(), None),
     };
     let placement = info.placement.map(|p| p.summary()).unwrap_or_default();
-    Ok(Run { load_ms, speed, logits, rss_mb: rss_mb().unwrap_or(0.0), placement, provider })
+    Ok(Run { load_ms, speed, logits, rss_mb: rss_mb().unwrap_or(0.0), placement, provider, skipped })
 }
 
 /// Runs the comparison; `spec` is `EP=PATH`, `options` `KEY=VALUE` each.
@@ -96,6 +99,9 @@ pub fn run(model: &ModelArgs, spec: &str, options: &[String], n: usize, new: usi
         ratio(plug.speed.prefill, cpu.speed.prefill),
         ratio(plug.speed.decode, cpu.speed.decode)
     );
+    if let Some(why) = &plug.skipped {
+        eprintln!("  skipped          {why}: both rows ran on the CPU provider");
+    }
     eprintln!("  placement        {}", plug.placement);
     eprintln!(
         "  agreement        greedy tokens {matched}/{} equal before the first difference; top token {top_agree}/{} positions; max |logit diff| {max_diff:.3e}",
@@ -113,6 +119,7 @@ pub fn run(model: &ModelArgs, spec: &str, options: &[String], n: usize, new: usi
         "ep": ep,
         "ep_options": options,
         "provider": plug.provider,
+        "skipped": plug.skipped,
         "cpu": figures(&cpu),
         "plugin": figures(&plug),
         "prefill_ratio": ratio(plug.speed.prefill, cpu.speed.prefill),

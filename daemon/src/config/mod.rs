@@ -278,6 +278,22 @@ mod tests {
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("model.execution_providers") && e.contains("npu9000"), "{e}");
 
+        // A plugin's name is known once a [[model.ep_library]] entry gives it; its file is
+        // checked when the model loads (strict_providers decides what a missing one does).
+        let lib = "[[model.ep_library]]\nep = \"npu9000\"\npath = \"/opt/npu9000/libplugin.so\"\ndevice = \"npu\"\n";
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\nexecution_providers = [\"npu9000\", \"cpu\"]\n{lib}"));
+        let loaded = load(Some(&f), &BTreeMap::new()).unwrap();
+        assert_eq!(loaded.settings.model.ep_library[0].ep, "npu9000");
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n{lib}{lib}"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("model.ep_library[1].ep") && e.contains("two libraries"), "{e}");
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n{}", lib.replace("\"npu\"", "\"dsp\"")));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("device") && e.contains("dsp"), "{e}");
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\n{}", lib.replace("npu9000", "cpu")));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("model.ep_library[0].ep") && e.contains("built into"), "{e}");
+
         let f = write(dir.path(), &format!("[model]\npath = {model:?}\n[cache]\nmin_tokens = 0\n"));
         let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("cache.min_tokens") && e.contains("config.toml"), "{e}");
