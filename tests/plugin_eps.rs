@@ -110,6 +110,10 @@ fn qnn_htp_serves_and_reports_where_the_nodes_went() {
     let declined = backend["placement"]["providers"][0]["declined"].as_array().unwrap();
     assert!(declined.iter().any(|d| d["op_type"] == "MatMulNBits" && d["reason"].as_str().is_some_and(|r| !r.is_empty())), "{declined:?}");
     assert!(d.log_text().contains("nodes per execution provider"), "the load log has the placement");
+    let mut c = d.client();
+    c.send(&json!({"id": "m", "op": "models"}));
+    let models = c.recv();
+    assert_eq!(models["models"][0]["backend"]["placement"]["summary"], summary, "{models}");
     compare("qnn", nodes, &ops, &answers(&d), &cpu);
 
     let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(&d.config).output().unwrap();
