@@ -18,6 +18,9 @@ ortlib=$(deploy/fetch-onnxruntime.sh | tail -n1)
 ep_qnn=$(deploy/fetch-ep-plugin.sh qnn | tail -n1)
 ep_openvino=$(deploy/fetch-ep-plugin.sh openvino | tail -n1)
 export QWENEDGE_EP_QNN="$ep_qnn" QWENEDGE_EP_OPENVINO="$ep_openvino"
+# qemu-user >= 10: an Intel CPU emulated for the OpenVINO plugin on other makers' machines
+# (tests/plugin_eps.rs), and an aarch64 board (tests/aarch64-qemu.sh).
+tests/qemu-user.sh
 # The HTTP tests' client libraries (openai, ollama at Home Assistant's pin, jsonschema,
 # prometheus_client) in a small venv of their own.
 client_python=$(tests/clients/venv.sh | tail -n1)

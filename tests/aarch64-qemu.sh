@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of the aarch64 build under user-mode emulation (qemu-aarch64):
-#   1. installs qemu-user >= 10 when missing or older (Debian bookworm's 7.2 crashes inside ONNX
-#      Runtime's CPU detection; bookworm-backports has 10.x, and that source is added if absent);
+#   1. installs qemu-user >= 10 when missing or older (tests/qemu-user.sh: Debian bookworm's 7.2
+#      crashes inside ONNX Runtime's CPU detection; bookworm-backports has 10.x);
 #   2. builds the aarch64 and x86_64 bundles with deploy/build.sh (each binary with its own
 #      official libonnxruntime in <bundle>/lib/qwenedge/);
 #   3. runs the unit tests of tract's int8 kernels as aarch64 code under qemu, once on an emulated
@@ -73,39 +73,7 @@ apt_install() {
 }
 
 # --- 1. qemu-user >= 10 -----------------------------------------------------------------------
-qemu_major() {
-  command -v qemu-aarch64 >/dev/null || { echo 0; return; }
-  qemu-aarch64 --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\)\..*/\1/p' | grep . || echo 0
-}
-if [ "$(qemu_major)" -lt 10 ]; then
-  command -v apt-get >/dev/null \
-    || fail "qemu-aarch64 >= 10 is needed (found: $(qemu-aarch64 --version 2>/dev/null | head -n1 || echo none))"
-  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  [ -n "$codename" ] || fail "cannot tell the Debian release from /etc/os-release"
-  $sudo apt-get update -qq >&2
-  candidate=$(apt-cache policy qemu-user | sed -n 's/^ *Candidate: *//p')
-  if [ "$(echo "$candidate" | sed -n 's/^\([0-9]*:\)\{0,1\}\([0-9][0-9]*\)\..*/\2/p' | grep . || echo 0)" -ge 10 ]; then
-    apt_install qemu-user
-  else
-    backports="$codename-backports"
-    if ! grep -qsE "^[^#]*\b$backports\b" /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; then
-      # The same mirror as the release's own source (the first Debian archive URI found).
-      mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-        | awk '$1 == "URIs:" && $2 ~ /\/debian\/?$/ { sub(/\/$/, "", $2); print $2; exit }' || true)
-      [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\/.*\/debian\/?$/) { sub(/\/$/, "", $i); print $i; exit } }' \
-        /etc/apt/sources.list 2>/dev/null || true)
-      [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
-      say "adding the $backports source ($mirror)"
-      printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-        "$mirror" "$backports" | $sudo tee "/etc/apt/sources.list.d/$backports.sources" >/dev/null
-      $sudo apt-get update -qq >&2
-    fi
-    apt_install -t "$backports" qemu-user
-  fi
-  hash -r
-  [ "$(qemu_major)" -ge 10 ] \
-    || fail "qemu-aarch64 >= 10 is needed; after installing, found: $(qemu-aarch64 --version 2>/dev/null | head -n1 || echo none)"
-fi
+tests/qemu-user.sh || fail "qemu-user >= 10 could not be installed (see above)"
 say "$(qemu-aarch64 --version | head -n1), emulated CPU: $QEMU_CPU"
 
 # --- 2. bundles ---------------------------------------------------------------------------------

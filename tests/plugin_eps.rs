@@ -1,9 +1,10 @@
 //! Execution providers from plugin libraries, with the vendors' real wheels from PyPI (fetched
 //! and checked by deploy/fetch-ep-plugin.sh; deploy/test.sh names them in `QWENEDGE_EP_QNN`
 //! and `QWENEDGE_EP_OPENVINO`): QNN's HTP backend (a simulator on x86-64) serves a fixture and
-//! the node placement shows in `status` and `doctor`; OpenVINO serves where it offers a device
-//! (Intel hardware) and says that it offers none elsewhere; a missing library, one that is not
-//! a plugin and one built for a newer ONNX Runtime are each one line naming the file.
+//! the node placement shows in `status` and `doctor`; OpenVINO serves on an Intel CPU (this
+//! machine's, or one emulated by qemu-x86_64) and says that it offers no device on another
+//! maker's; a missing library, one that is not a plugin and one built for a newer ONNX Runtime
+//! are each one line naming the file.
 
 mod common;
 
@@ -36,10 +37,11 @@ fn plugin(ep: &str) -> PathBuf {
     path
 }
 
-/// `[model]` keys for a plugin provider in front of the CPU.
-fn plugin_keys(ep: &str, path: &Path, more: &str) -> String {
+/// `[model]` keys for a plugin provider in front of the CPU; `lib_keys` go into its
+/// `[[model.ep_library]]` entry.
+fn plugin_keys(ep: &str, path: &Path, lib_keys: &str) -> String {
     format!(
-        "execution_providers = [\"{ep}\", \"cpu\"]\n{more}\n[[model.ep_library]]\nep = \"{ep}\"\npath = {:?}\n",
+        "execution_providers = [\"{ep}\", \"cpu\"]\n[[model.ep_library]]\nep = \"{ep}\"\npath = {:?}\n{lib_keys}\n",
         path.display().to_string()
     )
 }
@@ -129,42 +131,79 @@ fn intel_cpu() -> bool {
     std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().any(|l| l.starts_with("vendor_id") && l.contains("GenuineIntel"))
 }
 
+/// How to run the daemon on an Intel CPU (`intel`) or another maker's: natively where this
+/// machine is one, else under qemu-x86_64 emulating one (tests/qemu-user.sh installs it).
+fn on_cpu(intel: bool) -> Vec<&'static str> {
+    if intel == intel_cpu() {
+        return Vec::new();
+    }
+    let found = Command::new("qemu-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "qemu-x86_64 is needed to emulate {} CPU here: tests/qemu-user.sh installs it",
+        if intel { "an Intel" } else { "a non-Intel" }
+    );
+    vec!["qemu-x86_64", "-cpu", if intel { "Haswell-noTSX" } else { "EPYC" }]
+}
+
+const OPENVINO_OPTIONS: &str = "[model.provider_options.openvino]\ndevice_type = \"CPU\"\n";
+
 #[test]
-fn openvino_serves_on_intel_and_says_it_offers_no_device_elsewhere() {
+fn openvino_serves_on_an_intel_cpu() {
+    // OpenVINO's plugin offers devices of Intel hardware only: on another maker's CPU the
+    // daemon runs on an emulated Intel one (the plugin's CPU kernels then run emulated too).
     let ov = plugin("openvino");
-    let keys = plugin_keys("openvino", &ov, "");
-    let options = "[model.provider_options.openvino]\ndevice_type = \"CPU\"\n";
-    let d = start(&keys, options);
+    let keys = plugin_keys("openvino", &ov, "device = \"cpu\"\nvendor = \"intel\"");
+    let d = Daemon::start_via(&on_cpu(true), &common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
     let backend = d.status()["model"]["backend"].clone();
     let p = &backend["providers"][0];
-    if intel_cpu() {
-        assert_eq!(p["active"], true, "{backend}");
-        let (nodes, ops) = placement_of(&backend, "openvino");
-        let cpu = answers(&start("", ""));
-        compare("openvino", nodes, &ops, &answers(&d), &cpu);
-        return;
-    }
-    // OpenVINO's plugin offers devices of Intel hardware only.
+    assert_eq!((p["name"].as_str(), p["active"].as_bool()), (Some("openvino"), Some(true)), "{backend}\n{}", d.log_text());
+    assert_eq!(p["device"], "CPU (Intel)");
+    assert_eq!(backend["execution_provider"], "openvino");
+    let (nodes, ops) = placement_of(&backend, "openvino");
+    assert!(nodes > 0 && ops.iter().any(|op| op == "MatMulNBits"), "OpenVINO takes the 4-bit products: {}", backend["placement"]);
+    compare("openvino", nodes, &ops, &answers(&d), &answers(&start("", "")));
+}
+
+#[test]
+fn openvino_offers_no_device_on_other_hardware() {
+    let ov = plugin("openvino");
+    let keys = plugin_keys("openvino", &ov, "");
+    let wrapper = on_cpu(false);
+    let d = Daemon::start_via(&wrapper, &common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
+    let backend = d.status()["model"]["backend"].clone();
+    let p = &backend["providers"][0];
     let reason = p["reason"].as_str().unwrap_or_default();
     assert_eq!(p["active"], false, "{backend}");
     assert!(reason.contains(&ov.display().to_string()) && reason.contains("offers no device on this machine"), "{reason}");
     assert_eq!(backend["execution_provider"], "cpu");
-    assert_eq!(answers(&d).len(), 4, "the CPU serves");
+    let mut c = d.client();
+    c.send(&chat("r", "hello", json!({"max_tokens": 3})));
+    assert_eq!(c.until_terminal("r").last().unwrap()["event"], "done", "the CPU serves");
     drop(d);
-    let code_and_line = strict_start(&keys);
-    assert_eq!(code_and_line.0, Some(1));
-    assert!(code_and_line.1.contains("offers no device on this machine"), "{}", code_and_line.1);
+    let (code, line) = strict_start(&wrapper, &keys);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("offers no device on this machine"), "{line}");
 }
 
-/// Starts `serve` with `keys` and `strict_providers`; its exit code and last stderr line.
-fn strict_start(keys: &str) -> (Option<i32>, String) {
+/// Starts `serve` (through `wrapper`, if any) with `keys` and `strict_providers`; its exit code
+/// and last stderr line.
+fn strict_start(wrapper: &[&str], keys: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("q.sock");
     let config = dir.path().join("config.toml");
     let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", &format!("threads = 1\nstrict_providers = true\n{keys}\n"));
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwenedge"))
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_qwenedge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_qwenedge")),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&config)
         .env("XDG_CACHE_HOME", dir.path())
@@ -174,7 +213,7 @@ fn strict_start(keys: &str) -> (Option<i32>, String) {
         .unwrap();
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(60), "serve did not stop");
+        assert!(started.elapsed() < Duration::from_secs(300), "serve did not stop");
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
@@ -208,7 +247,7 @@ fn a_bad_plugin_library_is_one_line_naming_the_file() {
         assert!(!reason.contains('\n'), "one line: {reason}");
         assert_eq!(answers(&d).len(), 4, "the CPU serves");
         drop(d);
-        let (code, line) = strict_start(&keys);
+        let (code, line) = strict_start(&[], &keys);
         assert_eq!(code, Some(1), "{line}");
         assert!(line.contains("execution provider 'qnn'") && line.contains("strict_providers") && line.contains(why), "{why}: {line}");
     }

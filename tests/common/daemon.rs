@@ -43,13 +43,26 @@ impl Daemon {
     /// `extra` appended, and `customize` applied to the command (environment, say, or another
     /// stderr than the log file) before it is spawned.
     pub fn start_customized(model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
+        Self::start_via(&[], model, model_keys, extra, customize)
+    }
+
+    /// As [`start_customized`](Self::start_customized), the binary run through `wrapper` (an
+    /// emulator and its arguments) when it is not empty; start-up may then take minutes.
+    pub fn start_via(wrapper: &[&str], model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qwenedge.sock");
         let config = dir.path().join("config.toml");
         let text = config_text(model, &socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("daemon.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_qwenedge"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_qwenedge"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_qwenedge")),
+        };
         // Saved prefix snapshots stay with this daemon (the default directory is under here).
         command
             .args(["serve", "--config"])
@@ -62,12 +75,12 @@ impl Daemon {
         customize(&mut command);
         let child = command.spawn().unwrap();
         let mut daemon = Daemon { child, dir, socket, config, log };
-        daemon.wait_ready();
+        daemon.wait_ready(Duration::from_secs(if wrapper.is_empty() { 60 } else { 300 }));
         daemon
     }
 
-    fn wait_ready(&mut self) {
-        let until = Instant::now() + Duration::from_secs(60);
+    fn wait_ready(&mut self, within: Duration) {
+        let until = Instant::now() + within;
         while Instant::now() < until {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
