@@ -195,15 +195,7 @@ fn strict_start(wrapper: &[&str], keys: &str) -> (Option<i32>, String) {
     let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", &format!("threads = 1\nstrict_providers = true\n{keys}\n"));
     std::fs::write(&config, text).unwrap();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(env!("CARGO_BIN_EXE_qwenedge"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_qwenedge")),
-    };
-    let mut child = command
+    let mut child = common::daemon::qwenedge_via(wrapper)
         .args(["serve", "--config"])
         .arg(&config)
         .env("XDG_CACHE_HOME", dir.path())

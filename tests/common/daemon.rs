@@ -18,6 +18,19 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+/// A command running the `qwenedge` binary, through `wrapper` (an emulator and its arguments)
+/// when that is not empty.
+pub fn qwenedge_via(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_qwenedge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_qwenedge")),
+    }
+}
+
 /// The configuration every daemon test starts from; `extra` is appended (TOML).
 pub fn config_text(model: &Path, socket: &Path, extra: &str) -> String {
     format!(
@@ -55,14 +68,7 @@ impl Daemon {
         let text = config_text(model, &socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("daemon.log");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_qwenedge"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_qwenedge")),
-        };
+        let mut command = qwenedge_via(wrapper);
         // Saved prefix snapshots stay with this daemon (the default directory is under here).
         command
             .args(["serve", "--config"])

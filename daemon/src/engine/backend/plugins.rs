@@ -150,8 +150,10 @@ fn describe(d: &Device<'_>) -> String {
     format!("{} ({vendor})", DeviceKind::of(hw.ty()).map_or("other device", DeviceKind::label))
 }
 
-/// The device of `lib` to use (one of those whose EP is in `eps`), or why there is none.
-fn choose<'e>(rt: &'e Runtime, lib: &EpLibrary, eps: &[String]) -> Result<Device<'e>, String> {
+/// Registers `lib` (once) and picks the device to use among those it offers; returns it with
+/// the descriptions of every device offered, or why there is none.
+fn pick<'e>(rt: &'e Runtime, lib: &EpLibrary) -> Result<(Device<'e>, Vec<String>), String> {
+    let eps = register(rt, lib)?;
     let offered: Vec<Device<'e>> = rt.env.devices().filter(|d| d.ep().is_ok_and(|ep| eps.iter().any(|e| e == ep))).collect();
     if offered.is_empty() {
         return Err(format!("{} offers no device on this machine", lib.path.display()));
@@ -166,16 +168,19 @@ fn choose<'e>(rt: &'e Runtime, lib: &EpLibrary, eps: &[String]) -> Result<Device
         kind_ok && vendor_ok
     };
     let described: Vec<String> = offered.iter().map(describe).collect();
-    offered.into_iter().find(fits).ok_or_else(|| {
-        let mut wanted = Vec::new();
-        if let Some(k) = lib.device {
-            wanted.push(k.label().to_string());
+    match offered.into_iter().find(fits) {
+        Some(device) => Ok((device, described)),
+        None => {
+            let mut wanted = Vec::new();
+            if let Some(k) = lib.device {
+                wanted.push(k.label().to_string());
+            }
+            if let Some(v) = &lib.vendor {
+                wanted.push(format!("made by '{v}'"));
+            }
+            Err(format!("{} offers {} here, none of them {}", lib.path.display(), described.join(", "), wanted.join(" ")))
         }
-        if let Some(v) = &lib.vendor {
-            wanted.push(format!("made by '{v}'"));
-        }
-        format!("{} offers {} here, none of them {}", lib.path.display(), described.join(", "), wanted.join(" "))
-    })
+    }
 }
 
 /// A plugin provider added to a session.
@@ -194,12 +199,8 @@ pub fn append(
     lib: &EpLibrary,
     options: &BTreeMap<String, String>,
 ) -> (SessionBuilder, Result<Appended, String>) {
-    let eps = match register(rt, lib) {
-        Ok(eps) => eps,
-        Err(why) => return (builder, Err(why)),
-    };
-    let device = match choose(rt, lib, &eps) {
-        Ok(d) => d,
+    let device = match pick(rt, lib) {
+        Ok((d, _)) => d,
         Err(why) => return (builder, Err(why)),
     };
     let ort_name = device.ep().map(str::to_string).unwrap_or_else(|_| lib.registration_name());
@@ -217,9 +218,6 @@ pub fn append(
 /// Registers `lib` (once) and says which devices it offers and which one a session would use
 /// (`doctor`), or why it cannot be used.
 pub fn inspect(rt: &Runtime, lib: &EpLibrary) -> Result<String, String> {
-    let eps = register(rt, lib)?;
-    let chosen = choose(rt, lib, &eps)?;
-    let offered: Vec<String> =
-        rt.env.devices().filter(|d| d.ep().is_ok_and(|ep| eps.iter().any(|e| e == ep))).map(|d| describe(&d)).collect();
+    let (chosen, offered) = pick(rt, lib)?;
     Ok(format!("offers {}; uses {}", offered.join(", "), describe(&chosen)))
 }

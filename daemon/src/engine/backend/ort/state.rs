@@ -43,6 +43,14 @@ pub(super) fn zeros(allocator: &Allocator, dims: &[usize]) -> Result<Tensor<f32>
     Ok(t)
 }
 
+/// Copies the first `len` positions of each of `heads` heads from `src`, laid out
+/// `[heads, src_cap, dim]`, into `dst`, laid out `[heads, dst_cap, dim]`.
+fn copy_positions(src: &[f32], src_cap: usize, dst: &mut [f32], dst_cap: usize, (heads, len, dim): (usize, usize, usize)) {
+    for h in 0..heads {
+        dst[h * dst_cap * dim..][..len * dim].copy_from_slice(&src[h * src_cap * dim..][..len * dim]);
+    }
+}
+
 /// A KV buffer `[1, heads, capacity, head_dim]` holding the first `len` positions of `old`.
 pub(super) fn grow_kv(
     allocator: &Allocator,
@@ -54,12 +62,7 @@ pub(super) fn grow_kv(
     let (heads, dim) = (t.shape[0], t.shape[2]);
     let mut new = zeros(allocator, &[heads, capacity, dim])?;
     if let Some((old, old_cap)) = old {
-        let src = old.extract_tensor().1;
-        let dst = new.extract_tensor_mut().1;
-        for h in 0..heads {
-            let n = len * dim;
-            dst[h * capacity * dim..][..n].copy_from_slice(&src[h * old_cap * dim..][..n]);
-        }
+        copy_positions(old.extract_tensor().1, old_cap, new.extract_tensor_mut().1, capacity, (heads, len, dim));
     }
     Ok(new)
 }
@@ -105,11 +108,8 @@ impl OrtBackend {
             .zip(&state.kv)
             .map(|(t, buf)| {
                 let (heads, dim) = (t.shape[0], t.shape[2]);
-                let src = buf.extract_tensor().1;
-                let mut out = Vec::with_capacity(heads * len * dim);
-                for h in 0..heads {
-                    out.extend_from_slice(&src[h * state.capacity * dim..][..len * dim]);
-                }
+                let mut out = vec![0.0; heads * len * dim];
+                copy_positions(buf.extract_tensor().1, state.capacity, &mut out, len, (heads, len, dim));
                 out
             })
             .collect::<Vec<_>>();
@@ -145,10 +145,7 @@ impl OrtBackend {
                 .map(|(t, v)| {
                     let (heads, dim) = (t.shape[0], t.shape[2]);
                     let mut buf = zeros(&self.allocator, &[heads, capacity, dim])?;
-                    let dst = buf.extract_tensor_mut().1;
-                    for h in 0..heads {
-                        dst[h * capacity * dim..][..len * dim].copy_from_slice(&v[h * len * dim..][..len * dim]);
-                    }
+                    copy_positions(v, len, buf.extract_tensor_mut().1, capacity, (heads, len, dim));
                     Ok(buf)
                 })
                 .collect::<Result<Vec<_>, BackendError>>()?;
