@@ -50,21 +50,12 @@ if [ -f "$dest/$plugin" ] && [ "$(cat "$dest/wheel-sha256" 2>/dev/null)" = "$sha
   exit 0
 fi
 
-python=$(command -v python3 || true)
-[ -n "$python" ] || { echo "fetch-ep-plugin: python3 with pip is needed to download from PyPI" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --platform "$platform" --python-version 3.11 "$package==$version" -d "$tmp" >&2
-wheel=$(ls "$tmp"/*.whl)
-got=$(sha256sum "$wheel" | cut -d' ' -f1)
-if [ "$got" != "$sha256" ]; then
-  echo "fetch-ep-plugin: checksum mismatch for $(basename "$wheel"): got $got, expected $sha256" >&2
-  exit 1
-fi
+wheel=$("$(dirname "$0")/pypi-wheel.sh" fetch-ep-plugin "$package==$version" "$platform" "$sha256" "$tmp" | tail -n1)
 rm -rf "$dest.part"
 mkdir -p "$dest.part"
-"$python" - "$wheel" "$dest.part" "$dir" <<'PY'
+python3 - "$wheel" "$dest.part" "$dir" <<'PY'
 import sys, zipfile
 wheel, out, top = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z:

@@ -41,21 +41,11 @@ if [ -f "$lib" ] && [ -f "$lib.wheel-sha256" ] && [ "$(cat "$lib.wheel-sha256")"
   exit 0
 fi
 
-python=$(command -v python3 || true)
-[ -n "$python" ] || { echo "fetch-onnxruntime: python3 with pip is needed to download from PyPI" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --platform "manylinux_2_28_$arch" --python-version 3.11 \
-  "onnxruntime==$VERSION" -d "$tmp" >&2
-wheel=$(ls "$tmp"/onnxruntime-"$VERSION"-*.whl)
-got=$(sha256sum "$wheel" | cut -d' ' -f1)
-if [ "$got" != "${SHA256[$arch]}" ]; then
-  echo "fetch-onnxruntime: checksum mismatch for $(basename "$wheel"): got $got, expected ${SHA256[$arch]}" >&2
-  exit 1
-fi
+wheel=$("$(dirname "$0")/pypi-wheel.sh" fetch-onnxruntime "onnxruntime==$VERSION" "manylinux_2_28_$arch" "${SHA256[$arch]}" "$tmp" | tail -n1)
 mkdir -p "$dest"
-"$python" - "$wheel" "$lib" "$VERSION" <<'PY'
+python3 - "$wheel" "$lib" "$VERSION" <<'PY'
 import shutil, sys, zipfile
 wheel, out, version = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z, z.open(f"onnxruntime/capi/libonnxruntime.so.{version}") as src, open(out + ".part", "wb") as dst:
