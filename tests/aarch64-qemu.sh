@@ -33,8 +33,10 @@
 #
 # usage: tests/aarch64-qemu.sh [--tokens N]      (default 8 new tokens)
 # Needs the test fixtures: $QWENEDGE_FIXTURES, else $QWENEDGE_CACHE/fixtures/current (made by
-# deploy/test.sh). QWENEDGE_QEMU_TIMEOUT (seconds, default 300) bounds each model load and request
-# under emulation; QEMU_CPU picks the emulated CPU (default cortex-a76, the Raspberry Pi 5's core,
+# deploy/test.sh). QWENEDGE_QEMU_TIMEOUT (seconds, default 300) times QWENEDGE_TEST_TIME_SCALE
+# (default 1, as for the cargo tests: raise it on a slow or busy machine) bounds each model load,
+# request and stop under emulation; a wait that runs out names what it waited for, how long, and
+# shows the daemon's last log lines; QEMU_CPU picks the emulated CPU (default cortex-a76, the Raspberry Pi 5's core,
 # with the same instruction set extensions as the Jetson Orin's A78AE; "max" enables everything
 # qemu has, SVE and SME included). Exits non-zero with a reason on any failure.
 set -euo pipefail
@@ -53,7 +55,9 @@ while [ $# -gt 0 ]; do
 done
 case "$tokens" in ''|*[!0-9]*|0) fail "--tokens must be a positive integer, not '$tokens'" ;; esac
 [ "$(uname -m)" = x86_64 ] || fail "this check runs on an x86_64 machine (this one is $(uname -m))"
-timeout_s="${QWENEDGE_QEMU_TIMEOUT:-300}"
+timeout_s=$(awk -v b="${QWENEDGE_QEMU_TIMEOUT:-300}" -v s="${QWENEDGE_TEST_TIME_SCALE:-1}" \
+  'BEGIN { if (b + 0 <= 0 || s + 0 <= 0) exit 1; printf "%d", b * s + 0.5 }') \
+  || fail "QWENEDGE_QEMU_TIMEOUT='${QWENEDGE_QEMU_TIMEOUT:-}' and QWENEDGE_TEST_TIME_SCALE='${QWENEDGE_TEST_TIME_SCALE:-}' must be positive numbers"
 export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 cache="${QWENEDGE_CACHE:-$HOME/.cache/qwenedge}"
 fixtures="${QWENEDGE_FIXTURES:-$cache/fixtures/current}"
@@ -165,7 +169,7 @@ ready() {
     fi
     if [ $((SECONDS - since)) -ge "$timeout_s" ]; then
       tail -n 20 "$tmp/$name.log" >&2
-      fail "the $name daemon was not ready after ${timeout_s}s (log above)"
+      fail "timed out after ${timeout_s}s waiting for the $name daemon to listen on its socket (its log's last lines above)"
     fi
     sleep 0.2
   done
@@ -196,7 +200,7 @@ try:
             if ev.get("event") != "token":
                 terminal[ev.get("id")] = ev
 except socket.timeout:
-    sys.exit(f"no answer within {timeout:.0f}s (got {sorted(map(str, terminal))})")
+    sys.exit(f"timed out after {timeout:.0f}s waiting for the answers to `models` and one completion (got {sorted(map(str, terminal))})")
 done = terminal.get("c")
 if not done or done.get("event") != "done":
     sys.exit(f"the completion failed: {json.dumps(done)}")
@@ -237,7 +241,10 @@ stop() {
   pid=$(cat "$tmp/$name.pid")
   kill -TERM "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - since)) -lt "$timeout_s" ]; do sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && fail "the $name daemon did not exit within ${timeout_s}s of SIGTERM"
+  if kill -0 "$pid" 2>/dev/null; then
+    tail -n 20 "$tmp/$name.log" >&2
+    fail "timed out after ${timeout_s}s waiting for the $name daemon to exit after SIGTERM (its log's last lines above)"
+  fi
   wait "$pid" || status=$?
   [ "$status" -eq 0 ] || { tail -n 10 "$tmp/$name.log" >&2; fail "the $name daemon exited with status $status after SIGTERM (log above)"; }
   [ ! -e "$tmp/$name.sock" ] || fail "the $name daemon left its socket file behind"
@@ -263,9 +270,9 @@ check() {
   start "x86-$label" "$model" "$x86/bin/qwenedge"
   start "arm-$label" "$model" "${arm_cmd[@]}"
   ready "x86-$label"
-  x86_out=$(ask "x86-$label") || fail "x86_64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/x86-$label.log" | tr '\n' ' '))"
+  x86_out=$(ask "x86-$label") || { tail -n 20 "$tmp/x86-$label.log" >&2; fail "x86_64 daemon, $label: request failed (its log's last lines above)"; }
   ready "arm-$label"
-  arm_out=$(ask "arm-$label") || fail "aarch64 daemon, $label: request failed (log: $(tail -n 3 "$tmp/arm-$label.log" | tr '\n' ' '))"
+  arm_out=$(ask "arm-$label") || { tail -n 20 "$tmp/arm-$label.log" >&2; fail "aarch64 daemon, $label: request failed (its log's last lines above)"; }
   stop "x86-$label"
   stop "arm-$label"
   verdict=$("$python" - "$label" "$mode" "$x86_out" "$arm_out" "$x86" "$arm" <<'PY'

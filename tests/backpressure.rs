@@ -15,21 +15,31 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::mqtt::{mqtt_section, Broker, Tester};
+use common::wait::Wait;
 use serde_json::{json, Value};
 
 /// Most the daemon's resident memory may grow while a client does not read.
 const RSS_GROWTH_KB: u64 = 20 * 1024;
 
+/// How long the daemon may take to cancel the requests of a client that does not read (before
+/// scaling): on an idle machine it takes a few seconds.
+const CANCELLED: Duration = Duration::from_secs(60);
+
 fn long_request(id: &str) -> Value {
     json!({"id": id, "op": "complete", "prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0.8, "seed": 1})
 }
 
-/// Sends short requests from another connection until `stop` says so, each answered `done`;
-/// returns how many and the slowest answer.
-fn answered_meanwhile(d: &Daemon, stop: impl Fn() -> bool) -> (usize, Duration) {
+/// Sends short requests from another connection until the daemon is idle (the reader's
+/// requests all cancelled), each answered `done`; returns how many and the slowest answer.
+/// Fails naming `what` when the daemon is not idle within [`CANCELLED`] (scaled).
+fn answered_meanwhile(d: &Daemon, what: &str) -> (usize, Duration) {
+    let wait = Wait::new(what, CANCELLED);
     let mut c = d.client();
     let (mut n, mut slowest) = (0, Duration::ZERO);
-    while !stop() {
+    while !idle(d) {
+        if wait.expired() {
+            wait.fail(format!("status: {}", d.status()));
+        }
         let id = format!("fast{n}");
         let began = Instant::now();
         c.send(&json!({"id": id, "op": "complete", "prompt": "Hello", "max_tokens": 4, "stream": false}));
@@ -67,10 +77,8 @@ fn a_socket_client_that_does_not_read_is_cancelled_and_the_others_are_served() {
     let lines: String = (0..20).map(|i| format!("{}\n", long_request(&format!("slow{i}")))).collect();
     slow.write_all(lines.as_bytes()).unwrap();
     let began = Instant::now();
-    let (fast, slowest) = answered_meanwhile(&d, || idle(&d) || began.elapsed() > Duration::from_secs(60));
+    let (fast, slowest) = answered_meanwhile(&d, "the requests of the client that does not read to be cancelled");
     let took = began.elapsed();
-    assert!(idle(&d), "the reader's requests are still running after {took:?}: {}", d.status());
-    assert!(took < Duration::from_secs(60), "cancelled within 60 s (took {took:?})");
     let grown = d.rss_kb().saturating_sub(rss_before);
     eprintln!("socket client not reading: cancelled after {took:?}, RSS grew {grown} KiB, {fast} other requests answered meanwhile");
     assert!(grown < RSS_GROWTH_KB, "the daemon grew by {grown} KiB while the client did not read");
@@ -80,12 +88,14 @@ fn a_socket_client_that_does_not_read_is_cancelled_and_the_others_are_served() {
 
     // The client reads at last: every request has exactly one terminal event, the ones past
     // the bound `cancelled` naming it; and the connection serves again.
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let reading = Wait::new("the slow reader's 20 terminal events", Duration::from_secs(30));
+    slow.set_read_timeout(Some(reading.left())).unwrap();
     let mut reader = BufReader::new(slow.try_clone().unwrap());
     let mut ends = std::collections::BTreeMap::new();
     while ends.len() < 20 {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the connection stays open");
+        let n = reader.read_line(&mut line).unwrap_or_else(|e| reading.fail(format!("{} of 20 ({e})", ends.len())));
+        assert!(n > 0, "the connection stays open");
         let e: Value = serde_json::from_str(&line).unwrap();
         if e["event"] != "token" {
             assert!(ends.insert(e["id"].as_str().unwrap().to_string(), e.clone()).is_none(), "one terminal event per request: {e}");
@@ -96,9 +106,11 @@ fn a_socket_client_that_does_not_read_is_cancelled_and_the_others_are_served() {
     assert!(cancelled.len() >= 15, "{} of 20 cancelled", cancelled.len());
     assert!(cancelled.iter().all(|e| e["message"].as_str().unwrap().contains("socket.max_unread_bytes")), "{cancelled:?}");
     slow.write_all(format!("{}\n", json!({"id": "again", "op": "complete", "prompt": "Hi", "max_tokens": 3})).as_bytes()).unwrap();
+    let again = Wait::new("the answer to the caught-up client's new request", Duration::from_secs(30));
+    slow.set_read_timeout(Some(again.left())).unwrap();
     let end = loop {
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        reader.read_line(&mut line).unwrap_or_else(|e| again.fail(e));
         let e: Value = serde_json::from_str(&line).unwrap();
         if e["id"] == "again" && e["event"] != "token" {
             break e;
@@ -176,18 +188,14 @@ fn a_stalled_broker_connection_cancels_the_mqtt_requests_with_the_outbox_bounded
     for i in 0..20 {
         t.publish("qwenedge/stall/request", long_request(&format!("m{i}")).to_string());
     }
-    let until = Instant::now() + Duration::from_secs(20);
-    while d.status()["queue"]["interactive"].as_u64().unwrap_or(0) < 19 {
-        assert!(Instant::now() < until, "the requests did not arrive: {}", d.status());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the 20 MQTT requests to arrive (one running, 19 queued)", Duration::from_secs(20), |s| {
+        s["queue"]["interactive"].as_u64().unwrap_or(0) >= 19
+    });
     let rss_before = d.rss_kb();
     proxy.stall(true);
     let began = Instant::now();
-    let (fast, _) = answered_meanwhile(&d, || idle(&d) || began.elapsed() > Duration::from_secs(60));
+    let (fast, _) = answered_meanwhile(&d, "the MQTT requests to be cancelled once the outbox is full");
     let took = began.elapsed();
-    assert!(idle(&d), "the MQTT requests still run after {took:?}: {}", d.status());
-    assert!(took < Duration::from_secs(60), "cancelled within 60 s (took {took:?})");
     let grown = d.rss_kb().saturating_sub(rss_before);
     eprintln!("stalled broker link: cancelled after {took:?}, RSS grew {grown} KiB, {fast} socket requests answered meanwhile");
     assert!(grown < RSS_GROWTH_KB, "the daemon grew by {grown} KiB while the broker took nothing");
@@ -200,7 +208,7 @@ fn a_stalled_broker_connection_cancels_the_mqtt_requests_with_the_outbox_bounded
     // The link comes back: what the outbox kept is delivered, the newest first kept, and the
     // cancelled answers name the bound.
     proxy.stall(false);
-    let msgs = t.collect(Duration::from_secs(60), |m| m.json()["code"] == "cancelled");
+    let msgs = t.collect("a cancelled MQTT answer once the link is back", Duration::from_secs(60), |m| m.json()["code"] == "cancelled");
     let cancelled: Vec<Value> = msgs.iter().map(|m| m.json()).filter(|v| v["code"] == "cancelled").collect();
     assert!(cancelled.iter().all(|v| v["message"].as_str().unwrap().contains("mqtt.max_outbox_bytes")), "{cancelled:?}");
 }

@@ -5,9 +5,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{chat, Daemon};
+use common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// A fake device: one thermal zone, memory and a cgroup, all writable by the test.
@@ -52,17 +53,17 @@ impl Device {
     }
 }
 
-fn budget(d: &Daemon) -> Value {
-    d.status()["budget"].clone()
+/// How long the monitor (polling every 50 ms) may take to see a change (before scaling).
+const READING: Duration = Duration::from_secs(20);
+
+/// Waits until `status.budget` satisfies `ok`; returns it.
+fn wait_budget(d: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    d.wait_status(what, READING, |s| ok(&s["budget"]))["budget"].clone()
 }
 
 /// Waits until `status.budget.level` is `level`.
 fn wait_level(d: &Daemon, level: &str) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while budget(d)["level"] != level {
-        assert!(Instant::now() < until, "level never became {level}: {}", budget(d));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_budget(d, &format!("the thermal level to become {level}"), |b| b["level"] == level);
 }
 
 fn ask(d: &Daemon, id: &str, extra: Value) -> Value {
@@ -77,11 +78,7 @@ fn a_temperature_ramp_moves_through_every_level_and_back() {
     let d = Daemon::start(&dev.config("hot_max_tokens = 5\n"));
     wait_level(&d, "normal");
     // The level reads "normal" before the monitor's first reading is in; wait for it.
-    let until = Instant::now() + Duration::from_secs(20);
-    while budget(&d)["temperature_c"] != 45.0 {
-        assert!(Instant::now() < until, "the first reading never came: {}", budget(&d));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_budget(&d, "the monitor's first reading (45 °C)", |b| b["temperature_c"] == 45.0);
     let mut current = "normal";
     for (t, level) in [
         (72.0, "warm"),
@@ -99,9 +96,10 @@ fn a_temperature_ramp_moves_through_every_level_and_back() {
             wait_level(&d, level);
             current = level;
         } else {
-            // Inside the hysteresis band the level holds.
-            std::thread::sleep(Duration::from_millis(300));
-            assert_eq!(budget(&d)["level"], level, "at {t} °C");
+            // Inside the hysteresis band the level holds: once the monitor has read the new
+            // temperature (its reading and its level are one report), the level is unchanged.
+            let seen = wait_budget(&d, &format!("the monitor to read {t} °C"), |b| b["temperature_c"] == t);
+            assert_eq!(seen["level"], level, "at {t} °C: {seen}");
         }
     }
 }
@@ -177,7 +175,7 @@ fn serve_output(model: &Path, extra: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, common::daemon::config_text(model, &dir.path().join("q.sock"), extra)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output_in_time()
 }
 
 #[test]
@@ -200,11 +198,7 @@ fn requests_whose_state_does_not_fit_get_memory_and_pressure_refuses_background(
     let dev = Device::new();
     let d = Daemon::start(&dev.config("[scheduler]\nmax_tokens_limit = 4000\n"));
     dev.put("/proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    1024 kB\n");
-    let until = Instant::now() + Duration::from_secs(20);
-    while budget(&d)["memory_room_mb"] != 1.0 {
-        assert!(Instant::now() < until, "{}", budget(&d));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_budget(&d, "the monitor to read 1 MiB of room", |b| b["memory_room_mb"] == 1.0);
     let e = ask(&d, "big", json!({"max_tokens": 4000}));
     assert_eq!(e["code"], "memory", "{e}");
     assert!(e["message"].as_str().unwrap().contains("MiB"), "{e}");
@@ -212,11 +206,7 @@ fn requests_whose_state_does_not_fit_get_memory_and_pressure_refuses_background(
 
     dev.put("/proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    6000000 kB\n");
     dev.put("/proc/pressure/memory", "some avg10=45.00 avg60=10.00 avg300=1.00 total=99\n");
-    let until = Instant::now() + Duration::from_secs(20);
-    while budget(&d)["under_pressure"] != true {
-        assert!(Instant::now() < until, "{}", budget(&d));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_budget(&d, "the monitor to read the memory pressure", |b| b["under_pressure"] == true);
     assert_eq!(ask(&d, "bg", json!({"priority": "background", "max_tokens": 2}))["code"], "memory");
     assert_eq!(ask(&d, "fg", json!({"max_tokens": 2}))["event"], "done");
 }
@@ -225,11 +215,7 @@ fn requests_whose_state_does_not_fit_get_memory_and_pressure_refuses_background(
 fn an_idle_model_is_unloaded_and_reloaded_on_demand() {
     let dev = Device::new();
     let d = Daemon::start(&dev.config("idle_unload_s = 1\n"));
-    let until = Instant::now() + Duration::from_secs(30);
-    while d.status()["model_loaded"] != false {
-        assert!(Instant::now() < until, "never unloaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the idle model to be unloaded (idle_unload_s = 1)", Duration::from_secs(30), |s| s["model_loaded"] == false);
     let done = ask(&d, "wake", json!({"max_tokens": 3}));
     assert_eq!(done["event"], "done", "{done}");
     assert!(done["timings"]["load_ms"].as_f64().unwrap() > 0.0, "the reload is reported: {done}");
@@ -245,17 +231,10 @@ fn a_smaller_model_is_used_while_hot() {
     assert!(path(&d).ends_with("tiny-a/int4"));
     dev.temp(83.0);
     wait_level(&d, "hot");
-    let until = Instant::now() + Duration::from_secs(30);
-    while !path(&d).ends_with("tiny-b/int4") {
-        assert!(Instant::now() < until, "no switch: {}", path(&d));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let on = |end: &'static str| move |s: &Value| s["model"]["path"].as_str().is_some_and(|p| p.ends_with(end));
+    d.wait_status("the switch to the hot model", Duration::from_secs(30), on("tiny-b/int4"));
     assert_eq!(ask(&d, "hot", json!({"max_tokens": 2}))["event"], "done");
     dev.temp(50.0);
     wait_level(&d, "normal");
-    let until = Instant::now() + Duration::from_secs(30);
-    while !path(&d).ends_with("tiny-a/int4") {
-        assert!(Instant::now() < until, "no switch back: {}", path(&d));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the switch back to the configured model", Duration::from_secs(30), on("tiny-a/int4"));
 }

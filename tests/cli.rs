@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Command;
 
+use common::wait::Bounded;
 use qwenedge::engine::bpe::Bpe;
 
 fn qwenedge() -> Command {
@@ -20,8 +21,7 @@ fn generate_streams_the_greedy_text() {
         .args(["generate", "--threads", "2", "--max-tokens", "32", "--model"])
         .arg(&dir)
         .args(["--prompt", &p.text])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bpe = Bpe::from_json(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap();
     let eos = [248046, 248044];
@@ -37,8 +37,7 @@ fn generate_with_chat_template_runs() {
         .args(["generate", "--chat", "--max-tokens", "4", "--model"])
         .arg(common::model_dir("tiny-b", "int4"))
         .args(["--prompt", "Turn on the kitchen lights"])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!out.stdout.is_empty());
 }
@@ -48,8 +47,7 @@ fn bench_prints_one_json_line() {
     let out = qwenedge()
         .args(["bench", "--threads", "2", "--prompt-tokens", "16", "--new-tokens", "8", "--runs", "1", "--model"])
         .arg(common::model_dir("tiny-a", "int4"))
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -62,7 +60,7 @@ fn bench_prints_one_json_line() {
 
 #[test]
 fn errors_are_one_line_with_failure_status() {
-    let out = qwenedge().args(["generate", "--model", "/nonexistent", "--prompt", "x"]).output().unwrap();
+    let out = qwenedge().args(["generate", "--model", "/nonexistent", "--prompt", "x"]).output_in_time();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -71,8 +69,7 @@ fn errors_are_one_line_with_failure_status() {
     let out = qwenedge()
         .args(["generate", "--onnxruntime", "/nonexistent/libonnxruntime.so", "--prompt", "x", "--model"])
         .arg(common::model_dir("tiny-a", "int4"))
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("/nonexistent/libonnxruntime.so") && stderr.contains("no such file"), "{stderr}");

@@ -4,9 +4,10 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{chat, streamed_text, Client, Daemon};
+use common::wait::Bounded;
 use serde_json::{json, Value};
 
 fn terminal<'a>(events: &'a [Value], id: &str) -> &'a Value {
@@ -83,18 +84,10 @@ fn a_client_that_disconnects_cancels_its_requests() {
         c.send(&chat("gone", "tell a long story", json!({"max_tokens": 50000})));
         assert_eq!(c.recv()["event"], "token");
     }
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = d.status();
-        let (done, failed) = (s["requests"]["done"].as_u64().unwrap(), s["requests"]["failed"].as_u64().unwrap());
-        if done + failed == 1 {
-            assert_eq!(failed, 1, "the request was cancelled, not completed: {s}");
-            assert_eq!(s["running"], json!([]));
-            break;
-        }
-        assert!(Instant::now() < until, "the abandoned request never ended: {s}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ended = |s: &Value| s["requests"]["done"].as_u64().unwrap() + s["requests"]["failed"].as_u64().unwrap() == 1;
+    let s = d.wait_status("the abandoned request to end", Duration::from_secs(30), ended);
+    assert_eq!(s["requests"]["failed"], 1, "the request was cancelled, not completed: {s}");
+    assert_eq!(s["running"], json!([]));
     let mut c = d.client();
     c.send(&chat("next", "hi", json!({"max_tokens": 3})));
     assert_eq!(terminal(&c.until_terminal("next"), "next")["event"], "done");
@@ -132,7 +125,9 @@ fn a_full_queue_answers_overloaded_at_once() {
 fn an_interactive_request_overtakes_a_running_background_one() {
     let d = Daemon::start("");
     let mut c = d.client();
-    c.send(&chat("bg", "summarise the day", json!({"max_tokens": 200, "priority": "background"})));
+    // Long enough that it is still running when the interactive request arrives, however
+    // slowly this test's own thread gets to send it.
+    c.send(&chat("bg", "summarise the day", json!({"max_tokens": 2000, "priority": "background"})));
     let first = c.recv();
     assert_eq!((first["id"].as_str(), first["event"].as_str()), (Some("bg"), Some("token")));
     c.send(&chat("fg", "what time is it", json!({"max_tokens": 5})));
@@ -145,7 +140,7 @@ fn an_interactive_request_overtakes_a_running_background_one() {
     assert!(fg_done < bg_done, "interactive finished first");
     let bg_after = events[fg_done..].iter().filter(|e| e["id"] == "bg" && e["event"] == "token").count();
     assert!(bg_after > 0, "background resumed after the interactive request");
-    assert_eq!(events[bg_done]["usage"]["completion_tokens"], 200, "background lost nothing: {}", events[bg_done]);
+    assert_eq!(events[bg_done]["usage"]["completion_tokens"], 2000, "background lost nothing: {}", events[bg_done]);
     assert_eq!(streamed_text(&events, "bg"), events[bg_done]["text"].as_str().unwrap());
 }
 
@@ -170,7 +165,7 @@ fn sigterm_drains_answers_shutting_down_and_removes_the_socket() {
     c.send(&chat("run", "long", json!({"max_tokens": 50000})));
     assert_eq!(c.recv()["event"], "token");
     c.send(&chat("queued", "wait", json!({"max_tokens": 2})));
-    std::thread::sleep(Duration::from_millis(50));
+    d.wait_status("the second request to be queued", Duration::from_secs(10), |s| s["queue"]["interactive"] == 1);
     d.signal(libc::SIGTERM);
     let mut events = c.until_terminal("queued");
     if !events.iter().any(|e| e["id"] == "run" && e["event"] != "token") {
@@ -192,23 +187,18 @@ fn sighup_reloads_the_configuration_and_swaps_the_model() {
     d.signal(libc::SIGHUP);
     c.send(&chat("during", "hello", json!({"max_tokens": 3})));
     assert_eq!(terminal(&c.until_terminal("during"), "during")["event"], "done");
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = d.status();
-        if s["model"]["path"].as_str().unwrap().ends_with("tiny-b/int4") {
-            assert_eq!(s["queue"]["capacity"], 5);
-            break;
-        }
-        assert!(Instant::now() < until, "model not swapped: {s}\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s = d.wait_status("the model swapped to tiny-b", Duration::from_secs(30), |s| {
+        s["model"]["path"].as_str().unwrap().ends_with("tiny-b/int4")
+    });
+    assert_eq!(s["queue"]["capacity"], 5);
     // An invalid configuration is refused and the daemon keeps serving.
+    let named = d.log_text().matches("model.path").count();
     std::fs::write(&d.config, "[model]\npath = \"/nonexistent\"\n").unwrap();
     d.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(200));
+    d.wait_log("model.path", named + 1, Duration::from_secs(30));
     c.send(&chat("after", "hello", json!({"max_tokens": 3})));
     assert_eq!(terminal(&c.until_terminal("after"), "after")["event"], "done");
-    assert!(d.log_text().contains("model.path"), "the refused reload is logged");
+    assert!(d.status()["model"]["path"].as_str().unwrap().ends_with("tiny-b/int4"), "the refused reload kept the model");
 }
 
 #[test]
@@ -223,8 +213,7 @@ fn a_peer_outside_the_allow_list_is_refused() {
         .arg("hello")
         .uid(65534)
         .gid(65534)
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("forbidden"), "{stderr}");
@@ -281,12 +270,12 @@ fn load_test_every_request_gets_exactly_one_terminal_event() {
     d.settle();
     let before = d.rss_kb();
     let socket = d.socket.clone();
-    let started = Instant::now();
     let clients: Vec<_> = (0..32)
         .map(|c| {
             let socket = socket.clone();
             std::thread::spawn(move || {
-                let mut client = Client::connect(&socket);
+                // 640 requests share one engine thread: an answer may wait for a whole queue.
+                let mut client = Client::connect(&socket).patience(Duration::from_secs(120));
                 let mut terminals = std::collections::HashMap::new();
                 for r in 0..20 {
                     let id = format!("c{c}r{r}");
@@ -308,7 +297,6 @@ fn load_test_every_request_gets_exactly_one_terminal_event() {
     }
     assert_eq!(all.len(), 32 * 20, "every request answered");
     assert!(all.values().all(|&n| n == 1), "exactly one terminal event each");
-    assert!(started.elapsed() < Duration::from_secs(300));
     let s = d.status();
     assert_eq!(s["requests"]["done"].as_u64().unwrap() + s["requests"]["failed"].as_u64().unwrap(), 4 + 640);
     let after = d.rss_kb();

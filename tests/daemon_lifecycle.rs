@@ -9,7 +9,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::daemon::{chat, config_text, Client};
+use common::daemon::{chat, config_text, Client, START};
+use common::wait::{self, Bounded, Wait};
 use serde_json::json;
 
 fn serve(config: &std::path::Path) -> Command {
@@ -29,14 +30,14 @@ fn write_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, std:
 fn bad_configuration_stops_start_up_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (config, socket) = write_config(dir.path(), "[scheduler]\nqueue_capacity = -3\n");
-    let out = serve(&config).output().unwrap();
+    let out = serve(&config).output_in_time();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("scheduler.queue_capacity") && stderr.contains("config.toml"), "{stderr}");
     assert!(!socket.exists(), "nothing started");
 
-    let out = serve(&config).env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "4").env("QWENEDGE__MODEL__THREADZ", "1").output().unwrap();
+    let out = serve(&config).env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "4").env("QWENEDGE__MODEL__THREADZ", "1").output_in_time();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("threadz") && stderr.contains("QWENEDGE__MODEL__THREADZ"), "{stderr}");
 }
@@ -45,7 +46,7 @@ fn bad_configuration_stops_start_up_with_one_line() {
 fn print_config_shows_the_effective_values() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = write_config(dir.path(), "");
-    let out = serve(&config).arg("--print-config").env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "7").output().unwrap();
+    let out = serve(&config).arg("--print-config").env("QWENEDGE__SCHEDULER__QUEUE_CAPACITY", "7").output_in_time();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("queue_capacity = 7"), "{text}");
@@ -59,19 +60,11 @@ fn stale_socket_files_are_replaced_and_foreign_files_are_not() {
     drop(UnixListener::bind(&socket).unwrap());
     assert!(socket.exists(), "a stale socket file is left behind");
     let mut d = serve(&config).stderr(Stdio::null()).spawn().unwrap();
-    let mut connected = false;
-    for _ in 0..3000 {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            connected = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(connected);
+    wait::until("the daemon to listen on the replaced socket", START, || std::os::unix::net::UnixStream::connect(&socket).is_ok());
     let mode = std::fs::metadata(&socket).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o660);
     // A second daemon on the same path refuses to steal the live socket.
-    let out = serve(&config).output().unwrap();
+    let out = serve(&config).output_in_time();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
     d.kill().unwrap();
@@ -79,7 +72,7 @@ fn stale_socket_files_are_replaced_and_foreign_files_are_not() {
 
     std::fs::remove_file(&socket).ok();
     std::fs::write(&socket, "not a socket").unwrap();
-    let out = serve(&config).output().unwrap();
+    let out = serve(&config).output_in_time();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("is not a socket"), "{stderr}");
@@ -93,7 +86,6 @@ fn socket_activation_readiness_and_watchdog() {
     let listener = UnixListener::bind(&activated_path).unwrap();
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let fd = listener.as_raw_fd();
     // As systemd does: the listening socket is descriptor 3, and LISTEN_PID names the process
     // that exec()s the daemon (the shell's own pid, which `exec` keeps).
@@ -126,23 +118,25 @@ fn socket_activation_readiness_and_watchdog() {
     let _reap = Reap(child.id());
     let mut buf = [0u8; 512];
     let mut messages = Vec::new();
+    // One notification within `wait`'s time.
+    let next = |wait: &Wait, buf: &mut [u8]| {
+        notify.set_read_timeout(Some(wait.left().max(Duration::from_millis(1)))).unwrap();
+        let n = notify.recv(buf).unwrap_or_else(|e| wait.fail(e));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = Wait::new("READY=1 on the notify socket", START);
     while !messages.iter().any(|m: &String| m.contains("READY=1")) {
-        let n = notify.recv(&mut buf).expect("a READY notification");
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        messages.push(next(&ready, &mut buf));
     }
     // READY means the model is loaded and the passed-in socket answers.
-    let mut c = Client::connect(&activated_path);
-    c.writer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Client::connect(&activated_path).patience(Duration::from_secs(20));
     c.send(&chat("act", "hello", json!({"max_tokens": 2})));
     assert_eq!(c.until_terminal("act").last().unwrap()["event"], "done");
-    loop {
-        let n = notify.recv(&mut buf).expect("a watchdog ping");
-        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
-            break;
-        }
-    }
+    // WATCHDOG_USEC is 200 ms: a ping comes every 100 ms.
+    let ping = Wait::new("a WATCHDOG=1 ping", Duration::from_secs(10));
+    while !next(&ping, &mut buf).contains("WATCHDOG=1") {}
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(wait::exit(&mut child, "the daemon to exit after SIGTERM", Duration::from_secs(30)).code(), Some(0));
     assert!(activated_path.exists(), "a socket owned by systemd is left in place");
     assert!(messages.iter().any(|m| m.contains("STATUS=loading")), "{messages:?}");
 }
@@ -156,6 +150,6 @@ fn the_shipped_example_configuration_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, text).unwrap();
-    let out = serve(&config).arg("--print-config").output().unwrap();
+    let out = serve(&config).arg("--print-config").output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::daemon::chat;
+use common::daemon::{chat, START};
+use common::wait::{self, Bounded};
 use serde_json::{json, Value};
 
 #[test]
@@ -24,12 +25,7 @@ fn unavailable_providers_are_skipped_and_reported() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..3000 {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait::until("the daemon to listen", START, || std::os::unix::net::UnixStream::connect(&socket).is_ok());
     let mut c = common::daemon::Client::connect(&socket);
     c.send(&json!({"id": "s", "op": "status"}));
     let status = c.recv();
@@ -56,7 +52,7 @@ fn strict_providers_make_a_missing_provider_a_start_up_error() {
     let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", "threads = 1\nexecution_providers = [\"qnn\", \"cpu\"]\nstrict_providers = true\n");
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output_in_time();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let last = stderr.lines().last().unwrap();
@@ -79,8 +75,7 @@ fn doctor(config: &Path, root: &Path) -> (Option<i32>, Value) {
         .arg(config)
         .arg("--root")
         .arg(root)
-        .output()
-        .unwrap();
+        .output_in_time();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     (out.status.code(), serde_json::from_str(&stdout).unwrap())

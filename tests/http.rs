@@ -6,11 +6,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::clients;
 use common::daemon::Daemon;
 use common::mqtt::free_port;
+use common::wait::Bounded;
 use serde_json::Value;
 
 const MODEL: &str = "qwen3.5-tiny";
@@ -104,8 +105,7 @@ fn listening_beyond_loopback_without_a_key_file_stops_start_up() {
         .args(["serve", "--config"])
         .arg(&config)
         .env("QWENEDGE__HTTP__LISTEN", format!("0.0.0.0:{port}"))
-        .output()
-        .unwrap();
+        .output_in_time();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("http.api_key_file") && stderr.contains(&format!("0.0.0.0:{port}")), "{stderr}");
@@ -121,11 +121,7 @@ fn health_answers_while_serving_and_after_an_idle_unload_and_errors_keep_each_ap
     let unload = serde_json::json!({"model": MODEL, "messages": [], "keep_alive": 0});
     let (_, unloaded) = request(&base, "POST", "/api/chat", Some(&unload));
     assert_eq!(unloaded["done_reason"], "unload", "{unloaded}");
-    let until = Instant::now() + Duration::from_secs(30);
-    while d.status()["model_loaded"] == true {
-        assert!(Instant::now() < until, "the model was not unloaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_status("the model to be unloaded after keep_alive 0", Duration::from_secs(30), |s| s["model_loaded"] == false);
     let (code, body) = get("/health");
     assert_eq!((code, &body["status"], &body["model_loaded"]), (200, &"ok".into(), &false.into()), "{body}");
     let big = serde_json::json!({"model": MODEL, "prompt": "a".repeat(70_000)});

@@ -10,6 +10,7 @@ use common::daemon::{chat, Daemon};
 use common::model_dir;
 use common::mqtt::{mqtt_section, Broker, Tester};
 use common::utterances::{markers, utterances};
+use common::wait::Bounded;
 use qwenedge::engine::backend::ort::OrtOptions;
 use qwenedge::engine::backend::select::BackendKind;
 use qwenedge::engine::constrain::{Allowed, Constrainer, Grammar};
@@ -135,8 +136,7 @@ fn the_socket_intent_op_answers_with_typed_slots_and_honours_the_filter() {
     let ask = std::process::Command::new(env!("CARGO_BIN_EXE_qwenedge"))
         .args(["ask", "--intent", "--intent-filter", "HassGetCurrentTime", "what time is it", "--socket"])
         .arg(&d.socket)
-        .output()
-        .unwrap();
+        .output_in_time();
     let said = String::from_utf8_lossy(&ask.stdout);
     assert!(ask.status.success() && (said.starts_with("HassGetCurrentTime (confidence") || said.starts_with("not recognized")), "{said}");
 
@@ -151,8 +151,7 @@ fn the_socket_intent_op_answers_with_typed_slots_and_honours_the_filter() {
         .arg(&dataset)
         .arg("--socket")
         .arg(&d.socket)
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let summary: Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(summary["utterances"], 2, "{summary}");
@@ -267,8 +266,9 @@ fn hermes_queries_get_real_intents_and_respect_the_filter() {
     for i in 0..30 {
         let q = json!({"input": "turn off the bedroom light", "id": format!("q{i}"), "siteId": "hall", "sessionId": format!("s{i}")});
         t.publish("hermes/nlu/query", q.to_string());
-        let msgs =
-            t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.json()["id"] == format!("q{i}") && m.topic != "hermes/nlu/intentParsed");
+        let msgs = t.collect(&format!("the answer to query q{i}"), wait, |m| {
+            m.topic != "hermes/nlu/query" && m.json()["id"] == format!("q{i}") && m.topic != "hermes/nlu/intentParsed"
+        });
         let last = msgs.last().unwrap();
         let v = last.json();
         assert_eq!(
@@ -303,8 +303,9 @@ fn hermes_queries_get_real_intents_and_respect_the_filter() {
     for i in 0..4 {
         let q = json!({"input": "turn off the bedroom light", "id": format!("f{i}"), "intentFilter": ["HassGetCurrentTime"]});
         t.publish("hermes/nlu/query", q.to_string());
-        let msgs =
-            t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.json()["id"] == format!("f{i}") && m.topic != "hermes/nlu/intentParsed");
+        let msgs = t.collect(&format!("the answer to filtered query f{i}"), wait, |m| {
+            m.topic != "hermes/nlu/query" && m.json()["id"] == format!("f{i}") && m.topic != "hermes/nlu/intentParsed"
+        });
         let last = msgs.last().unwrap();
         assert!(
             last.topic == "hermes/nlu/intentNotRecognized" || last.topic == "hermes/intent/HassGetCurrentTime",
@@ -338,13 +339,17 @@ fn hermes_queries_over_the_limits_get_an_nlu_error_naming_the_limit() {
         (too_many, "filter", "intent_filter: at most 1000 names"),
     ] {
         t.publish("hermes/nlu/query", query.to_string());
-        let msgs = t.collect(wait, |m| m.topic == "hermes/error/nlu" && m.json()["sessionId"] == session);
+        let msgs = t.collect(&format!("hermes/error/nlu for session {session}"), wait, |m| {
+            m.topic == "hermes/error/nlu" && m.json()["sessionId"] == session
+        });
         let v = msgs.last().unwrap().json();
         assert!(v["error"].as_str().unwrap().contains(needle), "{session}: {v}");
     }
     assert_eq!(d.status()["requests"]["done"], 0, "none of them reached the engine");
     t.publish("hermes/nlu/query", json!({"input": "turn on the kitchen light", "id": "ok"}).to_string());
-    let msgs = t.collect(wait, |m| m.topic != "hermes/nlu/query" && m.topic != "hermes/nlu/intentParsed" && m.json()["id"] == "ok");
+    let msgs = t.collect("the answer to query ok", wait, |m| {
+        m.topic != "hermes/nlu/query" && m.topic != "hermes/nlu/intentParsed" && m.json()["id"] == "ok"
+    });
     assert_ne!(msgs.last().unwrap().topic, "hermes/error/nlu", "a query within the limits is answered");
 }
 

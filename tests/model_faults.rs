@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{streamed_text, Daemon};
+use common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// A greedy completion's text.
@@ -22,11 +23,7 @@ fn complete(d: &Daemon, id: &str) -> String {
 }
 
 fn wait_log(d: &Daemon, what: &str, count: usize) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while d.log_text().matches(what).count() < count {
-        assert!(Instant::now() < until, "no {what:?} ({count}) in the log:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log(what, count, Duration::from_secs(60));
 }
 
 /// Replaces `path` with `bytes` (a new file: the copies share the fixtures' files by hard links).
@@ -112,7 +109,7 @@ impl Tmpfs {
     fn mount(at: &Path, kib: u64) -> Self {
         std::fs::create_dir_all(at).unwrap();
         let out =
-            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(at).output().unwrap();
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(at).output_in_time();
         assert!(out.status.success(), "mounting a tmpfs (this test needs root): {}", String::from_utf8_lossy(&out.stderr));
         Self(at.to_path_buf())
     }

@@ -33,7 +33,7 @@ fn streaming_chat_response_topics_reply_to_and_every_op() {
     }
 
     request(&t, "d1", &chat("r1", "Turn on the kitchen lights", json!({"max_tokens": 12})));
-    let msgs = t.collect(WAIT, |m| is_terminal(m, "r1"));
+    let msgs = t.collect("r1's terminal event", WAIT, |m| is_terminal(m, "r1"));
     let mut answers = Answers::default();
     for m in &msgs {
         assert_eq!(m.topic, "qwenedge/d1/response/r1");
@@ -45,34 +45,34 @@ fn streaming_chat_response_topics_reply_to_and_every_op() {
     assert_eq!(answers.text("r1"), done["text"].as_str().unwrap(), "the streamed tokens add up to the answer");
 
     t.publish_v5("qwenedge/d1/request", json!({"id": "r2", "op": "models"}).to_string(), "v5/inbox", b"\x00corr\xff");
-    let m = t.collect(WAIT, |m| m.topic == "v5/inbox").pop().unwrap();
+    let m = t.collect("the models answer on the response topic", WAIT, |m| m.topic == "v5/inbox").pop().unwrap();
     assert_eq!(m.json()["event"], "models");
     assert_eq!(m.correlation.as_deref(), Some(&b"\x00corr\xff"[..]), "correlation data is echoed");
 
     request(&t, "d1", &chat("r3", "hello", json!({"max_tokens": 3, "stream": false, "reply_to": "my/inbox"})));
-    let m = t.collect(WAIT, |m| m.topic == "my/inbox").pop().unwrap();
+    let m = t.collect("r3's answer on reply_to", WAIT, |m| m.topic == "my/inbox").pop().unwrap();
     assert_eq!((m.json()["id"].as_str(), m.json()["event"].as_str()), (Some("r3"), Some("done")), "{:?}", m.json());
 
     request(&t, "d1", &json!({"id": "r4", "op": "status"}));
-    let s = t.collect(WAIT, |m| m.topic == "qwenedge/d1/response/r4").pop().unwrap().json();
+    let s = t.collect("the status answer", WAIT, |m| m.topic == "qwenedge/d1/response/r4").pop().unwrap().json();
     assert_eq!((s["event"].as_str(), s["state"].as_str()), (Some("status"), Some("ready")), "{s}");
 
     // A request delivered twice (same id, same reply topic) runs once.
     for _ in 0..2 {
         request(&t, "d1", &chat("dup", "once only", json!({"max_tokens": 3})));
     }
-    t.collect(WAIT, |m| is_terminal(m, "dup"));
+    t.collect("dup's terminal event", WAIT, |m| is_terminal(m, "dup"));
     let late: Vec<Msg> = t.drain(Duration::from_millis(800));
     assert!(!late.iter().any(|m| is_terminal(m, "dup")), "the duplicate was not answered again: {late:?}");
 
     // Cancel over MQTT; an invalid payload with an MQTT 5 response topic still gets its error.
     request(&t, "d1", &chat("long", "tell a long story", json!({"max_tokens": 50000})));
-    t.collect(WAIT, |m| m.topic == "qwenedge/d1/response/long");
+    t.collect("long's first token", WAIT, |m| m.topic == "qwenedge/d1/response/long");
     request(&t, "d1", &json!({"id": "long", "op": "cancel"}));
-    let end = t.collect(WAIT, |m| is_terminal(m, "long")).pop().unwrap().json();
+    let end = t.collect("long's terminal event after cancel", WAIT, |m| is_terminal(m, "long")).pop().unwrap().json();
     assert_eq!((end["event"].as_str(), end["code"].as_str()), (Some("error"), Some("cancelled")), "{end}");
     t.publish_v5("qwenedge/d1/request", "{oops", "v5/inbox", b"c2");
-    let e = t.collect(WAIT, |m| m.topic == "v5/inbox").pop().unwrap();
+    let e = t.collect("the bad_request answer on the response topic", WAIT, |m| m.topic == "v5/inbox").pop().unwrap();
     assert_eq!((e.json()["code"].as_str(), e.json()["id"].clone()), (Some("bad_request"), Value::Null));
     assert_eq!(e.correlation.as_deref(), Some(&b"c2"[..]));
 
@@ -97,17 +97,17 @@ fn hermes_queries_and_home_assistant_discovery() {
         json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd", "lang": "en"})
             .to_string(),
     );
-    let m = t.collect(WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
+    let m = t.collect("the answer to q1", WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
     assert_eq!(m.topic, "hermes/nlu/intentNotRecognized");
     assert_eq!(
         m.json(),
         json!({"input": "turn on the kitchen light", "id": "q1", "siteId": "kitchen", "sessionId": "s1", "customData": "cd"})
     );
     t.publish("hermes/nlu/query", json!({"input": "what time is it"}).to_string());
-    let m = t.collect(WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
+    let m = t.collect("the answer to a query without ids", WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
     assert_eq!(m.json(), json!({"input": "what time is it", "id": null, "siteId": "default", "sessionId": null}));
     t.publish("hermes/nlu/query", json!({"sessionId": "s3", "siteId": "hall", "text": "no input field"}).to_string());
-    let m = t.collect(WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
+    let m = t.collect("the error for a query without input", WAIT, |m| m.topic.starts_with("hermes/")).pop().unwrap();
     assert_eq!(m.topic, "hermes/error/nlu");
     let e = m.json();
     assert_eq!((e["sessionId"].as_str(), e["siteId"].as_str()), (Some("s3"), Some("hall")));
@@ -118,7 +118,7 @@ fn hermes_queries_and_home_assistant_discovery() {
     ha.subscribe("qwenedge/d2/state");
     let mut configs = std::collections::BTreeMap::new();
     let mut state = None;
-    ha.collect(WAIT, |m| {
+    ha.collect("7 discovery configurations and the state", WAIT, |m| {
         if m.topic.ends_with("/config") {
             assert!(m.retain, "configurations are retained");
             configs.insert(m.topic.clone(), m.json());
@@ -150,7 +150,7 @@ fn hermes_queries_and_home_assistant_discovery() {
     // Home Assistant restarts and says so: the configurations come again.
     ha.publish("homeassistant/status", "online");
     let mut again = std::collections::BTreeSet::new();
-    ha.collect(WAIT, |m| {
+    ha.collect("the 7 configurations again after homeassistant/status", WAIT, |m| {
         if m.topic.ends_with("/config") {
             again.insert(m.topic.clone());
         }
@@ -192,13 +192,13 @@ fn bad_payloads_get_bad_request_and_the_daemon_stays_connected() {
     t.publish("qwenedge/d3/request", b"\xff\xfe".to_vec());
     for (payload, topic, needle) in cases {
         t.publish("qwenedge/d3/request", payload);
-        let m = t.collect(WAIT, |m| m.topic == topic).pop().unwrap();
+        let m = t.collect(&format!("the error on {topic}"), WAIT, |m| m.topic == topic).pop().unwrap();
         let e = m.json();
         assert_eq!((e["event"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_request")), "{e}");
         assert!(e["message"].as_str().unwrap().contains(needle), "{needle}: {e}");
     }
     request(&t, "d3", &chat("fine", "still there?", json!({"max_tokens": 3})));
-    let end = t.collect(WAIT, |m| is_terminal(m, "fine")).pop().unwrap().json();
+    let end = t.collect("fine's terminal event", WAIT, |m| is_terminal(m, "fine")).pop().unwrap().json();
     assert_eq!(end["event"], "done");
     let log = d.log_text();
     assert_eq!(log.matches("connected to the broker").count(), 1, "one connection for everything:\n{log}");
@@ -215,17 +215,17 @@ fn sigterm_delivers_the_last_events_then_offline_and_sigkill_leaves_the_will() {
     t.wait_online("d4");
     t.subscribe("qwenedge/d4/response/#");
     request(&t, "d4", &chat("run", "long", json!({"max_tokens": 50000})));
-    t.collect(WAIT, |m| m.topic == "qwenedge/d4/response/run");
+    t.collect("run's first token", WAIT, |m| m.topic == "qwenedge/d4/response/run");
     d.signal(libc::SIGTERM);
-    let end = t.collect(WAIT, |m| is_terminal(m, "run")).pop().unwrap().json();
+    let end = t.collect("run's terminal event after SIGTERM", WAIT, |m| is_terminal(m, "run")).pop().unwrap().json();
     assert_eq!(end["code"], "shutting_down", "{end}");
-    t.collect(WAIT, |m| m.topic == "qwenedge/d4/status" && m.json()["status"] == "offline");
+    t.collect("d4 offline", WAIT, |m| m.topic == "qwenedge/d4/status" && m.json()["status"] == "offline");
     assert_eq!(d.wait_exit(WAIT), Some(0), "{}", d.log_text());
     assert!(d.log_text().contains("everything delivered; disconnecting"), "{}", d.log_text());
 
     let d5 = Daemon::start(&mqtt_section(broker.port, "d5", "protocol_version = \"3.1.1\"\n"));
     t.wait_online("d5");
     d5.signal(libc::SIGKILL);
-    let will = t.collect(WAIT, |m| m.topic == "qwenedge/d5/status" && m.json()["status"] == "offline").pop().unwrap();
+    let will = t.collect("d5's last will", WAIT, |m| m.topic == "qwenedge/d5/status" && m.json()["status"] == "offline").pop().unwrap();
     assert_eq!(will.json(), json!({"status": "offline", "device": "d5"}));
 }

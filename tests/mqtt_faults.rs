@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{chat, Daemon};
 use common::mqtt::{mqtt_section, Answers, Broker, Tester, TesterOptions};
+use common::wait;
 use serde_json::json;
 
+/// How long a wait for the broker or the daemon may take (before scaling); for a stream of
+/// answers, the time between two of them.
 const WAIT: Duration = Duration::from_secs(60);
 
 fn done_and_failed(d: &Daemon) -> (u64, u64) {
@@ -47,7 +50,6 @@ fn broker_restart_mid_stream(protocol: &str, device: &str) {
     t.wait_online(device);
     let prefix = format!("qwenedge/{device}/response/");
     t.subscribe(&format!("{prefix}#"));
-    std::thread::sleep(Duration::from_millis(300));
     let ids: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     for id in &ids {
         t.publish(&format!("qwenedge/{device}/request"), chat(id, &format!("story number {id}"), json!({"max_tokens": 150})).to_string());
@@ -55,7 +57,7 @@ fn broker_restart_mid_stream(protocol: &str, device: &str) {
     t.wait_acked(ids.len(), WAIT);
     let mut answers = Answers::default();
     let mut tokens = 0;
-    t.collect(WAIT, |m| {
+    t.collect("the first 20 events of the 10 streams", WAIT, |m| {
         if m.topic.starts_with(&prefix) {
             answers.add(m.json());
             tokens += 1;
@@ -103,7 +105,6 @@ fn a_broker_gone_for_minutes_loses_nothing_and_the_socket_goes_on() {
     t.wait_online(device);
     let prefix = format!("qwenedge/{device}/response/");
     t.subscribe(&format!("{prefix}#"));
-    std::thread::sleep(Duration::from_millis(300));
     let mut ids: Vec<String> = (0..4).map(|i| format!("g{i}")).collect();
     for id in &ids {
         t.publish(&format!("qwenedge/{device}/request"), chat(id, &format!("story number {id}"), json!({"max_tokens": 60})).to_string());
@@ -169,15 +170,16 @@ fn a_fleet_splits_one_request_stream() {
         t.publish("qwenedge/fleet/request", req.to_string());
     }
     let mut answers = Answers::default();
-    let until = Instant::now() + WAIT;
+    let mut wait = wait::Wait::new("the 40 fleet requests' answers (the time between two)", WAIT);
     while !answers.complete(&ids) {
-        let m = t.recv(until.saturating_duration_since(Instant::now())).expect("all fleet requests answered");
+        let Some(m) = t.recv(&wait) else { wait.fail(format!("{} of 40 answered", ids.iter().filter(|i| answers.complete([*i])).count())) };
         if m.topic.starts_with("qwenedge/fleet/response/") || m.topic.starts_with("fleet/inbox/") {
             let v = m.json();
             let id = v["id"].as_str().unwrap();
             let odd = id[1..].parse::<usize>().unwrap() % 2 == 1;
             assert_eq!(m.topic.starts_with("fleet/inbox/"), odd, "{id} answered on {}", m.topic);
             answers.add(v);
+            wait.renew();
         }
     }
     for m in t.drain(Duration::from_millis(500)) {
@@ -206,7 +208,7 @@ fn load_500_requests_from_10_clients_none_lost_memory_stable() {
     for i in 0..3 {
         let id = format!("warm{i}");
         warm.publish("qwenedge/ld/request", chat(&id, "warm up", json!({"max_tokens": 4})).to_string());
-        warm.collect(WAIT, |m| m.json()["id"] == id.as_str() && m.json()["event"] == "done");
+        warm.collect(&format!("{id}'s answer"), WAIT, |m| m.json()["id"] == id.as_str() && m.json()["event"] == "done");
     }
     d.settle();
     let before = d.rss_kb();

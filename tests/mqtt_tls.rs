@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::daemon::{chat, config_text, Daemon};
 use common::mqtt::{make_certificates, Broker, BrokerOptions, Tester, TesterOptions};
+use common::wait::Bounded;
 use serde_json::{json, Value};
 
 fn section(tls_port: u16, certs: &common::mqtt::TlsFiles, password_file: &Path, ca: &Path) -> String {
@@ -24,7 +25,7 @@ fn section(tls_port: u16, certs: &common::mqtt::TlsFiles, password_file: &Path, 
 }
 
 fn doctor(config: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(config).output_in_time();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("doctor output ({e}): {}", String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -42,7 +43,7 @@ fn password_and_tls_with_a_client_certificate() {
     t.wait_online("dt");
     t.subscribe("qwenedge/dt/response/#");
     t.publish("qwenedge/dt/request", chat("s1", "hello over TLS", json!({"max_tokens": 4})).to_string());
-    let end = t.collect(Duration::from_secs(30), |m| m.json()["event"] == "done").pop().unwrap();
+    let end = t.collect("the answer over TLS", Duration::from_secs(30), |m| m.json()["event"] == "done").pop().unwrap();
     assert_eq!(end.json()["usage"]["completion_tokens"], 4);
 
     let report = doctor(&d.config);
@@ -65,7 +66,7 @@ fn password_and_tls_with_a_client_certificate() {
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let sock = dir.path().join("y.sock");
     std::fs::write(&bad_config, config_text(&model, &sock, &section(tls_port, &certs, &password, &garbage))).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&bad_config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&bad_config).output_in_time();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.lines().last().unwrap_or("").contains("mqtt.ca_file"), "{stderr}");

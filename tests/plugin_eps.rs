@@ -10,9 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::daemon::{chat, streamed_text, Daemon};
+use common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// The plugin library the test environment names, else what deploy/fetch-ep-plugin.sh has
@@ -23,7 +23,8 @@ fn plugin(ep: &str) -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fetch-ep-plugin.sh");
-            let out = Command::new(&script).arg(ep).output().unwrap();
+            // A download from PyPI when it is not cached yet.
+            let out = Command::new(&script).arg(ep).output_within(std::time::Duration::from_secs(900));
             assert!(
                 out.status.success(),
                 "{var} is not set and {} {ep} failed: {}",
@@ -118,7 +119,7 @@ fn qnn_htp_serves_and_reports_where_the_nodes_went() {
     assert_eq!(models["models"][0]["backend"]["placement"]["summary"], summary, "{models}");
     compare("qnn", nodes, &ops, &answers(&d), &cpu);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(&d.config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(&d.config).output_in_time();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(report["providers"]["status"], "ok", "{}", report["providers"]);
     let requested = &report["providers"]["requested"][0];
@@ -195,20 +196,12 @@ fn strict_start(wrapper: &[&str], keys: &str) -> (Option<i32>, String) {
     let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", &format!("threads = 1\nstrict_providers = true\n{keys}\n"));
     std::fs::write(&config, text).unwrap();
-    let mut child = common::daemon::qwenedge_via(wrapper)
+    let slowdown = if wrapper.is_empty() { 1.0 } else { common::wait::EMULATED };
+    let out = common::daemon::qwenedge_via(wrapper)
         .args(["serve", "--config"])
         .arg(&config)
         .env("XDG_CACHE_HOME", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(300), "serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+        .output_within(common::daemon::START.mul_f64(slowdown));
     assert!(!socket.exists(), "nothing started");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code(), stderr.lines().last().unwrap_or_default().to_string())
@@ -219,7 +212,7 @@ fn a_bad_plugin_library_is_one_line_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let too_new = dir.path().join("libtoo_new_plugin.so");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/api_too_new.c");
-    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&too_new).arg(&src).output().unwrap();
+    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&too_new).arg(&src).output_in_time();
     assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
     // A real shared library that is not a plugin: QNN's system library from the same wheel.
     let not_plugin = plugin("qnn").with_file_name("libQnnSystem.so");

@@ -169,13 +169,19 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
     let [_, (main_start, main_end)] = plan.windows();
 
     let windows = plan.windows().iter().map(|(s, e)| format!("{:.3}:{:.3}", epoch(*s), epoch(*e))).collect::<Vec<_>>().join(",");
-    let python = std::process::Command::new(common::clients::python())
-        .arg(common::clients::script("soak_clients.py"))
+    let mut python = common::clients::command("soak_clients.py")
         .args(["--base-url", &format!("http://127.0.0.1:{http}"), "--model", MODEL, "--wyoming-port", &wyoming.to_string()])
         .args(["--windows", &windows])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let python_out = {
+        let mut pipe = python.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut pipe, &mut bytes).map(|_| bytes).unwrap_or_default()
+        })
+    };
     let a = std::thread::spawn({
         let d = Arc::clone(&d);
         move || socket_reused(&d, plan)
@@ -229,9 +235,13 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
     let socket_a = join("socket", a, &d);
     let socket_b = join("socket (per request)", b, &d);
     let (mqtt, answers) = join("MQTT", m, &d);
-    let out = python.wait_with_output().unwrap();
-    let py: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"null")).unwrap();
+    // Its last window has ended; what it still has in flight ends within its own timeouts.
+    let python_status = common::wait::exit(&mut python, "the soak's Python clients to finish", Duration::from_secs(300));
+    let stdout = python_out.join().unwrap();
+    let py: Value = serde_json::from_slice(stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"null")).unwrap();
     monitor.join().unwrap();
+    // The second measuring point, as quiet as the first: as long after the traffic as the
+    // baseline was after the warm-up's (not a wait for anything).
     std::thread::sleep(Duration::from_secs(13));
     let end = sample(&d);
 
@@ -244,7 +254,7 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
             assert_eq!(answers.text(&id), ends[0]["text"].as_str().unwrap(), "{id}: no token lost or repeated");
         }
     }
-    assert!(out.status.success() && py["failed"] == 0, "HTTP/Wyoming clients: {py}\ndaemon log:\n{}", d.log_text());
+    assert!(python_status.success() && py["failed"] == 0, "HTTP/Wyoming clients: {py}\ndaemon log:\n{}", d.log_text());
     let counts = &py["counts"];
     let (openai, ollama, turns) =
         (counts["openai"].as_u64().unwrap_or(0), counts["ollama"].as_u64().unwrap_or(0), counts["wyoming"].as_u64().unwrap_or(0));
@@ -262,6 +272,7 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
     });
     println!("soak: {figures}");
     assert_eq!(done + failed, sent, "every request ran exactly once: {figures}");
+    d.wait_log("configuration reloaded", reloads as usize, Duration::from_secs(30));
     let reloaded = d.log_text().matches("configuration reloaded").count();
     assert_eq!(reloaded, reloads as usize, "every SIGHUP applied: {figures}");
     assert!(restarts >= 1 && reloads >= 1, "the faults happened: {figures}");

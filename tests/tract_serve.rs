@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::wait::Bounded;
 use common::{model_dir, reference};
 
 /// `qwenedge generate` with `--backend tract` and with `--backend ort`: the greedy text (stdout).
@@ -12,8 +13,7 @@ fn generate_text(backend: &str, model: &std::path::Path, prompt: &str) -> String
         .args(["generate", "--threads", "2", "--max-tokens", "16", "--backend", backend, "--model"])
         .arg(model)
         .args(["--prompt", prompt])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(out.status.success(), "generate --backend {backend}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -90,7 +90,7 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     let mut doctor = std::process::Command::new(env!("CARGO_BIN_EXE_qwenedge"));
     doctor.args(["doctor", "--json", "--config"]).arg(&daemon.config);
     no_library(&mut doctor);
-    let report: serde_json::Value = serde_json::from_slice(&doctor.output().unwrap().stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&doctor.output_in_time().stdout).unwrap();
     assert_eq!(
         (&report["backend"]["backend"], &report["backend"]["status"]),
         (&"tract".into(), &"ok".into()),
@@ -109,8 +109,7 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
         .args(["serve", "--config"])
         .arg(&config)
         .env("ORT_DYLIB_PATH", &missing)
-        .output()
-        .unwrap();
+        .output_in_time();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&missing.display().to_string()) && stderr.contains("no such file"), "{stderr}");
@@ -130,16 +129,10 @@ fn sighup_changing_the_backend_swaps_the_runtime() {
     let text = std::fs::read_to_string(&daemon.config).unwrap().replacen("backend = \"ort\"", "backend = \"tract\"", 1);
     std::fs::write(&daemon.config, text).unwrap();
     daemon.signal(libc::SIGHUP);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let status = daemon.status();
-        if backend_of(&status)["name"] == "tract" && status["model_loaded"] == true && status["state"] == "ready" {
-            assert_eq!(backend_of(&status)["chosen"], "model.backend = \"tract\"", "{status}");
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "the runtime was not swapped: {status}\n{}", daemon.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let status = daemon.wait_status("the runtime swapped to tract", std::time::Duration::from_secs(60), |s| {
+        backend_of(s)["name"] == "tract" && s["model_loaded"] == true && s["state"] == "ready"
+    });
+    assert_eq!(backend_of(&status)["chosen"], "model.backend = \"tract\"", "{status}");
     let (after, models) = serve_once(&daemon, prompt);
     assert_eq!(backend_of(&models)["name"], "tract");
     assert_eq!(after, before, "tract answers as ONNX Runtime did");

@@ -19,7 +19,7 @@ import ollama
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from checks import check, fail
+from checks import check, fail, patience
 
 
 # Tool schemas with bounded strings, arrays and numbers (a random-weight model closes a bounded
@@ -48,7 +48,7 @@ USER = {"role": "user", "content": "Set the kitchen light to 40 percent"}
 
 def metrics(base, headers=None):
     req = urllib.request.Request(base + "/metrics", headers=headers or {})
-    text = urllib.request.urlopen(req, timeout=30).read().decode()
+    text = urllib.request.urlopen(req, timeout=patience(30)).read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -63,7 +63,7 @@ def requests_total(m, transport, outcome=None):
 
 
 def check_openai(args):
-    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=300)
+    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=patience(300))
     figures = {}
     before = metrics(args.base_url, auth(args))
     names = [m.id for m in client.models.list().data]
@@ -144,7 +144,7 @@ def auth(args):
 
 async def ha_conversation(args):
     """The calls Home Assistant's Ollama integration makes."""
-    client = ollama.AsyncClient(host=args.base_url, headers=auth(args))
+    client = ollama.AsyncClient(host=args.base_url, headers=auth(args), timeout=patience(300))
     figures = {}
     listed = await asyncio.wait_for(client.list(), 5)
     names = [m.model for m in listed.models]
@@ -205,7 +205,7 @@ async def ha_conversation(args):
 
     # keep_alive=0 unloads the model after the request; the next request loads it again.
     await client.chat(model=model, messages=[{"role": "user", "content": "hi"}], keep_alive=0, options={"num_predict": 2})
-    deadline = time.time() + 30
+    deadline = time.time() + patience(30)
     while (await client.ps()).models and time.time() < deadline:
         await asyncio.sleep(0.1)
     check(not (await client.ps()).models, "keep_alive=0 did not unload the model")
@@ -263,7 +263,7 @@ def check_load(args):
     lock = threading.Lock()
 
     def openai_worker(w):
-        client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=300)
+        client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=patience(300))
         for i in range(5):
             try:
                 chunks = list(client.chat.completions.create(model=args.model, messages=[USER], max_tokens=24, stream=True,
@@ -282,7 +282,7 @@ def check_load(args):
                     problems.append(f"openai {w}/{i}: {type(e).__name__}: {e}")
 
     def ollama_worker(w):
-        client = ollama.Client(host=args.base_url, headers=auth(args), timeout=300)
+        client = ollama.Client(host=args.base_url, headers=auth(args), timeout=patience(300))
         for i in range(5):
             try:
                 parts = list(client.chat(model=args.model, messages=[USER], stream=True, options={"num_predict": 24}))
@@ -305,7 +305,7 @@ def check_load(args):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=600)
+        t.join(timeout=patience(600))
     check(not any(t.is_alive() for t in threads), "a client hung")
     check(not problems, f"{len(problems)} requests failed otherwise: {problems[:3]}")
     total = outcomes["complete"] + outcomes["refused"]
@@ -315,14 +315,14 @@ def check_load(args):
 
 def check_disconnect(args):
     """A client that goes away mid-stream cancels its generation."""
-    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=300)
+    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=patience(300))
     before = requests_total(metrics(args.base_url, auth(args)), "openai", "cancelled")
     stream = client.chat.completions.create(model=args.model, messages=[USER], max_tokens=2000, stream=True)
     for n, _ in enumerate(stream):
         if n == 3:
             break
     stream.close()
-    deadline = time.time() + 30
+    deadline = time.time() + patience(30)
     while requests_total(metrics(args.base_url, auth(args)), "openai", "cancelled") == before and time.time() < deadline:
         time.sleep(0.1)
     check(requests_total(metrics(args.base_url, auth(args)), "openai", "cancelled") == before + 1, "the disconnect was not a cancellation")
@@ -331,27 +331,27 @@ def check_disconnect(args):
 
 def check_auth(args):
     """Without or with a wrong bearer token: 401 from both APIs, in each API's error shape."""
-    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key="wrong-token", max_retries=0, timeout=30)
+    client = openai.OpenAI(base_url=args.base_url + "/v1", api_key="wrong-token", max_retries=0, timeout=patience(30))
     try:
         client.chat.completions.create(model=args.model, messages=[USER], max_tokens=2)
         fail("OpenAI accepted a wrong token")
     except openai.AuthenticationError as e:
         check(e.code == "invalid_api_key", f"{e}")
     try:
-        ollama.Client(host=args.base_url, headers={"Authorization": "Bearer wrong-token"}).chat(model=args.model, messages=[USER], stream=False)
+        ollama.Client(host=args.base_url, headers={"Authorization": "Bearer wrong-token"}, timeout=patience(30)).chat(model=args.model, messages=[USER], stream=False)
         fail("Ollama accepted a wrong token")
     except ollama.ResponseError as e:
         check(e.status_code == 401, f"ollama status {e.status_code}")
     for path, body in [("/v1/chat/completions", {"model": args.model, "messages": [USER]}), ("/api/chat", {"model": args.model, "messages": [USER]})]:
         req = urllib.request.Request(args.base_url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(req, timeout=30)
+            urllib.request.urlopen(req, timeout=patience(30))
             fail(f"{path} answered without a token")
         except urllib.error.HTTPError as e:
             check(e.code == 401, f"{path}: {e.code}")
             err = json.loads(e.read())["error"]
             check(err["code"] == "invalid_api_key" if path.startswith("/v1") else isinstance(err, str), f"{path}: {err}")
-    good = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=60)
+    good = openai.OpenAI(base_url=args.base_url + "/v1", api_key=args.api_key, max_retries=0, timeout=patience(60))
     r = good.chat.completions.create(model=args.model, messages=[USER], max_tokens=2)
     check(r.usage.completion_tokens == 2, "the right token is served")
     print(json.dumps({"unauthorized": 4, "authorized": 1}))

@@ -20,7 +20,7 @@ from wyoming.handle import Handled, HandledStop, NotHandled
 from wyoming.info import Describe, Info
 from wyoming.intent import Intent, NotRecognized
 
-from checks import check, fail
+from checks import check, fail, patience
 
 UTTERANCES = ["turn on the kitchen light", "set the living room lamp to 40 percent", "turn off all the lights in the bedroom",
               "what time is it", "start a timer for 5 minutes", "tell me a joke", "set the temperature to 21 degrees",
@@ -32,7 +32,7 @@ async def describe(port):
     began = time.perf_counter()
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Describe().event())
-        event = await asyncio.wait_for(client.read_event(), 1.0)
+        event = await asyncio.wait_for(client.read_event(), patience(10))
     elapsed = (time.perf_counter() - began) * 1e3
     check(event is not None and Info.is_type(event.type), f"describe answered {event}")
     return Info.from_event(event), elapsed
@@ -45,11 +45,11 @@ async def turn(port, text, context):
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Transcript(text=text, language="en", context=context).event())
         while True:
-            event = await asyncio.wait_for(client.read_event(), 120)
+            event = await asyncio.wait_for(client.read_event(), patience(120))
             check(event is not None, f"the connection closed after {[e['type'] for e in events]}")
             events.append({"type": event.type, "data": event.data})
             if Handled.is_type(event.type):
-                stop = await asyncio.wait_for(client.read_event(), 10)
+                stop = await asyncio.wait_for(client.read_event(), patience(10))
                 check(stop is not None and HandledStop.is_type(stop.type), f"handled was not followed by handled-stop: {stop}")
                 events.append({"type": stop.type, "data": stop.data})
                 return events
@@ -129,7 +129,7 @@ def check_zeroconf(args):
 
     class Listener:
         def add_service(self, zc, type_, name):
-            found[name] = zc.get_service_info(type_, name, 3000)
+            found[name] = zc.get_service_info(type_, name, int(patience(3) * 1000))
 
         def update_service(self, zc, type_, name):
             pass
@@ -139,7 +139,7 @@ def check_zeroconf(args):
 
     ServiceBrowser(zc, "_wyoming._tcp.local.", Listener())
     want = f"{args.name}._wyoming._tcp.local."
-    deadline = time.time() + 10
+    deadline = time.time() + patience(10)
     while time.time() < deadline and want not in found:
         time.sleep(0.2)
     multicast = own.name in found

@@ -21,6 +21,8 @@ from wyoming.asr import Transcript
 from wyoming.client import AsyncTcpClient
 from wyoming.handle import Handled, HandledStop
 
+from checks import patience
+
 UTTERANCES = ["turn on the kitchen light", "set the living room lamp to 40 percent", "what time is it",
               "start a timer for 5 minutes", "tell me a joke", "never mind"]
 ANSWERS = ("intent", "not-recognized", "handled", "not-handled", "error")
@@ -69,11 +71,11 @@ async def turn(port, text):
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Transcript(text=text, language="en").event())
         while True:
-            event = await asyncio.wait_for(client.read_event(), 120)
+            event = await asyncio.wait_for(client.read_event(), patience(120))
             if event is None:
                 raise AssertionError("the connection closed before an answer")
             if Handled.is_type(event.type):
-                stop = await asyncio.wait_for(client.read_event(), 10)
+                stop = await asyncio.wait_for(client.read_event(), patience(10))
                 if stop is None or not HandledStop.is_type(stop.type):
                     raise AssertionError(f"handled without handled-stop: {stop}")
                 return event.type
@@ -98,8 +100,8 @@ def main():
     a = p.parse_args()
     spans = windows(a.windows)
     counts, failures = {}, []
-    oa = openai.OpenAI(base_url=f"{a.base_url}/v1", api_key="none", max_retries=0, timeout=300)
-    ol = ollama.Client(host=a.base_url, timeout=300)
+    oa = openai.OpenAI(base_url=f"{a.base_url}/v1", api_key="none", max_retries=0, timeout=patience(300))
+    ol = ollama.Client(host=a.base_url, timeout=patience(300))
     clients = {"openai": openai_chat(oa, a.model), "ollama": ollama_chat(ol, a.model), "wyoming": wyoming_turn(a.wyoming_port)}
     threads = [threading.Thread(target=loop, args=(name, spans, one, counts, failures)) for name, one in clients.items()]
     for t in threads:

@@ -1,13 +1,22 @@
 //! Drives the real `qwenedge serve` binary: a temporary configuration and socket, a client that
-//! speaks raw NDJSON, and helpers to collect a request's events.
+//! speaks raw NDJSON, and helpers to collect a request's events. Every wait here is a base
+//! scaled by [`super::wait`]; one that runs out fails with what it waited for and the log.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use super::wait::{self, Wait};
+
+/// How long a daemon may take to load the tiny model and listen (before scaling).
+pub const START: Duration = Duration::from_secs(60);
+
+/// How long a client waits for the next event of a request (before scaling).
+pub const NEXT_EVENT: Duration = Duration::from_secs(60);
 
 /// A running daemon; killed on drop.
 pub struct Daemon {
@@ -16,6 +25,10 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// What every wait on this daemon is multiplied by besides the scale ([`wait::EMULATED`]
+    /// under an emulator, else 1).
+    pub slowdown: f64,
+    _watch: wait::Watch,
 }
 
 /// A command running the `qwenedge` binary, through `wrapper` (an emulator and its arguments)
@@ -80,23 +93,29 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap());
         customize(&mut command);
         let child = command.spawn().unwrap();
-        let mut daemon = Daemon { child, dir, socket, config, log };
-        daemon.wait_ready(Duration::from_secs(if wrapper.is_empty() { 60 } else { 300 }));
+        let slowdown = if wrapper.is_empty() { 1.0 } else { wait::EMULATED };
+        let _watch = wait::watch("daemon", &log);
+        let mut daemon = Daemon { child, dir, socket, config, log, slowdown, _watch };
+        daemon.wait_ready();
         daemon
     }
 
-    fn wait_ready(&mut self, within: Duration) {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
+    fn wait_ready(&mut self) {
+        let wait = Wait::slowed(format!("the daemon to listen on {}", self.socket.display()), START, self.slowdown);
+        loop {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("daemon exited with {status} during start-up:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            wait.tick(String::new);
         }
-        panic!("daemon did not start listening:\n{}", self.log_text());
+    }
+
+    /// A wait on this daemon: `base` scaled, and slowed as the daemon is.
+    pub fn wait(&self, what: impl Into<String>, base: Duration) -> Wait {
+        Wait::slowed(what, base, self.slowdown)
     }
 
     pub fn log_text(&self) -> String {
@@ -104,7 +123,7 @@ impl Daemon {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(&self.socket)
+        Client::connect(&self.socket).slowed(self.slowdown)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -114,16 +133,27 @@ impl Daemon {
         }
     }
 
-    /// Waits for the process to exit and returns its status code.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
+    /// Waits (`base`, scaled) for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self, base: Duration) -> Option<i32> {
+        let wait = self.wait("the daemon to exit", base);
+        loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            wait.tick(String::new);
         }
-        panic!("daemon did not exit within {within:?}:\n{}", self.log_text());
+    }
+
+    /// Waits (`base`, scaled) until the log holds `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, base: Duration) {
+        let wait = self.wait(format!("{count} × {needle:?} in the daemon's log"), base);
+        loop {
+            let seen = self.log_text().matches(needle).count();
+            if seen >= count {
+                return;
+            }
+            wait.tick(|| format!("seen {seen} times"));
+        }
     }
 
     /// Waits for what the daemon builds beside the model at start (the grammar compiler, the
@@ -150,17 +180,16 @@ impl Daemon {
         c.recv()
     }
 
-    /// Asks `status` until `ok` holds and returns that report; panics naming `what` (with the
-    /// last report and the log) after `within`.
-    pub fn wait_status(&self, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-        let until = Instant::now() + within;
+    /// Asks `status` until `ok` holds and returns that report; fails naming `what` (with the
+    /// last report and the log) after `base` (scaled).
+    pub fn wait_status(&self, what: &str, base: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let wait = self.wait(what, base);
         loop {
             let status = self.status();
             if ok(&status) {
                 return status;
             }
-            assert!(Instant::now() < until, "{what}: {status}\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
+            wait.tick(|| format!("last status: {status}"));
         }
     }
 }
@@ -172,17 +201,38 @@ impl Drop for Daemon {
     }
 }
 
-/// A raw NDJSON client.
+/// A raw NDJSON client. Each event is waited for [`NEXT_EVENT`] (scaled) unless told
+/// otherwise; a wait that runs out fails naming the request and showing the daemon's log.
 pub struct Client {
     pub writer: UnixStream,
     reader: BufReader<UnixStream>,
+    socket: PathBuf,
+    patience: Duration,
+    slowdown: f64,
 }
 
 impl Client {
     pub fn connect(socket: &Path) -> Self {
-        let stream = UnixStream::connect(socket).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+        let stream = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connecting to {}: {e}\n{}", socket.display(), wait::logs()));
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+            socket: socket.to_path_buf(),
+            patience: NEXT_EVENT,
+            slowdown: 1.0,
+        }
+    }
+
+    /// Waits `base` (scaled) for each event instead of [`NEXT_EVENT`].
+    pub fn patience(mut self, base: Duration) -> Self {
+        self.patience = base;
+        self
+    }
+
+    /// Every wait multiplied by `slowdown` as well (a daemon under an emulator).
+    pub fn slowed(mut self, slowdown: f64) -> Self {
+        self.slowdown = slowdown;
+        self
     }
 
     pub fn send(&mut self, request: &Value) {
@@ -193,20 +243,38 @@ impl Client {
         self.writer.write_all(bytes).unwrap();
     }
 
-    /// The next event; panics on timeout or a closed connection.
+    /// The next event; fails when none comes in time or the daemon closes the connection.
     pub fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("reading an event");
-        assert!(n > 0, "the daemon closed the connection");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad event line {line:?}: {e}"))
+        self.recv_for("the next event")
     }
 
-    /// The next event, or `None` when the daemon closed the connection.
-    pub fn try_recv(&mut self) -> Option<Value> {
+    /// The next event, waited for as `what`.
+    fn recv_for(&mut self, what: &str) -> Value {
+        let wait = Wait::slowed(format!("{what} on {}", self.socket.display()), self.patience, self.slowdown);
+        match self.read_line(&wait) {
+            Ok(Some(line)) => serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad event line {line:?}: {e}")),
+            Ok(None) => panic!("the daemon closed the connection while the test waited for {what}\n{}", wait::logs()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => wait.fail("nothing arrived"),
+            Err(e) => panic!("reading {what}: {e}\n{}", wait::logs()),
+        }
+    }
+
+    /// One line within `wait`; `None` when the connection closed.
+    fn read_line(&mut self, wait: &Wait) -> std::io::Result<Option<String>> {
+        self.reader.get_ref().set_read_timeout(Some(wait.left().max(Duration::from_millis(1))))?;
         let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+        match self.reader.read_line(&mut line)? {
+            0 => Ok(None),
+            _ => Ok(Some(line)),
+        }
+    }
+
+    /// The next event, or `None` when the daemon closed the connection or sent nothing in time.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        let wait = Wait::slowed("an event", self.patience, self.slowdown);
+        match self.read_line(&wait) {
+            Ok(Some(line)) => Some(serde_json::from_str(&line).unwrap()),
+            Ok(None) | Err(_) => None,
         }
     }
 
@@ -214,7 +282,8 @@ impl Client {
     pub fn until_terminal(&mut self, id: &str) -> Vec<Value> {
         let mut events = Vec::new();
         loop {
-            let e = self.recv();
+            let what = format!("the terminal event of request {id:?} (after {} events)", events.len());
+            let e = self.recv_for(&what);
             let done = e["id"] == id && e["event"] != "token";
             events.push(e);
             if done {

@@ -8,6 +8,7 @@ pub mod clients;
 pub mod daemon;
 pub mod mqtt;
 pub mod utterances;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 

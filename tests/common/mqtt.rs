@@ -1,7 +1,8 @@
 //! MQTT test helpers: a real Mosquitto broker on a free loopback port with its own generated
 //! configuration and data directory (killed on drop, restartable on the same port), a test
 //! client on rumqttc's MQTT 5 client, and bookkeeping that collects a request's events while
-//! dropping the duplicates QoS 1 allows (same `seq`).
+//! dropping the duplicates QoS 1 allows (same `seq`). Every duration given here is a base,
+//! scaled by [`super::wait`]; a wait that runs out fails saying what it waited for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,12 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
 use serde_json::Value;
+
+use super::wait::{self, Bounded, Wait};
 
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -47,6 +50,7 @@ pub struct Broker {
     pub port: u16,
     pub tls_port: Option<u16>,
     config: PathBuf,
+    _watch: wait::Watch,
 }
 
 impl Broker {
@@ -73,13 +77,7 @@ impl Broker {
         match &opts.auth {
             Some((user, pass)) => {
                 let file = dir.path().join("passwd");
-                let st = Command::new("mosquitto_passwd")
-                    .args(["-b", "-c"])
-                    .arg(&file)
-                    .args([user, pass])
-                    .status()
-                    .expect("mosquitto_passwd (apt install mosquitto)");
-                assert!(st.success());
+                run_ok(Command::new("mosquitto_passwd").args(["-b", "-c"]).arg(&file).args([user, pass]));
                 conf.push_str(&format!("allow_anonymous false\npassword_file {}\n", file.display()));
             }
             None => conf.push_str("allow_anonymous true\n"),
@@ -95,7 +93,8 @@ impl Broker {
         }
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(&config, conf).unwrap();
-        let mut broker = Broker { child: None, dir, port, tls_port, config };
+        let _watch = wait::watch("mosquitto", &dir.path().join("mosquitto.log"));
+        let mut broker = Broker { child: None, dir, port, tls_port, config, _watch };
         broker.spawn();
         broker
     }
@@ -112,11 +111,10 @@ impl Broker {
             .spawn()
             .expect("mosquitto (apt install mosquitto)");
         self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < until, "mosquitto did not start:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port;
+        wait::until(&format!("mosquitto to listen on port {port}"), Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// SIGKILL: no clean shutdown, no final save.
@@ -252,11 +250,7 @@ impl Tester {
     pub fn subscribe(&self, filter: &str) {
         let before = self.subacks.load(Ordering::SeqCst);
         self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        while self.subacks.load(Ordering::SeqCst) == before {
-            assert!(Instant::now() < until, "no SUBACK for {filter}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait::until(&format!("the SUBACK for {filter}"), Duration::from_secs(10), || self.subacks.load(Ordering::SeqCst) != before);
     }
 
     /// Publishes (QoS 1).
@@ -279,30 +273,28 @@ impl Tester {
         self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), props).unwrap();
     }
 
-    /// Waits until `n` of this client's publishes were acknowledged in total.
-    pub fn wait_acked(&self, n: usize, within: Duration) {
-        let until = Instant::now() + within;
+    /// Waits (`base`, scaled) until `n` of this client's publishes were acknowledged in total.
+    pub fn wait_acked(&self, n: usize, base: Duration) {
+        let wait = Wait::new(format!("the broker to acknowledge {n} publishes"), base);
         while self.acks.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < until, "only {} of {n} publishes acknowledged", self.acks.load(Ordering::SeqCst));
-            std::thread::sleep(Duration::from_millis(5));
+            wait.tick(|| format!("{} acknowledged", self.acks.load(Ordering::SeqCst)));
         }
     }
 
-    /// The next message within `within`.
-    pub fn recv(&self, within: Duration) -> Option<Msg> {
-        self.rx.recv_timeout(within).ok()
+    /// The next message within `wait`'s time.
+    pub fn recv(&self, wait: &Wait) -> Option<Msg> {
+        self.rx.recv_timeout(wait.left()).ok()
     }
 
-    /// Messages until `done` says so (the message that satisfied it included); panics after
-    /// `within`.
-    pub fn collect(&self, within: Duration, mut done: impl FnMut(&Msg) -> bool) -> Vec<Msg> {
-        let until = Instant::now() + within;
+    /// Messages until `done` says so (the message that satisfied it included); fails naming
+    /// `what` after `base` (scaled).
+    pub fn collect(&self, what: &str, base: Duration, mut done: impl FnMut(&Msg) -> bool) -> Vec<Msg> {
+        let wait = Wait::new(what, base);
         let mut out = Vec::new();
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let m = self
-                .recv(left)
-                .unwrap_or_else(|| panic!("timed out; got {} messages: {:?}", out.len(), out.iter().rev().take(5).collect::<Vec<_>>()));
+            let m = self.recv(&wait).unwrap_or_else(|| {
+                wait.fail(format!("got {} messages, the last ones: {:?}", out.len(), out.iter().rev().take(5).collect::<Vec<_>>()))
+            });
             let stop = done(&m);
             out.push(m);
             if stop {
@@ -311,27 +303,28 @@ impl Tester {
         }
     }
 
-    /// Everything that arrives within `quiet` of the previous message.
+    /// Everything that arrives until `quiet` (scaled) passes without a message.
     pub fn drain(&self, quiet: Duration) -> Vec<Msg> {
         let mut out = Vec::new();
-        while let Some(m) = self.recv(quiet) {
+        while let Some(m) = self.recv(&Wait::new("quiet", quiet)) {
             out.push(m);
         }
         out
     }
 
-    /// Waits for `qwenedge/<device>/status` to say `online`.
     /// Adds the events published under `prefix` to `answers` until every id in `ids` has a
-    /// terminal event; panics naming those without one after `within`.
-    pub fn collect_terminals(&self, prefix: &str, ids: &[String], answers: &mut Answers, within: Duration) {
-        let until = Instant::now() + within;
+    /// terminal event; fails naming those without one when `base` (scaled) passes with no
+    /// event under `prefix` (a long stream of answers may take longer as a whole).
+    pub fn collect_terminals(&self, prefix: &str, ids: &[String], answers: &mut Answers, base: Duration) {
+        let mut wait = Wait::new(format!("terminal events under {prefix} for {} requests (the time between two events)", ids.len()), base);
         while !answers.complete(ids) {
-            let m = self.recv(until.saturating_duration_since(Instant::now())).unwrap_or_else(|| {
+            let Some(m) = self.recv(&wait) else {
                 let missing: Vec<_> = ids.iter().filter(|id| answers.terminals(id).is_empty()).collect();
-                panic!("no terminal event for {missing:?}")
-            });
+                wait.fail(format!("no terminal event yet for {missing:?}"))
+            };
             if m.topic.starts_with(prefix) {
                 answers.add(m.json());
+                wait.renew();
             }
         }
     }
@@ -346,10 +339,11 @@ impl Tester {
         }
     }
 
+    /// Waits for `qwenedge/<device>/status` to say `online`.
     pub fn wait_online(&self, device: &str) {
         let topic = format!("qwenedge/{device}/status");
         self.subscribe(&topic);
-        self.collect(Duration::from_secs(30), |m| m.topic == topic && m.json()["status"] == "online");
+        self.collect(&format!("{topic} to say online"), Duration::from_secs(30), |m| m.topic == topic && m.json()["status"] == "online");
     }
 }
 
@@ -399,9 +393,10 @@ impl Answers {
     }
 }
 
-/// Runs a command, returning its stdout, or panics with its stderr.
+/// Runs a command (within [`wait::COMMAND`], scaled), returning its stdout, or panics with its
+/// stderr.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
+    let out = cmd.output_in_time();
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

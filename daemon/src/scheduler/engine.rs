@@ -225,15 +225,22 @@ fn finish_reason(r: FinishReason) -> api::FinishReason {
     }
 }
 
-/// Panics at the step `QWENEDGE_FAULT_PANIC_AT_STEP` names (test builds only), to check what
-/// a panic on the engine thread does.
+/// Test builds only, at each step of the engine thread: once the file
+/// `QWENEDGE_FAULT_PANIC_FILE` names exists the thread panics (what does a panic on the engine
+/// thread do?), and once the file `QWENEDGE_FAULT_HANG_FILE` names exists it stops for good (a
+/// hung daemon: what does a test waiting on it say?). A file, not a step count, so that a test
+/// triggers the fault when it has set the scene, however fast or slow the machine.
 #[cfg(feature = "fault-injection")]
 fn injected_fault() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STEPS: AtomicU64 = AtomicU64::new(0);
-    let at = std::env::var("QWENEDGE_FAULT_PANIC_AT_STEP").ok().and_then(|v| v.parse::<u64>().ok());
-    if at.is_some_and(|at| STEPS.fetch_add(1, Ordering::Relaxed) + 1 == at) {
-        panic!("injected fault (QWENEDGE_FAULT_PANIC_AT_STEP)");
+    let exists = |var: &str| std::env::var_os(var).is_some_and(|f| std::path::Path::new(&f).exists());
+    if exists("QWENEDGE_FAULT_PANIC_FILE") {
+        panic!("injected fault (QWENEDGE_FAULT_PANIC_FILE)");
+    }
+    if exists("QWENEDGE_FAULT_HANG_FILE") {
+        tracing::warn!("injected fault: the engine thread stops here for good (QWENEDGE_FAULT_HANG_FILE)");
+        loop {
+            std::thread::park();
+        }
     }
 }
 
