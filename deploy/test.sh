@@ -5,10 +5,16 @@
 # soak among them, for 3 minutes), the engine-panic and runtime-error tests (a build with the
 # test-only `fault-injection` feature), then the package test (tests/package-deb.sh) and the
 # aarch64 build under emulation (tests/aarch64-qemu.sh). Expensive parts live in $QWENEDGE_CACHE (default ~/.cache/qwenedge),
-# so a second run only rebuilds what changed.
+# so a second run only rebuilds what changed. On a slow or busy machine, QWENEDGE_TEST_TIME_SCALE
+# (default 1) multiplies every wait of the tests (README: Tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+scale="${QWENEDGE_TEST_TIME_SCALE:-1}"
+if ! [[ "$scale" =~ ^[0-9]*\.?[0-9]+$ ]] || ! awk -v s="$scale" 'BEGIN { exit !(s + 0 > 0) }'; then
+  echo "test: QWENEDGE_TEST_TIME_SCALE='$scale' is not a positive number (it multiplies every wait of the tests)" >&2
+  exit 2
+fi
 deploy/install-deps.sh test
 python=$(models/venv.sh | tail -n1)
 echo "test: fixtures" >&2
@@ -68,5 +74,5 @@ for script in "${scripts[@]}"; do
   summary="$summary; $script: $([ "$rc" -eq 0 ] && echo ok || echo "FAILED (status $rc)") in $(( $(date +%s) - t0 ))s"
   [ "$rc" -eq 0 ] || status=1
 done
-echo "test summary: $summary; $(( $(date +%s) - started ))s total"
+echo "test summary: $summary; $(( $(date +%s) - started ))s total (time scale $scale)"
 exit "$status"
