@@ -24,3 +24,9 @@ pub mod transport;
 mod fuzz;
 #[cfg(test)]
 mod layering;
+/// The tests' waits, shared with the end-to-end tests (one scale, one report when a wait runs
+/// out).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/wait.rs"]
+mod test_wait;

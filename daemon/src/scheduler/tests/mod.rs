@@ -7,7 +7,7 @@
 mod lifecycle;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::core::{Board, Core, Next, Reload, Work};
@@ -19,10 +19,47 @@ use crate::api::{
 /// Models that loaded, by path, in order.
 type Loads = Arc<Mutex<Vec<PathBuf>>>;
 
+/// Holds the fake's warm-up (the engine thread) until the test opens it: the test knows when the
+/// warm-up has begun and decides when it ends, by events rather than by time.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
+
+impl Gate {
+    /// On the engine thread: says the warm-up began, then waits until the gate is opened.
+    fn pass(&self) {
+        let (state, changed) = &*self.0;
+        let mut s = state.lock().unwrap();
+        s.0 = true;
+        changed.notify_all();
+        while !s.1 {
+            s = changed.wait(s).unwrap();
+        }
+    }
+
+    /// Waits until the engine thread is held at the gate.
+    fn wait_entered(&self) {
+        let wait = crate::test_wait::Wait::new("the engine thread to begin the fake's warm-up", Duration::from_secs(30));
+        let (state, changed) = &*self.0;
+        let mut s = state.lock().unwrap();
+        while !s.0 {
+            if wait.expired() {
+                wait.fail("");
+            }
+            s = changed.wait_timeout(s, wait.left()).unwrap().0;
+        }
+    }
+
+    fn open(&self) {
+        let (state, changed) = &*self.0;
+        state.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+}
+
 struct Fake {
     path: PathBuf,
     need_mb: f64,
-    warm_up: Duration,
+    warm_up_gate: Option<Gate>,
     /// Warm-up chunks still to do.
     warm_left: usize,
     /// Warm-up tries still to fail.
@@ -83,7 +120,9 @@ impl Model for Fake {
     }
 
     fn warm_up(&mut self, _ctx: &Context<'_>) -> Result<bool, String> {
-        std::thread::sleep(self.warm_up);
+        if let Some(gate) = &self.warm_up_gate {
+            gate.pass();
+        }
         let mut fails = self.warm_fails.lock().unwrap();
         if *fails > 0 {
             *fails -= 1;
@@ -141,7 +180,8 @@ struct FakeLoader {
     broken: Arc<Mutex<Vec<PathBuf>>>,
     /// Models whose files check but which fail to load (in the runtime).
     fail_to_load: Vec<PathBuf>,
-    warm_up: Duration,
+    /// Holds every warm-up until the test opens it.
+    warm_up_gate: Option<Gate>,
     /// Chunks of each model's warm-up (0 counts as 1).
     warm_up_chunks: usize,
     /// Warm-up tries that fail, in all models made.
@@ -157,7 +197,7 @@ impl FakeLoader {
         Fake {
             path,
             need_mb: 1.0,
-            warm_up: self.warm_up,
+            warm_up_gate: self.warm_up_gate.clone(),
             warm_left: self.warm_up_chunks.max(1),
             warm_fails: Arc::clone(&self.warm_fails),
             panic_at_step: self.panic_at_step,
@@ -486,11 +526,13 @@ fn memory_pressure_reaches_the_model_once_per_change() {
 #[test]
 fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failure() {
     // The warm-up holds the engine thread while all three requests are queued.
-    let loader = FakeLoader { panic_at_step: Some(3), warm_up: Duration::from_millis(300), ..Default::default() };
+    let gate = Gate::default();
+    let loader = FakeLoader { panic_at_step: Some(3), warm_up_gate: Some(gate.clone()), ..Default::default() };
     let s = settings("/m/a", |_| {});
     let model = loader.fake("/m/a".into());
     let catalog = Arc::new(crate::intent::Catalog::builtin().unwrap());
-    let (scheduler, stopped) = Scheduler::start(loader, model, s.model.load_settings(), s, catalog).unwrap();
+    let (scheduler, mut stopped) = Scheduler::start(loader, model, s.model.load_settings(), s, catalog).unwrap();
+    gate.wait_entered();
     let requests = Requests::default();
     let out = Arc::new(Outbound::new(1 << 20));
     let client =
@@ -500,7 +542,15 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failu
         let request = crate::api::GenerateRequest::new(spec, &crate::api::Limits { max_tokens: 100 }).unwrap();
         scheduler.submit(Job::new(client.begin(id, id).unwrap(), request)).unwrap();
     }
-    let outcome = stopped.blocking_recv().unwrap();
+    gate.open();
+    let wait = crate::test_wait::Wait::new("the engine thread to stop after the fake's panic", Duration::from_secs(30));
+    let outcome = loop {
+        match stopped.try_recv() {
+            Ok(outcome) => break outcome,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => wait.tick(String::new),
+            Err(e) => panic!("the scheduler dropped its stop report: {e}"),
+        }
+    };
     assert!(outcome.unwrap_err().contains("the fake model broke"));
     let events: Vec<Event> = out.take().into_iter().map(|d| d.event).collect();
     for id in ["a", "b", "c"] {
