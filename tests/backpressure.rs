@@ -62,9 +62,12 @@ fn warm_up(d: &Daemon) {
     assert_eq!(end["event"], "done", "{end}");
 }
 
-/// Polls `status` until nothing is queued or running.
+/// Whether nothing is queued or running.
 fn idle(d: &Daemon) -> bool {
-    let s = d.status();
+    idle_in(&d.status())
+}
+
+fn idle_in(s: &Value) -> bool {
     s["running"].as_array().is_some_and(Vec::is_empty) && s["queue"]["interactive"] == 0 && s["queue"]["background"] == 0
 }
 
@@ -74,8 +77,12 @@ fn a_socket_client_that_does_not_read_is_cancelled_and_the_others_are_served() {
     warm_up(&d);
     let rss_before = d.rss_kb();
     let mut slow = UnixStream::connect(&d.socket).unwrap();
+    let ended = |s: &Value| s["requests"]["done"].as_u64().unwrap_or(0) + s["requests"]["failed"].as_u64().unwrap_or(0);
+    let before = ended(&d.status());
     let lines: String = (0..20).map(|i| format!("{}\n", long_request(&format!("slow{i}")))).collect();
     slow.write_all(lines.as_bytes()).unwrap();
+    // The requests are in (running, queued, or already cancelled) before idleness means anything.
+    d.wait_status("the reader's requests to arrive", Duration::from_secs(20), |s| !idle_in(s) || ended(s) > before);
     let began = Instant::now();
     let (fast, slowest) = answered_meanwhile(&d, "the requests of the client that does not read to be cancelled");
     let took = began.elapsed();

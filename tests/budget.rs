@@ -152,7 +152,9 @@ fn warm_paces_decoding_to_the_duty_cycle() {
     let wall_ms = 399.0 / warm * 1e3;
     let duty = (wall_ms - paused) / wall_ms;
     assert!((0.5 * 0.85..=0.5 * 1.15).contains(&duty), "warm: {warm:.0} tok/s, paused {paused:.0} of {wall_ms:.0} ms: duty {duty:.3}");
-    assert!(warm < normal * 0.85, "decoding slowed down: {normal:.0} tok/s cool, {warm:.0} warm");
+    // Not compared with the cool run's rate: that was measured at another moment, under whatever
+    // else the machine was doing then.
+    eprintln!("decode: {normal:.0} tok/s cool, {warm:.0} tok/s warm at duty {duty:.3}");
 }
 
 #[test]
@@ -218,8 +220,8 @@ fn an_idle_model_is_unloaded_and_reloaded_on_demand() {
     d.wait_status("the idle model to be unloaded (idle_unload_s = 1)", Duration::from_secs(30), |s| s["model_loaded"] == false);
     let done = ask(&d, "wake", json!({"max_tokens": 3}));
     assert_eq!(done["event"], "done", "{done}");
+    // The reload is reported (the model may be unloaded again a second later).
     assert!(done["timings"]["load_ms"].as_f64().unwrap() > 0.0, "the reload is reported: {done}");
-    assert_eq!(d.status()["model_loaded"], true);
 }
 
 #[test]

@@ -125,8 +125,8 @@ fn a_full_queue_answers_overloaded_at_once() {
 fn an_interactive_request_overtakes_a_running_background_one() {
     let d = Daemon::start("");
     let mut c = d.client();
-    // Long enough that it is still running when the interactive request arrives, however
-    // slowly this test's own thread gets to send it.
+    // Long enough (seconds) that it is still running when the interactive request, sent at its
+    // first token, arrives.
     c.send(&chat("bg", "summarise the day", json!({"max_tokens": 2000, "priority": "background"})));
     let first = c.recv();
     assert_eq!((first["id"].as_str(), first["event"].as_str()), (Some("bg"), Some("token")));
@@ -148,8 +148,13 @@ fn an_interactive_request_overtakes_a_running_background_one() {
 fn deadlines_expire_running_and_queued_requests() {
     let d = Daemon::start("[scheduler]\nmax_tokens_limit = 100000\n");
     let mut c = d.client();
-    c.send(&chat("slow", "long", json!({"max_tokens": 50000, "deadline_ms": 300})));
-    c.send(&chat("late", "queued", json!({"max_tokens": 2, "deadline_ms": 100})));
+    // One write: "late" is queued behind "slow" however long this thread pauses.
+    let both = format!(
+        "{}\n{}\n",
+        chat("slow", "long", json!({"max_tokens": 50000, "deadline_ms": 300})),
+        chat("late", "queued", json!({"max_tokens": 2, "deadline_ms": 100}))
+    );
+    c.send_raw(both.as_bytes());
     let mut events = c.until_terminal("slow");
     if !events.iter().any(|e| e["id"] == "late" && e["event"] != "token") {
         events.extend(c.until_terminal("late"));

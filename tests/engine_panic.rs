@@ -1,9 +1,10 @@
 //! The engine thread failing, by the test-only `fault-injection` feature. A panic (once the file
 //! `QWENEDGE_FAULT_PANIC_FILE` names exists): every open request, running or queued, on the
 //! socket and over MQTT, gets a terminal `model_error`, and the daemon exits with a non-zero
-//! status so that systemd's `Restart=on-failure` restarts it. A hang (once the file
-//! `QWENEDGE_FAULT_HANG_FILE` names exists): a test waiting on the daemon fails saying what it
-//! waited for, how long, and the daemon's last log lines, rather than a bare timeout.
+//! status so that systemd's `Restart=on-failure` restarts it. A hang (while the file
+//! `QWENEDGE_FAULT_HOLD_FILE` names exists the engine thread waits): a test waiting on the
+//! daemon fails saying what it waited for, how long, and the daemon's last log lines, rather
+//! than a bare timeout.
 
 mod common;
 
@@ -19,20 +20,21 @@ use serde_json::json;
 fn a_panic_on_the_engine_thread_answers_every_open_request_and_exits_non_zero() {
     let broker = Broker::start();
     let flags = tempfile::tempdir().unwrap();
-    let panic_file = flags.path().join("panic");
+    let (hold, panic_file) = (flags.path().join("hold"), flags.path().join("panic"));
     let mqtt = mqtt_section(broker.port, "panic", "");
-    let mut d =
-        Daemon::start_customized(&model_dir("tiny-a", "int4"), "", &format!("[scheduler]\nmax_tokens_limit = 100000\n{mqtt}"), |c| {
-            c.env("QWENEDGE_FAULT_PANIC_FILE", &panic_file);
-        });
+    let mut d = Daemon::start_customized(&model_dir("tiny-a", "int4"), "", &mqtt, |c| {
+        c.env("QWENEDGE_FAULT_HOLD_FILE", &hold).env("QWENEDGE_FAULT_PANIC_FILE", &panic_file);
+    });
     let t = Tester::connect(broker.port, "panic-client");
     t.wait_online("panic");
     t.subscribe("qwenedge/panic/response/#");
-    // Longer than the test: the first request is still running when the fault comes.
-    let long = |id: &str| json!({"id": id, "op": "complete", "prompt": "Once upon a time", "max_tokens": 50000});
+    let long = |id: &str| json!({"id": id, "op": "complete", "prompt": "Once upon a time", "max_tokens": 2000});
+    // The first request is held at its first step while the others are queued; then the engine
+    // thread panics at that step.
+    std::fs::write(&hold, b"").unwrap();
     let mut c = d.client();
     c.send(&long("running"));
-    d.wait_status("the first request to start", Duration::from_secs(10), |s| s["running"].as_array().is_some_and(|r| !r.is_empty()));
+    d.wait_log("injected fault: the engine thread holds here", 1, Duration::from_secs(10));
     c.send(&long("queued-1"));
     c.send(&json!({"id": "queued-2", "op": "chat", "messages": [{"role": "user", "content": "hi"}], "priority": "background"}));
     t.publish("qwenedge/panic/request", long("over-mqtt").to_string());
@@ -40,6 +42,7 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_exits_non_zero() 
         s["queue"]["interactive"] == 2 && s["queue"]["background"] == 1
     });
     std::fs::write(&panic_file, b"").unwrap();
+    std::fs::remove_file(&hold).unwrap();
 
     let mut ends = std::collections::BTreeMap::new();
     while ends.len() < 3 {
@@ -72,13 +75,13 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_exits_non_zero() 
 #[test]
 fn a_hung_daemon_fails_the_waiting_test_with_what_it_waited_for_and_the_log() {
     let flags = tempfile::tempdir().unwrap();
-    let hang = flags.path().join("hang");
+    let hold = flags.path().join("hold");
     let d = Daemon::start_customized(&model_dir("tiny-a", "int4"), "", "", |c| {
-        c.env("QWENEDGE_FAULT_HANG_FILE", &hang);
+        c.env("QWENEDGE_FAULT_HOLD_FILE", &hold);
     });
     d.settle();
-    std::fs::write(&hang, b"").unwrap();
-    // A short wait: the engine thread stops at its next step, so no answer ever comes.
+    std::fs::write(&hold, b"").unwrap();
+    // A short wait: the engine thread holds at its next step for good, so no answer comes.
     let mut c = d.client().patience(Duration::from_secs(2));
     c.send(&json!({"id": "stuck", "op": "complete", "prompt": "Once upon a time", "max_tokens": 8}));
     let failure = std::panic::catch_unwind(AssertUnwindSafe(|| c.until_terminal("stuck"))).expect_err("a hung daemon answered");
@@ -89,7 +92,7 @@ fn a_hung_daemon_fails_the_waiting_test_with_what_it_waited_for_and_the_log() {
         assert!(message.contains(needle), "{needle:?} missing from the failure:\n{message}");
     }
     assert!(message.contains(&format!("--- daemon log {}", d.log.display())), "the daemon's log is shown:\n{message}");
-    let last = d.log_text().lines().find(|l| l.contains("injected fault: the engine thread stops")).map(str::to_string);
+    let last = d.log_text().lines().find(|l| l.contains("injected fault: the engine thread holds here")).map(str::to_string);
     let last = last.unwrap_or_else(|| panic!("the engine thread never reached the fault:\n{}", d.log_text()));
     assert!(message.contains(&last), "the log's last lines, the fault among them:\n{message}");
 }

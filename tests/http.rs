@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::clients;
 use common::daemon::Daemon;
 use common::mqtt::free_port;
-use common::wait::Bounded;
+use common::wait::{Bounded, Wait};
 use serde_json::Value;
 
 const MODEL: &str = "qwen3.5-tiny";
@@ -21,11 +21,13 @@ const MODEL: &str = "qwen3.5-tiny";
 fn request(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
+    let wait = Wait::new(format!("the answer to {method} {path}"), Duration::from_secs(30));
     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait.left())).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
+    s.read_to_string(&mut raw).unwrap_or_else(|e| wait.fail(format!("{e}; got so far: {raw:?}")));
     let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, serde_json::from_str(rest.trim()).unwrap_or(Value::Null))

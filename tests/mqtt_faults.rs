@@ -182,10 +182,8 @@ fn a_fleet_splits_one_request_stream() {
             wait.renew();
         }
     }
-    for m in t.drain(Duration::from_millis(500)) {
-        if m.topic.contains("fleet") && !m.topic.contains("/status") {
-            answers.add(m.json());
-        }
+    for m in t.drain(Duration::from_millis(500), |m| m.topic.contains("fleet") && !m.topic.contains("/status")) {
+        answers.add(m.json());
     }
     for id in &ids {
         let ends = answers.terminals(id);

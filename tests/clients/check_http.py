@@ -146,7 +146,7 @@ async def ha_conversation(args):
     """The calls Home Assistant's Ollama integration makes."""
     client = ollama.AsyncClient(host=args.base_url, headers=auth(args), timeout=patience(300))
     figures = {}
-    listed = await asyncio.wait_for(client.list(), 5)
+    listed = await asyncio.wait_for(client.list(), patience(5))
     names = [m.model for m in listed.models]
     check(any(n.split(":")[0] == args.model.split(":")[0] for n in names), f"list() shows {names}")
     model = names[0]

@@ -203,7 +203,8 @@ impl Tester {
 
     pub fn connect_with(port: u16, id: &str, opts: TesterOptions) -> Self {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_clean_start(!opts.persistent).set_max_packet_size(Some(4 << 20)).set_keep_alive(Duration::from_secs(5));
+        // A keep-alive long enough that a test thread starved on a busy machine is not dropped.
+        o.set_clean_start(!opts.persistent).set_max_packet_size(Some(4 << 20)).set_keep_alive(Duration::from_secs(60));
         if opts.persistent {
             o.set_session_expiry_interval(Some(3600));
         }
@@ -303,11 +304,17 @@ impl Tester {
         }
     }
 
-    /// Everything that arrives until `quiet` (scaled) passes without a message.
-    pub fn drain(&self, quiet: Duration) -> Vec<Msg> {
+    /// The messages `keep` accepts that arrive until `quiet` (scaled) passes without one: late
+    /// QoS 1 repeats, or the check that nothing more comes. Other messages (a status topic
+    /// refreshed meanwhile) are dropped and do not extend the wait.
+    pub fn drain(&self, quiet: Duration, keep: impl Fn(&Msg) -> bool) -> Vec<Msg> {
         let mut out = Vec::new();
-        while let Some(m) = self.recv(&Wait::new("quiet", quiet)) {
-            out.push(m);
+        let mut wait = Wait::new("quiet", quiet);
+        while let Some(m) = self.recv(&wait) {
+            if keep(&m) {
+                out.push(m);
+                wait.renew();
+            }
         }
         out
     }
@@ -332,10 +339,8 @@ impl Tester {
     /// Adds the events under `prefix` that arrive until `quiet` passes without a message
     /// (late QoS 1 repeats).
     pub fn drain_into(&self, prefix: &str, answers: &mut Answers, quiet: Duration) {
-        for m in self.drain(quiet) {
-            if m.topic.starts_with(prefix) {
-                answers.add(m.json());
-            }
+        for m in self.drain(quiet, |m| m.topic.starts_with(prefix)) {
+            answers.add(m.json());
         }
     }
 

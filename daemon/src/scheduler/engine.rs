@@ -225,22 +225,23 @@ fn finish_reason(r: FinishReason) -> api::FinishReason {
     }
 }
 
-/// Test builds only, at each step of the engine thread: once the file
-/// `QWENEDGE_FAULT_PANIC_FILE` names exists the thread panics (what does a panic on the engine
-/// thread do?), and once the file `QWENEDGE_FAULT_HANG_FILE` names exists it stops for good (a
-/// hung daemon: what does a test waiting on it say?). A file, not a step count, so that a test
-/// triggers the fault when it has set the scene, however fast or slow the machine.
+/// Test builds only, at each step of the engine thread: while the file
+/// `QWENEDGE_FAULT_HOLD_FILE` names exists the thread waits (a hung daemon, for as long as the
+/// test wants: what does a test waiting on it say? or a request held mid-run while the test
+/// sets the scene), and once the file `QWENEDGE_FAULT_PANIC_FILE` names exists it panics (what
+/// does a panic on the engine thread do?). Files, not step counts, so that a test triggers a
+/// fault when it has set the scene, however fast or slow the machine.
 #[cfg(feature = "fault-injection")]
 fn injected_fault() {
-    let exists = |var: &str| std::env::var_os(var).is_some_and(|f| std::path::Path::new(&f).exists());
-    if exists("QWENEDGE_FAULT_PANIC_FILE") {
-        panic!("injected fault (QWENEDGE_FAULT_PANIC_FILE)");
-    }
-    if exists("QWENEDGE_FAULT_HANG_FILE") {
-        tracing::warn!("injected fault: the engine thread stops here for good (QWENEDGE_FAULT_HANG_FILE)");
-        loop {
-            std::thread::park();
+    let file = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from).filter(|f| f.exists());
+    if let Some(hold) = file("QWENEDGE_FAULT_HOLD_FILE") {
+        tracing::warn!(file = %hold.display(), "injected fault: the engine thread holds here while the file exists (QWENEDGE_FAULT_HOLD_FILE)");
+        while hold.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+    if file("QWENEDGE_FAULT_PANIC_FILE").is_some() {
+        panic!("injected fault (QWENEDGE_FAULT_PANIC_FILE)");
     }
 }
 

@@ -392,10 +392,13 @@ fn a_warm_device_defers_background_work_and_a_critical_one_stops_everything() {
 #[test]
 fn deadlines_end_queued_and_running_requests() {
     let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |_| {}));
+    // The first turns at a time taken before the requests were received: before their deadline
+    // however long this thread takes.
+    let before = Instant::now();
     h.submit("running", Priority::Interactive, 50, Some(1000));
     h.submit("queued", Priority::Interactive, 50, Some(1000));
     for _ in 0..4 {
-        h.turn(Instant::now());
+        h.turn(before);
     }
     h.turn(Instant::now() + Duration::from_secs(2));
     h.turn(Instant::now() + Duration::from_secs(2));
@@ -443,8 +446,9 @@ fn a_hot_device_swaps_to_the_hot_model_between_requests_and_back() {
 
 #[test]
 fn an_idle_model_is_unloaded_and_the_next_request_loads_it() {
+    let before = Instant::now();
     let mut h = Harness::new(FakeLoader::default(), settings("/m/a", |s| s.budget.idle_unload_s = 1));
-    assert_eq!(h.turn(Instant::now()), None, "not idle long enough yet");
+    assert_eq!(h.turn(before), None, "not idle long enough yet");
     assert_eq!(h.turn(Instant::now() + Duration::from_secs(2)), Some("unload"));
     assert!(!h.board.stats.loaded);
     h.submit("wake", Priority::Interactive, 2, None);

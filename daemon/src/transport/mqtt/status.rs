@@ -1,12 +1,12 @@
 //! What the daemon says about itself on retained topics: `qwenedge/<device>/status` (online or
-//! offline plus the scheduler's status report, without the uptime so that it only changes when
-//! something happens) and `qwenedge/<device>/state` (flat sensor values for Home Assistant:
+//! offline plus the scheduler's status report, without the uptime and the budget's readings so
+//! that it only changes when something happens) and `qwenedge/<device>/state` (flat sensor values for Home Assistant:
 //! temperature and memory from the kernel readers, speed from the last request).
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::api::StatusReport;
+use crate::api::{BudgetReport, StatusReport};
 use crate::budget::readers::{self, SysRoot};
 
 /// The status payload while serving.
@@ -21,10 +21,19 @@ pub struct Online {
     pub device: String,
 }
 
-/// The status payload while serving: the scheduler's `status` without `uptime_s`, plus
-/// `"status": "online"` and the device id.
+/// The status payload while serving: the scheduler's `status` without what changes by itself —
+/// `uptime_s` and the budget's readings (temperature, memory, pressure: the kernel's figures
+/// move at every poll, and the state topic carries them) — plus `"status": "online"` and the
+/// device id. The thermal level, the thresholds and whether memory is under pressure stay.
 pub fn online(report: &StatusReport, device: &str) -> Online {
-    Online { report: StatusReport { uptime_s: None, ..report.clone() }, status: "online", device: device.to_string() }
+    let budget = BudgetReport {
+        temperature_c: None,
+        memory_room_mb: None,
+        memory_available_mb: None,
+        memory_pressure: None,
+        ..report.budget.clone()
+    };
+    Online { report: StatusReport { uptime_s: None, budget, ..report.clone() }, status: "online", device: device.to_string() }
 }
 
 /// The status payload of a device that is gone (last will, clean shutdown).
@@ -119,10 +128,15 @@ mod tests {
     }
 
     #[test]
-    fn online_status_drops_the_uptime() {
+    fn online_status_drops_the_uptime_and_the_readings() {
         let a = online(&report(), "dev");
         let later = StatusReport { uptime_s: Some(99), ..report() };
         assert_eq!(a, online(&later, "dev"), "uptime alone is no change");
+        let readings =
+            BudgetReport { temperature_c: Some(72.5), memory_available_mb: Some(1234.5), memory_pressure: Some(0.1), ..report().budget };
+        assert_eq!(a, online(&StatusReport { budget: readings, ..report() }, "dev"), "new readings alone are no change");
+        let hotter = BudgetReport { level: ThermalLevel::Hot, ..report().budget };
+        assert_ne!(a, online(&StatusReport { budget: hotter, ..report() }, "dev"), "a new thermal level is a change");
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!((v["status"].as_str(), v["device"].as_str(), v["state"].as_str()), (Some("online"), Some("dev"), Some("ready")));
         assert!(v.get("uptime_s").is_none());
