@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::{Engine, EngineOptions};
 
 /// A copy of the tiny int4 model in a temp dir, broken by `f`; returns the load error text.
 fn broken(f: impl FnOnce(&Path)) -> String {
@@ -157,10 +157,10 @@ fn random_damage_to_the_model_files_never_panics_the_reader() {
     common::copy_model(&src, &dir);
     let names = ["genai_config.json", "model.onnx"];
     let originals: Vec<Vec<u8>> = names.iter().map(|f| std::fs::read(src.join(f)).unwrap()).collect();
-    assert!(qwenedge::engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");
+    assert!(qwenedge_engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");
     each_damage(&originals, |file, bytes| {
         replace(&dir.join(names[file]), bytes);
-        let outcome = qwenedge::engine::model::ModelSpec::load(&dir);
+        let outcome = qwenedge_engine::model::ModelSpec::load(&dir);
         replace(&dir.join(names[file]), &originals[file]);
         outcome.map(drop).or_else(|e| said(&e.to_string()))
     });
@@ -170,7 +170,7 @@ fn random_damage_to_the_model_files_never_panics_the_reader() {
 /// read) is refused with a message, never a panic.
 #[test]
 fn random_damage_to_a_tokenizer_file_never_panics_the_reader() {
-    use qwenedge::engine::bpe::{byte_char, Bpe};
+    use qwenedge_engine::bpe::{byte_char, Bpe};
     let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8).map(|b| (byte_char(b).to_string(), b.into())).collect();
     let good = serde_json::json!({
         "added_tokens": [{"id": 300, "content": "<|x|>", "special": true}],

@@ -3,8 +3,8 @@
 
 mod common;
 
-use qwenedge::engine::chat::{ChatInput, ChatTemplate};
-use qwenedge::engine::model::ModelSpec;
+use qwenedge_engine::chat::{ChatInput, ChatTemplate};
+use qwenedge_engine::model::ModelSpec;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::wait::Bounded;
-use qwenedge::engine::bpe::Bpe;
+use qwenedge_engine::bpe::Bpe;
 
 fn qwenedge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qwenedge"))

@@ -8,13 +8,13 @@ mod common;
 
 use common::model_dir;
 use common::utterances::{markers, utterances};
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::constrain::Grammar;
-use qwenedge::engine::generate::{FinishReason, GenerateParams, Step};
-use qwenedge::engine::persist::SnapshotStore;
-use qwenedge::engine::{Engine, EngineOptions};
-use qwenedge::intent::{self, Catalog};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::constrain::Grammar;
+use qwenedge_engine::generate::{FinishReason, GenerateParams, Step};
+use qwenedge_engine::persist::SnapshotStore;
+use qwenedge_engine::{Engine, EngineOptions};
+use qwenedge_intent::{self as intent, Catalog};
 
 /// How far two confidences may differ from float rounding alone (they are reported to 1e-4).
 const CONFIDENCE_ROUNDING: f64 = 1e-5;

@@ -13,10 +13,10 @@
 
 mod common;
 
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::backend::{Logits, LogitsWanted};
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::backend::{Logits, LogitsWanted};
+use qwenedge_engine::{Engine, EngineOptions};
 
 /// A choice is clear when ONNX Runtime's two best logits are further apart than this many times
 /// the root mean square difference between the runtimes' logits: were the differences

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The long mode of the parser property tests (daemon/src/fuzz.rs): every parser that takes bytes
+# The long mode of the parser property tests (the `fuzz` modules of daemon/src, daemon/http and
+# daemon/wyoming): every parser that takes bytes
 # from outside, 1,000,000 cases each (the configuration file, which is written to disk per case,
 # 100,000). Prints each parser's time. Not part of CI (which runs 10,000 cases each).
 #
@@ -11,10 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cases="${1:-1000000}"
 export QWENEDGE_PROPTEST_CASES="$cases"
-cargo test --release --locked -p qwenedge --lib --no-run
+cargo test --release --locked -p qwenedge -p qwenedge-http -p qwenedge-wyoming --lib --no-run
 for t in socket_requests mqtt_requests hermes_queries http_bodies wyoming_frames configuration_files intent_catalogs; do
+  case "$t" in
+    http_bodies) crate=qwenedge-http ;;
+    wyoming_frames) crate=qwenedge-wyoming ;;
+    *) crate=qwenedge ;;
+  esac
   start=$(date +%s%N)
-  cargo test --release --locked -p qwenedge --lib -q "fuzz::$t" -- --exact > /dev/null
+  cargo test --release --locked -p "$crate" --lib -q "fuzz::$t" -- --exact > /dev/null
   ms=$(( ($(date +%s%N) - start) / 1000000 ))
   n=$cases
   [ "$t" = configuration_files ] && n=$((cases / 10))

@@ -11,14 +11,14 @@ use common::model_dir;
 use common::mqtt::{mqtt_section, Broker, Tester};
 use common::utterances::{markers, utterances};
 use common::wait::Bounded;
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::constrain::{Allowed, Constrainer, Grammar};
-use qwenedge::engine::generate::{FinishReason, GenerateParams, Step};
-use qwenedge::engine::sampler::SamplingParams;
-use qwenedge::engine::{Engine, EngineOptions};
-use qwenedge::intent::catalog::SlotKind;
-use qwenedge::intent::{self, Catalog};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::constrain::{Allowed, Constrainer, Grammar};
+use qwenedge_engine::generate::{FinishReason, GenerateParams, Step};
+use qwenedge_engine::sampler::SamplingParams;
+use qwenedge_engine::{Engine, EngineOptions};
+use qwenedge_intent::catalog::SlotKind;
+use qwenedge_intent::{self as intent, Catalog};
 use serde_json::{json, Value};
 
 /// Checks a parsed intent against the catalog independently of the parser.

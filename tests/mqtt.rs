@@ -233,3 +233,38 @@ fn sigterm_delivers_the_last_events_then_offline_and_sigkill_leaves_the_will() {
     let will = t.collect("d5's last will", WAIT, |m| m.topic == "qwenedge/d5/status" && m.json()["status"] == "offline").pop().unwrap();
     assert_eq!(will.json(), json!({"status": "offline", "device": "d5"}));
 }
+
+#[test]
+fn home_assistant_sensors_show_what_the_budget_governor_sees() {
+    // A fake device with two thermal zones: the governor watches the cooler one
+    // (`budget.thermal_zone`), so the hottest zone must not reach Home Assistant.
+    let root = tempfile::tempdir().unwrap();
+    let put = |rel: &str, text: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    put("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n");
+    put("sys/class/thermal/thermal_zone0/temp", "45000\n");
+    put("sys/class/thermal/thermal_zone1/type", "gpu-thermal\n");
+    put("sys/class/thermal/thermal_zone1/temp", "61500\n");
+    put("proc/meminfo", "MemTotal:        8000000 kB\nMemAvailable:    6000000 kB\n");
+    let broker = Broker::start();
+    let budget = format!("[budget]\nroot = {:?}\nthermal_zone = \"cpu-thermal\"\npoll_ms = 50\n", root.path().display().to_string());
+    let d = Daemon::start(&format!("{budget}{}", mqtt_section(broker.port, "d6", "discovery = true\n")));
+    let status = d.wait_status("the governor's first reading", WAIT, |s| s["budget"]["temperature_c"].is_number());
+    assert_eq!(status["budget"]["temperature_c"], 45.0, "{status}");
+
+    let ha = Tester::connect(broker.port, "ha6");
+    ha.subscribe("qwenedge/d6/state");
+    let mut state = Value::Null;
+    ha.collect("a state message with a temperature", WAIT, |m| {
+        state = m.json();
+        state["soc_temp_c"].is_number()
+    });
+    let status = d.status();
+    assert_eq!(state["soc_temp_c"], status["budget"]["temperature_c"], "the sensor is the governor's zone: {state} vs {status}");
+    let mem = status["budget"]["memory_available_mb"].as_f64().expect("memory in status");
+    assert_eq!(state["mem_available_mb"].as_f64(), Some((mem * 10.0).round() / 10.0), "{state} vs {status}");
+    assert_eq!(state["thermal_level"], status["budget"]["level"], "{state} vs {status}");
+}

@@ -9,10 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{greedy, model_dir, reference, CONFIGS};
-use qwenedge::engine::backend::ort::{OptimizedCache, OrtOptions};
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::backend::{Logits, LogitsWanted};
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::backend::ort::{OptimizedCache, OrtOptions};
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::backend::{Logits, LogitsWanted};
+use qwenedge_engine::{Engine, EngineOptions};
 
 fn engine(dir: &Path, cache: Option<&Path>) -> Engine {
     let optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None });

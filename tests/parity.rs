@@ -7,13 +7,13 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::backend::{Logits, LogitsWanted};
-use qwenedge::engine::generate::{FinishReason, GenerateParams};
-use qwenedge::engine::model::LayerKind;
-use qwenedge::engine::sampler::SamplingParams;
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::backend::{Logits, LogitsWanted};
+use qwenedge_engine::generate::{FinishReason, GenerateParams};
+use qwenedge_engine::model::LayerKind;
+use qwenedge_engine::sampler::SamplingParams;
+use qwenedge_engine::{Engine, EngineOptions};
 
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
     let opts =

@@ -11,12 +11,12 @@ use std::time::Duration;
 use common::daemon::{chat, Daemon};
 use common::{model_dir, CONFIGS};
 
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::backend::{Logits, LogitsWanted};
-use qwenedge::engine::chat::ChatInput;
-use qwenedge::engine::generate::{Completion, Decoder, GenerateParams, Step};
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::backend::{Logits, LogitsWanted};
+use qwenedge_engine::chat::ChatInput;
+use qwenedge_engine::generate::{Completion, Decoder, GenerateParams, Step};
+use qwenedge_engine::{Engine, EngineOptions};
 use serde_json::{json, Value};
 
 const NEW_TOKENS: usize = 16;
@@ -196,9 +196,9 @@ fn greedy_output_with_the_cache_equals_the_output_without_it() {
 fn the_pinned_intent_prefix_ends_with_the_user_header_and_every_intent_prompt_starts_with_it() {
     let mut e = engine(&model_dir("tiny-a", "int4"));
     e.configure_cache(256 << 20, 1);
-    let catalog = qwenedge::intent::Catalog::builtin().unwrap();
+    let catalog = qwenedge_intent::Catalog::builtin().unwrap();
     let markers = common::utterances::markers(&e);
-    let chat = |text: &str| qwenedge::intent::prepare(&catalog, text, None, &markers).chat;
+    let chat = |text: &str| qwenedge_intent::prepare(&catalog, text, None, &markers).chat;
     let pinned = e.pin_chat_prefix(&chat("")).unwrap();
     let header = e.tokenizer.encode("<|im_start|>user\n").unwrap();
     let utterances = [

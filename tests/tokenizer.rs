@@ -3,8 +3,8 @@
 
 mod common;
 
-use qwenedge::engine::bpe::Bpe;
-use qwenedge::engine::detok::Utf8Stream;
+use qwenedge_engine::bpe::Bpe;
+use qwenedge_engine::detok::Utf8Stream;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 

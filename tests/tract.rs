@@ -7,10 +7,10 @@ use common::{greedy, model_dir, reference, CONFIGS};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 use prost::Message;
-use qwenedge::engine::backend::ort::{OrtBackend, OrtOptions};
-use qwenedge::engine::backend::tract::{ops, TractBackend, TractOptions};
-use qwenedge::engine::backend::{runtime, Backend, Logits, LogitsWanted};
-use qwenedge::engine::Engine;
+use qwenedge_engine::backend::ort::{OrtBackend, OrtOptions};
+use qwenedge_engine::backend::tract::{ops, TractBackend, TractOptions};
+use qwenedge_engine::backend::{runtime, Backend, Logits, LogitsWanted};
+use qwenedge_engine::Engine;
 use rand::{Rng, SeedableRng};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -383,7 +383,7 @@ fn greedy_tokens_match_onnxruntime_on_every_fixture() {
 #[test]
 fn chunked_and_restored_steps_match_onnxruntime() {
     let dir = model_dir("tiny-a", "fp32");
-    let spec = qwenedge::engine::model::ModelSpec::load(&dir).unwrap();
+    let spec = qwenedge_engine::model::ModelSpec::load(&dir).unwrap();
     let mut ort = OrtBackend::load(&spec, &OrtOptions { threads: 2, all_logits: true, ..Default::default() }).unwrap();
     let mut tract = TractBackend::load(&spec, &TractOptions { all_logits: true, ..Default::default() }).unwrap();
     let ids = &reference("tiny-a").prompts[0].ids;

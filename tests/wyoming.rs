@@ -15,8 +15,8 @@ use common::clients;
 use common::daemon::{chat, Daemon};
 use common::mqtt::free_port;
 use common::wait::{Bounded, Wait};
-use qwenedge::intent::catalog::SlotKind;
-use qwenedge::intent::Catalog;
+use qwenedge_intent::catalog::SlotKind;
+use qwenedge_intent::Catalog;
 use serde_json::Value;
 
 /// Runs one check of check_wyoming.py; returns its JSON line.
@@ -254,7 +254,7 @@ fn the_service_is_announced_over_zeroconf_where_multicast_works_here() {
     let seen = check("zeroconf", port, &["--name", &name, "--expect-port", &port.to_string()], &d);
     if seen["multicast"] == false {
         // This machine cannot see its own mDNS announcements; the record itself is checked by
-        // the unit test in daemon/src/transport/wyoming/zeroconf.rs.
+        // the unit test in daemon/wyoming/src/zeroconf.rs.
         eprintln!("zeroconf: multicast does not work on this machine; the record is covered by the unit test");
         assert!(d.log_text().contains("announced over zeroconf"), "{}", d.log_text());
         return;

@@ -91,8 +91,8 @@ pub fn copy_model(src: &Path, dst: &Path) {
 }
 
 /// `n` greedy tokens after `prompt` on a fresh sequence of `engine`.
-pub fn greedy(engine: &mut qwenedge::engine::Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let params = qwenedge::engine::generate::GenerateParams { max_tokens: n, ..Default::default() };
+pub fn greedy(engine: &mut qwenedge_engine::Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+    let params = qwenedge_engine::generate::GenerateParams { max_tokens: n, ..Default::default() };
     let seq = engine.new_sequence().unwrap();
     let mut sink = |_: &str, _: u32| std::ops::ControlFlow::Continue(());
     engine.generate_with(seq, prompt, &params, &[], &mut sink).unwrap().tokens

@@ -1,10 +1,10 @@
 //! Utterances for intent tests: a fixed, varied set over the built-in catalog, and the
 //! tool-call markers of a loaded model.
 
-use qwenedge::dialect::Markers;
-use qwenedge::engine::Engine;
-use qwenedge::intent::catalog::EntitySource;
-use qwenedge::intent::Catalog;
+use qwenedge_engine::Engine;
+use qwenedge_intent::catalog::EntitySource;
+use qwenedge_intent::Catalog;
+use qwenedge_toolcall::Markers;
 
 /// The tool-call markers as the daemon writes them for `engine`'s tokenizer.
 pub fn markers(engine: &Engine) -> Markers {

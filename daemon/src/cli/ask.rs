@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use clap::Args;
-use qwenedge::api::Priority;
-use qwenedge::config::SocketSettings;
+use qwenedge_api::Priority;
+use qwenedge_config::SocketSettings;
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge ask`.

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use clap::Args;
-use qwenedge::engine::generate::{Completion, GenerateParams};
+use qwenedge_engine::generate::{Completion, GenerateParams};
 
 use super::{peak_rss_mb, rss_mb, ModelArgs};
 
@@ -52,7 +52,7 @@ pub struct BenchArgs {
 }
 
 /// The benchmark prompt: `n` tokens of [`PARAGRAPH`] repeated.
-pub(super) fn prompt(engine: &qwenedge::engine::Engine, n: usize) -> anyhow::Result<Vec<u32>> {
+pub(super) fn prompt(engine: &qwenedge_engine::Engine, n: usize) -> anyhow::Result<Vec<u32>> {
     let unit = engine.tokenizer.encode(PARAGRAPH)?;
     Ok(unit.iter().copied().cycle().take(n).collect())
 }
@@ -70,7 +70,7 @@ pub(super) struct Speed {
 }
 
 /// Generates `new_tokens` after `prompt` once to warm up and `runs` times measured.
-pub(super) fn speed(engine: &mut qwenedge::engine::Engine, prompt: &[u32], new_tokens: usize, runs: usize) -> anyhow::Result<Speed> {
+pub(super) fn speed(engine: &mut qwenedge_engine::Engine, prompt: &[u32], new_tokens: usize, runs: usize) -> anyhow::Result<Speed> {
     let params = GenerateParams { max_tokens: new_tokens, ..Default::default() };
     let mut results: Vec<Completion> = Vec::new();
     for i in 0..=runs {
@@ -110,7 +110,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     if args.intent {
         anyhow::ensure!(args.utterance_tokens > 0, "--utterance-tokens must be > 0");
-        let catalog = qwenedge::intent::Catalog::load(args.catalog.as_deref(), None)?;
+        let catalog = qwenedge_intent::Catalog::load(args.catalog.as_deref(), None)?;
         let mut line = super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, args.model.threads)?;
         drop(engine);
         let figures = super::bench_daemon::run(&args.model, args.catalog.as_deref())?;

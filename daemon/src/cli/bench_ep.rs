@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
-use qwenedge::engine::backend::plugins::EpLibrary;
-use qwenedge::engine::backend::providers::ProviderRequest;
-use qwenedge::engine::backend::{Logits, LogitsWanted};
-use qwenedge::engine::Engine;
+use qwenedge_engine::backend::plugins::EpLibrary;
+use qwenedge_engine::backend::providers::ProviderRequest;
+use qwenedge_engine::backend::{Logits, LogitsWanted};
+use qwenedge_engine::Engine;
 
 use super::bench::{prompt, speed, Speed};
 use super::{rss_mb, ModelArgs};

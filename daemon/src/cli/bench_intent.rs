@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use qwenedge::engine::generate::{GenerateParams, Step};
-use qwenedge::engine::Engine;
-use qwenedge::intent::Catalog;
+use qwenedge_engine::generate::{GenerateParams, Step};
+use qwenedge_engine::Engine;
+use qwenedge_intent::Catalog;
 use serde_json::{json, Value};
 
 use super::bench_daemon::{mean, quantile, DaemonFigures};
@@ -56,7 +56,7 @@ fn time_to_first_token(engine: &mut Engine, prompt: &[u32], context: usize) -> a
 /// returns them as the JSON line's first fields.
 pub fn run(engine: &mut Engine, catalog: &Catalog, utterance_tokens: usize, runs: usize, threads: usize) -> anyhow::Result<Value> {
     let (text, n_utterance) = utterance(engine, utterance_tokens)?;
-    let chat = qwenedge::intent::prepare(catalog, &text, None, &Default::default()).chat;
+    let chat = qwenedge_intent::prepare(catalog, &text, None, &Default::default()).chat;
     let prompt = engine.tokenizer.encode(&engine.render_chat(&chat)?)?;
     let context = engine.spec.context_length;
     anyhow::ensure!(prompt.len() < context, "the prompt ({} tokens) does not fit the model's context", prompt.len());

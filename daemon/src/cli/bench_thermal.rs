@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::api::{EventBody, GenerateRequest, GenerateSpec, Limits, Priority, Prompt};
-use qwenedge::budget::{monitor, BudgetSettings};
-use qwenedge::config::Settings;
-use qwenedge::intent::Catalog;
-use qwenedge::scheduler::{self, Client, ClientPolicy, EngineLoader, Job, Outbound, Requests, Scheduler};
+use qwenedge_api::{EventBody, GenerateRequest, GenerateSpec, Limits, Priority, Prompt};
+use qwenedge_budget::{monitor, BudgetSettings};
+use qwenedge_config::Settings;
+use qwenedge_intent::Catalog;
+use qwenedge_scheduler::{self as scheduler, Client, ClientPolicy, EngineLoader, Job, Outbound, Requests, Scheduler};
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge bench-thermal`.

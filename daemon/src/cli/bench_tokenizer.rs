@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use qwenedge::engine::model::ModelSpec;
-use qwenedge::engine::tokenizer::TextTokenizer;
+use qwenedge_engine::model::ModelSpec;
+use qwenedge_engine::tokenizer::TextTokenizer;
 use serde_json::json;
 
 /// Bytes of each sample.

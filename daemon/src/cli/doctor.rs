@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use qwenedge::budget::readers::{self, SysRoot};
-use qwenedge::config::{self, Settings};
-use qwenedge::engine::backend::select::{self, BackendKind};
-use qwenedge::engine::backend::{plugins, providers, runtime};
-use qwenedge::engine::model::ModelSpec;
+use qwenedge_budget::readers::{self, SysRoot};
+use qwenedge_config::{self as config, Settings};
+use qwenedge_engine::backend::select::{self, BackendKind};
+use qwenedge_engine::backend::{plugins, providers, runtime};
+use qwenedge_engine::model::ModelSpec;
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge doctor`.
@@ -235,9 +235,9 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
         (a, l) => a.or(l),
     };
     let estimate = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
-        let context = qwenedge::budget::memory::load_context(settings.model.context_length, spec.context_length);
-        let holder = qwenedge::scheduler::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
-        qwenedge::budget::memory::model_estimate(&qwenedge::scheduler::model_shape(&spec), context, holder)
+        let context = qwenedge_budget::memory::load_context(settings.model.context_length, spec.context_length);
+        let holder = qwenedge_scheduler::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
+        qwenedge_budget::memory::model_estimate(&qwenedge_scheduler::model_shape(&spec), context, holder)
     });
     let need = estimate.map(|e| e.total_mb);
     let (status, summary) = match (room, need) {
@@ -306,7 +306,7 @@ fn mqtt(settings: &Settings) -> Check {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(qwenedge::transport::mqtt::probe(m, Duration::from_secs(5))).map_err(|e| e.to_string()));
+        .and_then(|rt| rt.block_on(qwenedge_mqtt::probe(m, Duration::from_secs(5))).map_err(|e| e.to_string()));
     match probe {
         Ok(()) => check("mqtt", "ok", format!("{} accepts client {}", m.url, m.client()), detail(true, None)),
         Err(e) => check("mqtt", "warn", format!("{}: {e}", m.url), detail(false, Some(e))),

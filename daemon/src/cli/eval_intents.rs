@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::config::SocketSettings;
+use qwenedge_config::SocketSettings;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 

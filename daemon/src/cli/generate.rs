@@ -6,9 +6,8 @@ use std::ops::ControlFlow;
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::engine::chat::ChatInput;
-use qwenedge::engine::generate::GenerateParams;
-use qwenedge::engine::sampler::SamplingParams;
+use qwenedge_engine::chat::ChatInput;
+use qwenedge_engine::generate::GenerateParams;
 
 use super::ModelArgs;
 
@@ -60,7 +59,7 @@ pub struct GenerateArgs {
 
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let sampling = qwenedge::api::Sampling {
+    let sampling = qwenedge_api::Sampling {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
@@ -71,7 +70,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let sampling = SamplingParams::from(&sampling);
+    let sampling = qwenedge_scheduler::sampling_params(&sampling);
     let mut engine = args.model.load()?;
     let text = if args.chat {
         let mut messages = Vec::new();

@@ -17,9 +17,9 @@ mod serve;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use qwenedge::engine::backend::ort::OrtOptions;
-use qwenedge::engine::backend::select::BackendKind;
-use qwenedge::engine::{Engine, EngineOptions};
+use qwenedge_engine::backend::ort::OrtOptions;
+use qwenedge_engine::backend::select::BackendKind;
+use qwenedge_engine::{Engine, EngineOptions};
 
 /// On-device inference daemon for Qwen3.5 Small ONNX models.
 #[derive(Debug, Parser)]
@@ -83,12 +83,12 @@ impl ModelArgs {
     }
 
     /// Loads the model with `providers` in front of ONNX Runtime's CPU provider.
-    fn load_with(&self, providers: Vec<qwenedge::engine::backend::providers::ProviderRequest>) -> anyhow::Result<Engine> {
+    fn load_with(&self, providers: Vec<qwenedge_engine::backend::providers::ProviderRequest>) -> anyhow::Result<Engine> {
         let ort = OrtOptions {
             library: self.onnxruntime.clone(),
             threads: self.threads,
             profile: self.ort_profile.clone(),
-            optimized: if self.no_optimized_cache { None } else { qwenedge::engine::cache::CacheSettings::default().optimized() },
+            optimized: if self.no_optimized_cache { None } else { qwenedge_engine::cache::CacheSettings::default().optimized() },
             providers,
             ..Default::default()
         };

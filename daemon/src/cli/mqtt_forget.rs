@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use qwenedge::config;
-use qwenedge::transport::mqtt;
+use qwenedge_config as config;
+use qwenedge_mqtt as mqtt;
 
 /// Arguments of `qwenedge mqtt-forget`.
 #[derive(Debug, Args)]

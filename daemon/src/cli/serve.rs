@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use qwenedge::budget::monitor::{self, MonitorHandle};
-use qwenedge::config;
-use qwenedge::scheduler::{self, EngineLoader, Requests, Scheduler};
 use qwenedge::service;
-use qwenedge::transport::http;
-use qwenedge::transport::mqtt::MqttTransport;
-use qwenedge::transport::unix::{self, Lifecycle};
-use qwenedge::transport::wyoming;
+use qwenedge_budget::monitor::{self, MonitorHandle};
+use qwenedge_config as config;
+use qwenedge_http as http;
+use qwenedge_mqtt::MqttTransport;
+use qwenedge_scheduler::{self as scheduler, EngineLoader, Requests, Scheduler};
+use qwenedge_unix::{self as unix, Lifecycle};
+use qwenedge_wyoming as wyoming;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 

@@ -1,0 +1,486 @@
+//! The real model behind the scheduler's [`Model`] trait: preparing a request for the engine
+//! (chat template, tokens, the prefix boundary worth caching, the grammar, the memory its state
+//! needs), stepping it, and turning the engine's results into wire events. Also loading (with
+//! the memory check first) and the conversions between the engine's types and the wire's.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::model::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
+use qwenedge_api::{self as api, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFormat};
+use qwenedge_budget::memory::{self, Holder, ModelShape};
+use qwenedge_budget::readers::SysRoot;
+use qwenedge_config::{LoadSettings, Settings};
+use qwenedge_engine::backend::ort::{OptimizedCache, OrtOptions};
+use qwenedge_engine::backend::providers::ProviderRequest;
+use qwenedge_engine::backend::select::{BackendKind, TRACT_BUILT};
+use qwenedge_engine::backend::{runtime, BackendError};
+use qwenedge_engine::chat::ChatInput;
+use qwenedge_engine::constrain::{ConstrainError, Constraint, Grammar};
+use qwenedge_engine::generate::{Decoder, FinishReason, GenerateParams, Step};
+use qwenedge_engine::model::ModelSpec;
+use qwenedge_engine::persist::SnapshotStore;
+use qwenedge_engine::sampler::SamplingParams;
+use qwenedge_engine::{Engine, EngineError, EngineOptions};
+use qwenedge_intent::Catalog;
+use qwenedge_toolcall::{self as dialect, Hold, Markers};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The files or the runtime failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model does not fit in the memory the device leaves.
+    #[error("{0}")]
+    Memory(String),
+}
+
+/// The sizes of `spec` that memory estimates read.
+pub fn model_shape(spec: &ModelSpec) -> ModelShape {
+    let w = &spec.weights;
+    ModelShape {
+        weight_bytes: spec.weight_bytes(),
+        matmul_bytes: w.matmul,
+        head_bytes: w.head,
+        gathered_bytes: w.gathered,
+        gathered_large_f32_bytes: w.gathered_large_f32,
+        positional_bytes: w.positional,
+        other_bytes: w.other,
+        layers: spec.layers.len(),
+        attention_heads: spec.attention_heads,
+        widest: w.widest.max(spec.hidden_size),
+        kv_bytes_per_token: spec.kv_bytes_per_token(),
+        fixed_state_bytes: spec.fixed_state_bytes(),
+        vocab_size: spec.vocab_size,
+        tokenizer_bytes: std::fs::metadata(&spec.tokenizer_path).map_or(0, |m| m.len()),
+    }
+}
+
+/// The runtime that will hold the model, for its memory estimate: `auto` takes ONNX Runtime
+/// when its library can be found (as loading will), else tract.
+pub fn holder(kind: BackendKind, library: Option<&std::path::Path>) -> Holder {
+    match kind {
+        BackendKind::Ort => Holder::OnnxRuntime,
+        BackendKind::Tract => Holder::Tract,
+        BackendKind::Auto if !TRACT_BUILT || runtime::locate(library).is_ok() => Holder::OnnxRuntime,
+        BackendKind::Auto => Holder::Tract,
+    }
+}
+
+/// Loads the engine `load` describes, after checking that it fits in the memory `settings`'
+/// budget leaves.
+pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, LoadError> {
+    let path = &load.path;
+    let spec = ModelSpec::load(path).map_err(EngineError::from)?;
+    let context = memory::load_context(load.context_length, spec.context_length);
+    let estimate = memory::model_estimate(&model_shape(&spec), context, holder(load.backend, load.onnxruntime_library.as_deref()));
+    let root = SysRoot::new(&settings.budget.root);
+    let room = memory::room(&root, settings.budget.memory_reserve_mb);
+    if room.room_mb.is_some_and(|free| estimate.total_mb > free) {
+        let mut msg = format!("{}: the model needs {estimate}, but {room}", path.display());
+        if let Some(hot) = &settings.budget.hot_model {
+            msg.push_str(&format!("; a smaller variant is configured (budget.hot_model = {}): point model.path at it", hot.display()));
+        }
+        if context > 4096 {
+            msg.push_str(&format!("; a lower model.context_length (now {context}) shrinks the KV cache"));
+        }
+        return Err(LoadError::Memory(msg));
+    }
+    let providers = load
+        .execution_providers
+        .iter()
+        .map(|name| ProviderRequest {
+            name: name.clone(),
+            options: load.provider_options.get(name).cloned().unwrap_or_default(),
+            plugin: load.ep_library.iter().find(|l| &l.ep == name).cloned(),
+        })
+        .collect();
+    let opts = EngineOptions {
+        backend: load.backend,
+        ort: OrtOptions {
+            library: load.onnxruntime_library.clone(),
+            threads: load.threads,
+            providers,
+            strict_providers: load.strict_providers,
+            optimized: settings
+                .cache
+                .optimized()
+                .map(|c| OptimizedCache { room_bytes: room.room_mb.map(|mb| (mb.max(0.0) * 1048576.0) as u64), ..c }),
+            ..Default::default()
+        },
+        // Intent requests need the grammar compiler at once.
+        parallel_setup: settings.cache.pin_intents,
+    };
+    let mut engine = Engine::load(path, &opts)?;
+    let info = engine.backend_info();
+    info!(model = %path.display(), backend = info.name, runtime = %info.version, chosen = %info.chosen, "backend chosen");
+    engine.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+    configure_store(&mut engine, settings);
+    Ok(engine)
+}
+
+/// Saves and restores pinned prefixes under `cache.dir` (when `cache.max_disk_mb` allows).
+fn configure_store(engine: &mut Engine, settings: &Settings) {
+    let dir = settings.cache.disk_dir();
+    let store = dir.map(|d| SnapshotStore::new(d, settings.cache.max_disk_bytes(), engine.state_identity()));
+    engine.set_snapshot_store(store);
+}
+
+/// Tokens of the intent catalog's prefix prefilled per warm-up chunk (when
+/// `model.prefill_chunk_tokens` does not say): a request that arrives meanwhile waits for one
+/// chunk at most.
+const WARM_UP_CHUNK_TOKENS: usize = 256;
+
+/// Loads engines for the scheduler.
+#[derive(Debug, Default)]
+pub struct EngineLoader;
+
+impl Loader for EngineLoader {
+    type Model = Engine;
+
+    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, String> {
+        load_engine(load, settings).map_err(|e| e.to_string())
+    }
+
+    fn check(&mut self, load: &LoadSettings) -> Result<(), String> {
+        Engine::check(&load.path).map_err(|e| e.to_string())
+    }
+}
+
+/// A request ready for the engine.
+pub struct PreparedRun {
+    prompt: Vec<u32>,
+    store_at: Vec<usize>,
+    params: GenerateParams,
+    context: usize,
+    constraint: Option<Constraint>,
+    intent: Option<IntentRun>,
+}
+
+/// What an intent request needs at the end: the catalog it was asked against, the utterance,
+/// and the confidence required.
+struct IntentRun {
+    catalog: Arc<Catalog>,
+    text: String,
+    min_confidence: f64,
+}
+
+/// A request on the engine.
+pub struct Run {
+    decoder: Decoder,
+    intent: Option<IntentRun>,
+}
+
+/// The context a request may use: the model's, capped by `model.context_length`.
+fn context_length(engine: &Engine, settings: &Settings) -> usize {
+    match settings.model.context_length {
+        0 => engine.spec.context_length,
+        n => n.min(engine.spec.context_length),
+    }
+}
+
+/// Where a run of the conversation's messages ends inside `prompt` (before the next message or
+/// the assistant turn opener): the state there is what a later prompt with the same messages
+/// starts with. `history` is those messages rendered without the generation prompt; `None`
+/// unless its tokens are a prefix of `prompt`.
+fn message_boundary(engine: &Engine, prompt: &[u32], history: &str) -> Option<usize> {
+    let tokens = engine.tokenizer.encode(history).ok()?;
+    (!tokens.is_empty() && prompt.starts_with(&tokens)).then_some(tokens.len())
+}
+
+/// The engine's sampling parameters for a request's.
+pub fn sampling_params(s: &api::Sampling) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed: s.seed,
+    }
+}
+
+/// How this model's tokenizer writes the tool-call and thinking markers.
+fn markers(engine: &Engine) -> Markers {
+    Markers::from_special(|text| engine.tokenizer.token_id(text).filter(|&id| engine.tokenizer.is_special(id)))
+}
+
+fn grammar(format: &ResponseFormat) -> Grammar {
+    match format {
+        ResponseFormat::JsonSchema(schema) => Grammar::JsonSchema(schema.clone()),
+        ResponseFormat::Lark(lark) => Grammar::Lark(lark.clone()),
+    }
+}
+
+fn finish_reason(r: FinishReason) -> api::FinishReason {
+    match r {
+        FinishReason::Stop | FinishReason::Cancelled => api::FinishReason::Stop,
+        FinishReason::Length => api::FinishReason::Length,
+        FinishReason::ContextFull => api::FinishReason::ContextFull,
+    }
+}
+
+/// Test builds only, at each step of the engine thread: while the file
+/// `QWENEDGE_FAULT_HOLD_FILE` names exists the thread waits (a hung daemon, for as long as the
+/// test wants: what does a test waiting on it say? or a request held mid-run while the test
+/// sets the scene), and once the file `QWENEDGE_FAULT_PANIC_FILE` names exists it panics (what
+/// does a panic on the engine thread do?). Files, not step counts, so that a test triggers a
+/// fault when it has set the scene, however fast or slow the machine.
+#[cfg(feature = "fault-injection")]
+fn injected_fault() {
+    let file = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from).filter(|f| f.exists());
+    if let Some(hold) = file("QWENEDGE_FAULT_HOLD_FILE") {
+        tracing::warn!(file = %hold.display(), "injected fault: the engine thread holds here while the file exists (QWENEDGE_FAULT_HOLD_FILE)");
+        while hold.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    if file("QWENEDGE_FAULT_PANIC_FILE").is_some() {
+        panic!("injected fault (QWENEDGE_FAULT_PANIC_FILE)");
+    }
+}
+
+impl Model for Engine {
+    type Prepared = PreparedRun;
+    type Running = Run;
+
+    fn prepare(&mut self, request: &GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<PreparedRun>, Refusal> {
+        let mut boundaries = Vec::new();
+        let mut grammar = request.format().map(grammar);
+        let mut intent = None;
+        let mut max_tokens = ctx.max_tokens;
+        let text = match request.prompt() {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Intent { text, filter } => {
+                let prepared = qwenedge_intent::prepare(ctx.catalog, text, filter.as_deref(), &markers(self));
+                let rendered = self.render_chat(&prepared.chat).map_err(|e| Refusal::new(ErrorCode::ModelError, e.to_string()))?;
+                grammar = Some(Grammar::Lark(prepared.grammar));
+                // The grammar ends every answer within this many tokens; a lower cap would cut it.
+                max_tokens = prepared.max_tokens;
+                let min_confidence = ctx.settings.intents.min_confidence;
+                intent = Some(IntentRun { catalog: Arc::clone(ctx.catalog), text: text.clone(), min_confidence });
+                rendered
+            }
+            Prompt::Chat { messages, tools, thinking } => {
+                let listed = tools.as_deref().unwrap_or_default();
+                if !listed.is_empty() && !matches!(request.format(), Some(ResponseFormat::Lark(_))) {
+                    let schema = match request.format() {
+                        Some(ResponseFormat::JsonSchema(s)) => Some(s),
+                        _ => None,
+                    };
+                    let held = dialect::tool_grammar(listed, request.tool_choice(), *thinking, schema, &markers(self))
+                        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("tools: {e}")))?;
+                    grammar = match held {
+                        Some(Hold::Grammar(lark)) => Some(Grammar::Lark(lark)),
+                        Some(Hold::Triggered { trigger, grammar }) => Some(Grammar::Triggered { trigger, lark: grammar }),
+                        Some(Hold::Banned(ids)) => Some(Grammar::Banned(ids)),
+                        None => grammar,
+                    };
+                }
+                let mut input = ChatInput {
+                    messages: messages.clone(),
+                    tools: tools.clone(),
+                    add_generation_prompt: true,
+                    enable_thinking: Some(*thinking),
+                };
+                let text = self.render_chat(&input).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+                if self.cache_stats().max_bytes > 0 {
+                    input.add_generation_prompt = false;
+                    // What every conversation with this system prompt and these tools shares
+                    // (Home Assistant starts each one so), then the whole conversation so far.
+                    let system = messages.iter().take_while(|m| m["role"] == "system").count();
+                    if system > 0 && system < messages.len() {
+                        let shared = ChatInput { messages: messages[..system].to_vec(), ..input.clone() };
+                        boundaries.extend(self.render_chat(&shared).ok());
+                    }
+                    boundaries.extend(self.render_chat(&input).ok());
+                }
+                text
+            }
+        };
+        let context = context_length(self, ctx.settings);
+        // No token is longer than the longest one: a text past this cannot fit, whatever it is.
+        let most = context.saturating_mul(self.tokenizer.max_token_bytes());
+        if text.len() > most {
+            let msg = format!("the prompt has {} bytes; the model's context of {context} tokens holds at most {most}", text.len());
+            return Err(Refusal::new(ErrorCode::BadRequest, msg));
+        }
+        let prompt = self.encode_prompt(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
+        let tokens = (prompt.len() + max_tokens).min(context);
+        let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
+        // An intent grammar has no JSON strings, where the vocabulary's slices would help.
+        let compiler = |e: &mut Self| if intent.is_some() { e.plain_constrainer() } else { e.constrainer() };
+        let constraint = match grammar.map(|g| compiler(self).and_then(|c| c.constraint(&g))) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e @ ConstrainError::Grammar(_))) => return Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
+            Some(Err(e)) => return Err(Refusal::new(ErrorCode::ModelError, e.to_string())),
+        };
+        let params = GenerateParams {
+            max_tokens,
+            stop: request.stop().to_vec(),
+            sampling: sampling_params(request.sampling()),
+            prefill_chunk: ctx.settings.model.prefill_chunk_tokens,
+            forced_one_by_one: !ctx.settings.model.batch_forced_tokens,
+        };
+        Ok(Prepared { job: PreparedRun { prompt, store_at, params, context, constraint, intent }, tokens, need_mb })
+    }
+
+    fn start(&mut self, p: PreparedRun) -> Result<Run, Refusal> {
+        match self.cached_decoder(p.prompt, &p.store_at, p.params, p.context) {
+            Ok(mut decoder) => {
+                if let Some(c) = p.constraint {
+                    decoder.constrain(c);
+                }
+                Ok(Run { decoder, intent: p.intent })
+            }
+            Err(e @ BackendError::Limit(_)) => Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
+            Err(e) => Err(Refusal::new(ErrorCode::ModelError, e.to_string())),
+        }
+    }
+
+    fn step(&mut self, run: &mut Run) -> Result<Progress, String> {
+        #[cfg(feature = "fault-injection")]
+        injected_fault();
+        match Engine::step(self, &mut run.decoder) {
+            Ok(Step::Prefilled { .. }) => Ok(Progress::Prefilled),
+            Ok(Step::Token { piece, .. }) => Ok(Progress::Token(piece)),
+            Ok(Step::Finished { tail, .. }) => Ok(Progress::Finished(tail)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn generated(&self, run: &Run) -> usize {
+        run.decoder.completion().usage.completion_tokens
+    }
+
+    fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
+        let done = run.decoder.completion();
+        let mut timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
+        timings.model_steps = done.timings.model_steps;
+        timings.forced_tokens = done.timings.forced_tokens;
+        let usage = api::Usage {
+            prompt_tokens: done.usage.prompt_tokens,
+            completion_tokens: done.usage.completion_tokens,
+            cached_tokens: done.usage.cached_tokens,
+        };
+        match run.intent {
+            Some(i) => {
+                let confidence = run.decoder.constraint().map_or(0.0, |c| c.confidence());
+                qwenedge_intent::event(&i.catalog, &done.text, &i.text, confidence, i.min_confidence, usage, timings)
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(EventBody::Done { text: done.text, finish_reason: finish_reason(done.finish_reason), usage, timings }),
+        }
+    }
+
+    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, String> {
+        let cache = &ctx.settings.cache;
+        if !cache.pin_intents || cache.max_mb == 0 {
+            self.unpin_prefixes();
+            return Ok(false);
+        }
+        let chat = qwenedge_intent::prepare(ctx.catalog, "", None, &Markers::default()).chat;
+        let chunk = match ctx.settings.model.prefill_chunk_tokens {
+            0 => WARM_UP_CHUNK_TOKENS,
+            n => n,
+        };
+        match self.pin_chat_prefix_step(&chat, chunk) {
+            Ok(p) if p.pinned => {
+                let how = if p.restored { "restored from disk" } else { "prefilled" };
+                info!(tokens = p.tokens, ms = p.elapsed_ms, how, "intent catalog prefix cached");
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn reconfigure(&mut self, settings: &Settings) {
+        self.configure_cache(settings.cache.max_bytes(), settings.cache.min_tokens);
+        configure_store(self, settings);
+    }
+
+    fn set_pressure(&mut self, on: bool) {
+        self.set_cache_pressure(on);
+    }
+
+    fn report(&self, settings: &Settings) -> api::ModelReport {
+        let spec = &self.spec;
+        let info = self.backend_info();
+        api::ModelReport {
+            id: spec.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            path: spec.dir.clone(),
+            model_type: spec.model_type.clone(),
+            context_length: context_length(self, settings),
+            vocab_size: spec.vocab_size,
+            layers: spec.layers.len(),
+            full_attention_layers: spec.full_attention_layers(),
+            weights_mb: spec.weight_bytes() / (1 << 20),
+            hidden_size: spec.hidden_size,
+            quantization: if spec.ops.iter().any(|o| o.rsplit(':').next() == Some("MatMulNBits")) {
+                "int4".into()
+            } else if spec.logits_dtype == qwenedge_engine::model::StateType::F16 {
+                "fp16".into()
+            } else {
+                "fp32".into()
+            },
+            chat_template: self.has_chat_template(),
+            backend: api::BackendReport {
+                name: info.name.to_string(),
+                version: info.version,
+                library: info.library,
+                execution_provider: info.execution_provider,
+                providers: info
+                    .providers
+                    .into_iter()
+                    .map(|p| api::ProviderReport { name: p.name, active: p.active, reason: p.reason, library: p.library, device: p.device })
+                    .collect(),
+                threads: info.threads,
+                chosen: info.chosen,
+                placement: info.placement.map(|p| api::PlacementReport {
+                    total_nodes: p.total_nodes,
+                    summary: p.summary(),
+                    providers: p
+                        .providers
+                        .into_iter()
+                        .map(|n| api::ProviderNodes {
+                            ep: n.ep,
+                            nodes: n.nodes,
+                            op_types: n.op_types,
+                            declined: n
+                                .declined
+                                .into_iter()
+                                .map(|d| api::DeclinedNodes { op_type: d.op_type, reason: d.reason, nodes: d.nodes })
+                                .collect(),
+                        })
+                        .collect(),
+                }),
+            },
+        }
+    }
+
+    fn cache(&self) -> Option<api::CacheReport> {
+        let s = self.cache_stats();
+        Some(api::CacheReport {
+            hits: s.hits,
+            misses: s.misses,
+            reused_tokens: s.reused_tokens,
+            insertions: s.insertions,
+            evictions: s.evictions,
+            entries: s.entries,
+            pinned: s.pinned,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+        })
+    }
+
+    fn files_changed(&self) -> Option<String> {
+        Engine::files_changed(self)
+    }
+}
