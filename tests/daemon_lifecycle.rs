@@ -153,3 +153,84 @@ fn the_shipped_example_configuration_is_valid() {
     let out = serve(&config).arg("--print-config").output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Everything a connection receives until the server closes it.
+fn read_to_close(mut s: impl std::io::Read, what: &str) -> String {
+    let wait = Wait::new(format!("{what}, then the connection closed"), Duration::from_secs(30));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return String::from_utf8_lossy(&got).into_owned(),
+            Err(e) if wait.expired() => wait.fail(format!("{e}; got so far: {}", String::from_utf8_lossy(&got))),
+            Err(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_connection_over_the_limit_gets_a_busy_answer_on_every_transport() {
+    use std::io::Write;
+    let (http, wyoming) = (common::mqtt::free_port(), common::mqtt::free_port());
+    let d = common::daemon::Daemon::start(&format!(
+        "max_connections = 1\n[http]\nenabled = true\nlisten = \"127.0.0.1:{http}\"\nmax_connections = 1\n[wyoming]\nenabled = true\nlisten = \"127.0.0.1:{wyoming}\"\nmax_connections = 1\n"
+    ));
+    let timeout = Some(Duration::from_millis(200));
+
+    // The socket: one client served, the next told `overloaded` and closed.
+    // (The start-up's own status connection may still hold the slot for a moment.)
+    let first = wait::poll("a socket connection served", Duration::from_secs(30), || {
+        let mut c = Client::connect(&d.socket);
+        c.send(&json!({"id": "s", "op": "status"}));
+        let e = c.recv();
+        if e["event"] == "status" {
+            Ok(c)
+        } else {
+            Err(e.to_string())
+        }
+    });
+    let second = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    second.set_read_timeout(timeout).unwrap();
+    let said = read_to_close(&second, "the socket's busy answer");
+    let e: serde_json::Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("one error event: {said:?}"));
+    assert_eq!((e["event"].as_str(), e["code"].as_str()), (Some("error"), Some("overloaded")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("socket.max_connections = 1"), "{e}");
+    drop(first);
+
+    // HTTP: a held connection, then each API's own busy answer.
+    let _held = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    for (path, ollama) in [("/v1/models", false), ("/api/tags", true)] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.set_read_timeout(timeout).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let said = read_to_close(&s, &format!("HTTP's busy answer to {path}"));
+        let (head, body) = said.split_once("\r\n\r\n").unwrap_or_else(|| panic!("an HTTP answer: {said:?}"));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON body: {said:?}"));
+        assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+        if ollama {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            assert!(body["error"].as_str().unwrap().contains("http.max_connections = 1"), "{body}");
+        } else {
+            assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+            assert_eq!(body["error"]["code"], "overloaded", "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("http.max_connections = 1"), "{body}");
+        }
+    }
+
+    // Wyoming: a held connection, then an `error` event.
+    let _held = std::net::TcpStream::connect(("127.0.0.1", wyoming)).unwrap();
+    let s = std::net::TcpStream::connect(("127.0.0.1", wyoming)).unwrap();
+    s.set_read_timeout(timeout).unwrap();
+    let said = read_to_close(&s, "Wyoming's busy answer");
+    let header: serde_json::Value =
+        serde_json::from_str(said.lines().next().unwrap_or_default()).unwrap_or_else(|_| panic!("a frame: {said:?}"));
+    assert_eq!(header["type"], "error", "{said}");
+    assert!(said.contains("overloaded") && said.contains("wyoming.max_connections = 1"), "{said}");
+
+    let log = d.log_text();
+    for transport in ["socket", "HTTP", "Wyoming"] {
+        assert!(log.contains(&format!("{transport}: too many connections")), "a log line for {transport}:\n{log}");
+    }
+}

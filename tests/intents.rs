@@ -116,7 +116,7 @@ fn the_socket_intent_op_answers_with_typed_slots_and_honours_the_filter() {
             let name = e["intent"]["name"].as_str().unwrap();
             let conf = e["intent"]["confidence"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&conf), "{e}");
-            let slots: Vec<intent::Slot> = serde_json::from_value(e["slots"].clone()).unwrap();
+            let slots: Vec<qwenedge_api::Slot> = serde_json::from_value(e["slots"].clone()).unwrap();
             check_in_type(&catalog, &intent::Intent { name: name.into(), confidence: conf, slots });
         } else {
             assert!(e["slots"].as_array().unwrap().is_empty(), "{e}");

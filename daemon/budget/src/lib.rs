@@ -8,11 +8,10 @@ pub mod monitor;
 pub mod readers;
 pub mod thermal;
 
+use qwenedge_api::ThermalLevel;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-
-pub use thermal::ThermalLevel;
 
 /// `[budget]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

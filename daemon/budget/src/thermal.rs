@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-pub use qwenedge_api::ThermalLevel;
+use qwenedge_api::ThermalLevel;
 
 /// Temperatures (°C) at which each level starts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -10,7 +10,7 @@ use serde_json::json;
 use qwenedge_api::ErrorCode;
 
 /// Seconds a client is told to wait before retrying a refused request.
-const RETRY_AFTER_S: &str = "2";
+pub(crate) const RETRY_AFTER_S: &str = "2";
 
 /// The field a message names first (`messages[0].role: …`, `top_p must be …`).
 fn param_of(message: &str) -> Option<String> {

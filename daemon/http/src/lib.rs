@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-pub use qwenedge_transport::tcp::BoundTcp;
+use qwenedge_transport::tcp::BoundTcp;
 pub use server::{bind, HttpError};
 pub use state::AppState;
 

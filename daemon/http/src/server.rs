@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::error::{OllamaError, OpenAiError, RETRY_AFTER_S};
+use qwenedge_api::ErrorCode;
 use qwenedge_config::HttpSettings;
+use qwenedge_transport::accept::{accept_loop, Limit};
 use qwenedge_transport::tcp::{self, BoundTcp};
 use qwenedge_transport::Lifecycle;
 
@@ -136,72 +139,92 @@ pub async fn serve(
     mut life: watch::Receiver<Lifecycle>,
 ) -> std::io::Result<()> {
     let listeners = bound.into_listeners()?;
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = Limit { transport: "HTTP", max: settings.max_connections, key: "http.max_connections" };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let header = Duration::from_millis(settings.header_timeout_ms);
     let idle = Duration::from_millis(settings.idle_timeout_ms);
-    loop {
-        tokio::select! {
-            accepted = listeners.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "HTTP: accept failed");
-                        continue;
+    let serve = |stream: TcpStream, peer: SocketAddr, permit| {
+        let state = Arc::new(ConnState::new());
+        let service = TowerToHyperService::new(router(Arc::clone(&state)));
+        let mut stop = stop_rx.clone();
+        async move {
+            let io = TokioIo::new(Watched { inner: stream, state: Arc::clone(&state) });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            debug!(%peer, error = %e, "HTTP: connection ended");
+                        }
+                        break;
                     }
-                };
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    debug!(%peer, "HTTP: too many connections; closing a new one");
-                    continue;
-                };
-                let state = Arc::new(ConnState::new());
-                let service = TowerToHyperService::new(router(Arc::clone(&state)));
-                let mut stop = stop_rx.clone();
-                connections.spawn(async move {
-                    let io = TokioIo::new(Watched { inner: stream, state: Arc::clone(&state) });
-                    let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
-                    let conn = builder.serve_connection(io, service);
-                    tokio::pin!(conn);
-                    let mut tick = tokio::time::interval(Duration::from_millis(250));
-                    let mut closing = false;
-                    loop {
-                        tokio::select! {
-                            result = conn.as_mut() => {
-                                if let Err(e) = result {
-                                    debug!(%peer, error = %e, "HTTP: connection ended");
-                                }
-                                break;
-                            }
-                            _ = tick.tick(), if !closing => {
-                                if let Some(which) = state.expired(header, idle) {
-                                    debug!(%peer, which, "HTTP: closing a connection past its timeout");
-                                    conn.as_mut().graceful_shutdown();
-                                    closing = true;
-                                }
-                            }
-                            _ = stop.wait_for(|s| *s), if !closing => {
-                                conn.as_mut().graceful_shutdown();
-                                closing = true;
-                            }
+                    _ = tick.tick(), if !closing => {
+                        if let Some(which) = state.expired(header, idle) {
+                            debug!(%peer, which, "HTTP: closing a connection past its timeout");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
                         }
                     }
-                    drop(permit);
-                });
-            }
-            changed = life.changed() => {
-                if changed.is_err() || *life.borrow() != Lifecycle::Running {
-                    break;
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                 }
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            drop(permit);
         }
-    }
+    };
+    accept_loop(&listeners, limit, &mut life.clone(), &mut connections, serve, refuse).await;
     drop(listeners);
     tcp::close(&mut connections, &mut life, || {
         let _ = stop_tx.send(true);
     })
     .await;
     Ok(())
+}
+
+/// Answers a connection over `http.max_connections` and closes it: the request line is read
+/// (at most 1 KiB, for at most a second) to answer in its API's shape — Ollama's under
+/// `/api/`, OpenAI's elsewhere — with `overloaded` (429, `Retry-After`); what the client still
+/// sends is read and dropped for a moment (at most 64 KiB) so that closing does not reset the
+/// connection before the answer is read.
+async fn refuse(mut stream: TcpStream, peer: SocketAddr, message: String) {
+    debug!(%peer, "HTTP: refusing a connection over the limit");
+    let mut head = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
+    let n = read.ok().and_then(Result::ok).unwrap_or(0);
+    let path = std::str::from_utf8(&head[..n]).ok().and_then(|h| h.split(' ').nth(1)).unwrap_or("/");
+    let (status, body) = if path.starts_with("/api/") {
+        let e = OllamaError::from_code(ErrorCode::Overloaded, message);
+        (e.status, e.body())
+    } else {
+        let e = OpenAiError::from_code(ErrorCode::Overloaded, message);
+        (e.status, e.body())
+    };
+    let body = body.to_string();
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {RETRY_AFTER_S}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
 }

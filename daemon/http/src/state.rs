@@ -9,7 +9,7 @@ use qwenedge_api::{GenerateRequest, ModelReport};
 use qwenedge_config::HttpSettings;
 use qwenedge_scheduler::{Refusal, Requests, Scheduler};
 use qwenedge_transport::running::Route;
-pub use qwenedge_transport::running::Running;
+pub(crate) use qwenedge_transport::running::Running;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::catalog::{Catalog, SlotKind};
-pub use qwenedge_api::{Slot, SlotRange};
+use qwenedge_api::{Slot, SlotRange};
 
 /// A recognised intent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

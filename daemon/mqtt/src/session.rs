@@ -20,9 +20,10 @@ use super::outbox::{Body, Message, Outbox, StreamKey};
 use super::request::{self, Incoming, Reply};
 use super::status;
 use super::topics::{Topics, FLEET_REQUEST};
-use qwenedge_api::{ErrorCode, Event, EventBody, Op, Phase};
+use qwenedge_api::{ErrorCode, Event, EventBody, Phase};
 use qwenedge_config::MqttSettings;
-use qwenedge_scheduler::{self as scheduler, CancelReason, Cancelled, ClientPolicy, Job, Outbound, Requests, Scheduler};
+use qwenedge_scheduler::{self as scheduler, CancelReason, Cancelled, ClientPolicy, Duplicate, Job, Outbound, Requests, Scheduler, Ticket};
+use qwenedge_transport::dispatch::{self, dispatch, submit};
 
 /// How often the status topic is compared and refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -282,30 +283,7 @@ impl Session {
         };
         let id = request.id.into_string();
         let key = StreamKey { topic: reply.topic.clone(), id: id.clone() };
-        let single = |body| Event { id: Some(id.clone()), body };
-        match request.op {
-            Op::Generate(req) => match self.requests.begin(&table_key(&key), &id) {
-                Err(_) => info!(id = %id, reply = %reply.topic, "MQTT: duplicate request (redelivered); it is answered once"),
-                Ok(ticket) => {
-                    debug!(id = %id, reply = %reply.topic, "MQTT: request accepted");
-                    self.routes.insert(ticket.no, Route::Request { key, reply });
-                    if let Err(rejected) = self.scheduler.submit(Job::new(ticket, *req)) {
-                        debug!(id = %id, code = ?rejected.refusal.code, "MQTT: request refused");
-                        rejected.answer();
-                    }
-                }
-            },
-            Op::Cancel => match self.requests.cancel(&table_key(&key)) {
-                Cancelled::Now => self.scheduler.nudge(),
-                Cancelled::AlreadyFinished => {}
-                Cancelled::Unknown => {
-                    let message = format!("cancel: no request '{id}' in progress for reply topic {}", reply.topic);
-                    self.reply_event(&reply, None, single(EventBody::error(ErrorCode::BadRequest, message)));
-                }
-            },
-            Op::Status => self.reply_event(&reply, None, single(EventBody::Status(Box::new(self.scheduler.status())))),
-            Op::Models => self.reply_event(&reply, None, single(EventBody::Models { models: self.scheduler.models() })),
-        }
+        dispatch(&self.scheduler.clone(), &id, request.op, &mut Exchange { session: self, key, reply });
     }
 
     fn on_hermes(&mut self, payload: &[u8]) {
@@ -318,9 +296,7 @@ impl Session {
                 let id = query.id.clone().unwrap_or_else(|| "hermes".into());
                 let ticket = self.requests.begin_unkeyed(&id);
                 self.routes.insert(ticket.no, Route::Hermes(Box::new(query)));
-                if let Err(rejected) = self.scheduler.submit(Job::new(ticket, request)) {
-                    rejected.answer();
-                }
+                submit(&self.scheduler, Job::new(ticket, request));
             }
             Err(e) => {
                 warn!(error = %e, "Hermes: refused an NLU query");
@@ -352,5 +328,40 @@ impl Session {
     fn publish_state(&mut self) {
         let sensors = status::sensors(&self.scheduler.status());
         self.enqueue(Message::retained(self.topics.state.clone(), serde_json::to_vec(&sensors).unwrap_or_default()));
+    }
+}
+
+/// One MQTT request's side of the shared dispatch: the request table is keyed by reply topic
+/// and id, replies go to the request's reply topic, and a redelivered duplicate is answered
+/// once (by the first).
+struct Exchange<'a> {
+    session: &'a mut Session,
+    key: StreamKey,
+    reply: Reply,
+}
+
+impl dispatch::Session for Exchange<'_> {
+    fn begin(&mut self, id: &str) -> Result<Ticket, Duplicate> {
+        let ticket = self.session.requests.begin(&table_key(&self.key), id)?;
+        debug!(id = %id, reply = %self.reply.topic, "MQTT: request accepted");
+        self.session.routes.insert(ticket.no, Route::Request { key: self.key.clone(), reply: self.reply.clone() });
+        Ok(ticket)
+    }
+
+    fn duplicate(&mut self, id: &str) {
+        info!(id = %id, reply = %self.reply.topic, "MQTT: duplicate request (redelivered); it is answered once");
+    }
+
+    fn cancel(&mut self, _id: &str) -> Cancelled {
+        self.session.requests.cancel(&table_key(&self.key))
+    }
+
+    fn unknown_cancel(&mut self, id: &str) {
+        let message = format!("cancel: no request '{id}' in progress for reply topic {}", self.reply.topic);
+        self.reply(id, EventBody::error(ErrorCode::BadRequest, message));
+    }
+
+    fn reply(&mut self, id: &str, body: EventBody) {
+        self.session.reply_event(&self.reply, None, Event { id: Some(id.to_string()), body });
     }
 }

@@ -1,8 +1,9 @@
 //! The one place that decides whether a new request may enter the queue. Transports call it
 //! through the scheduler; the thermal and memory governors feed it through [`AdmissionView`].
 
+use qwenedge_api::ThermalLevel;
 use qwenedge_api::{ErrorCode, Priority};
-use qwenedge_budget::{BudgetState, ThermalLevel};
+use qwenedge_budget::BudgetState;
 
 /// What admission looks at.
 #[derive(Debug, Clone)]

@@ -18,7 +18,9 @@ use qwenedge_config as config;
 use qwenedge_http as http;
 use qwenedge_mqtt::MqttTransport;
 use qwenedge_scheduler::{self as scheduler, EngineLoader, Requests, Scheduler};
-use qwenedge_unix::{self as unix, Lifecycle};
+use qwenedge_transport::tcp::BoundTcp;
+use qwenedge_transport::Lifecycle;
+use qwenedge_unix as unix;
 use qwenedge_wyoming as wyoming;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -72,8 +74,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The TCP listeners of the network transports, bound before READY.
 struct Bound {
-    http: Option<http::BoundTcp>,
-    wyoming: Option<wyoming::BoundTcp>,
+    http: Option<BoundTcp>,
+    wyoming: Option<BoundTcp>,
 }
 
 async fn serve(

@@ -3,6 +3,8 @@
 //! queue), submits them, and encodes the events back. They never touch the engine and never
 //! import each other; a new transport is a thin codec over the same path.
 
+pub mod accept;
+pub mod dispatch;
 pub mod running;
 pub mod tcp;
 
@@ -15,4 +17,14 @@ pub enum Lifecycle {
     Draining,
     /// Flush what is queued for each client and close.
     Closing,
+}
+
+/// The Unix-socket listener: the peer is told apart by its credentials once served.
+impl accept::Listen for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = &'static str;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Self::Peer)> {
+        tokio::net::UnixListener::accept(self).await.map(|(stream, _)| (stream, "a socket client"))
+    }
 }

@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::Lifecycle;
+use crate::accept::Listen;
+use crate::Lifecycle;
 
 /// How long open connections may take to finish once the daemon closes.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -45,9 +46,12 @@ impl BoundTcp {
     }
 }
 
-impl Listeners {
+impl Listen for Listeners {
+    type Stream = TcpStream;
+    type Peer = SocketAddr;
+
     /// The next connection on any listener (with `TCP_NODELAY` set: replies are small).
-    pub async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
         let accepts = self.0.iter().map(|l| Box::pin(l.accept()));
         let (accepted, _, _) = futures_util::future::select_all(accepts).await;
         let (stream, peer) = accepted?;

@@ -13,14 +13,16 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use qwenedge_api::{parse_request, ErrorCode, Event, EventBody, Op};
+use qwenedge_api::{parse_request, ErrorCode, Event, EventBody};
 use qwenedge_config::SocketSettings;
-use qwenedge_scheduler::{CancelReason, Cancelled, Client, ClientPolicy, Job, Outbound, Requests, Scheduler};
-pub use qwenedge_transport::Lifecycle;
+use qwenedge_scheduler::{CancelReason, Cancelled, Client, ClientPolicy, Duplicate, Outbound, Requests, Scheduler, Ticket};
+use qwenedge_transport::accept::{accept_loop, Limit};
+use qwenedge_transport::dispatch::{dispatch, Session};
+use qwenedge_transport::Lifecycle;
 
 /// Finished request ids a connection remembers (a late `cancel` of one is not an error).
 const FINISHED_REMEMBERED: usize = 64;
@@ -123,40 +125,18 @@ pub async fn serve(
     mut life: watch::Receiver<Lifecycle>,
 ) -> std::io::Result<()> {
     let listener = UnixListener::from_std(socket.listener.try_clone()?)?;
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = Limit { transport: "socket", max: settings.max_connections, key: "socket.max_connections" };
     let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
-                        let conn = Connection { settings: Arc::clone(&settings), scheduler: scheduler.clone(), requests: requests.clone() };
-                        let life = life.clone();
-                        connections.spawn(async move {
-                            conn.run(stream, life).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        connections.spawn(refuse(stream, ErrorCode::Overloaded, "too many connections"));
-                    }
-                }
-            }
-            changed = life.changed() => {
-                if changed.is_err() || *life.borrow() != Lifecycle::Running {
-                    break;
-                }
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    let serve = |stream, _peer, permit| {
+        let conn = Connection { settings: Arc::clone(&settings), scheduler: scheduler.clone(), requests: requests.clone() };
+        let life = life.clone();
+        async move {
+            conn.run(stream, life).await;
+            drop(permit);
         }
-    }
+    };
+    let refuse_busy = |stream, _peer, message: String| refuse(stream, ErrorCode::Overloaded, message);
+    accept_loop(&listener, limit, &mut life.clone(), &mut connections, serve, refuse_busy).await;
     drop(listener);
     while *life.borrow() != Lifecycle::Closing {
         if life.changed().await.is_err() {
@@ -167,7 +147,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn refuse(mut stream: UnixStream, code: ErrorCode, message: &str) {
+async fn refuse(mut stream: UnixStream, code: ErrorCode, message: impl Into<String>) {
     let _ = stream.write_all(Event::error(None, code, message).to_line().as_bytes()).await;
     let _ = stream.shutdown().await;
 }
@@ -242,31 +222,35 @@ impl Connection {
     }
 
     fn handle(&self, bytes: &[u8], client: &Client) {
-        let request = match parse_request(bytes, &self.scheduler.limits()) {
-            Ok(r) => r,
-            Err(bad) => return client.reply(Event::error(bad.id, ErrorCode::BadRequest, bad.message)),
-        };
-        let id = request.id.into_string();
-        let reply = |body| client.reply(Event { id: Some(id.clone()), body });
-        match request.op {
-            Op::Generate(req) => match client.begin(&id, &id) {
-                Ok(ticket) => {
-                    if let Err(rejected) = self.scheduler.submit(Job::new(ticket, *req)) {
-                        rejected.answer();
-                    }
-                }
-                Err(_) => reply(EventBody::error(ErrorCode::BadRequest, format!("id: '{id}' is already in progress on this connection"))),
-            },
-            Op::Cancel => match client.cancel(&id) {
-                Cancelled::Now => self.scheduler.nudge(),
-                Cancelled::AlreadyFinished => {}
-                Cancelled::Unknown => {
-                    reply(EventBody::error(ErrorCode::BadRequest, format!("cancel: no request '{id}' in progress on this connection")))
-                }
-            },
-            Op::Status => reply(EventBody::Status(Box::new(self.scheduler.status()))),
-            Op::Models => reply(EventBody::Models { models: self.scheduler.models() }),
+        match parse_request(bytes, &self.scheduler.limits()) {
+            Ok(request) => dispatch(&self.scheduler, request.id.as_str(), request.op, &mut SocketSession(client)),
+            Err(bad) => client.reply(Event::error(bad.id, ErrorCode::BadRequest, bad.message)),
         }
+    }
+}
+
+/// A socket connection's side of its requests: ids are the connection's own.
+struct SocketSession<'a>(&'a Client);
+
+impl Session for SocketSession<'_> {
+    fn begin(&mut self, id: &str) -> Result<Ticket, Duplicate> {
+        self.0.begin(id, id)
+    }
+
+    fn duplicate(&mut self, id: &str) {
+        self.reply(id, EventBody::error(ErrorCode::BadRequest, format!("id: '{id}' is already in progress on this connection")));
+    }
+
+    fn cancel(&mut self, id: &str) -> Cancelled {
+        self.0.cancel(id)
+    }
+
+    fn unknown_cancel(&mut self, id: &str) {
+        self.reply(id, EventBody::error(ErrorCode::BadRequest, format!("cancel: no request '{id}' in progress on this connection")));
+    }
+
+    fn reply(&mut self, id: &str, body: EventBody) {
+        self.0.reply(Event { id: Some(id.to_string()), body });
     }
 }
 

@@ -70,9 +70,9 @@ impl In {
 }
 
 /// Answers a connection over `wyoming.max_connections` with an `error` and closes it.
-pub(super) async fn refuse(mut stream: TcpStream, peer: SocketAddr, max: usize) {
-    debug!(%peer, "Wyoming: too many connections; refusing one");
-    let frame = codec::encode("error", &events::error(&format!("too many connections (wyoming.max_connections = {max})"), "overloaded"));
+pub(super) async fn refuse(mut stream: TcpStream, peer: SocketAddr, message: String) {
+    debug!(%peer, "Wyoming: refusing a connection over the limit");
+    let frame = codec::encode("error", &events::error(&message, "overloaded"));
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
 }
 

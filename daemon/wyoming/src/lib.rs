@@ -16,14 +16,15 @@ pub mod zeroconf;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use qwenedge_config::WyomingSettings;
 use qwenedge_scheduler::{Requests, Scheduler};
+use qwenedge_transport::accept::{accept_loop, Limit};
 use qwenedge_transport::tcp;
-pub use qwenedge_transport::tcp::BoundTcp;
+use qwenedge_transport::tcp::BoundTcp;
 use qwenedge_transport::Lifecycle;
 
 /// The transport label of Wyoming requests in the counters.
@@ -69,37 +70,18 @@ pub async fn serve(
     mut life: watch::Receiver<Lifecycle>,
 ) -> Result<(), WyomingError> {
     let listeners = bound.into_listeners()?;
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let limit = Limit { transport: "Wyoming", max: settings.max_connections, key: "wyoming.max_connections" };
     let service = Arc::new(Service { settings, temperature, scheduler, requests });
     let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listeners.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "Wyoming: accept failed");
-                        continue;
-                    }
-                };
-                let permit = Arc::clone(&slots).try_acquire_owned().ok();
-                let service = Arc::clone(&service);
-                let life = life.clone();
-                connections.spawn(async move {
-                    match permit {
-                        Some(_permit) => conn::serve(stream, peer, service, life).await,
-                        None => conn::refuse(stream, peer, service.settings.max_connections).await,
-                    }
-                });
-            }
-            changed = life.changed() => {
-                if changed.is_err() || *life.borrow() != Lifecycle::Running {
-                    break;
-                }
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    let serve = |stream, peer, permit| {
+        let service = Arc::clone(&service);
+        let life = life.clone();
+        async move {
+            conn::serve(stream, peer, service, life).await;
+            drop(permit);
         }
-    }
+    };
+    accept_loop(&listeners, limit, &mut life.clone(), &mut connections, serve, conn::refuse).await;
     drop(listeners);
     info!("Wyoming: no longer accepting connections");
     if tcp::close(&mut connections, &mut life, || {}).await {
