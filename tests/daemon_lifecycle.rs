@@ -234,3 +234,42 @@ fn a_connection_over_the_limit_gets_a_busy_answer_on_every_transport() {
         assert!(log.contains(&format!("{transport}: too many connections")), "a log line for {transport}:\n{log}");
     }
 }
+
+#[test]
+fn a_daemon_started_in_process_serves_reloads_and_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, socket) = write_config(dir.path(), "");
+    let loaded = qwenedge_config::load(Some(&config), &Default::default()).expect("the configuration");
+    let mut daemon = qwenedge::Daemon::start(loaded, None).expect("an in-process daemon");
+    assert_eq!(daemon.endpoints().socket, socket);
+    let mut c = Client::connect(&socket);
+    c.send(&chat("a", "hello", json!({"max_tokens": 4})));
+    let done = c.until_terminal("a").pop().unwrap();
+    assert_eq!((done["event"].as_str(), done["usage"]["completion_tokens"].as_u64()), (Some("done"), Some(4)), "{done}");
+
+    // A reload with a new scheduler limit takes effect for the next request.
+    let reloaded = std::fs::read_to_string(&config).unwrap() + "\n[scheduler]\nmax_tokens_limit = 3\ndefault_max_tokens = 3\n";
+    std::fs::write(&config, reloaded).unwrap();
+    daemon.reload(qwenedge_config::load(Some(&config), &Default::default()).expect("the new configuration"));
+    wait::poll("the reloaded limit to refuse 4 tokens", Duration::from_secs(30), || {
+        c.send(&chat("b", "hello", json!({"max_tokens": 4})));
+        let end = c.until_terminal("b").pop().unwrap();
+        if end["event"] == "error" && end["message"].as_str().unwrap_or_default().contains("max_tokens") {
+            Ok(())
+        } else {
+            Err(end.to_string())
+        }
+    });
+
+    // A request still running when the shutdown comes is finished within the grace period.
+    c.send(&chat("c", "hello", json!({"max_tokens": 3})));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert!(
+        runtime.block_on(async { tokio::time::timeout(Duration::from_millis(50), daemon.ended()).await.is_err() }),
+        "the daemon runs until it is told to stop"
+    );
+    daemon.shutdown(Duration::from_secs(30)).expect("a clean stop");
+    let end = c.until_terminal("c").pop().unwrap();
+    assert_eq!(end["event"], "done", "{end}");
+    assert!(!socket.exists(), "the socket file is removed");
+}

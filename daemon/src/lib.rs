@@ -7,7 +7,10 @@
 //! · this crate's [`service`] and the binary. Dependencies point down only; the workspace's
 //! manifest is the layering, and a test reads `cargo metadata` to keep it so.
 
+pub mod daemon;
 pub mod service;
+
+pub use daemon::{Daemon, DaemonError, Endpoints};
 
 #[cfg(test)]
 mod crate_graph;
