@@ -40,13 +40,13 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all --check >&2
 fmt=$?
 echo "test: cargo clippy --all-targets -- -D warnings" >&2
-cargo clippy --release --workspace --all-targets --locked --features fault-injection -- -D warnings >&2
+cargo clippy --release --workspace --all-targets --locked --features fault-injection,e2e -- -D warnings >&2
 clippy=$?
-cargo test --release --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+cargo test --release --workspace --locked --features e2e --no-fail-fast 2>&1 | tee "$log"
 tests=${PIPESTATUS[0]}
 # The panic and runtime-error tests need the binary built with the test-only feature; the
 # suite above and the package below use the binary without it.
-cargo test --release --workspace --locked --features fault-injection --test engine_panic --test ort_error 2>&1 | tee -a "$log"
+cargo test --release --workspace --locked --features fault-injection,e2e --test engine_panic --test ort_error 2>&1 | tee -a "$log"
 panic_test=${PIPESTATUS[0]}
 set -e
 for rc in "$fmt" "$clippy" "$tests" "$panic_test"; do

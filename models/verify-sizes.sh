@@ -100,7 +100,7 @@ PY
   tract_text=$(gen --backend tract)
   [ "$tract_text" == "$genai" ] && echo "  info  tract's greedy text equals ONNX Runtime's" ||
     echo "  info  tract's greedy text parts from ONNX Runtime's at a near-tie: $tract_text"
-  forced=$(QWENEDGE_VERIFY_MODEL="$dir" QWENEDGE_VERIFY_PROMPT="$prompt" cargo test --release --locked --test full_width \
+  forced=$(QWENEDGE_VERIFY_MODEL="$dir" QWENEDGE_VERIFY_PROMPT="$prompt" cargo test --release --locked -p qwenedge --features e2e --test full_width \
     -- --ignored --nocapture 2>&1 | grep -E "clear steps|panicked|test result" || true)
   echo "        $forced" | head -n 3
   check "tract takes ONNX Runtime's greedy token at every clear step (teacher-forced, 32 steps)" "ok" \

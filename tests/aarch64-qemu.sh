@@ -94,8 +94,12 @@ sysroot=/usr/aarch64-linux-gnu
 # The runner for the aarch64 target is qemu (.cargo/config.toml).
 for cpu in cortex-a76 cortex-a72; do
   say "tract int8 kernel tests, emulated $cpu"
-  QEMU_CPU="$cpu" cargo test --release --locked --target aarch64-unknown-linux-gnu --lib engine::backend::tract::ops::quant >&2 \
-    || fail "tract's int8 kernel tests failed on an emulated $cpu"
+  out=$(QEMU_CPU="$cpu" cargo test --release --locked --target aarch64-unknown-linux-gnu -p qwenedge-engine --lib backend::tract::ops::quant 2>&1) \
+    || { printf '%s\n' "$out" >&2; fail "tract's int8 kernel tests failed on an emulated $cpu"; }
+  printf '%s\n' "$out" >&2
+  # A filter that matches nothing passes with 0 tests: count them.
+  printf '%s\n' "$out" | grep -Eq 'test result: ok\. [1-9][0-9]* passed' \
+    || fail "no tract int8 kernel test ran on an emulated $cpu (did the module path change?)"
 done
 
 # --- 4. daemons ---------------------------------------------------------------------------------

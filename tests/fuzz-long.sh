@@ -28,6 +28,6 @@ for t in socket_requests mqtt_requests hermes_queries http_bodies wyoming_frames
   printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "$t" "$n" $((ms / 1000)) $((ms % 1000 / 100))
 done
 start=$(date +%s%N)
-cargo test --release --locked --test bad_models -q random_damage > /dev/null
+cargo test --release --locked -p qwenedge --features e2e --test bad_models -q random_damage > /dev/null
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "model_files" "2 x $cases" $((ms / 1000)) $((ms % 1000 / 100))

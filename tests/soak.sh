@@ -24,4 +24,4 @@ python=$(models/venv.sh | tail -n1)
 : "${ORT_DYLIB_PATH:=$(deploy/fetch-onnxruntime.sh | tail -n1)}"
 : "${QWENEDGE_CLIENT_PYTHON:=$(tests/clients/venv.sh | tail -n1)}"
 export QWENEDGE_FIXTURES ORT_DYLIB_PATH QWENEDGE_CLIENT_PYTHON QWENEDGE_SOAK_MINUTES="$minutes"
-exec cargo test --release --locked -p qwenedge --test soak -- --nocapture
+exec cargo test --release --locked -p qwenedge --features e2e --test soak -- --nocapture

@@ -15,4 +15,6 @@ pub use daemon::{Daemon, DaemonError, Endpoints};
 #[cfg(test)]
 mod crate_graph;
 #[cfg(test)]
+mod end_to_end;
+#[cfg(test)]
 mod fuzz;
