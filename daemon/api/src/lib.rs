@@ -1,8 +1,8 @@
 //! The wire types every transport speaks: requests (built only through validating
 //! constructors, so no transport can skip a limit), the events sent back, the `status` report,
-//! and the parser of the socket's JSON lines. This is the lowest layer: it imports nothing else
-//! of the crate, and everything above may import it (the engine does not: it has its own
-//! domain types, converted in the scheduler).
+//! and the parser of the socket's JSON lines. This is the lowest layer: it depends on no other
+//! member of the workspace, and everything above may use it (the engine does not: it has its
+//! own domain types, converted in the scheduler).
 
 mod event;
 mod parse;

@@ -1,5 +1,19 @@
 //! Everything that touches a model: files → spec, tokenizer and chat template, the runtime
-//! backend, sampling and the generation loop. Transports never reach in here directly.
+//! backend, sampling and the generation loop. It knows no request, transport or setting type of
+//! the daemon: it depends on no other member of the workspace, and only the scheduler (which
+//! runs it), the configuration (which names its options) and the intent catalog (which renders
+//! through its chat types) use it.
+//!
+//! The API: [`Engine::load`] a model directory with [`EngineOptions`] (which backend —
+//! [`backend::select::BackendKind`], ONNX Runtime's [`backend::ort::OrtOptions`]); render a
+//! prompt ([`chat::ChatInput`]) and tokenize it; start a [`generate::Decoder`] with
+//! [`generate::GenerateParams`] (sampling, stop strings, an optional grammar
+//! [`constrain::Constraint`]) and [`Engine::step`] it — a prefill chunk or one token at a time,
+//! so that the caller can interleave requests and cancel between steps. Prefix states are
+//! cached in memory ([`cache`]) and on disk ([`persist`]); the intent catalog's prefix is pinned
+//! ([`PinProgress`]). [`EngineError`] says which layer failed. The remaining public modules
+//! (`onnx`, `bpe`, `model`, `files`) are the readers these are built on, public for the tools
+//! and tests that check them against the reference implementations.
 
 pub mod backend;
 pub mod bpe;

@@ -8,7 +8,7 @@ pub mod grammar;
 pub mod result;
 
 pub use catalog::{Catalog, CatalogError};
-pub use result::Intent;
+pub use result::{Intent, ParseError};
 
 use qwenedge_api::{EventBody, IntentSummary, RequestTimings, Usage};
 use qwenedge_engine::chat::ChatInput;

@@ -360,7 +360,7 @@ impl<L: Loader> Core<L> {
                     }
                     Ok(true)
                 }
-                Err(message) => Err(Refusal::new(ErrorCode::ModelError, message)),
+                Err(error) => Err(Refusal::new(ErrorCode::ModelError, error.to_string())),
             }
         };
         match outcome {
@@ -373,7 +373,7 @@ impl<L: Loader> Core<L> {
                         log_done(&body);
                         ran.answers.push((a.job, body));
                     }
-                    Err(message) => answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, message)),
+                    Err(error) => answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, error.to_string())),
                 }
             }
             Err(refused) => {

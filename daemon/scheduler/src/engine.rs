@@ -22,7 +22,7 @@ use qwenedge_engine::generate::{Decoder, FinishReason, GenerateParams, Step};
 use qwenedge_engine::model::ModelSpec;
 use qwenedge_engine::persist::SnapshotStore;
 use qwenedge_engine::sampler::SamplingParams;
-use qwenedge_engine::{Engine, EngineError, EngineOptions};
+use qwenedge_engine::{Engine, EngineError, EngineOptions, PinError};
 use qwenedge_intent::Catalog;
 use qwenedge_toolcall::{self as dialect, Hold, Markers};
 
@@ -35,6 +35,20 @@ pub enum LoadError {
     /// The model does not fit in the memory the device leaves.
     #[error("{0}")]
     Memory(String),
+}
+
+/// Why the engine failed a step, a finish or the warm-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The backend failed a step.
+    #[error(transparent)]
+    Step(#[from] BackendError),
+    /// An intent answer could not be read back.
+    #[error(transparent)]
+    Intent(#[from] qwenedge_intent::ParseError),
+    /// Caching the intent catalog's prefix failed.
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 /// The sizes of `spec` that memory estimates read.
@@ -138,14 +152,15 @@ const WARM_UP_CHUNK_TOKENS: usize = 256;
 pub struct EngineLoader;
 
 impl Loader for EngineLoader {
+    type Error = LoadError;
     type Model = Engine;
 
-    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, String> {
-        load_engine(load, settings).map_err(|e| e.to_string())
+    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, LoadError> {
+        load_engine(load, settings)
     }
 
-    fn check(&mut self, load: &LoadSettings) -> Result<(), String> {
-        Engine::check(&load.path).map_err(|e| e.to_string())
+    fn check(&mut self, load: &LoadSettings) -> Result<(), LoadError> {
+        Ok(Engine::check(&load.path)?)
     }
 }
 
@@ -245,6 +260,7 @@ fn injected_fault() {
 }
 
 impl Model for Engine {
+    type Error = RunError;
     type Prepared = PreparedRun;
     type Running = Run;
 
@@ -344,14 +360,14 @@ impl Model for Engine {
         }
     }
 
-    fn step(&mut self, run: &mut Run) -> Result<Progress, String> {
+    fn step(&mut self, run: &mut Run) -> Result<Progress, RunError> {
         #[cfg(feature = "fault-injection")]
         injected_fault();
         match Engine::step(self, &mut run.decoder) {
             Ok(Step::Prefilled { .. }) => Ok(Progress::Prefilled),
             Ok(Step::Token { piece, .. }) => Ok(Progress::Token(piece)),
             Ok(Step::Finished { tail, .. }) => Ok(Progress::Finished(tail)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -359,7 +375,7 @@ impl Model for Engine {
         run.decoder.completion().usage.completion_tokens
     }
 
-    fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
+    fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, RunError> {
         let done = run.decoder.completion();
         let mut timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
         timings.model_steps = done.timings.model_steps;
@@ -372,14 +388,13 @@ impl Model for Engine {
         match run.intent {
             Some(i) => {
                 let confidence = run.decoder.constraint().map_or(0.0, |c| c.confidence());
-                qwenedge_intent::event(&i.catalog, &done.text, &i.text, confidence, i.min_confidence, usage, timings)
-                    .map_err(|e| e.to_string())
+                Ok(qwenedge_intent::event(&i.catalog, &done.text, &i.text, confidence, i.min_confidence, usage, timings)?)
             }
             None => Ok(EventBody::Done { text: done.text, finish_reason: finish_reason(done.finish_reason), usage, timings }),
         }
     }
 
-    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, String> {
+    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, RunError> {
         let cache = &ctx.settings.cache;
         if !cache.pin_intents || cache.max_mb == 0 {
             self.unpin_prefixes();
@@ -397,7 +412,7 @@ impl Model for Engine {
                 Ok(false)
             }
             Ok(_) => Ok(true),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use admission::{admit, AdmissionView, Refusal};
 pub use board::KeepAlive;
-pub use engine::{holder, load_engine, model_shape, sampling_params, EngineLoader, LoadError};
+pub use engine::{holder, load_engine, model_shape, sampling_params, EngineLoader, LoadError, RunError};
 pub use job::Job;
 pub use metrics::{Histogram, Labels, Metrics};
 pub use model::{Clock, Context, Loader, Model, Prepared, Progress};

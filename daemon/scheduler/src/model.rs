@@ -82,6 +82,8 @@ pub trait Model: Send + 'static {
     type Prepared: Send;
     /// A request in progress.
     type Running: Send;
+    /// Why a step, a finish or the warm-up failed (a model error, logged and answered).
+    type Error: std::error::Error + Send + 'static;
 
     /// Renders and tokenizes the prompt, compiles its grammar, finds its prefix boundary and
     /// what it needs.
@@ -91,19 +93,19 @@ pub trait Model: Send + 'static {
     fn start(&mut self, prepared: Self::Prepared) -> Result<Self::Running, Refusal>;
 
     /// Advances one prefill chunk or one token; an error is a model error.
-    fn step(&mut self, running: &mut Self::Running) -> Result<Progress, String>;
+    fn step(&mut self, running: &mut Self::Running) -> Result<Progress, Self::Error>;
 
     /// Tokens generated so far.
     fn generated(&self, running: &Self::Running) -> usize;
 
     /// The terminal event of a request whose step said [`Progress::Finished`] (`done`, or
     /// `intent` for an intent request); an error is a model error.
-    fn finish(&mut self, running: Self::Running, clock: &Clock, ctx: &Context<'_>) -> Result<EventBody, String>;
+    fn finish(&mut self, running: Self::Running, clock: &Clock, ctx: &Context<'_>) -> Result<EventBody, Self::Error>;
 
     /// One piece of the work to do after loading while idle (caching the intent catalog's
     /// prefix, a chunk at a time so that requests run between the chunks). Returns whether
     /// more remains; an error says why the work failed (it may be tried again).
-    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, String>;
+    fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, Self::Error>;
 
     /// Applies settings that need no reload (the prefix cache's size).
     fn reconfigure(&mut self, settings: &Settings);
@@ -126,12 +128,14 @@ pub trait Model: Send + 'static {
 pub trait Loader: Send + 'static {
     /// What it loads.
     type Model: Model;
+    /// Why a model could not be loaded or checked.
+    type Error: std::error::Error + Send + 'static;
 
     /// Loads the model `load` describes (checking first that it fits in memory); the error is
     /// one line for the log.
-    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Self::Model, String>;
+    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Self::Model, Self::Error>;
 
     /// Checks, without loading, what can be checked of the model `load` describes before the
     /// loaded one is freed for it (its files); the error is one line for the log.
-    fn check(&mut self, load: &LoadSettings) -> Result<(), String>;
+    fn check(&mut self, load: &LoadSettings) -> Result<(), Self::Error>;
 }

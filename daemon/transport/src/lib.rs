@@ -1,7 +1,17 @@
-//! Transports: each decodes its own wire format into `api` requests, registers them in the
+//! What every transport shares. A transport (`qwenedge-unix`, `-mqtt`, `-http`, `-wyoming`, each
+//! a crate of its own) decodes its wire format into `api` requests, registers them in the
 //! scheduler's request table (one client per connection or session, with its bounded event
-//! queue), submits them, and encodes the events back. They never touch the engine and never
-//! import each other; a new transport is a thin codec over the same path.
+//! queue), submits them, and encodes the events back; it never touches the engine and never
+//! uses another transport. The shared pieces:
+//!
+//! - [`Lifecycle`]: how far the daemon is in its life, as connections see it;
+//! - [`accept`]: the accept loop with one over-limit behaviour (the protocol's busy answer and
+//!   a log line);
+//! - [`dispatch`]: the ops of a request stream (generate, cancel, status, models) and
+//!   submit-or-answer;
+//! - [`running`]: one request of a request-per-exchange transport (HTTP, Wyoming);
+//! - [`tcp`]: binding every TCP address before READY, accepting from all of them, and the
+//!   close with a grace period.
 
 pub mod accept;
 pub mod dispatch;

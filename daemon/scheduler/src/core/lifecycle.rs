@@ -52,7 +52,7 @@ impl<L: Loader> Core<L> {
             Err(error) => {
                 warn!(%error, model = %load.path.display(), "loading the model failed");
                 ran.model = Some(ModelChange::Gone);
-                self.last_error = Some(error);
+                self.last_error = Some(error.to_string());
             }
         }
     }

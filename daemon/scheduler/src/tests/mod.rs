@@ -77,9 +77,15 @@ struct FakeRun {
     text: String,
 }
 
+/// The fake's failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FakeError(String);
+
 impl Model for Fake {
     type Prepared = usize;
     type Running = FakeRun;
+    type Error = FakeError;
 
     fn prepare(&mut self, request: &qwenedge_api::GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<usize>, Refusal> {
         if request.prompt() == &Prompt::Text("refuse".into()) {
@@ -92,7 +98,7 @@ impl Model for Fake {
         Ok(FakeRun { prefilled: false, made: 0, max, text: String::new() })
     }
 
-    fn step(&mut self, run: &mut FakeRun) -> Result<Progress, String> {
+    fn step(&mut self, run: &mut FakeRun) -> Result<Progress, FakeError> {
         self.steps += 1;
         if self.panic_at_step == Some(self.steps) {
             panic!("the fake model broke");
@@ -114,19 +120,19 @@ impl Model for Fake {
         run.made
     }
 
-    fn finish(&mut self, run: FakeRun, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, String> {
+    fn finish(&mut self, run: FakeRun, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, FakeError> {
         let usage = Usage { prompt_tokens: 1, completion_tokens: run.made, cached_tokens: 0 };
         Ok(EventBody::Done { text: run.text, finish_reason: FinishReason::Length, usage, timings: clock.timings(0.0, 0.0, 0.0) })
     }
 
-    fn warm_up(&mut self, _ctx: &Context<'_>) -> Result<bool, String> {
+    fn warm_up(&mut self, _ctx: &Context<'_>) -> Result<bool, FakeError> {
         if let Some(gate) = &self.warm_up_gate {
             gate.pass();
         }
         let mut fails = self.warm_fails.lock().unwrap();
         if *fails > 0 {
             *fails -= 1;
-            return Err("the fake's runtime failed".into());
+            return Err(FakeError("the fake's runtime failed".into()));
         }
         self.warm_left = self.warm_left.saturating_sub(1);
         Ok(self.warm_left > 0)
@@ -210,20 +216,21 @@ impl FakeLoader {
 
 impl Loader for FakeLoader {
     type Model = Fake;
+    type Error = FakeError;
 
-    fn load(&mut self, load: &qwenedge_config::LoadSettings, _settings: &qwenedge_config::Settings) -> Result<Fake, String> {
+    fn load(&mut self, load: &qwenedge_config::LoadSettings, _settings: &qwenedge_config::Settings) -> Result<Fake, FakeError> {
         self.check(load)?;
         if self.fail_to_load.contains(&load.path) {
-            return Err(format!("{}: the runtime failed", load.path.display()));
+            return Err(FakeError(format!("{}: the runtime failed", load.path.display())));
         }
         self.loads.lock().unwrap().push(load.path.clone());
         *self.changed_on_disk.lock().unwrap() = None;
         Ok(self.fake(load.path.clone()))
     }
 
-    fn check(&mut self, load: &qwenedge_config::LoadSettings) -> Result<(), String> {
+    fn check(&mut self, load: &qwenedge_config::LoadSettings) -> Result<(), FakeError> {
         match self.broken.lock().unwrap().contains(&load.path) {
-            true => Err(format!("{}: broken", load.path.display())),
+            true => Err(FakeError(format!("{}: broken", load.path.display()))),
             false => Ok(()),
         }
     }
