@@ -4,6 +4,7 @@
 //! values inside their types, or of [`NO_INTENT`], the explicit "none of these" answer. Every
 //! branch of the grammar has a bounded length, so a generation under it always ends.
 
+use qwenedge_toolcall::format::{self, lit, CALL_BYTES, PARAMETER_BYTES};
 use serde_json::{json, Value};
 
 use super::catalog::{Catalog, IntentDef, SlotKind};
@@ -74,22 +75,6 @@ pub fn tools(catalog: &Catalog, intents: &[&IntentDef]) -> Vec<Value> {
         .collect()
 }
 
-/// A Lark string literal for `s`.
-fn lit(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn alternatives<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
     values.into_iter().map(lit).collect::<Vec<_>>().join(" | ")
 }
@@ -133,7 +118,7 @@ pub fn max_bytes(catalog: &Catalog, intents: &[&IntentDef]) -> usize {
                         min.to_string().len().max(max.to_string().len()) + *decimals as usize + 1
                     }
                 };
-                "<parameter=>\n\n</parameter>\n".len() + slot.name.len() + value
+                PARAMETER_BYTES + slot.name.len() + value
             })
             .sum();
         CALL_BYTES + intent.name.len() + slots
@@ -141,23 +126,19 @@ pub fn max_bytes(catalog: &Catalog, intents: &[&IntentDef]) -> usize {
     calls.max().unwrap_or(0).max(CALL_BYTES + NO_INTENT.len())
 }
 
-/// The bytes of a call around the function name and parameters.
-const CALL_BYTES: usize = "<tool_call>\n<function=>\n</function>\n</tool_call>".len();
-
 /// The Lark grammar admitting one call, in the model's native tool-call format with its
 /// `markers` (the special tokens where the tokenizer has them), of one of `intents` or of
 /// [`NO_INTENT`].
 pub fn lark(catalog: &Catalog, intents: &[&IntentDef], markers: &Markers) -> String {
     let mut names: Vec<String> = (0..intents.len()).map(|i| format!("i{i}")).collect();
     names.push("none".into());
-    let (open, close) = (markers.tool_call_open.rule(), markers.tool_call_close.rule());
-    let mut g = format!("start: {open} \"\\n<function=\" ({}) \"</function>\\n\" {close}\n", names.join(" | "));
-    g.push_str(&format!("none: {}\n", lit(&format!("{NO_INTENT}>\n"))));
+    let mut g = format!("start: {}\n", format::call_rule(markers, &names));
+    g.push_str(&format!("none: {}\n", format::function_name(NO_INTENT)));
     for (i, intent) in intents.iter().enumerate() {
-        let mut body = lit(&format!("{}>\n", intent.name));
+        let mut body = format::function_name(&intent.name);
         for (j, slot) in intent.slots.iter().enumerate() {
             body.push_str(&format!(" i{i}s{j}{}", if slot.required { "" } else { "?" }));
-            g.push_str(&format!("i{i}s{j}: {} i{i}v{j} \"\\n</parameter>\\n\"\n", lit(&format!("<parameter={}>\n", slot.name))));
+            g.push_str(&format!("i{i}s{j}: {}\n", format::parameter_rule(&slot.name, &format!("i{i}v{j}"))));
             g.push_str(&format!("i{i}v{j}: {}\n", value_rule(catalog, &slot.kind)));
         }
         g.push_str(&format!("i{i}: {body}\n"));

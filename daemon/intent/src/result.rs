@@ -4,6 +4,7 @@
 //! other answer is "no intent". Every value is checked against the catalog again, so an answer
 //! that did not come through the grammar is never trusted.
 
+use qwenedge_toolcall::format;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,20 +31,17 @@ pub struct ParseError(pub String);
 /// catalog intent, `Err` for a call that is malformed or breaks the catalog's types.
 pub fn parse(catalog: &Catalog, output: &str, input: &str, confidence: f64) -> Result<Option<Intent>, ParseError> {
     let err = |m: String| ParseError(m);
-    let rest = output.strip_prefix("<tool_call>\n<function=").ok_or_else(|| err("the answer is not a tool call".into()))?;
-    let (name, mut rest) = rest.split_once(">\n").ok_or_else(|| err("unterminated function name".into()))?;
+    let call = format::read_call(output).map_err(|e| err(e.to_string()))?;
+    let name = call.name;
     if name == super::grammar::NO_INTENT {
-        return match rest {
-            "</function>\n</tool_call>" => Ok(None),
-            _ => Err(err(format!("{name} takes no parameters"))),
+        return match call.params.is_empty() {
+            true => Ok(None),
+            false => Err(err(format!("{name} takes no parameters"))),
         };
     }
     let def = catalog.intent(name).ok_or_else(|| err(format!("unknown intent '{name}'")))?;
     let mut slots: Vec<Slot> = Vec::new();
-    while let Some(r) = rest.strip_prefix("<parameter=") {
-        let (slot_name, r) = r.split_once(">\n").ok_or_else(|| err("unterminated parameter name".into()))?;
-        let (raw, r) = r.split_once("\n</parameter>\n").ok_or_else(|| err(format!("unterminated value of '{slot_name}'")))?;
-        rest = r;
+    for (slot_name, raw) in call.params {
         let pos = def.slots.iter().position(|s| s.name == slot_name).ok_or_else(|| err(format!("{name} has no slot '{slot_name}'")))?;
         if slots.iter().any(|s| s.name == slot_name) {
             return Err(err(format!("slot '{slot_name}' given twice")));
@@ -51,9 +49,6 @@ pub fn parse(catalog: &Catalog, output: &str, input: &str, confidence: f64) -> R
         let slot = &def.slots[pos];
         let (value, entity) = typed(catalog, &slot.kind, raw).map_err(|m| err(format!("{name}.{slot_name}: {m}")))?;
         slots.push(Slot { name: slot_name.into(), value, raw_value: raw.into(), entity, range: find(input, raw) });
-    }
-    if rest != "</function>\n</tool_call>" {
-        return Err(err(format!("unexpected text after the parameters: {:?}", rest.chars().take(40).collect::<String>())));
     }
     if let Some(missing) = def.slots.iter().find(|s| s.required && !slots.iter().any(|f| f.name == s.name)) {
         return Err(err(format!("{name}: required slot '{}' missing", missing.name)));
@@ -113,11 +108,7 @@ mod tests {
     use super::*;
 
     fn call(name: &str, params: &[(&str, &str)]) -> String {
-        let mut s = format!("<tool_call>\n<function={name}>\n");
-        for (k, v) in params {
-            s.push_str(&format!("<parameter={k}>\n{v}\n</parameter>\n"));
-        }
-        s + "</function>\n</tool_call>"
+        qwenedge_toolcall::format::write_call(name, params)
     }
 
     #[test]

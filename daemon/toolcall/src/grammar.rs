@@ -15,6 +15,7 @@
 //! free text cannot contain it, so `auto` holds nothing until the model picks that token and
 //! `none` only bans it: free text then costs no grammar work per token.
 
+use crate::format::{self, lit};
 use serde_json::{json, Value};
 
 use qwenedge_api::ToolChoice;
@@ -72,24 +73,6 @@ impl Default for Markers {
             think_close: Marker::Text(super::THINK_CLOSE),
         }
     }
-}
-
-/// A Lark string literal.
-fn lit(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Free text that cannot hold `marker` (a special token cannot be produced by text anyway).
@@ -163,12 +146,12 @@ fn tool_rules(rule: &str, tool: &Value, rules: &mut Vec<String>, terminals: &mut
     let name = f["name"].as_str().ok_or("a tool has no name")?;
     let params = &f["parameters"];
     let required: Vec<&str> = params["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    let mut body = lit(&format!("{name}>\n"));
+    let mut body = format::function_name(name);
     if let Some(props) = params["properties"].as_object() {
         for (k, (key, schema)) in props.iter().enumerate() {
             let p = format!("{rule}_p{k}");
             let value = value_rule(&format!("{name}.{key}"), schema, terminals)?;
-            rules.push(format!("{p}: {} {p}_v {}", lit(&format!("<parameter={key}>\n")), lit("\n</parameter>\n")));
+            rules.push(format!("{p}: {}", format::parameter_rule(key, &format!("{p}_v"))));
             rules.push(format!("{p}_v: {value}"));
             body.push_str(&format!(" {p}{}", if required.contains(&key.as_str()) { "" } else { "?" }));
         }
@@ -243,14 +226,7 @@ fn full_grammar(tools: &[Value], choice: &ToolChoice, thinking: bool, format: Op
         tool_rules(&rule, tool, &mut rules, &mut terminals)?;
         fns.push(rule);
     }
-    rules.push(format!(
-        "call: {} {} ({}) {} {}",
-        markers.tool_call_open.rule(),
-        lit("\n<function="),
-        fns.join(" | "),
-        lit("</function>\n"),
-        markers.tool_call_close.rule()
-    ));
+    rules.push(format!("call: {}", format::call_rule(markers, &fns)));
     let text = match format {
         Some(schema) => {
             let body = serde_json::to_string(&compact(schema)).map_err(|e| e.to_string())?;

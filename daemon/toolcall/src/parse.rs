@@ -3,6 +3,7 @@
 //! start of a marker is held back until the next piece decides it; a call is reported when it
 //! is complete, and one cut short (by `max_tokens`) is reported as such, never half-parsed.
 
+use crate::format;
 use serde_json::{Map, Value};
 
 use super::grammar::is_raw_string;
@@ -141,26 +142,18 @@ impl Splitter {
 
     /// Parses the inside of `<tool_call>…</tool_call>`.
     fn call(&self, body: &str) -> Option<ToolCall> {
-        let rest = body.trim_start_matches('\n').strip_prefix("<function=")?;
-        let (name, mut rest) = rest.split_once(">\n")?;
-        let raw = self.raw.iter().find(|(n, _)| n == name).map(|(_, r)| r.as_slice()).unwrap_or_default();
+        let call = format::read_body_lenient(body).ok()?;
+        let raw = self.raw.iter().find(|(n, _)| n == call.name).map(|(_, r)| r.as_slice()).unwrap_or_default();
         let mut arguments = Map::new();
-        loop {
-            rest = rest.trim_start_matches('\n');
-            if rest.trim_end().strip_prefix("</function>").is_some_and(str::is_empty) {
-                return Some(ToolCall { name: name.to_string(), arguments });
-            }
-            let after = rest.strip_prefix("<parameter=")?;
-            let (key, after) = after.split_once(">\n")?;
-            let (value, after) = after.split_once("\n</parameter>")?;
+        for (key, value) in call.params {
             let value = if raw.iter().any(|r| r == key) {
                 Value::String(value.to_string())
             } else {
                 serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()))
             };
             arguments.insert(key.to_string(), value);
-            rest = after;
         }
+        Some(ToolCall { name: call.name.to_string(), arguments })
     }
 
     /// Ends the answer.
