@@ -76,7 +76,7 @@ pub fn parse_request(line: &[u8], limits: &Limits) -> Result<Request, BadRequest
         return Err(bad(None, "a request must be a JSON object".into()));
     };
     let id = match obj.remove("id") {
-        Some(Value::String(s)) => RequestId::new(s).map_err(|e| bad(None, e.0))?,
+        Some(Value::String(s)) => RequestId::new(s).map_err(|e| bad(None, e.message))?,
         Some(_) => return Err(bad(None, "id: must be a string".into())),
         None => return Err(bad(None, "id: missing".into())),
     };
@@ -93,11 +93,11 @@ pub fn parse_request(line: &[u8], limits: &Limits) -> Result<Request, BadRequest
     let op = match op.as_str() {
         "chat" | "complete" => {
             let body: GenerateBody = serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
-            Op::Generate(Box::new(generate(&op, body, limits).map_err(|e| bad(id_ref, e.0))?))
+            Op::Generate(Box::new(generate(&op, body, limits).map_err(|e| bad(id_ref, e.message))?))
         }
         "intent" => {
             let body: IntentBody = serde_json::from_value(Value::Object(obj)).map_err(|e| bad(id_ref, field_message(&e.to_string())))?;
-            Op::Generate(Box::new(intent(body, limits).map_err(|e| bad(id_ref, e.0))?))
+            Op::Generate(Box::new(intent(body, limits).map_err(|e| bad(id_ref, e.message))?))
         }
         "cancel" => no_fields(&obj, &op).map(|()| Op::Cancel)?,
         "status" => no_fields(&obj, &op).map(|()| Op::Status)?,
@@ -121,9 +121,9 @@ fn field_message(e: &str) -> String {
 }
 
 fn intent(b: IntentBody, limits: &Limits) -> Result<GenerateRequest, FieldError> {
-    let text = b.text.ok_or("text: missing")?;
+    let text = b.text.ok_or_else(|| FieldError::at("text", "missing"))?;
     if b.site_id.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
-        return Err(format!("site_id: must be at most {MAX_ID_LEN} bytes").into());
+        return Err(FieldError::at("site_id", format!("must be at most {MAX_ID_LEN} bytes")));
     }
     let mut spec = GenerateSpec::new(Prompt::Intent { text, filter: b.intent_filter });
     spec.sampling = Sampling { temperature: b.temperature.unwrap_or(0.0), seed: b.seed, ..Sampling::default() };
@@ -135,9 +135,13 @@ fn intent(b: IntentBody, limits: &Limits) -> Result<GenerateRequest, FieldError>
 fn generate(op: &str, b: GenerateBody, limits: &Limits) -> Result<GenerateRequest, FieldError> {
     let prompt = if op == "chat" {
         if b.prompt.is_some() {
-            return Err("prompt: not a field of chat (use messages, or op complete)".into());
+            return Err(FieldError::at("prompt", "not a field of chat (use messages, or op complete)"));
         }
-        Prompt::Chat { messages: b.messages.ok_or("messages: missing")?, tools: b.tools, thinking: b.thinking.unwrap_or(false) }
+        Prompt::Chat {
+            messages: b.messages.ok_or_else(|| FieldError::at("messages", "missing"))?,
+            tools: b.tools,
+            thinking: b.thinking.unwrap_or(false),
+        }
     } else {
         let chat_only = [
             (b.messages.is_some(), "messages"),
@@ -147,10 +151,10 @@ fn generate(op: &str, b: GenerateBody, limits: &Limits) -> Result<GenerateReques
         ];
         for (present, field) in chat_only {
             if present {
-                return Err(format!("{field}: not a field of complete (use op chat)").into());
+                return Err(FieldError::at(field, "not a field of complete (use op chat)"));
             }
         }
-        Prompt::Text(b.prompt.ok_or("prompt: missing")?)
+        Prompt::Text(b.prompt.ok_or_else(|| FieldError::at("prompt", "missing"))?)
     };
     let d = Sampling::default();
     let sampling = Sampling {

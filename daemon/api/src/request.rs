@@ -22,20 +22,27 @@ pub const MAX_DEADLINE_MS: u64 = 86_400_000;
 
 const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
-/// A value outside what a request may carry; the message starts with the field's name.
+/// A value outside what a request may carry: the field at fault (`messages[0].role`,
+/// `top_p`) and the whole message, which starts with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct FieldError(pub String);
-
-impl From<String> for FieldError {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
+#[error("{message}")]
+pub struct FieldError {
+    /// The field, as the request names it.
+    pub field: String,
+    /// What is wrong, starting with the field.
+    pub message: String,
 }
 
-impl From<&str> for FieldError {
-    fn from(s: &str) -> Self {
-        Self(s.to_string())
+impl FieldError {
+    /// `field: what`.
+    pub fn at(field: impl Into<String>, what: impl AsRef<str>) -> Self {
+        let field = field.into();
+        Self { message: format!("{field}: {}", what.as_ref()), field }
+    }
+
+    /// A message already written (it names `field` in its own words).
+    pub fn whole(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -56,7 +63,7 @@ impl RequestId {
     pub fn new(id: impl Into<String>) -> Result<Self, FieldError> {
         let id = id.into();
         if id.is_empty() || id.len() > MAX_ID_LEN {
-            return Err(format!("id: must be 1 to {MAX_ID_LEN} bytes").into());
+            return Err(FieldError::at("id", format!("must be 1 to {MAX_ID_LEN} bytes")));
         }
         Ok(Self(id))
     }
@@ -135,13 +142,13 @@ impl ToolChoice {
                 "none" => Ok(Self::None),
                 "auto" => Ok(Self::Auto),
                 "required" => Ok(Self::Required),
-                other => Err(format!("tool_choice: '{other}' is not one of none, auto, required, or a function").into()),
+                other => Err(FieldError::at("tool_choice", format!("'{other}' is not one of none, auto, required, or a function"))),
             },
             Value::Object(o) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
                 Some(name) => Ok(Self::Function(name.to_string())),
-                None => Err("tool_choice.function.name: missing or not a string".into()),
+                None => Err(FieldError::at("tool_choice.function.name", "missing or not a string")),
             },
-            _ => Err("tool_choice: must be a string or {\"type\": \"function\", \"function\": {\"name\": …}}".into()),
+            _ => Err(FieldError::at("tool_choice", "must be a string or {\"type\": \"function\", \"function\": {\"name\": …}}")),
         }
     }
 }
@@ -164,23 +171,24 @@ impl ResponseFormat {
     /// `response_format`: `{"type": "text"}` (no grammar), `{"type": "json_object"}`,
     /// `{"type": "json_schema", "json_schema": {"schema": {…}}}` or `{"type": "lark", "lark": "…"}`.
     pub fn parse(v: &Value) -> Result<Option<Self>, FieldError> {
-        let kind = v.get("type").and_then(Value::as_str).ok_or("response_format.type: missing or not a string")?;
+        let kind =
+            v.get("type").and_then(Value::as_str).ok_or_else(|| FieldError::at("response_format.type", "missing or not a string"))?;
         match kind {
             "text" => Ok(None),
             "json_object" => Ok(Some(Self::JsonSchema(serde_json::json!({"type": "object"})))),
             "json_schema" => {
-                let spec = v.get("json_schema").ok_or("response_format.json_schema: missing")?;
+                let spec = v.get("json_schema").ok_or_else(|| FieldError::at("response_format.json_schema", "missing"))?;
                 let schema = spec.get("schema").unwrap_or(spec);
                 if !schema.is_object() && !schema.is_boolean() {
-                    return Err("response_format.json_schema.schema: must be a JSON Schema object".into());
+                    return Err(FieldError::at("response_format.json_schema.schema", "must be a JSON Schema object"));
                 }
                 Ok(Some(Self::JsonSchema(schema.clone())))
             }
             "lark" => match v.get("lark") {
                 Some(Value::String(g)) if !g.trim().is_empty() => Ok(Some(Self::Lark(g.clone()))),
-                _ => Err("response_format.lark: missing or not a grammar string".into()),
+                _ => Err(FieldError::at("response_format.lark", "missing or not a grammar string")),
             },
-            other => Err(format!("response_format.type: '{other}' is not one of text, json_object, json_schema, lark").into()),
+            other => Err(FieldError::at("response_format.type", format!("'{other}' is not one of text, json_object, json_schema, lark"))),
         }
     }
 }
@@ -245,30 +253,33 @@ impl GenerateRequest {
             Prompt::Text(_) => {}
             Prompt::Intent { text, filter } => {
                 if text.trim().is_empty() || text.len() > MAX_INTENT_TEXT {
-                    return Err(format!("text: must be 1 to {MAX_INTENT_TEXT} bytes and not blank").into());
+                    return Err(FieldError::at("text", format!("must be 1 to {MAX_INTENT_TEXT} bytes and not blank")));
                 }
                 if filter.as_ref().is_some_and(|f| f.len() > MAX_INTENT_FILTER) {
-                    return Err(format!("intent_filter: at most {MAX_INTENT_FILTER} names").into());
+                    return Err(FieldError::at("intent_filter", format!("at most {MAX_INTENT_FILTER} names")));
                 }
                 if spec.max_tokens.is_some() || spec.format.is_some() || !spec.stop.is_empty() {
-                    return Err("max_tokens, stop and response_format: not fields of intent (the grammar bounds the answer)".into());
+                    return Err(FieldError::whole(
+                        "max_tokens",
+                        "max_tokens, stop and response_format: not fields of intent (the grammar bounds the answer)",
+                    ));
                 }
             }
         }
         if spec.tool_choice != ToolChoice::Auto && !matches!(spec.prompt, Prompt::Chat { .. }) {
-            return Err("tool_choice: only chat requests take one".into());
+            return Err(FieldError::at("tool_choice", "only chat requests take one"));
         }
         if let Some(n) = spec.max_tokens {
             if n == 0 || n > limits.max_tokens {
-                return Err(format!("max_tokens: must be between 1 and {} (got {n})", limits.max_tokens).into());
+                return Err(FieldError::at("max_tokens", format!("must be between 1 and {} (got {n})", limits.max_tokens)));
             }
         }
         spec.sampling.validate()?;
         if spec.stop.len() > MAX_STOP || spec.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
-            return Err(format!("stop: at most {MAX_STOP} strings of 1 to {MAX_STOP_LEN} bytes").into());
+            return Err(FieldError::at("stop", format!("at most {MAX_STOP} strings of 1 to {MAX_STOP_LEN} bytes")));
         }
         if spec.deadline_ms.is_some_and(|d| d == 0 || d > MAX_DEADLINE_MS) {
-            return Err(format!("deadline_ms: must be between 1 and {MAX_DEADLINE_MS}").into());
+            return Err(FieldError::at("deadline_ms", format!("must be between 1 and {MAX_DEADLINE_MS}")));
         }
         Ok(Self { spec })
     }
@@ -323,37 +334,42 @@ impl GenerateRequest {
 /// clients send as a JSON string, become the object the chat template renders.
 fn check_messages(messages: &mut [Value]) -> Result<(), FieldError> {
     if messages.is_empty() {
-        return Err("messages: must not be empty".into());
+        return Err(FieldError::at("messages", "must not be empty"));
     }
     for (i, m) in messages.iter_mut().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).ok_or(format!("messages[{i}].role: missing or not a string"))?;
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| FieldError::at(format!("messages[{i}].role"), "missing or not a string"))?;
         if !ROLES.contains(&role) {
-            return Err(format!("messages[{i}].role: '{role}' is not one of {}", ROLES.join(", ")).into());
+            return Err(FieldError::at(format!("messages[{i}].role"), format!("'{role}' is not one of {}", ROLES.join(", "))));
         }
         let is_assistant = role == "assistant";
         match m.get("content") {
             Some(Value::String(_)) => {}
             Some(Value::Null) | None if is_assistant && m.get("tool_calls").is_some() => {}
-            _ => return Err(format!("messages[{i}].content: missing or not a string").into()),
+            _ => return Err(FieldError::at(format!("messages[{i}].content"), "missing or not a string")),
         }
         let Some(calls) = m.get_mut("tool_calls").filter(|c| !c.is_null()) else { continue };
-        let Value::Array(calls) = calls else { return Err(format!("messages[{i}].tool_calls: must be a list").into()) };
+        let Value::Array(calls) = calls else { return Err(FieldError::at(format!("messages[{i}].tool_calls"), "must be a list")) };
         for (j, call) in calls.iter_mut().enumerate() {
             let at = format!("messages[{i}].tool_calls[{j}]");
-            let function = call.get_mut("function").filter(|f| f.is_object()).ok_or(format!("{at}.function: missing or not an object"))?;
+            let function = call
+                .get_mut("function")
+                .filter(|f| f.is_object())
+                .ok_or_else(|| FieldError::at(format!("{at}.function"), "missing or not an object"))?;
             if !function.get("name").is_some_and(Value::is_string) {
-                return Err(format!("{at}.function.name: missing or not a string").into());
+                return Err(FieldError::at(format!("{at}.function.name"), "missing or not a string"));
             }
             let args = function.get("arguments").cloned().unwrap_or(Value::Object(Default::default()));
             let args = match args {
                 Value::String(text) if text.trim().is_empty() => Value::Object(Default::default()),
-                Value::String(text) => {
-                    serde_json::from_str::<Value>(&text).map_err(|e| format!("{at}.function.arguments: not JSON: {e}"))?
-                }
+                Value::String(text) => serde_json::from_str::<Value>(&text)
+                    .map_err(|e| FieldError::at(format!("{at}.function.arguments"), format!("not JSON: {e}")))?,
                 other => other,
             };
             if !args.is_object() {
-                return Err(format!("{at}.function.arguments: must be a JSON object").into());
+                return Err(FieldError::at(format!("{at}.function.arguments"), "must be a JSON object"));
             }
             function["arguments"] = args;
         }
@@ -365,36 +381,45 @@ fn check_messages(messages: &mut [Value]) -> Result<(), FieldError> {
 /// "parameters"}}`) and that the tool choice names one of them.
 fn check_tools(tools: &[Value], choice: &ToolChoice) -> Result<(), FieldError> {
     if tools.len() > MAX_TOOLS {
-        return Err(format!("tools: at most {MAX_TOOLS}").into());
+        return Err(FieldError::at("tools", format!("at most {MAX_TOOLS}")));
     }
     let mut names = Vec::with_capacity(tools.len());
     for (i, tool) in tools.iter().enumerate() {
         if tool.get("type").is_some_and(|t| t != "function") {
-            return Err(format!("tools[{i}].type: only \"function\" tools are supported").into());
+            return Err(FieldError::at(format!("tools[{i}].type"), "only \"function\" tools are supported"));
         }
-        let f = tool.get("function").filter(|f| f.is_object()).ok_or(format!("tools[{i}].function: missing or not an object"))?;
-        let name = f.get("name").and_then(Value::as_str).ok_or(format!("tools[{i}].function.name: missing or not a string"))?;
+        let f = tool
+            .get("function")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| FieldError::at(format!("tools[{i}].function"), "missing or not an object"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| FieldError::at(format!("tools[{i}].function.name"), "missing or not a string"))?;
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
         if name.is_empty() || name.len() > MAX_TOOL_NAME || !name.chars().all(valid) {
-            return Err(format!("tools[{i}].function.name: {name:?} must be 1 to {MAX_TOOL_NAME} of a-z, A-Z, 0-9, _, - and .").into());
+            return Err(FieldError::at(
+                format!("tools[{i}].function.name"),
+                format!("{name:?} must be 1 to {MAX_TOOL_NAME} of a-z, A-Z, 0-9, _, - and ."),
+            ));
         }
         if names.contains(&name) {
-            return Err(format!("tools[{i}].function.name: '{name}' is defined twice").into());
+            return Err(FieldError::at(format!("tools[{i}].function.name"), format!("'{name}' is defined twice")));
         }
         if let Some(p) = f.get("parameters").filter(|p| !p.is_null()) {
             if !p.is_object() || p.get("type").is_some_and(|t| t != "object") {
-                return Err(format!("tools[{i}].function.parameters: must be a JSON Schema of type object").into());
+                return Err(FieldError::at(format!("tools[{i}].function.parameters"), "must be a JSON Schema of type object"));
             }
             if p.get("properties").is_some_and(|props| !props.is_object()) {
-                return Err(format!("tools[{i}].function.parameters.properties: must be an object").into());
+                return Err(FieldError::at(format!("tools[{i}].function.parameters.properties"), "must be an object"));
             }
         }
         names.push(name);
     }
     match choice {
-        ToolChoice::Required if tools.is_empty() => Err("tool_choice: \"required\" needs tools".into()),
+        ToolChoice::Required if tools.is_empty() => Err(FieldError::at("tool_choice", "\"required\" needs tools")),
         ToolChoice::Function(name) if !names.contains(&name.as_str()) => {
-            Err(format!("tool_choice.function.name: '{name}' is not one of the tools").into())
+            Err(FieldError::at("tool_choice.function.name", format!("'{name}' is not one of the tools")))
         }
         _ => Ok(()),
     }
@@ -454,7 +479,7 @@ mod tests {
         ];
         for (spec, want) in cases {
             let e = GenerateRequest::new(spec, &LIMITS).unwrap_err();
-            assert!(e.0.contains(want), "{want}: {e}");
+            assert!(e.message.contains(want), "{want}: {e}");
         }
         let ok = GenerateRequest::new(intent("turn on the light"), &LIMITS).unwrap();
         assert!(!ok.stream());
@@ -473,7 +498,7 @@ mod tests {
         use serde_json::json;
         assert_eq!(ResponseFormat::parse(&json!({"type": "text"})).unwrap(), None);
         assert!(matches!(ResponseFormat::parse(&json!({"type": "json_object"})).unwrap(), Some(ResponseFormat::JsonSchema(_))));
-        assert!(ResponseFormat::parse(&json!({"type": "yaml"})).unwrap_err().0.contains("response_format.type"));
+        assert!(ResponseFormat::parse(&json!({"type": "yaml"})).unwrap_err().field == "response_format.type");
         assert!(ResponseFormat::parse(&json!({"type": "lark", "lark": " "})).is_err());
     }
 }

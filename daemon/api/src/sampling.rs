@@ -48,7 +48,7 @@ impl Sampling {
             if ok {
                 Ok(())
             } else {
-                Err(FieldError(format!("{field} must be {expected} (got {got})")))
+                Err(FieldError::whole(field, format!("{field} must be {expected} (got {got})")))
             }
         };
         let t = self.temperature;
@@ -81,7 +81,8 @@ mod tests {
             (Sampling { frequency_penalty: -3.0, ..Default::default() }, "frequency_penalty"),
         ];
         for (s, field) in cases {
-            assert!(s.validate().unwrap_err().0.starts_with(field), "{field}");
+            let e = s.validate().unwrap_err();
+            assert!(e.field == field && e.message.starts_with(field), "{field}: {e}");
         }
     }
 }

@@ -7,17 +7,30 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use qwenedge_api::ErrorCode;
+use qwenedge_api::{ErrorCode, FieldError};
 
 /// Seconds a client is told to wait before retrying a refused request.
 pub(crate) const RETRY_AFTER_S: &str = "2";
 
-/// The field a message names first (`messages[0].role: …`, `top_p must be …`).
-fn param_of(message: &str) -> Option<String> {
-    let head = message.split([':', ' ']).next()?;
-    let fieldish =
-        head.starts_with(|c: char| c.is_ascii_lowercase()) && head.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c));
-    fieldish.then(|| head.to_string())
+/// Why a request body is refused: a field at fault, or the body as a whole (not JSON).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// A field's value.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The body is not JSON (or not the JSON of the endpoint).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl BodyError {
+    /// The field at fault, where there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Field(e) => Some(&e.field),
+            Self::Malformed(_) => None,
+        }
+    }
 }
 
 /// An error in OpenAI's shape.
@@ -36,10 +49,15 @@ pub struct OpenAiError {
 }
 
 impl OpenAiError {
-    /// A request that is malformed or out of range; the field is taken from the message.
+    /// A request that is malformed or out of range, with no single field at fault.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        let message = message.into();
-        Self { status: StatusCode::BAD_REQUEST, param: param_of(&message), message, kind: "invalid_request_error", code: None }
+        Self { status: StatusCode::BAD_REQUEST, param: None, message: message.into(), kind: "invalid_request_error", code: None }
+    }
+
+    /// A body refused: `param` is the field at fault.
+    pub fn invalid(e: impl Into<BodyError>) -> Self {
+        let e = e.into();
+        Self { param: e.field().map(str::to_string), ..Self::bad_request(e.to_string()) }
     }
 
     /// A model this server does not serve.
@@ -174,7 +192,7 @@ fn body_message(r: &BytesRejection) -> String {
 }
 
 /// A JSON body read into `T`, the error naming the field (`messages[2].role: invalid type …`).
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -182,9 +200,9 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Stri
         let inner = e.into_inner().to_string();
         let inner = inner.split(" at line").next().unwrap_or(&inner).to_string();
         if malformed || path == "." || path.is_empty() {
-            format!("invalid JSON body: {inner}")
+            BodyError::Malformed(format!("invalid JSON body: {inner}"))
         } else {
-            format!("{path}: {inner}")
+            BodyError::Field(FieldError::at(path, inner))
         }
     })
 }
@@ -195,9 +213,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_map_the_codes() {
-        let e = OpenAiError::bad_request("messages[0].role: 'robot' is not one of system, user");
+        let e = OpenAiError::invalid(FieldError::at("messages[0].role", "'robot' is not one of system, user"));
         assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some("messages[0].role")));
-        assert_eq!(OpenAiError::bad_request("top_p must be in (0, 1] (got 2)").param.as_deref(), Some("top_p"));
+        assert_eq!(e.message, "messages[0].role: 'robot' is not one of system, user");
+        let e = OpenAiError::invalid(FieldError::whole("top_p", "top_p must be in (0, 1] (got 2)"));
+        assert_eq!(e.param.as_deref(), Some("top_p"));
+        assert_eq!(OpenAiError::invalid(BodyError::Malformed("invalid JSON body: EOF".into())).param, None);
         assert_eq!(OpenAiError::bad_request("The request is bad").param, None);
         assert_eq!(OpenAiError::from_code(ErrorCode::Overloaded, "full").status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(OllamaError::from_code(ErrorCode::Overloaded, "full").status, StatusCode::SERVICE_UNAVAILABLE);
@@ -206,7 +227,9 @@ mod tests {
         struct T {
             temperature: f32,
         }
-        assert!(parse_body::<T>(br#"{"temperature": "hot"}"#).unwrap_err().starts_with("temperature: invalid type"));
-        assert!(parse_body::<T>(b"{").unwrap_err().starts_with("invalid JSON body"));
+        let e = parse_body::<T>(br#"{"temperature": "hot"}"#).unwrap_err();
+        assert!(e.to_string().starts_with("temperature: invalid type") && e.field() == Some("temperature"), "{e}");
+        let e = parse_body::<T>(b"{").unwrap_err();
+        assert!(e.to_string().starts_with("invalid JSON body") && e.field().is_none(), "{e}");
     }
 }

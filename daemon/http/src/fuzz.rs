@@ -23,22 +23,23 @@ const OLLAMA: &[&str] = &[
 
 #[test]
 fn http_bodies() {
-    use crate::{error::parse_body, ollama, openai};
+    use crate::error::{parse_body, BodyError};
+    use crate::{ollama, openai};
     let limits = Limits { max_tokens: 4096 };
-    let outcome = |r: Result<qwenedge_api::GenerateRequest, String>| match r {
+    let outcome = |r: Result<qwenedge_api::GenerateRequest, BodyError>| match r {
         Ok(_) => Ok(()),
-        Err(e) => said(&e),
+        Err(e) => said(&e.to_string()),
     };
     run(input(OPENAI), |body| {
-        outcome(parse_body::<openai::request::ChatBody>(&body).and_then(|b| b.request(&limits)))?;
-        outcome(parse_body::<openai::request::CompletionBody>(&body).and_then(|b| b.request(&limits)))
+        outcome(parse_body::<openai::request::ChatBody>(&body).and_then(|b| b.request(&limits).map_err(BodyError::from)))?;
+        outcome(parse_body::<openai::request::CompletionBody>(&body).and_then(|b| b.request(&limits).map_err(BodyError::from)))
     });
     run(input(OLLAMA), |body| {
-        outcome(parse_body::<ollama::request::ChatBody>(&body).and_then(|b| b.request(&limits)))?;
-        outcome(parse_body::<ollama::request::GenerateBody>(&body).and_then(|b| b.request(&limits)))?;
+        outcome(parse_body::<ollama::request::ChatBody>(&body).and_then(|b| b.request(&limits).map_err(BodyError::from)))?;
+        outcome(parse_body::<ollama::request::GenerateBody>(&body).and_then(|b| b.request(&limits).map_err(BodyError::from)))?;
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if let Err(e) = ollama::request::keep_alive(&v["keep_alive"]) {
-                said(&e)?;
+                said(&e.to_string())?;
             }
         }
         Ok(())

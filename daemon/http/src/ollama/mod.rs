@@ -131,7 +131,7 @@ pub async fn ps(State(state): State<AppState>) -> Json<Value> {
 /// `POST /api/show`.
 pub async fn show(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OllamaError> {
     let body = body?;
-    let v: Value = parse_body(&body).map_err(OllamaError::bad_request)?;
+    let v: Value = parse_body(&body).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     let requested = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).ok_or(OllamaError::bad_request("model: missing"))?;
     if !state.is_our_model(requested) {
         return Err(OllamaError::unknown_model(requested, &tag_name(&state)));
@@ -155,7 +155,7 @@ pub async fn show(State(state): State<AppState>, body: Result<Bytes, BytesReject
 /// `POST /api/pull`: success for the served model; for any other, how models get here.
 pub async fn pull(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let body = body?;
-    let v: Value = parse_body(&body).map_err(OllamaError::bad_request)?;
+    let v: Value = parse_body(&body).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     let requested = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).ok_or(OllamaError::bad_request("model: missing"))?;
     if !state.is_our_model(requested) {
         return Err(OllamaError {
@@ -184,7 +184,7 @@ fn check_model(state: &AppState, common: &Common) -> Result<(), OllamaError> {
 
 /// Applies `keep_alive`; with nothing to generate, loads or unloads the model and answers.
 fn keep_alive_or_load(state: &AppState, common: &Common, empty: bool, shape: Shape) -> Result<Option<Response>, OllamaError> {
-    let keep = common.keep_alive.as_ref().map(keep_alive).transpose().map_err(OllamaError::bad_request)?;
+    let keep = common.keep_alive.as_ref().map(keep_alive).transpose().map_err(|e| OllamaError::bad_request(e.to_string()))?;
     if let Some(k) = keep {
         state.scheduler.keep_alive(k);
     }
@@ -248,23 +248,23 @@ async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Resu
 /// `POST /api/chat`.
 pub async fn chat(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let body = body?;
-    let chat: ChatBody = parse_body(&body).map_err(OllamaError::bad_request)?;
+    let chat: ChatBody = parse_body(&body).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     check_model(&state, &chat.common)?;
     if let Some(done) = keep_alive_or_load(&state, &chat.common, chat.messages.is_empty(), Shape::Chat)? {
         return Ok(done);
     }
-    let request = chat.request(&state.scheduler.limits()).map_err(OllamaError::bad_request)?;
+    let request = chat.request(&state.scheduler.limits()).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     answer(state, request, Shape::Chat).await
 }
 
 /// `POST /api/generate`.
 pub async fn generate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let body = body?;
-    let generate: GenerateBody = parse_body(&body).map_err(OllamaError::bad_request)?;
+    let generate: GenerateBody = parse_body(&body).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     check_model(&state, &generate.common)?;
     if let Some(done) = keep_alive_or_load(&state, &generate.common, generate.prompt.is_empty(), Shape::Generate)? {
         return Ok(done);
     }
-    let request = generate.request(&state.scheduler.limits()).map_err(OllamaError::bad_request)?;
+    let request = generate.request(&state.scheduler.limits()).map_err(|e| OllamaError::bad_request(e.to_string()))?;
     answer(state, request, Shape::Generate).await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use qwenedge_api::{GenerateRequest, GenerateSpec, Limits, Prompt, ResponseFormat, Sampling};
+use qwenedge_api::{FieldError, GenerateRequest, GenerateSpec, Limits, Prompt, ResponseFormat, Sampling};
 use qwenedge_scheduler::KeepAlive;
 
 /// `options` (the ones that matter here; the others, `num_ctx` among them — the model's
@@ -88,13 +88,12 @@ pub struct GenerateBody {
 
 /// A Go duration (`"5m"`, `"1h30m"`, `"-1s"`, `"300ms"`) or a number of seconds; negative is
 /// "keep loaded".
-pub fn keep_alive(v: &Value) -> Result<KeepAlive, String> {
+pub fn keep_alive(v: &Value) -> Result<KeepAlive, FieldError> {
     let seconds = match v {
-        Value::Number(n) => n.as_f64().ok_or("keep_alive: not a number")?,
-        Value::String(s) => {
-            duration_seconds(s.trim()).ok_or(format!("keep_alive: {s:?} is not a duration such as \"5m\", \"30s\" or \"-1\""))?
-        }
-        _ => return Err("keep_alive: must be a duration string or a number of seconds".into()),
+        Value::Number(n) => n.as_f64().ok_or_else(|| FieldError::at("keep_alive", "not a number"))?,
+        Value::String(s) => duration_seconds(s.trim())
+            .ok_or_else(|| FieldError::at("keep_alive", format!("{s:?} is not a duration such as \"5m\", \"30s\" or \"-1\"")))?,
+        _ => return Err(FieldError::at("keep_alive", "must be a duration string or a number of seconds")),
     };
     if seconds < 0.0 {
         Ok(KeepAlive::Forever)
@@ -144,7 +143,7 @@ impl Common {
         self.stream.unwrap_or(true)
     }
 
-    fn spec(&self, prompt: Prompt, limits: &Limits) -> Result<GenerateSpec, String> {
+    fn spec(&self, prompt: Prompt, limits: &Limits) -> Result<GenerateSpec, FieldError> {
         let o = self.options.as_ref();
         let d = Sampling::default();
         let seed = match o.and_then(|o| o.seed) {
@@ -152,7 +151,7 @@ impl Common {
             s => s.map(|s| s as u64),
         };
         let top_k = match o.and_then(|o| o.top_k) {
-            Some(k) if k < 0 => return Err(format!("options.top_k: must not be negative (got {k})")),
+            Some(k) if k < 0 => return Err(FieldError::at("options.top_k", format!("must not be negative (got {k})"))),
             k => k.map_or(d.top_k, |k| k as usize),
         };
         let sampling = Sampling {
@@ -175,7 +174,7 @@ impl Common {
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) if s == "json" => Some(ResponseFormat::JsonSchema(json!({"type": "object"}))),
             Some(schema @ Value::Object(_)) => Some(ResponseFormat::JsonSchema(schema.clone())),
-            Some(other) => return Err(format!("format: must be \"json\" or a JSON Schema object (got {other})")),
+            Some(other) => return Err(FieldError::at("format", format!("must be \"json\" or a JSON Schema object (got {other})"))),
         };
         Ok(GenerateSpec {
             max_tokens,
@@ -189,13 +188,13 @@ impl Common {
 }
 
 /// Ollama messages in the daemon's shape: `thinking` is the template's `reasoning_content`.
-fn messages(raw: Vec<Value>) -> Result<Vec<Value>, String> {
+fn messages(raw: Vec<Value>) -> Result<Vec<Value>, FieldError> {
     raw.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let Value::Object(mut m) = m else { return Err(format!("messages[{i}]: must be an object")) };
+            let Value::Object(mut m) = m else { return Err(FieldError::at(format!("messages[{i}]"), "must be an object")) };
             if m.get("images").is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
-                return Err(format!("messages[{i}].images: images are not supported by this model"));
+                return Err(FieldError::at(format!("messages[{i}].images"), "images are not supported by this model"));
             }
             m.remove("images");
             if let Some(thinking) = m.remove("thinking").filter(|t| t.as_str().is_some_and(|s| !s.is_empty())) {
@@ -211,25 +210,25 @@ fn messages(raw: Vec<Value>) -> Result<Vec<Value>, String> {
 
 impl ChatBody {
     /// The daemon's request.
-    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, String> {
+    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, FieldError> {
         let prompt = Prompt::Chat {
             messages: messages(self.messages)?,
             tools: self.tools.filter(|t| !t.is_empty()),
             thinking: self.common.thinking(),
         };
-        GenerateRequest::new(self.common.spec(prompt, limits)?, limits).map_err(|e| e.0)
+        GenerateRequest::new(self.common.spec(prompt, limits)?, limits)
     }
 }
 
 impl GenerateBody {
     /// The daemon's request: the prompt raw, or as one user turn (after `system`) with the
     /// chat template.
-    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, String> {
+    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, FieldError> {
         if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
-            return Err("images: images are not supported by this model".into());
+            return Err(FieldError::at("images", "images are not supported by this model"));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err("suffix: not supported".into());
+            return Err(FieldError::at("suffix", "not supported"));
         }
         let prompt = if self.raw {
             Prompt::Text(self.prompt)
@@ -241,7 +240,7 @@ impl GenerateBody {
             msgs.push(json!({"role": "user", "content": self.prompt}));
             Prompt::Chat { messages: msgs, tools: None, thinking: self.common.thinking() }
         };
-        GenerateRequest::new(self.common.spec(prompt, limits)?, limits).map_err(|e| e.0)
+        GenerateRequest::new(self.common.spec(prompt, limits)?, limits)
     }
 }
 
@@ -266,7 +265,7 @@ mod tests {
         assert_eq!(k(json!("1h30m")), KeepAlive::For(Duration::from_secs(5400)));
         assert_eq!(k(json!("300ms")), KeepAlive::For(Duration::from_millis(300)));
         assert_eq!(k(json!(30)), KeepAlive::For(Duration::from_secs(30)));
-        assert!(keep_alive(&json!("soon")).unwrap_err().starts_with("keep_alive:"));
+        assert_eq!(keep_alive(&json!("soon")).unwrap_err().field, "keep_alive");
     }
 
     #[test]
@@ -292,6 +291,6 @@ mod tests {
         assert!(matches!(r.prompt(), Prompt::Text(_)));
         let bad: ChatBody =
             serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]})).unwrap();
-        assert!(bad.request(&LIMITS).unwrap_err().contains("images"));
+        assert_eq!(bad.request(&LIMITS).unwrap_err().field, "messages[0].images");
     }
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::error::{parse_body, OpenAiError};
 use super::state::AppState;
 use super::time::unix_seconds;
-use qwenedge_api::{EventBody, Prompt};
+use qwenedge_api::{EventBody, FieldError, Prompt};
 use qwenedge_toolcall::Splitter;
 use reply::{Answer, ChatStream, Meta, TextStream};
 use request::{ChatBody, CompletionBody};
@@ -34,7 +34,7 @@ fn meta(state: &AppState, prefix: &str) -> Meta {
 
 fn check_model(state: &AppState, requested: Option<&str>) -> Result<(), OpenAiError> {
     match requested {
-        None => Err(OpenAiError::bad_request("model: missing")),
+        None => Err(OpenAiError::invalid(FieldError::at("model", "missing"))),
         Some(m) if state.is_our_model(m) => Ok(()),
         Some(m) => Err(OpenAiError::unknown_model(m, &state.model_name())),
     }
@@ -51,10 +51,10 @@ where
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OpenAiError> {
     let body = body?;
-    let chat: ChatBody = parse_body(&body).map_err(OpenAiError::bad_request)?;
+    let chat: ChatBody = parse_body(&body).map_err(OpenAiError::invalid)?;
     check_model(&state, chat.common.model.as_deref())?;
     let include_usage = chat.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let request = chat.request(&state.scheduler.limits()).map_err(OpenAiError::bad_request)?;
+    let request = chat.request(&state.scheduler.limits()).map_err(OpenAiError::invalid)?;
     let (thinking, tools) = match request.prompt() {
         Prompt::Chat { thinking, tools, .. } => (*thinking, tools.clone().unwrap_or_default()),
         _ => (false, Vec::new()),
@@ -89,10 +89,10 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 /// `POST /v1/completions`.
 pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OpenAiError> {
     let body = body?;
-    let completion: CompletionBody = parse_body(&body).map_err(OpenAiError::bad_request)?;
+    let completion: CompletionBody = parse_body(&body).map_err(OpenAiError::invalid)?;
     check_model(&state, completion.common.model.as_deref())?;
     let include_usage = completion.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let request = completion.request(&state.scheduler.limits()).map_err(OpenAiError::bad_request)?;
+    let request = completion.request(&state.scheduler.limits()).map_err(OpenAiError::invalid)?;
     let stream = request.stream();
     let mut running = state.submit(TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
     let meta = meta(&state, "cmpl");

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use qwenedge_api::{GenerateRequest, GenerateSpec, Limits, Prompt, ResponseFormat, Sampling, ToolChoice};
+use qwenedge_api::{FieldError, GenerateRequest, GenerateSpec, Limits, Prompt, ResponseFormat, Sampling, ToolChoice};
 
 /// `stop`: one string or several.
 #[derive(Debug, Deserialize)]
@@ -108,7 +108,7 @@ pub struct CompletionBody {
 }
 
 /// Message content as text: a string, or a list of `{"type": "text", "text": …}` parts.
-fn content_text(content: &Value, at: &str) -> Result<Option<String>, String> {
+fn content_text(content: &Value, at: &str) -> Result<Option<String>, FieldError> {
     match content {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
@@ -118,18 +118,21 @@ fn content_text(content: &Value, at: &str) -> Result<Option<String>, String> {
                 match (part["type"].as_str(), part["text"].as_str()) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     (kind, _) => {
-                        return Err(format!("{at}.content[{j}]: only text parts are supported (got {})", kind.unwrap_or("no type")))
+                        return Err(FieldError::at(
+                            format!("{at}.content[{j}]"),
+                            format!("only text parts are supported (got {})", kind.unwrap_or("no type")),
+                        ))
                     }
                 }
             }
             Ok(Some(text))
         }
-        _ => Err(format!("{at}.content: must be a string or a list of text parts")),
+        _ => Err(FieldError::at(format!("{at}.content"), "must be a string or a list of text parts")),
     }
 }
 
 /// OpenAI messages in the daemon's shape: `developer` is `system`, content parts are joined.
-fn messages(raw: Vec<Value>) -> Result<Vec<Value>, String> {
+fn messages(raw: Vec<Value>) -> Result<Vec<Value>, FieldError> {
     raw.into_iter()
         .enumerate()
         .map(|(i, mut m)| {
@@ -147,10 +150,10 @@ fn messages(raw: Vec<Value>) -> Result<Vec<Value>, String> {
 }
 
 impl Common {
-    fn sampling(&self) -> Result<Sampling, String> {
+    fn sampling(&self) -> Result<Sampling, FieldError> {
         let d = Sampling::default();
         let seed = match self.seed {
-            Some(s) if s < 0 => return Err(format!("seed: must not be negative (got {s})")),
+            Some(s) if s < 0 => return Err(FieldError::at("seed", format!("must not be negative (got {s})"))),
             s => s.map(|s| s as u64),
         };
         Ok(Sampling {
@@ -165,17 +168,17 @@ impl Common {
         })
     }
 
-    fn check_unsupported(&self) -> Result<(), String> {
+    fn check_unsupported(&self) -> Result<(), FieldError> {
         if self.n.is_some_and(|n| n != 1) {
-            return Err(format!("n: only 1 answer per request is supported (got {})", self.n.unwrap_or(0)));
+            return Err(FieldError::at("n", format!("only 1 answer per request is supported (got {})", self.n.unwrap_or(0))));
         }
         if self.logprobs.as_ref().is_some_and(|l| l != &Value::Bool(false) && !l.is_null()) {
-            return Err("logprobs: not supported".into());
+            return Err(FieldError::at("logprobs", "not supported"));
         }
         Ok(())
     }
 
-    fn spec(&self, prompt: Prompt, max_tokens: Option<u64>) -> Result<GenerateSpec, String> {
+    fn spec(&self, prompt: Prompt, max_tokens: Option<u64>) -> Result<GenerateSpec, FieldError> {
         self.check_unsupported()?;
         let max_tokens = max_tokens.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         Ok(GenerateSpec {
@@ -198,41 +201,41 @@ impl ChatBody {
     }
 
     /// The daemon's request.
-    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, String> {
+    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, FieldError> {
         let thinking = self.thinking();
         let prompt = Prompt::Chat { messages: messages(self.messages)?, tools: self.tools.filter(|t| !t.is_empty()), thinking };
         let max = self.max_completion_tokens.or(self.common.max_tokens);
         let mut spec = self.common.spec(prompt, max)?;
         spec.format = match &self.response_format {
-            Some(v) => ResponseFormat::parse(v).map_err(|e| e.0)?,
+            Some(v) => ResponseFormat::parse(v)?,
             None => None,
         };
         spec.tool_choice = match &self.tool_choice {
-            Some(v) => ToolChoice::parse(v).map_err(|e| e.0)?,
+            Some(v) => ToolChoice::parse(v)?,
             None => ToolChoice::Auto,
         };
-        GenerateRequest::new(spec, limits).map_err(|e| e.0)
+        GenerateRequest::new(spec, limits)
     }
 }
 
 impl CompletionBody {
     /// The daemon's request (OpenAI's default `max_tokens` here is 16).
-    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, String> {
+    pub fn request(self, limits: &Limits) -> Result<GenerateRequest, FieldError> {
         if self.echo == Some(true) {
-            return Err("echo: not supported".into());
+            return Err(FieldError::at("echo", "not supported"));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err("suffix: not supported".into());
+            return Err(FieldError::at("suffix", "not supported"));
         }
         let prompt = match self.prompt {
             Value::String(s) => s,
             Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-            Value::Array(_) => return Err("prompt: only one prompt (a string) per request is supported".into()),
-            _ => return Err("prompt: must be a string".into()),
+            Value::Array(_) => return Err(FieldError::at("prompt", "only one prompt (a string) per request is supported")),
+            _ => return Err(FieldError::at("prompt", "must be a string")),
         };
         let max = Some(self.common.max_tokens.unwrap_or(16));
         let spec = self.common.spec(Prompt::Text(prompt), max)?;
-        GenerateRequest::new(spec, limits).map_err(|e| e.0)
+        GenerateRequest::new(spec, limits)
     }
 }
 
@@ -243,8 +246,8 @@ mod tests {
 
     const LIMITS: Limits = Limits { max_tokens: 4096 };
 
-    fn chat(v: Value) -> Result<GenerateRequest, String> {
-        serde_json::from_value::<ChatBody>(v).map_err(|e| e.to_string())?.request(&LIMITS)
+    fn chat(v: Value) -> Result<GenerateRequest, FieldError> {
+        serde_json::from_value::<ChatBody>(v).expect("a chat body").request(&LIMITS)
     }
 
     #[test]
@@ -271,17 +274,17 @@ mod tests {
             b[k] = v;
             chat(b).unwrap_err()
         };
-        assert!(with("n", json!(2)).starts_with("n:"));
-        assert!(with("logprobs", json!(true)).starts_with("logprobs:"));
-        assert!(with("temperature", json!(500)).starts_with("temperature"));
-        assert!(with("seed", json!(-1)).starts_with("seed:"));
-        assert!(with("tool_choice", json!("always")).starts_with("tool_choice:"));
-        assert!(with("response_format", json!({"type": "xml"})).starts_with("response_format.type"));
+        assert!(with("n", json!(2)).field == "n");
+        assert!(with("logprobs", json!(true)).field == "logprobs");
+        assert!(with("temperature", json!(500)).field == "temperature");
+        assert!(with("seed", json!(-1)).field == "seed");
+        assert!(with("tool_choice", json!("always")).message.starts_with("tool_choice:"));
+        assert!(with("response_format", json!({"type": "xml"})).field == "response_format.type");
         let mut image = base();
         image["messages"][0]["content"] = json!([{"type": "image_url", "image_url": {"url": "x"}}]);
-        assert!(chat(image).unwrap_err().starts_with("messages[0].content[0]"));
+        assert!(chat(image).unwrap_err().field == "messages[0].content[0]");
         let c: CompletionBody = serde_json::from_value(json!({"model": "m", "prompt": ["a", "b"]})).unwrap();
-        assert!(c.request(&LIMITS).unwrap_err().starts_with("prompt:"));
+        assert!(c.request(&LIMITS).unwrap_err().field == "prompt");
         let c: CompletionBody = serde_json::from_value(json!({"model": "m", "prompt": "Once"})).unwrap();
         assert_eq!(c.request(&LIMITS).unwrap().max_tokens(), Some(16));
     }
