@@ -146,31 +146,55 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Loade
     validate(&settings, &sources)?;
     let i = &settings.intents;
     let catalog = Catalog::load(i.catalog.as_deref(), i.devices.as_deref()).map_err(|e| {
-        let key = if i.devices.is_some() && e.to_string().contains("device") { "intents.devices" } else { "intents.catalog" };
+        let from_devices = i.devices.as_deref().is_some_and(|d| e.origin() == d.display().to_string());
+        let key = if from_devices { "intents.devices" } else { "intents.catalog" };
         ConfigError { origin: sources.origin_of(key), key: Some(key.into()), msg: format!("{key}: {e}") }
     })?;
     Ok(Loaded { settings: Arc::new(settings), catalog: Arc::new(catalog), sources })
 }
 
-/// Turns a `config` crate error into one line naming the key and its origin.
+/// Turns a `config` crate error into one line naming the key and its origin, from the error's
+/// own fields (the key a type or custom error carries; the file a parse error names).
 fn describe(e: &config::ConfigError, sources: &Sources) -> ConfigError {
-    let text = e.to_string();
-    // The crate reports "... for key `section.key` in <file>"; find the key to name its origin.
-    let key = text.split("for key `").nth(1).and_then(|r| r.split('`').next()).map(str::to_string);
-    let unknown = text.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_string);
-    let origin = match (&key, &unknown) {
-        (Some(k), Some(u)) if sources.env.contains_key(&format!("{k}.{u}")) => sources.origin_of(&format!("{k}.{u}")),
-        (Some(k), _) => sources.origin_of(k),
-        (None, Some(u)) => sources
-            .env
-            .iter()
-            .find(|(k, _)| k.ends_with(&format!(".{u}")) || k == &u)
-            .map(|(k, _)| sources.origin_of(k))
-            .unwrap_or_else(|| sources.origin_of("")),
-        _ => sources.origin_of(""),
+    use config::ConfigError as E;
+    let (key, what) = match e {
+        E::Type { key, unexpected, expected, .. } => (key.clone(), format!("invalid type: {unexpected}, expected {expected}")),
+        E::At { error, key, .. } => (key.clone(), inner_text(error)),
+        E::FileParse { uri, cause } => {
+            let origin = uri.clone().unwrap_or_else(|| sources.origin_of(""));
+            return ConfigError { origin, key: None, msg: cause.to_string() };
+        }
+        E::NotFound(key) => (Some(key.clone()), "not found".into()),
+        other => (None, other.to_string()),
     };
-    let msg = text.split(" in /").next().unwrap_or(&text).to_string();
-    ConfigError { origin, key: key.map(|k| unknown.map_or(k.clone(), |u| format!("{k}.{u}"))), msg }
+    // An unknown key inside a section: serde names the field (`unknown field `thraeds``), the
+    // error carries the section.
+    let unknown = unknown_field(&what);
+    let key = match (key, unknown) {
+        (Some(k), Some(u)) => Some(format!("{k}.{u}")),
+        (None, Some(u)) => sources.env.keys().find(|k| k.ends_with(&format!(".{u}")) || **k == u).cloned().or(Some(u)),
+        (k, None) => k,
+    };
+    let origin = sources.origin_of(key.as_deref().unwrap_or(""));
+    let msg = match &key {
+        Some(k) => format!("{what} for key `{k}`"),
+        None => what,
+    };
+    ConfigError { origin, key, msg }
+}
+
+/// The text of an error a key was added to, without the key.
+fn inner_text(e: &config::ConfigError) -> String {
+    match e {
+        config::ConfigError::Message(m) => m.clone(),
+        config::ConfigError::At { error, .. } => inner_text(error),
+        other => other.to_string(),
+    }
+}
+
+/// The field serde's `deny_unknown_fields` refused (its message: "unknown field `x`, expected …").
+fn unknown_field(message: &str) -> Option<String> {
+    message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_string)
 }
 
 fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {

@@ -46,6 +46,16 @@ pub enum CatalogError {
     },
 }
 
+impl CatalogError {
+    /// The file the error is about (or `built-in catalog`).
+    pub fn origin(&self) -> String {
+        match self {
+            Self::Read { path, .. } => path.display().to_string(),
+            Self::Syntax { origin, .. } | Self::Invalid { origin, .. } => origin.clone(),
+        }
+    }
+}
+
 /// Where entity values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntitySource {
