@@ -4,9 +4,11 @@
 //!
 //! Bottom up: `api` (wire types) and the `engine` (model files, tokenizer, backends,
 //! generation) depend on no other member; `toolcall`, `budget` and `intent` sit above them;
-//! `config` above those; the `scheduler` above everything but the transports; the shared
-//! `transport` pieces on the scheduler; each transport on those, never on the engine, the
-//! intent catalog or another transport; the `qwenedge` crate (service and binary) composes them.
+//! `config` above those; the `scheduler` on the wire types, budgets, settings and catalog but
+//! no engine type; the `runner` (the engine behind the scheduler's Model trait, request
+//! preparation) on all of those; the shared `transport` pieces on the scheduler; each transport
+//! on those, never on the engine, the runner, the intent catalog or another transport; the
+//! `qwenedge` crate (service and binary) composes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,9 +20,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-budget", &["qwenedge-api"]),
     ("qwenedge-intent", &["qwenedge-api", "qwenedge-engine", "qwenedge-toolcall"]),
     ("qwenedge-config", &["qwenedge-api", "qwenedge-engine", "qwenedge-budget", "qwenedge-intent"]),
+    ("qwenedge-scheduler", &["qwenedge-api", "qwenedge-budget", "qwenedge-intent", "qwenedge-config"]),
     (
-        "qwenedge-scheduler",
-        &["qwenedge-api", "qwenedge-engine", "qwenedge-toolcall", "qwenedge-budget", "qwenedge-intent", "qwenedge-config"],
+        "qwenedge-runner",
+        &[
+            "qwenedge-api",
+            "qwenedge-engine",
+            "qwenedge-toolcall",
+            "qwenedge-budget",
+            "qwenedge-intent",
+            "qwenedge-config",
+            "qwenedge-scheduler",
+        ],
     ),
     ("qwenedge-transport", &["qwenedge-api", "qwenedge-config", "qwenedge-scheduler"]),
     ("qwenedge-unix", TRANSPORT),

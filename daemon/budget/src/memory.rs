@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     /// The shapes of the four sizes' test models (0.8B at full depth, the others at full width
-    /// and four layers) as `scheduler::model_shape` reads them, and their peak RSS at a
+    /// and four layers) as `qwenedge_runner::model_shape` reads them, and their peak RSS at a
     /// 4096-token context measured with each runtime (MiB; `models/verify-sizes.sh`).
     fn measured() -> Vec<(&'static str, ModelShape, f64, f64)> {
         let shape = |matmul, gathered, positional, other, layers, heads, widest, kv, state| ModelShape {

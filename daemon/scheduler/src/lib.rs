@@ -3,17 +3,18 @@
 //! its own bounded responder and cancellation) and hand it to the cheap, cloneable
 //! [`Scheduler`] handle. A single engine thread (`thread`) runs the scheduling core (`core`,
 //! an I/O-free state machine unit-tested against a fake model) over the model behind the
-//! [`Model`] trait; `engine` adapts the real engine to it.
+//! [`Model`] trait; `qwenedge-runner` adapts the real engine to it, so this crate knows no
+//! engine type (it depends on the wire types, the budgets, the settings and the catalog it
+//! hands to the model).
 //!
 //! The pieces: `admission` (may a request wait?), `queue` (two lanes), `board` (the state
 //! shared under the lock), `job`, `table` and
 //! `outbound` (the request table and each client's bounded event queue), `model` (the traits),
-//! `core`, `thread`, `pacer` (the warm duty cycle), `engine` (the real model and its loader).
+//! `core`, `thread`, `pacer` (the warm duty cycle).
 
 mod admission;
 mod board;
 mod core;
-mod engine;
 mod job;
 mod metrics;
 mod model;
@@ -31,7 +32,6 @@ use std::time::{Duration, Instant};
 
 pub use admission::{admit, AdmissionView, Refusal};
 pub use board::KeepAlive;
-pub use engine::{holder, load_engine, model_shape, sampling_params, EngineLoader, LoadError, RunError};
 pub use job::Job;
 pub use metrics::{Histogram, Labels, Metrics};
 pub use model::{Clock, Context, Loader, Model, Prepared, Progress};
@@ -226,6 +226,6 @@ impl Scheduler {
 /// The tests' waits, shared with the end-to-end tests (one scale, one report when a wait runs
 /// out).
 #[cfg(test)]
-#[allow(dead_code)]
+#[allow(dead_code, unexpected_cfgs)]
 #[path = "../../../tests/common/wait.rs"]
 mod test_wait;

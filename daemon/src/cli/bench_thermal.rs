@@ -18,7 +18,8 @@ use qwenedge_api::{EventBody, GenerateRequest, GenerateSpec, Limits, Priority, P
 use qwenedge_budget::{monitor, BudgetSettings};
 use qwenedge_config::Settings;
 use qwenedge_intent::Catalog;
-use qwenedge_scheduler::{self as scheduler, Client, ClientPolicy, EngineLoader, Job, Outbound, Requests, Scheduler};
+use qwenedge_runner::EngineLoader;
+use qwenedge_scheduler::{Client, ClientPolicy, Job, Outbound, Requests, Scheduler};
 use serde_json::{json, Value};
 
 /// Arguments of `qwenedge bench-thermal`.
@@ -142,9 +143,9 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
         ..Default::default()
     };
     let load = settings.model.load_settings();
-    let engine = scheduler::load_engine(&load, &settings)?;
+    let engine = qwenedge_runner::load_engine(&load, &settings)?;
     let catalog = Arc::new(Catalog::builtin()?);
-    let (sched, _stopped) = Scheduler::start(EngineLoader, engine, load, Arc::new(settings.clone()), catalog)?;
+    let (sched, _stopped) = Scheduler::start(EngineLoader, qwenedge_runner::Runner(engine), load, Arc::new(settings.clone()), catalog)?;
     let sink = sched.clone();
     let _monitor = monitor::spawn(settings.budget.clone(), move |s| sink.set_budget(s))?;
     let soc = Arc::new(Mutex::new(Soc { temp_c: args.ambient_c, seconds_at: [0.0; 4], max_c: args.ambient_c }));

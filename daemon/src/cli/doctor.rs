@@ -236,8 +236,8 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
     };
     let estimate = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
         let context = qwenedge_budget::memory::load_context(settings.model.context_length, spec.context_length);
-        let holder = qwenedge_scheduler::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
-        qwenedge_budget::memory::model_estimate(&qwenedge_scheduler::model_shape(&spec), context, holder)
+        let holder = qwenedge_runner::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
+        qwenedge_budget::memory::model_estimate(&qwenedge_runner::model_shape(&spec), context, holder)
     });
     let need = estimate.map(|e| e.total_mb);
     let (status, summary) = match (room, need) {

@@ -70,7 +70,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let sampling = qwenedge_scheduler::sampling_params(&sampling);
+    let sampling = qwenedge_runner::sampling_params(&sampling);
     let mut engine = args.model.load()?;
     let text = if args.chat {
         let mut messages = Vec::new();

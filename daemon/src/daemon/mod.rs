@@ -21,7 +21,8 @@ use std::time::Duration;
 use qwenedge_budget::monitor::{self, MonitorHandle};
 use qwenedge_config::{Loaded, Settings};
 use qwenedge_mqtt::{MqttError, MqttTransport};
-use qwenedge_scheduler::{self as scheduler, EngineLoader, LoadError, Scheduler};
+use qwenedge_runner::{EngineLoader, LoadError, Runner};
+use qwenedge_scheduler::Scheduler;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -108,7 +109,7 @@ impl Daemon {
         service::notify("STATUS=loading the model");
         info!(model = ?settings.model.path, "loading the model");
         let load = settings.model.load_settings();
-        let engine = scheduler::load_engine(&load, &settings)?;
+        let engine = qwenedge_runner::load_engine(&load, &settings)?;
         // The TCP listeners first: a client that sees the socket file may connect to them at once.
         let bound = run::Bound {
             http: settings.http.enabled.then(|| qwenedge_http::bind(&settings.http)).transpose()?,
@@ -120,7 +121,7 @@ impl Daemon {
             http: bound.http.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
             wyoming: bound.wyoming.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
         };
-        let (scheduler, stopped) = Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog)
+        let (scheduler, stopped) = Scheduler::start(EngineLoader, Runner(engine), load, Arc::clone(&settings), loaded.catalog)
             .map_err(|error| DaemonError::Start { what: "the engine thread", error })?;
         let budget = match budget_monitor(&scheduler, &settings) {
             Ok(b) => b,

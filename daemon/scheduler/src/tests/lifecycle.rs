@@ -24,12 +24,12 @@ fn a_reload_waits_for_the_running_request_and_the_queued_ones_get_the_new_model(
 
     // What loading reads is compared whole: a new backend alone loads the model again.
     let catalog = Arc::clone(&h.board.catalog);
-    let tract = settings("/m/b", |s| s.model.backend = qwenedge_engine::backend::select::BackendKind::Tract);
+    let tract = settings("/m/b", |s| s.model.backend = serde_json::from_str("\"tract\"").unwrap());
     h.board.reload = Some(Reload { settings: tract, catalog: Arc::clone(&catalog) });
     h.run();
     assert_eq!(h.loads().len(), 2, "changing model.backend reloads");
     let cache_only = settings("/m/b", |s| {
-        s.model.backend = qwenedge_engine::backend::select::BackendKind::Tract;
+        s.model.backend = serde_json::from_str("\"tract\"").unwrap();
         s.cache.max_mb = 1;
     });
     h.board.reload = Some(Reload { settings: cache_only, catalog });

@@ -1,13 +1,18 @@
-//! The real model behind the scheduler's [`Model`] trait: preparing a request for the engine
-//! (chat template, tokens, the prefix boundary worth caching, the grammar, the memory its state
-//! needs), stepping it, and turning the engine's results into wire events. Also loading (with
-//! the memory check first) and the conversions between the engine's types and the wire's.
+//! The engine behind the scheduler's [`Model`] trait, and everything that turns a wire request
+//! into what the engine runs: preparing a request (chat template, tokens, the prefix boundary
+//! worth caching, the tool or intent grammar, the memory its state needs), stepping it, and
+//! turning the engine's results into wire events; loading a model (with the memory check
+//! first); the conversions between the engine's types and the wire's. The scheduler schedules
+//! and knows no engine type; this crate is the one place where requests meet the engine.
+//!
+//! The API: [`EngineLoader`] (the scheduler's [`Loader`] of [`Engine`]s), [`load_engine`],
+//! [`LoadError`] and [`RunError`], and the helpers the CLI's tools share — [`holder`],
+//! [`model_shape`] (the memory estimate's inputs) and [`sampling_params`].
 
 use std::sync::Arc;
 
 use tracing::info;
 
-use super::model::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
 use qwenedge_api::{self as api, ErrorCode, EventBody, GenerateRequest, Prompt, ResponseFormat};
 use qwenedge_budget::memory::{self, Holder, ModelShape};
 use qwenedge_budget::readers::SysRoot;
@@ -24,6 +29,7 @@ use qwenedge_engine::persist::SnapshotStore;
 use qwenedge_engine::sampler::SamplingParams;
 use qwenedge_engine::{Engine, EngineError, EngineOptions, PinError};
 use qwenedge_intent::Catalog;
+use qwenedge_scheduler::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
 use qwenedge_toolcall::{self as dialect, Hold, Markers};
 
 /// Why a model could not be loaded.
@@ -153,14 +159,31 @@ pub struct EngineLoader;
 
 impl Loader for EngineLoader {
     type Error = LoadError;
-    type Model = Engine;
+    type Model = Runner;
 
-    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Engine, LoadError> {
-        load_engine(load, settings)
+    fn load(&mut self, load: &LoadSettings, settings: &Settings) -> Result<Runner, LoadError> {
+        load_engine(load, settings).map(Runner)
     }
 
     fn check(&mut self, load: &LoadSettings) -> Result<(), LoadError> {
         Ok(Engine::check(&load.path)?)
+    }
+}
+
+/// A loaded engine as the scheduler's [`Model`].
+pub struct Runner(pub Engine);
+
+impl std::ops::Deref for Runner {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Runner {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.0
     }
 }
 
@@ -259,7 +282,7 @@ fn injected_fault() {
     }
 }
 
-impl Model for Engine {
+impl Model for Runner {
     type Error = RunError;
     type Prepared = PreparedRun;
     type Running = Run;
