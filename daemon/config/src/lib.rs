@@ -7,6 +7,7 @@
 //! Sections of the layers below (`[budget]`, `[cache]`) are defined by those layers; the rest
 //! here (`sections`, `mqtt`, `http`, `wyoming`), so that no transport is imported by the configuration.
 
+mod cache;
 pub mod http;
 pub mod mqtt;
 mod sections;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::CacheSettings;
 pub use http::HttpSettings;
 pub use mqtt::MqttSettings;
 pub use sections::{FileMode, IntentSettings, LoadSettings, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
@@ -56,7 +58,7 @@ pub struct Settings {
     /// The Wyoming server (Home Assistant's Assist pipelines).
     pub wyoming: WyomingSettings,
     /// The prefix-state cache.
-    pub cache: qwenedge_engine::cache::CacheSettings,
+    pub cache: CacheSettings,
     /// Intent recognition.
     pub intents: IntentSettings,
 }
@@ -144,6 +146,7 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Loade
     let merged = builder.add_source(environment).build().map_err(|e| describe(&e, &sources))?;
     let settings: Settings = merged.try_deserialize().map_err(|e| describe(&e, &sources))?;
     validate(&settings, &sources)?;
+    check_files(&settings, &sources)?;
     let i = &settings.intents;
     let catalog = Catalog::load(i.catalog.as_deref(), i.devices.as_deref()).map_err(|e| {
         let from_devices = i.devices.as_deref().is_some_and(|d| e.origin() == d.display().to_string());
@@ -197,6 +200,18 @@ fn unknown_field(message: &str) -> Option<String> {
     message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_string)
 }
 
+/// The second step, after [`validate`]: the files the settings name exist and can be read
+/// (the model directory, the ONNX Runtime library, MQTT's password and certificates). The
+/// intent catalog and device list are read after this, by [`Catalog::load`].
+fn check_files(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
+    match [s.model.check_files(), s.mqtt.check_files()].into_iter().find_map(Result::err) {
+        Some((key, msg)) => Err(ConfigError { origin: src.origin_of(&key), msg: format!("{key}: {msg}"), key: Some(key) }),
+        None => Ok(()),
+    }
+}
+
+/// The first step: every value within its range and consistent with the others; no file is
+/// read.
 fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
     let checks = [
         s.model.validate(),

@@ -221,6 +221,23 @@ pub fn is_topic_name(s: &str) -> bool {
 
 impl MqttSettings {
     /// Checks values; the message starts with the key.
+    /// The files `[mqtt]` names exist (when the transport is enabled).
+    pub fn check_files(&self) -> Result<(), (String, String)> {
+        if self.enabled {
+            for (key, file) in [
+                ("password_file", &self.password_file),
+                ("ca_file", &self.ca_file),
+                ("client_cert_file", &self.client_cert_file),
+                ("client_key_file", &self.client_key_file),
+            ] {
+                if let Some(f) = file.as_deref().filter(|f| !f.is_file()) {
+                    return Err((format!("mqtt.{key}"), format!("{} does not exist", f.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, m: String| Err((format!("mqtt.{k}"), m));
         if let Some(d) = &self.device_id {
@@ -242,18 +259,6 @@ impl MqttSettings {
         {
             if file.is_some() && !self.url.tls {
                 return err(key, format!("is set but mqtt.url \"{}\" is not mqtts://", self.url));
-            }
-        }
-        if self.enabled {
-            for (key, file) in [
-                ("password_file", &self.password_file),
-                ("ca_file", &self.ca_file),
-                ("client_cert_file", &self.client_cert_file),
-                ("client_key_file", &self.client_key_file),
-            ] {
-                if let Some(f) = file.as_deref().filter(|f| !f.is_file()) {
-                    return err(key, format!("{} does not exist", f.display()));
-                }
             }
         }
         if self.keep_alive_s < 5 {
@@ -369,9 +374,12 @@ mod tests {
             ),
         ];
         for (s, key) in cases {
-            let (k, msg) = s.validate().unwrap_err();
+            let (k, msg) = s.validate().and_then(|()| s.check_files()).unwrap_err();
             assert_eq!(k, key, "{msg}");
         }
+        let missing_ca =
+            MqttSettings { enabled: true, url: parse_url("mqtts://h").unwrap(), ca_file: Some("/nonexistent/ca.pem".into()), ..ok };
+        assert!(missing_ca.validate().is_ok(), "the values alone are fine; only the file check reads the disk");
     }
 
     #[test]

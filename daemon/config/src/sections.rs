@@ -110,20 +110,27 @@ impl ModelSettings {
         }
     }
 
-    pub(super) fn validate(&self) -> Result<(), Invalid> {
+    /// The files `[model]` names: the model directory can be read, the ONNX Runtime library
+    /// exists.
+    pub(super) fn check_files(&self) -> Result<(), Invalid> {
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
-        match &self.path {
-            None => return fail("model.path", "is required (the model directory)".into()),
-            Some(p) => {
-                if let Err(e) = std::fs::read_dir(p) {
-                    return fail("model.path", format!("cannot read {}: {e}", p.display()));
-                }
+        if let Some(p) = &self.path {
+            if let Err(e) = std::fs::read_dir(p) {
+                return fail("model.path", format!("cannot read {}: {e}", p.display()));
             }
         }
         if let Some(lib) = &self.onnxruntime_library {
             if !lib.is_file() {
                 return fail("model.onnxruntime_library", format!("{} does not exist", lib.display()));
             }
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        let fail = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.path.is_none() {
+            return fail("model.path", "is required (the model directory)".into());
         }
         for (i, lib) in self.ep_library.iter().enumerate() {
             let key = format!("model.ep_library[{i}]");

@@ -88,7 +88,7 @@ impl ModelArgs {
             library: self.onnxruntime.clone(),
             threads: self.threads,
             profile: self.ort_profile.clone(),
-            optimized: if self.no_optimized_cache { None } else { qwenedge_engine::cache::CacheSettings::default().optimized() },
+            optimized: if self.no_optimized_cache { None } else { qwenedge_config::CacheSettings::default().optimized() },
             providers,
             ..Default::default()
         };
