@@ -1,5 +1,5 @@
 //! What every HTTP handler shares, and where its generation requests go (the transports'
-//! shared [`Running`]: a request-table client of its own, so a client that disconnects cancels
+//! shared [`Submitted`]: a request-table client of its own, so a client that disconnects cancels
 //! its request).
 
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use qwenedge_api::{GenerateRequest, ModelReport};
 use qwenedge_config::HttpSettings;
 use qwenedge_scheduler::{Refusal, Requests, Scheduler};
-use qwenedge_transport::running::Route;
-pub(crate) use qwenedge_transport::running::Running;
+use qwenedge_transport::running::RequestPath;
+pub(crate) use qwenedge_transport::running::Submitted;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,14 +47,14 @@ impl AppState {
     }
 
     /// Submits `request` from `transport` (the counters' label) through the request table.
-    pub fn submit(&self, transport: &'static str, request: GenerateRequest) -> Result<Running, Refusal> {
-        let route = Route {
+    pub fn submit(&self, transport: &'static str, request: GenerateRequest) -> Result<Submitted, Refusal> {
+        let route = RequestPath {
             scheduler: &self.scheduler,
             requests: &self.requests,
             max_unread_bytes: self.settings.max_unread_bytes,
             unread_key: "http.max_unread_bytes",
             transport,
         };
-        Running::submit(route, request)
+        Submitted::submit(route, request)
     }
 }

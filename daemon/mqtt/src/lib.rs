@@ -54,7 +54,7 @@ pub enum MqttError {
     Tls(String),
     /// rumqttc refused a request (its queue is full or closed).
     #[error("MQTT client: {0}")]
-    Client(String),
+    Link(String),
     /// The broker could not be reached or refused the connection.
     #[error("{0}")]
     Broker(String),
@@ -111,7 +111,7 @@ async fn connect_once(
     settings: &MqttSettings,
     suffix: &str,
     within: Duration,
-) -> Result<(link::Client, tokio::sync::mpsc::Receiver<LinkEvent>), MqttError> {
+) -> Result<(link::Link, tokio::sync::mpsc::Receiver<LinkEvent>), MqttError> {
     let opts = LinkOptions { client_id: format!("{}-{suffix}", settings.client()), persistent: false, will: None };
     let (client, mut link) = link::open(settings, &opts)?;
     let connected = tokio::time::timeout(within, async {
@@ -178,7 +178,7 @@ pub async fn forget(settings: &MqttSettings, within: Duration) -> Result<usize, 
 }
 
 /// Sends DISCONNECT and waits (briefly) until it has left.
-async fn disconnect(client: &link::Client, mut link: tokio::sync::mpsc::Receiver<LinkEvent>) {
+async fn disconnect(client: &link::Link, mut link: tokio::sync::mpsc::Receiver<LinkEvent>) {
     if client.disconnect().is_ok() {
         let _ =
             tokio::time::timeout(Duration::from_secs(2), async { while !matches!(link.recv().await, Some(LinkEvent::Closed) | None) {} })

@@ -84,19 +84,19 @@ pub enum AckToken {
 
 /// Sends requests to the event loop; never blocks.
 #[derive(Debug, Clone)]
-pub enum Client {
+pub enum Link {
     /// MQTT 3.1.1.
     V4(rumqttc::AsyncClient),
     /// MQTT 5.
     V5(v5::AsyncClient),
 }
 
-impl Client {
+impl Link {
     /// Queues a QoS 1 publish.
     pub fn publish(&self, p: &Publication) -> Result<(), MqttError> {
         let r = match self {
-            Client::V4(c) => c.try_publish(p.topic.as_str(), QoS::AtLeastOnce, p.retain, p.payload.clone()).map_err(|e| e.to_string()),
-            Client::V5(c) => {
+            Link::V4(c) => c.try_publish(p.topic.as_str(), QoS::AtLeastOnce, p.retain, p.payload.clone()).map_err(|e| e.to_string()),
+            Link::V5(c) => {
                 let props = v5::mqttbytes::v5::PublishProperties {
                     payload_format_indicator: Some(1),
                     correlation_data: p.correlation.clone(),
@@ -106,42 +106,42 @@ impl Client {
                     .map_err(|e| e.to_string())
             }
         };
-        r.map_err(MqttError::Client)
+        r.map_err(MqttError::Link)
     }
 
     /// Queues a QoS 1 subscription.
     pub fn subscribe(&self, filter: &str) -> Result<(), MqttError> {
         match self {
-            Client::V4(c) => c.try_subscribe(filter, QoS::AtLeastOnce).map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce).map_err(|e| e.to_string()),
+            Link::V4(c) => c.try_subscribe(filter, QoS::AtLeastOnce).map_err(|e| e.to_string()),
+            Link::V5(c) => c.try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce).map_err(|e| e.to_string()),
         }
-        .map_err(MqttError::Client)
+        .map_err(MqttError::Link)
     }
 
     /// Acknowledges an incoming message.
     pub fn ack(&self, token: &AckToken) -> Result<(), MqttError> {
         match (self, token) {
-            (Client::V4(c), AckToken::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
-            (Client::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Link::V4(c), AckToken::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Link::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
             _ => Ok(()),
         }
-        .map_err(MqttError::Client)
+        .map_err(MqttError::Link)
     }
 
     /// Queues DISCONNECT (the last will is not sent).
     pub fn disconnect(&self) -> Result<(), MqttError> {
         match self {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Link::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Link::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
         }
-        .map_err(MqttError::Client)
+        .map_err(MqttError::Link)
     }
 }
 
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
-    /// Client id.
+    /// Link id.
     pub client_id: String,
     /// Keep the session across disconnects.
     pub persistent: bool,
@@ -310,7 +310,7 @@ pub fn check(s: &MqttSettings) -> Result<(), MqttError> {
 }
 
 /// Builds the client and starts the link task. Fails only on settings (files, TLS).
-pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Receiver<LinkEvent>), MqttError> {
+pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Link, mpsc::Receiver<LinkEvent>), MqttError> {
     let endpoint = &s.url;
     let password = s.password().map_err(|e| {
         MqttError::File(format!("mqtt.password_file: {}: {e}", s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()))
@@ -336,7 +336,7 @@ pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Recei
                 o.set_transport(t);
             }
             let (c, el) = rumqttc::AsyncClient::new(o, CHANNEL);
-            (Client::V4(c), Loop::V4(Box::new(el)))
+            (Link::V4(c), Loop::V4(Box::new(el)))
         }
         ProtocolVersion::V5 => {
             let mut o = v5::MqttOptions::new(&opts.client_id, &endpoint.host, endpoint.port);
@@ -356,7 +356,7 @@ pub fn open(s: &MqttSettings, opts: &LinkOptions) -> Result<(Client, mpsc::Recei
                 o.set_transport(t);
             }
             let (c, el) = v5::AsyncClient::new(o, CHANNEL);
-            (Client::V5(c), Loop::V5(Box::new(el)))
+            (Link::V5(c), Loop::V5(Box::new(el)))
         }
     };
     let backoff = Backoff::new(Duration::from_millis(s.reconnect_min_ms), Duration::from_millis(s.reconnect_max_ms));

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::discovery::{self, DeviceInfo};
 use super::hermes::{self, NluQuery};
-use super::link::{Client, InMessage, LinkEvent, WINDOW};
+use super::link::{InMessage, Link, LinkEvent, WINDOW};
 use super::outbox::{Body, Message, Outbox, StreamKey};
 use super::request::{self, Incoming, Reply};
 use super::status;
@@ -33,7 +33,7 @@ const STATE_EVERY: Duration = Duration::from_secs(10);
 const REMEMBERED: usize = 4096;
 
 /// Where the events of a job go.
-enum Route {
+enum AnswerTo {
     /// A request's reply topic.
     Request { key: StreamKey, reply: Reply },
     /// A Hermes query's answer topics.
@@ -44,11 +44,11 @@ enum Route {
 pub(super) struct Session {
     settings: Arc<MqttSettings>,
     topics: Topics,
-    client: Client,
+    client: Link,
     scheduler: Scheduler,
     requests: scheduler::Client,
     inbox: Arc<Outbound>,
-    routes: HashMap<u64, Route>,
+    routes: HashMap<u64, AnswerTo>,
     outbox: Outbox,
     connected: bool,
     failures: u64,
@@ -61,7 +61,7 @@ fn table_key(key: &StreamKey) -> String {
 }
 
 impl Session {
-    pub(super) fn new(settings: Arc<MqttSettings>, topics: Topics, client: Client, scheduler: Scheduler, requests: &Requests) -> Self {
+    pub(super) fn new(settings: Arc<MqttSettings>, topics: Topics, client: Link, scheduler: Scheduler, requests: &Requests) -> Self {
         // The session moves its jobs' events into the outbox as they come, so this queue stays
         // short; the outbox holds what the broker has not taken.
         let inbox = Arc::new(Outbound::new(settings.max_outbox_bytes));
@@ -147,11 +147,11 @@ impl Session {
             let terminal = d.event.is_terminal();
             let route = if terminal { self.routes.remove(&d.no) } else { None };
             match route.as_ref().or_else(|| self.routes.get(&d.no)) {
-                Some(Route::Request { key, reply }) => {
+                Some(AnswerTo::Request { key, reply }) => {
                     let (key, reply) = (key.clone(), reply.clone());
                     self.reply_event(&reply, Some(key), d.event);
                 }
-                Some(Route::Hermes(query)) => {
+                Some(AnswerTo::Hermes(query)) => {
                     if terminal {
                         for (topic, payload) in hermes::reply(query, &d.event.body) {
                             self.enqueue(Message::raw(topic, payload));
@@ -295,7 +295,7 @@ impl Session {
                 debug!(id = ?query.id, site = %query.site_id, "Hermes: NLU query");
                 let id = query.id.clone().unwrap_or_else(|| "hermes".into());
                 let ticket = self.requests.begin_unkeyed(&id);
-                self.routes.insert(ticket.no, Route::Hermes(Box::new(query)));
+                self.routes.insert(ticket.no, AnswerTo::Hermes(Box::new(query)));
                 submit(&self.scheduler, Job::new(ticket, request));
             }
             Err(e) => {
@@ -344,7 +344,7 @@ impl dispatch::Session for Exchange<'_> {
     fn begin(&mut self, id: &str) -> Result<Ticket, Duplicate> {
         let ticket = self.session.requests.begin(&table_key(&self.key), id)?;
         debug!(id = %id, reply = %self.reply.topic, "MQTT: request accepted");
-        self.session.routes.insert(ticket.no, Route::Request { key: self.key.clone(), reply: self.reply.clone() });
+        self.session.routes.insert(ticket.no, AnswerTo::Request { key: self.key.clone(), reply: self.reply.clone() });
         Ok(ticket)
     }
 

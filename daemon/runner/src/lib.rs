@@ -30,7 +30,7 @@ use qwenedge_engine::sampler::SamplingParams;
 use qwenedge_engine::{Engine, EngineError, EngineOptions, PinError};
 use qwenedge_intent::Catalog;
 use qwenedge_scheduler::{Clock, Context, Loader, Model, Prepared, Progress, Refusal};
-use qwenedge_toolcall::{self as dialect, Hold, Markers};
+use qwenedge_toolcall::{self as toolcall, Markers, ToolConstraint};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -311,12 +311,12 @@ impl Model for Runner {
                         Some(ResponseFormat::JsonSchema(s)) => Some(s),
                         _ => None,
                     };
-                    let held = dialect::tool_grammar(listed, request.tool_choice(), *thinking, schema, &markers(self))
+                    let held = toolcall::tool_grammar(listed, request.tool_choice(), *thinking, schema, &markers(self))
                         .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("tools: {e}")))?;
                     grammar = match held {
-                        Some(Hold::Grammar(lark)) => Some(Grammar::Lark(lark)),
-                        Some(Hold::Triggered { trigger, grammar }) => Some(Grammar::Triggered { trigger, lark: grammar }),
-                        Some(Hold::Banned(ids)) => Some(Grammar::Banned(ids)),
+                        Some(ToolConstraint::Grammar(lark)) => Some(Grammar::Lark(lark)),
+                        Some(ToolConstraint::Triggered { trigger, grammar }) => Some(Grammar::Triggered { trigger, lark: grammar }),
+                        Some(ToolConstraint::Banned(ids)) => Some(Grammar::Banned(ids)),
                         None => grammar,
                     };
                 }

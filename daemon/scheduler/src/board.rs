@@ -56,7 +56,7 @@ pub enum KeepAlive {
 
 /// The waiting room and what the transports may read or change, under one lock.
 #[derive(Debug)]
-pub struct Board {
+pub struct SchedulerState {
     /// Waiting requests.
     pub queue: JobQueue<Job>,
     /// Lifecycle.
@@ -79,7 +79,7 @@ pub struct Board {
     pub load_requested: bool,
 }
 
-impl Board {
+impl SchedulerState {
     /// A board for a daemon serving `model` under `settings`.
     pub fn new(settings: Arc<Settings>, catalog: Arc<Catalog>, model: ModelReport) -> Self {
         let stats = Stats {

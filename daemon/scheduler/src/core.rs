@@ -1,4 +1,4 @@
-//! The scheduling core: an I/O-free state machine over the waiting room ([`Board`], shared
+//! The scheduling core: an I/O-free state machine over the waiting room ([`SchedulerState`], shared
 //! with the transports under one lock) and the engine thread's own state ([`Core`]: the model,
 //! the running requests). The thread loop in `thread.rs` calls [`Core::next`] under the lock
 //! (what to do now: settle what must end, then pick work), [`Core::perform`] outside it (the
@@ -19,7 +19,7 @@ use tracing::{info, info_span, warn};
 
 mod lifecycle;
 
-pub use super::board::{Board, Reload};
+pub use super::board::{Reload, SchedulerState};
 use super::job::Job;
 use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
 use qwenedge_api::{ErrorCode, EventBody, ModelReport, Phase, Priority, Prompt, RunningReport, ThermalLevel};
@@ -34,7 +34,7 @@ pub const IDLE_TICK: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub enum Next {
     /// This work, with what it needs to read.
-    Run(Work, Box<Snapshot>),
+    Run(Work, Box<WorkInputs>),
     /// Nothing now: wait for a wake-up or this long.
     Wait(Duration),
     /// Draining has finished.
@@ -62,7 +62,7 @@ pub enum Work {
 
 /// What the work reads, copied out of the board.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub struct WorkInputs {
     /// The settings.
     pub settings: Arc<Settings>,
     /// The catalog.
@@ -133,7 +133,7 @@ impl<L: Loader> Core<L> {
     }
 
     /// Settles what must end now, then picks the next work.
-    pub fn next(&mut self, board: &mut Board, now: Instant) -> Next {
+    pub fn next(&mut self, board: &mut SchedulerState, now: Instant) -> Next {
         self.settle(board, now);
         self.sync(board);
         let draining = board.phase == Phase::Draining;
@@ -141,8 +141,9 @@ impl<L: Loader> Core<L> {
             board.stats.running.clear();
             return Next::Exit;
         }
-        let snapshot =
-            |b: &Board| Box::new(Snapshot { settings: Arc::clone(&b.settings), catalog: Arc::clone(&b.catalog), budget: b.budget.clone() });
+        let snapshot = |b: &SchedulerState| {
+            Box::new(WorkInputs { settings: Arc::clone(&b.settings), catalog: Arc::clone(&b.catalog), budget: b.budget.clone() })
+        };
         if self.active.is_empty() && !draining {
             if let Some(reload) = board.reload.take() {
                 if self.model.is_none() || board.settings.model.load_settings() != reload.settings.model.load_settings() {
@@ -190,7 +191,7 @@ impl<L: Loader> Core<L> {
     /// catalog prefix it starts with) has not failed yet: finishing the catalog's prefill, or
     /// restoring it from disk, answers it sooner than a cold prefill of its whole prompt, and
     /// leaves the catalog cached. Other requests run between the warm-up's chunks.
-    fn intent_waits_for_warm_up(&self, board: &Board) -> bool {
+    fn intent_waits_for_warm_up(&self, board: &SchedulerState) -> bool {
         let next = board.queue.peek(Priority::Interactive).or_else(|| {
             let background_waits = board.budget.level >= ThermalLevel::Warm;
             (!background_waits).then(|| board.queue.peek(Priority::Background)).flatten()
@@ -201,7 +202,7 @@ impl<L: Loader> Core<L> {
     /// Answers what must end now: queued requests that were cancelled, timed out, or wait
     /// while the daemon drains or the device is critically hot; running ones past the grace
     /// period or while critically hot.
-    fn settle(&mut self, board: &mut Board, now: Instant) {
+    fn settle(&mut self, board: &mut SchedulerState, now: Instant) {
         let default_deadline = board.settings.scheduler.default_deadline_ms;
         let draining = board.phase == Phase::Draining;
         let critical = board.budget.level == ThermalLevel::Critical;
@@ -236,7 +237,7 @@ impl<L: Loader> Core<L> {
 
     /// Puts the model's caches in or out of pressure mode when the budget's memory pressure
     /// changed, and publishes the cache counters.
-    fn sync(&mut self, board: &mut Board) {
+    fn sync(&mut self, board: &mut SchedulerState) {
         let Some(model) = self.model.as_mut() else {
             board.stats.cache = None;
             return;
@@ -252,7 +253,7 @@ impl<L: Loader> Core<L> {
     }
 
     /// Does `work` (outside the lock).
-    pub fn perform(&mut self, work: Work, snap: &Snapshot, now: Instant) -> Ran {
+    pub fn perform(&mut self, work: Work, snap: &WorkInputs, now: Instant) -> Ran {
         let mut ran = Ran::default();
         match work {
             Work::Step(i) => self.step(i, snap, now, &mut ran),
@@ -289,7 +290,7 @@ impl<L: Loader> Core<L> {
         ran
     }
 
-    fn start(&mut self, job: Job, snap: &Snapshot, load_ms: f64, ran: &mut Ran) {
+    fn start(&mut self, job: Job, snap: &WorkInputs, load_ms: f64, ran: &mut Ran) {
         let _span = info_span!("request", id = %job.id()).entered();
         let Some(model) = self.model.as_mut() else {
             let why = self.last_error.as_deref().unwrap_or("see the daemon log");
@@ -320,7 +321,7 @@ impl<L: Loader> Core<L> {
         }
     }
 
-    fn step(&mut self, i: usize, snap: &Snapshot, now: Instant, ran: &mut Ran) {
+    fn step(&mut self, i: usize, snap: &WorkInputs, now: Instant, ran: &mut Ran) {
         let Some(model) = self.model.as_mut() else {
             let a = self.active.remove(i);
             return answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, "no model is loaded"));
@@ -393,7 +394,7 @@ impl<L: Loader> Core<L> {
     /// Applies the outcome under the lock: settings, model state, counters, and then the
     /// terminal events (so a client that reads its answer and asks for `status` sees it
     /// counted).
-    pub fn after(&mut self, board: &mut Board, ran: Ran) {
+    pub fn after(&mut self, board: &mut SchedulerState, ran: Ran) {
         if let Some(reload) = ran.applied {
             board.settings = reload.settings;
             board.catalog = reload.catalog;
@@ -421,7 +422,7 @@ impl<L: Loader> Core<L> {
 }
 
 /// The model directory the budget wants: the hot-weather model while hot, else the configured.
-fn wanted_model(board: &Board) -> LoadSettings {
+fn wanted_model(board: &SchedulerState) -> LoadSettings {
     let mut load = board.settings.model.load_settings();
     if let (Some(hot), true) = (&board.settings.budget.hot_model, board.budget.level >= ThermalLevel::Hot) {
         load.path = hot.clone();
@@ -430,7 +431,7 @@ fn wanted_model(board: &Board) -> LoadSettings {
 }
 
 /// `max_tokens` for `job`: its own, else the default; never above the limit; capped while hot.
-fn max_tokens(job: &Job, snap: &Snapshot) -> usize {
+fn max_tokens(job: &Job, snap: &WorkInputs) -> usize {
     let s = &snap.settings.scheduler;
     let mut n = job.request().max_tokens().unwrap_or(s.default_max_tokens).min(s.max_tokens_limit);
     if snap.budget.level >= ThermalLevel::Hot {
@@ -439,7 +440,7 @@ fn max_tokens(job: &Job, snap: &Snapshot) -> usize {
     n
 }
 
-fn context(snap: &Snapshot, max_tokens: usize) -> Context<'_> {
+fn context(snap: &WorkInputs, max_tokens: usize) -> Context<'_> {
     Context { settings: &snap.settings, catalog: &snap.catalog, max_tokens }
 }
 

@@ -38,7 +38,7 @@ pub use model::{Clock, Context, Loader, Model, Prepared, Progress};
 pub use outbound::{Delivery, Outbound, Pushed};
 pub use table::{CancelReason, CancelToken, Cancelled, Client, ClientPolicy, Duplicate, Requests, Responder, Ticket};
 
-use self::core::{Board, Core, Reload};
+use self::core::{Core, Reload, SchedulerState};
 use qwenedge_api::{Limits, ModelReport, Phase, QueueReport, RequestCounts, StatusReport};
 use qwenedge_budget::BudgetState;
 use qwenedge_config::{LoadSettings, Settings};
@@ -87,7 +87,7 @@ impl Scheduler {
         catalog: Arc<Catalog>,
     ) -> std::io::Result<(Self, Stopped)> {
         let report = <L::Model as Model>::report(&model, &settings);
-        let shared = Arc::new(Shared::new(Board::new(settings, catalog, report)));
+        let shared = Arc::new(Shared::new(SchedulerState::new(settings, catalog, report)));
         let core = Core::new(loader, model, loaded);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let worker = Arc::clone(&shared);

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use super::core::{Board, Core, Next};
+use super::core::{Core, Next, SchedulerState};
 use super::model::Loader;
 use super::pacer::Pacer;
 use qwenedge_api::{ErrorCode, EventBody, Phase};
 
 /// The board and what wakes the engine thread.
 pub(super) struct Shared {
-    board: Mutex<Board>,
+    board: Mutex<SchedulerState>,
     pub(super) wake: Condvar,
     /// Milliseconds since `started` at the engine thread's last loop turn.
     heartbeat_ms: AtomicU64,
@@ -27,12 +27,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(board: Board) -> Self {
+    pub(super) fn new(board: SchedulerState) -> Self {
         Self { board: Mutex::new(board), wake: Condvar::new(), heartbeat_ms: AtomicU64::new(0), started: Instant::now() }
     }
 
     /// The board (a panic elsewhere does not make it unusable).
-    pub(super) fn lock(&self) -> MutexGuard<'_, Board> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, SchedulerState> {
         self.board.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

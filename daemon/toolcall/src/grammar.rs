@@ -167,7 +167,7 @@ fn tool_rules(rule: &str, tool: &Value, rules: &mut Vec<String>, terminals: &mut
 
 /// How an answer is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
+pub enum ToolConstraint {
     /// Every token follows this grammar.
     Grammar(String),
     /// Free until the special token `trigger`; from there on this grammar (which starts with it).
@@ -190,22 +190,22 @@ pub fn tool_grammar(
     thinking: bool,
     format: Option<&Value>,
     markers: &Markers,
-) -> Result<Option<Hold>, String> {
+) -> Result<Option<ToolConstraint>, String> {
     if tools.is_empty() {
         return Ok(None);
     }
     if let (Marker::Token(open), None) = (&markers.tool_call_open, format) {
         match choice {
-            ToolChoice::None => return Ok(Some(Hold::Banned(vec![*open]))),
+            ToolChoice::None => return Ok(Some(ToolConstraint::Banned(vec![*open]))),
             ToolChoice::Auto => {
                 let grammar = full_grammar(tools, &ToolChoice::Required, false, None, markers)?;
                 let grammar = grammar.replacen("answer: call\n", "answer: calls\n", 1);
-                return Ok(Some(Hold::Triggered { trigger: *open, grammar }));
+                return Ok(Some(ToolConstraint::Triggered { trigger: *open, grammar }));
             }
             _ => {}
         }
     }
-    full_grammar(tools, choice, thinking, format, markers).map(|g| Some(Hold::Grammar(g)))
+    full_grammar(tools, choice, thinking, format, markers).map(|g| Some(ToolConstraint::Grammar(g)))
 }
 
 /// The grammar every token of the answer follows.
@@ -271,9 +271,9 @@ mod tests {
         ]
     }
 
-    fn grammar(hold: Option<Hold>) -> String {
+    fn grammar(hold: Option<ToolConstraint>) -> String {
         match hold {
-            Some(Hold::Grammar(g)) => g,
+            Some(ToolConstraint::Grammar(g)) => g,
             other => panic!("not a full grammar: {other:?}"),
         }
     }
@@ -297,10 +297,10 @@ mod tests {
         let thinking = grammar(tool_grammar(&tools(), &ToolChoice::Required, true, None, &m).unwrap());
         assert!(thinking.contains("REASONING <[9]> NL answer"), "{thinking}");
         match tool_grammar(&tools(), &ToolChoice::Auto, true, None, &m).unwrap() {
-            Some(Hold::Triggered { trigger: 7, grammar }) => assert!(grammar.contains("answer: calls\n"), "{grammar}"),
+            Some(ToolConstraint::Triggered { trigger: 7, grammar }) => assert!(grammar.contains("answer: calls\n"), "{grammar}"),
             other => panic!("auto with a special opener waits for it: {other:?}"),
         }
-        assert_eq!(tool_grammar(&tools(), &ToolChoice::None, false, None, &m).unwrap(), Some(Hold::Banned(vec![7])));
+        assert_eq!(tool_grammar(&tools(), &ToolChoice::None, false, None, &m).unwrap(), Some(ToolConstraint::Banned(vec![7])));
         let text = grammar(tool_grammar(&tools(), &ToolChoice::None, false, None, &Markers::default()).unwrap());
         assert!(text.contains("~/(?s:.*)<tool_call>(?s:.*)/"), "{text}");
         let auto = grammar(tool_grammar(&tools(), &ToolChoice::Auto, true, None, &Markers::default()).unwrap());

@@ -18,7 +18,7 @@ pub mod format;
 pub mod grammar;
 pub mod parse;
 
-pub use grammar::{tool_grammar, Hold, Markers};
+pub use grammar::{tool_grammar, Markers, ToolConstraint};
 pub use parse::{Piece, Splitter, ToolCall};
 
 /// Opens a tool call.

@@ -3,7 +3,7 @@
 //! over the limit gets the protocol's own "busy" answer (an `overloaded` error event, an HTTP
 //! 503) and a log line — never a silent drop. The refusals are bounded too: while as many are
 //! being answered as there are slots, a further connection is closed at once and counted in
-//! the next log line. The loop ends when the lifecycle leaves `Running`.
+//! the next log line. The loop ends when the lifecycle leaves `Submitted`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ impl RefusalLog {
     }
 }
 
-/// Accepts connections on `listener` until the lifecycle leaves `Running`. Each connection
+/// Accepts connections on `listener` until the lifecycle leaves `Submitted`. Each connection
 /// within `limit` runs `serve` (holding its slot until it returns); one over it runs `refuse`
 /// (the protocol's busy answer), itself bounded by `limit.max`. Every task goes into
 /// `connections`, which the caller drains when it closes.

@@ -11,7 +11,7 @@ use qwenedge_scheduler::{Client, ClientPolicy, Job, Outbound, Refusal, Requests,
 
 /// Where a request goes and how its client is bounded.
 #[derive(Clone, Copy)]
-pub struct Route<'a> {
+pub struct RequestPath<'a> {
     /// The queue in front of the engine.
     pub scheduler: &'a Scheduler,
     /// The request table.
@@ -25,16 +25,16 @@ pub struct Route<'a> {
 }
 
 /// A generation request handed to the scheduler, and its events as they come.
-pub struct Running {
+pub struct Submitted {
     _client: Client,
     out: Arc<Outbound>,
     pending: VecDeque<EventBody>,
     done: bool,
 }
 
-impl Running {
+impl Submitted {
     /// Submits `request`; a refusal (queue full, shutting down, too hot) comes back at once.
-    pub fn submit(route: Route<'_>, request: GenerateRequest) -> Result<Self, Refusal> {
+    pub fn submit(route: RequestPath<'_>, request: GenerateRequest) -> Result<Self, Refusal> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let out = Arc::new(Outbound::new(route.max_unread_bytes));
         let policy = ClientPolicy { remember: 1, reject_recent: false, unread_key: route.unread_key, transport: route.transport };

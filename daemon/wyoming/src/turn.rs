@@ -12,7 +12,7 @@ use super::events::{self, NOT_UNDERSTOOD};
 use super::{Service, TRANSPORT};
 use qwenedge_api::{ErrorCode, EventBody, GenerateRequest, GenerateSpec, Prompt, Sampling};
 use qwenedge_config::WyomingProgram;
-use qwenedge_transport::running::{Route, Running};
+use qwenedge_transport::running::{RequestPath, Submitted};
 
 /// A `transcript` (or `recognize`) to answer.
 pub(super) struct Transcript {
@@ -32,8 +32,8 @@ enum Recognition {
     Failed(ErrorCode, String),
 }
 
-fn route(service: &Service) -> Route<'_> {
-    Route {
+fn route(service: &Service) -> RequestPath<'_> {
+    RequestPath {
         scheduler: &service.scheduler,
         requests: &service.requests,
         max_unread_bytes: service.settings.max_unread_bytes,
@@ -54,7 +54,7 @@ async fn recognize(service: &Service, t: &Transcript) -> Recognition {
         Ok(r) => r,
         Err(e) => return Recognition::Failed(ErrorCode::BadRequest, e.to_string()),
     };
-    let running = match Running::submit(route(service), request) {
+    let running = match Submitted::submit(route(service), request) {
         Ok(r) => r,
         Err(r) => return Recognition::Refused(r.code),
     };
@@ -96,7 +96,7 @@ async fn handle(service: &Service, t: &Transcript, out: &mut Out) -> std::io::Re
             return out.send("not-handled", &not_handled(ErrorCode::BadRequest)).await;
         }
     };
-    let mut running = match Running::submit(route(service), request) {
+    let mut running = match Submitted::submit(route(service), request) {
         Ok(r) => r,
         Err(r) => return out.send("not-handled", &not_handled(r.code)).await,
     };

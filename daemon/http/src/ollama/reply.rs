@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::error::OllamaError;
-use super::super::state::Running;
+use super::super::state::Submitted;
 use super::super::time::rfc3339;
 use qwenedge_api::{EventBody, FinishReason, RequestTimings, Usage};
 use qwenedge_toolcall::{Piece, Splitter};
@@ -78,7 +78,7 @@ pub fn object(shape: Shape, model: &str, content: &str, thinking: &str, calls: &
 /// An answer streamed as NDJSON.
 pub struct Stream {
     /// The request.
-    pub running: Running,
+    pub running: Submitted,
     /// Endpoint.
     pub shape: Shape,
     /// The model's name.

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::super::state::Running;
+use super::super::state::Submitted;
 use qwenedge_api::{EventBody, FinishReason, Usage};
 use qwenedge_toolcall::{Piece, Splitter, ToolCall};
 
@@ -124,7 +124,7 @@ pub const DONE: &str = "data: [DONE]\n\n";
 /// A chat answer streamed as chunks.
 pub struct ChatStream {
     /// The request.
-    pub running: Running,
+    pub running: Submitted,
     /// The ids and model.
     pub meta: Meta,
     /// Splits the text.
@@ -215,7 +215,7 @@ fn end_frames(event: Option<EventBody>, out: &mut String) -> bool {
 /// A text completion streamed as chunks.
 pub struct TextStream {
     /// The request.
-    pub running: Running,
+    pub running: Submitted,
     /// The ids and model.
     pub meta: Meta,
     /// Send a last chunk with the usage.

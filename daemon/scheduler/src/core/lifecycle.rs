@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{context, Core, ModelChange, Ran, Reload, Snapshot};
+use super::{context, Core, ModelChange, Ran, Reload, WorkInputs};
 use crate::model::{Loader, Model};
 use qwenedge_config::{LoadSettings, Settings};
 
@@ -17,7 +17,7 @@ impl<L: Loader> Core<L> {
     /// One piece of the warm-up. A failure (the runtime failing a run, say) is tried again
     /// from the start when next idle, up to [`WARM_UP_TRIES`] times; requests are answered
     /// uncached meanwhile.
-    pub(super) fn warm_up(&mut self, snap: &Snapshot) {
+    pub(super) fn warm_up(&mut self, snap: &WorkInputs) {
         let Some(model) = self.model.as_mut() else {
             self.warm_up_pending = false;
             return;
@@ -61,7 +61,7 @@ impl<L: Loader> Core<L> {
     /// files changed on disk. The new model's files are checked before the loaded one is
     /// freed for it: when they are missing or broken the loaded model keeps serving; when it
     /// fails later (in the runtime) the previous model is loaded again.
-    pub(super) fn reload(&mut self, reload: Reload, snap: &Snapshot, ran: &mut Ran) {
+    pub(super) fn reload(&mut self, reload: Reload, snap: &WorkInputs, ran: &mut Ran) {
         let (old, new) = (&snap.settings, &reload.settings);
         for section in old.restart_needed(new) {
             warn!(section, "changed in the configuration; only a restart applies it");

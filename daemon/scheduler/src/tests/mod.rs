@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::core::{Board, Core, Next, Reload, Work};
+use super::core::{Core, Next, Reload, SchedulerState, Work};
 use super::*;
 use qwenedge_api::{
     BackendReport, CacheReport, ErrorCode, Event, EventBody, FinishReason, GenerateSpec, ModelReport, Priority, Prompt, ThermalLevel, Usage,
@@ -244,7 +244,7 @@ fn settings(path: &str, edit: impl FnOnce(&mut qwenedge_config::Settings)) -> Ar
 }
 
 struct Harness {
-    board: Board,
+    board: SchedulerState,
     core: Core<FakeLoader>,
     loader: FakeLoader,
     client: Client,
@@ -263,7 +263,7 @@ impl Harness {
         let client =
             requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test", transport: "test" }, Arc::clone(&out));
         let mut h = Self {
-            board: Board::new(settings, catalog, report),
+            board: SchedulerState::new(settings, catalog, report),
             core: Core::new(loader.clone(), model, load),
             loader,
             client,
