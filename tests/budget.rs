@@ -34,11 +34,7 @@ impl Device {
     }
 
     fn put(&self, rel: &str, text: &str) {
-        let p = self.root().join(rel.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(tmp, p).unwrap();
+        common::put(self.root(), rel, text);
     }
 
     fn temp(&self, c: f64) {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::put;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -61,12 +63,6 @@ fn strict_providers_make_a_missing_provider_a_start_up_error() {
         "{stderr}"
     );
     assert!(!socket.exists(), "nothing started");
-}
-
-fn put(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel.trim_start_matches('/'));
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
 }
 
 fn doctor(config: &Path, root: &Path) -> (Option<i32>, Value) {

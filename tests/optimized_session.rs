@@ -15,10 +15,7 @@ use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::{Engine, EngineOptions};
 
 fn engine(dir: &Path, cache: Option<&Path>) -> Engine {
-    let optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None });
-    let opts =
-        EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, optimized, ..Default::default() }, ..Default::default() };
-    Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    common::ort_engine(dir, |o| o.optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None }))
 }
 
 /// Greedy tokens of every reference prompt, and the first prompt's last logits.

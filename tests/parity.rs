@@ -7,18 +7,14 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
-use qwenedge_engine::backend::ort::OrtOptions;
-use qwenedge_engine::backend::select::BackendKind;
 use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::generate::{FinishReason, GenerateParams};
 use qwenedge_engine::model::LayerKind;
 use qwenedge_engine::sampler::SamplingParams;
-use qwenedge_engine::{Engine, EngineOptions};
+use qwenedge_engine::Engine;
 
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
-    let opts =
-        EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, all_logits, ..Default::default() }, ..Default::default() };
-    Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    common::ort_engine(dir, |o| o.all_logits = all_logits)
 }
 
 #[test]

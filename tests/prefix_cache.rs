@@ -9,14 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{chat, Daemon};
-use common::{model_dir, CONFIGS};
+use common::{model_dir, put, CONFIGS};
 
-use qwenedge_engine::backend::ort::OrtOptions;
-use qwenedge_engine::backend::select::BackendKind;
 use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::chat::ChatInput;
 use qwenedge_engine::generate::{Completion, Decoder, GenerateParams, Step};
-use qwenedge_engine::{Engine, EngineOptions};
+use qwenedge_engine::Engine;
 use serde_json::{json, Value};
 
 const NEW_TOKENS: usize = 16;
@@ -24,8 +22,7 @@ const NEW_TOKENS: usize = 16;
 const INT4_TIE: f32 = 0.05;
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let opts = EngineOptions { backend: BackendKind::Ort, ort: OrtOptions { threads: 2, ..Default::default() }, ..Default::default() };
-    Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    common::ort_engine(dir, |_| {})
 }
 
 fn params() -> GenerateParams {
@@ -295,15 +292,6 @@ fn the_daemon_resumes_a_conversation_and_reports_the_cache_in_status() {
 
 /// How long a daemon test waits for its status to reach what it expects.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Writes `text` to `rel` under the fake device root `root`.
-fn put(root: &std::path::Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, p).unwrap();
-}
 
 #[test]
 fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {

@@ -72,6 +72,25 @@ pub fn model_dir(config: &str, precision: &str) -> PathBuf {
     fixtures().join(config).join(precision)
 }
 
+/// An engine on ONNX Runtime (2 threads) over the model directory `dir`; `adjust` changes the
+/// runtime's options (all logits, an optimized-model cache).
+pub fn ort_engine(dir: &Path, adjust: impl FnOnce(&mut qwenedge_engine::backend::ort::OrtOptions)) -> qwenedge_engine::Engine {
+    let mut ort = qwenedge_engine::backend::ort::OrtOptions { threads: 2, ..Default::default() };
+    adjust(&mut ort);
+    let opts = qwenedge_engine::EngineOptions { backend: qwenedge_engine::backend::select::BackendKind::Ort, ort, ..Default::default() };
+    qwenedge_engine::Engine::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// Writes `text` to `rel` under the fake device root `root`, atomically (a reader polling the
+/// file never sees half of it).
+pub fn put(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, p).unwrap();
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
