@@ -17,14 +17,14 @@
 
 pub mod backend;
 pub mod bpe;
-pub mod cache;
+mod cache;
 pub mod chat;
 pub mod constrain;
 pub mod detok;
-pub mod files;
+mod files;
 pub mod generate;
 pub mod model;
-pub mod onnx;
+mod onnx;
 pub mod persist;
 mod pin;
 pub mod sampler;

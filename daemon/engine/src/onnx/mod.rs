@@ -5,4 +5,4 @@ pub mod edit;
 pub mod read;
 pub mod weights;
 
-pub use read::{parse_model, Dim, ElemType, ExternalRef, GraphSummary, ProtoError, ValueInfo};
+pub use read::{parse_model, Dim, ElemType, GraphSummary, ValueInfo};

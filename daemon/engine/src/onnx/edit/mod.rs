@@ -23,9 +23,9 @@ mod lookup;
 mod mapped;
 
 pub use alias::alias_reshaped_initializers;
-pub use align::{align_external_data, Aligned, Move};
+pub use align::align_external_data;
 pub use lookup::lookup_reads_stored_rows;
-pub use mapped::{lookups_read_mapped_tables, MAPPED_GATHER};
+pub use mapped::lookups_read_mapped_tables;
 
 use super::read::{Fields, ProtoError, Wire};
 
