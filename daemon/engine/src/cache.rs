@@ -69,7 +69,7 @@ struct Entry<S> {
 }
 
 /// A least-recently-used map from token prefixes to stored states, bounded in bytes.
-pub struct PrefixCache<S> {
+pub(crate) struct PrefixCache<S> {
     entries: Vec<Entry<S>>,
     max_bytes: usize,
     min_tokens: usize,
@@ -93,18 +93,18 @@ impl<S> Default for PrefixCache<S> {
 impl<S> PrefixCache<S> {
     /// A cache holding at most `max_bytes` (0: off) that stores a conversation prefix only when
     /// it saves at least `min_tokens` tokens over the prefix a prompt already reused.
-    pub fn new(max_bytes: usize, min_tokens: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize, min_tokens: usize) -> Self {
         let stats = CacheStats { max_bytes, ..Default::default() };
         Self { entries: Vec::new(), max_bytes, min_tokens: min_tokens.max(1), pressure: false, clock: 0, stats }
     }
 
     /// Whether the cache stores anything at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.max_bytes > 0
     }
 
     /// Changes the limits, evicting what no longer fits.
-    pub fn configure(&mut self, max_bytes: usize, min_tokens: usize) {
+    pub(crate) fn configure(&mut self, max_bytes: usize, min_tokens: usize) {
         self.max_bytes = max_bytes;
         self.min_tokens = min_tokens.max(1);
         self.stats.max_bytes = max_bytes;
@@ -113,7 +113,7 @@ impl<S> PrefixCache<S> {
 
     /// Under memory pressure every conversation prefix is dropped and none is stored until it
     /// ends; pinned prefixes stay.
-    pub fn set_pressure(&mut self, on: bool) {
+    pub(crate) fn set_pressure(&mut self, on: bool) {
         self.pressure = on;
         if on {
             self.drop_kind(false);
@@ -122,7 +122,7 @@ impl<S> PrefixCache<S> {
 
     /// The longest cached prefix of `prompt` shorter than `prompt`, with its length. Counts a
     /// hit or a miss and marks the entry as used.
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(usize, &S)> {
+    pub(crate) fn lookup(&mut self, prompt: &[u32]) -> Option<(usize, &S)> {
         let best = self
             .entries
             .iter()
@@ -144,18 +144,18 @@ impl<S> PrefixCache<S> {
 
     /// Whether a conversation prefix of `len` tokens is worth storing for a prompt that reused
     /// `reused` tokens.
-    pub fn worth_storing(&self, len: usize, reused: usize) -> bool {
+    pub(crate) fn worth_storing(&self, len: usize, reused: usize) -> bool {
         self.enabled() && !self.pressure && len >= reused + self.min_tokens
     }
 
     /// Whether `tokens` is cached exactly (as a pinned entry when `pinned`).
-    pub fn contains(&self, tokens: &[u32], pinned: bool) -> bool {
+    pub(crate) fn contains(&self, tokens: &[u32], pinned: bool) -> bool {
         self.entries.iter().any(|e| e.tokens == tokens && (e.pinned || !pinned))
     }
 
     /// Stores `value` (taking `value_bytes`) under `tokens`, evicting the least recently used
     /// conversation prefixes until it fits. An entry with the same key is replaced.
-    pub fn insert(&mut self, tokens: Vec<u32>, value: S, value_bytes: usize, pinned: bool) -> Result<(), CacheError> {
+    pub(crate) fn insert(&mut self, tokens: Vec<u32>, value: S, value_bytes: usize, pinned: bool) -> Result<(), CacheError> {
         if !self.enabled() {
             return Err(CacheError::Disabled);
         }
@@ -188,7 +188,7 @@ impl<S> PrefixCache<S> {
 
     /// Evicts least recently used conversation prefixes, then pinned ones, until at most
     /// `max_bytes` are held.
-    pub fn shrink(&mut self, max_bytes: usize) {
+    pub(crate) fn shrink(&mut self, max_bytes: usize) {
         for pinned in [false, true] {
             while self.stats.bytes > max_bytes {
                 let Some(i) = self.oldest(pinned) else { break };
@@ -200,22 +200,22 @@ impl<S> PrefixCache<S> {
     }
 
     /// Drops every pinned prefix (before registering the current ones again).
-    pub fn unpin_all(&mut self) {
+    pub(crate) fn unpin_all(&mut self) {
         self.drop_kind(true);
     }
 
     /// Drops every pinned prefix except `tokens` (when the pinned set is replaced).
-    pub fn unpin_except(&mut self, tokens: &[u32]) {
+    pub(crate) fn unpin_except(&mut self, tokens: &[u32]) {
         self.drop_where(|e| e.pinned && e.tokens != tokens);
     }
 
     /// Drops everything.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.shrink(0);
     }
 
     /// The counters.
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.stats
     }
 

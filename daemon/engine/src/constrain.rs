@@ -188,7 +188,7 @@ impl Constrainer {
 /// request; the one with slices (about 80 MB more for Qwen's vocabulary, and half a second) only
 /// when a grammar with JSON strings asks for it.
 #[derive(Default)]
-pub struct ConstrainerSlot {
+pub(crate) struct ConstrainerSlot {
     plain: Plain,
     sliced: Option<Arc<Constrainer>>,
 }
@@ -216,7 +216,7 @@ impl ConstrainerSlot {
     /// Starts building the compiler without slices for `tokenizer` (see
     /// [`Constrainer::unsliced`]) on a thread of its own; if no thread can be started it is
     /// built on first use instead.
-    pub fn spawn(tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Self {
+    pub(crate) fn spawn(tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Self {
         let (tokenizer, eos) = (tokenizer.clone(), eos.to_vec());
         let built = std::thread::Builder::new().name("constrainer".into()).spawn(move || Constrainer::unsliced(&tokenizer, vocab, &eos));
         match built {
@@ -231,7 +231,13 @@ impl ConstrainerSlot {
     /// The compiler with slices when `slices` (built from the one without, once), else the one
     /// without (the one the thread built, waited for, or one built now from `tokenizer`).
     /// Both allow the same tokens. A failure is returned each time and nothing is kept.
-    pub fn get(&mut self, slices: bool, tokenizer: &TextTokenizer, vocab: usize, eos: &[u32]) -> Result<Arc<Constrainer>, ConstrainError> {
+    pub(crate) fn get(
+        &mut self,
+        slices: bool,
+        tokenizer: &TextTokenizer,
+        vocab: usize,
+        eos: &[u32],
+    ) -> Result<Arc<Constrainer>, ConstrainError> {
         if let (true, Some(c)) = (slices, &self.sliced) {
             return Ok(Arc::clone(c));
         }

@@ -50,14 +50,14 @@ impl Utf8Stream {
 
 /// Watches generated text for stop strings.
 #[derive(Debug)]
-pub struct StopMatcher {
+pub(crate) struct StopMatcher {
     stops: Vec<String>,
     held: String,
 }
 
 /// Result of feeding text to a [`StopMatcher`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum StopState {
+pub(crate) enum StopState {
     /// Text that is safe to emit now.
     Continue(String),
     /// A stop string matched; the text before it, to emit before finishing.
@@ -66,12 +66,12 @@ pub enum StopState {
 
 impl StopMatcher {
     /// A matcher for `stops` (empty strings ignored).
-    pub fn new(stops: &[String]) -> Self {
+    pub(crate) fn new(stops: &[String]) -> Self {
         Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
     }
 
     /// Feeds new text.
-    pub fn push(&mut self, text: &str) -> StopState {
+    pub(crate) fn push(&mut self, text: &str) -> StopState {
         self.held.push_str(text);
         if self.stops.is_empty() {
             return StopState::Continue(std::mem::take(&mut self.held));
@@ -98,7 +98,7 @@ impl StopMatcher {
     }
 
     /// Ends generation without a stop: whatever was held back.
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 }

@@ -16,7 +16,7 @@ struct Stamp {
 
 /// The model directory's files at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelFiles {
+pub(crate) struct ModelFiles {
     dir: PathBuf,
     /// `None` when the directory could not be read.
     stamps: Option<Vec<Stamp>>,
@@ -24,7 +24,7 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// The files directly in `dir` now (subdirectories are not part of a model).
-    pub fn read(dir: &Path) -> Self {
+    pub(crate) fn read(dir: &Path) -> Self {
         let stamps = std::fs::read_dir(dir).ok().map(|entries| {
             let mut stamps: Vec<Stamp> = entries
                 .flatten()
@@ -41,14 +41,14 @@ impl ModelFiles {
     }
 
     /// The files as `name:size:mtime` words, sorted (part of a snapshot's identity).
-    pub fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         let stamps = self.stamps.as_deref().unwrap_or_default();
         stamps.iter().map(|s| format!("{}:{}:{}", s.name, s.len, s.mtime_ns)).collect::<Vec<_>>().join(" ")
     }
 
     /// What differs between these files and the directory now, in a few words; `None` when
     /// nothing does.
-    pub fn changed(&self) -> Option<String> {
+    pub(crate) fn changed(&self) -> Option<String> {
         let now = Self::read(&self.dir);
         let (Some(then), Some(now)) = (&self.stamps, &now.stamps) else {
             return (self.stamps != now.stamps).then(|| format!("{} can no longer be read", self.dir.display()));

@@ -486,7 +486,7 @@ impl Decoder {
 }
 
 /// Runs a [`Decoder`] to the end, streaming into `sink`; a `Break` from the sink cancels.
-pub fn run_to_end(
+pub(crate) fn run_to_end(
     decoder: &mut Decoder,
     backend: &mut dyn Backend,
     tokenizer: &TextTokenizer,

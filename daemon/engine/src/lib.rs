@@ -15,6 +15,8 @@
 //! (`onnx`, `bpe`, `model`, `files`) are the readers these are built on, public for the tools
 //! and tests that check them against the reference implementations.
 
+#![warn(unreachable_pub)]
+
 pub mod backend;
 pub mod bpe;
 mod cache;

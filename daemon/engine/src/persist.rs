@@ -67,10 +67,10 @@ pub enum PersistError {
 
 /// A saved state: the backend's arrays, in its order (it holds as many positions as the
 /// prefix has tokens).
-pub type SavedState = Vec<Vec<f32>>;
+pub(crate) type SavedState = Vec<Vec<f32>>;
 
 /// Hands a state's arrays, always in the same order, to the function it is given.
-pub type VisitParts<'a> = dyn Fn(&mut dyn FnMut(&[f32])) + 'a;
+pub(crate) type VisitParts<'a> = dyn Fn(&mut dyn FnMut(&[f32])) + 'a;
 
 #[derive(Serialize, Deserialize)]
 struct Header {

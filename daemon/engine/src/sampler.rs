@@ -46,7 +46,7 @@ impl Default for SamplingParams {
 
 /// The sampler of one sequence: its parameters, RNG and counts of generated tokens.
 #[derive(Debug)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
     /// Tokens of the prompt and output, for the repetition penalty.
@@ -58,7 +58,7 @@ pub struct Sampler {
 
 /// What was chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Choice {
+pub(crate) struct Choice {
     /// Token id.
     pub token: u32,
     /// Probability under the final (truncated, renormalised) distribution when sampling;
@@ -68,7 +68,7 @@ pub struct Choice {
 
 impl Sampler {
     /// A sampler for a sequence whose prompt is `prompt`.
-    pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
+    pub(crate) fn new(params: SamplingParams, prompt: &[u32]) -> Self {
         let rng = match params.seed {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
@@ -80,7 +80,7 @@ impl Sampler {
     }
 
     /// Records a token that was emitted (chosen here or forced by a caller).
-    pub fn accept(&mut self, token: u32) {
+    pub(crate) fn accept(&mut self, token: u32) {
         if let Err(i) = self.seen.binary_search(&token) {
             self.seen.insert(i, token);
         }
@@ -88,7 +88,7 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (modified in place by the penalties).
-    pub fn sample(&mut self, logits: &mut [f32]) -> Choice {
+    pub(crate) fn sample(&mut self, logits: &mut [f32]) -> Choice {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {

@@ -18,7 +18,7 @@ use ort::AsPointer;
 
 /// The oldest ONNX Runtime this build accepts (the API level `ort` is built against; it is also
 /// the first release with every contrib operator the Qwen3.5 exports use on CPU).
-pub const MIN_VERSION: &str = "1.31";
+pub(crate) const MIN_VERSION: &str = "1.31";
 
 const LIB_NAME: &str = "libonnxruntime.so";
 
@@ -65,7 +65,7 @@ pub struct Runtime {
 static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
 
 /// The default cache root: `$QWENEDGE_CACHE`, else `~/.cache/qwenedge`.
-pub fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("QWENEDGE_CACHE").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(dir));
     }
@@ -73,7 +73,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The candidates in search order; `explicit` first when given.
-pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+pub(crate) fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(p) = explicit {
         out.push(p.to_path_buf());
@@ -154,7 +154,7 @@ fn init(path: &Path) -> Result<Runtime, RuntimeError> {
 }
 
 /// The version string a library reports, without creating an environment.
-pub fn version_of(path: &Path) -> Option<String> {
+pub(crate) fn version_of(path: &Path) -> Option<String> {
     // SAFETY: as in `system_loader_finds`; `OrtGetApiBase` takes no arguments and returns a
     // pointer to a static table whose `GetVersionString` returns a static C string.
     unsafe {

@@ -14,7 +14,7 @@ use super::weights::{self, Initializer, NodeUse, WeightUse};
 /// A protobuf decoding failure, with the byte offset where it happened.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed ONNX protobuf at byte {offset}: {what}")]
-pub struct ProtoError {
+pub(crate) struct ProtoError {
     /// Offset into the message being decoded.
     pub offset: usize,
     /// What was wrong.
@@ -23,7 +23,7 @@ pub struct ProtoError {
 
 /// ONNX `TensorProto.DataType` values the daemon cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ElemType {
+pub(crate) enum ElemType {
     /// 32-bit float.
     F32,
     /// 16-bit float.
@@ -53,7 +53,7 @@ impl ElemType {
 
 /// One dimension of a declared shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dim {
+pub(crate) enum Dim {
     /// A fixed size.
     Fixed(i64),
     /// A symbolic size such as `batch_size`.
@@ -64,7 +64,7 @@ pub enum Dim {
 
 /// A graph input or output as declared in the model.
 #[derive(Debug, Clone)]
-pub struct ValueInfo {
+pub(crate) struct ValueInfo {
     /// Tensor name.
     pub name: String,
     /// Element type.
@@ -75,7 +75,7 @@ pub struct ValueInfo {
 
 /// Where an initializer's bytes live outside `model.onnx`.
 #[derive(Debug, Clone)]
-pub struct ExternalRef {
+pub(crate) struct ExternalRef {
     /// Initializer name.
     pub tensor: String,
     /// File name relative to the model directory.
@@ -88,7 +88,7 @@ pub struct ExternalRef {
 
 /// What `engine::model` needs to know about an ONNX graph.
 #[derive(Debug, Clone, Default)]
-pub struct GraphSummary {
+pub(crate) struct GraphSummary {
     /// Graph inputs (initializers excluded).
     pub inputs: Vec<ValueInfo>,
     /// Graph outputs.
@@ -109,23 +109,23 @@ pub struct GraphSummary {
 
 impl GraphSummary {
     /// The input named `name`, if the graph has one.
-    pub fn input(&self, name: &str) -> Option<&ValueInfo> {
+    pub(crate) fn input(&self, name: &str) -> Option<&ValueInfo> {
         self.inputs.iter().find(|v| v.name == name)
     }
 
     /// The output named `name`, if the graph has one.
-    pub fn output(&self, name: &str) -> Option<&ValueInfo> {
+    pub(crate) fn output(&self, name: &str) -> Option<&ValueInfo> {
         self.outputs.iter().find(|v| v.name == name)
     }
 
     /// The initializers' bytes by how the graph reads them; `vocab` tells the LM head apart.
-    pub fn weight_use(&self, vocab: usize) -> WeightUse {
+    pub(crate) fn weight_use(&self, vocab: usize) -> WeightUse {
         weights::classify(&self.nodes, &self.initializers, Some(vocab))
     }
 }
 
 /// Parses a serialized `ModelProto`.
-pub fn parse_model(bytes: &[u8]) -> Result<GraphSummary, ProtoError> {
+pub(crate) fn parse_model(bytes: &[u8]) -> Result<GraphSummary, ProtoError> {
     let mut summary = GraphSummary::default();
     let mut saw_graph = false;
     for field in Fields::new(bytes, 0) {

@@ -26,7 +26,7 @@ pub struct WeightUse {
 
 /// A float32 lookup table at least this large is read from the mapped file by the tract
 /// backend (see `engine::onnx::edit::lookups_read_mapped_tables`).
-pub const LARGE_TABLE: u64 = 16 << 20;
+pub(crate) const LARGE_TABLE: u64 = 16 << 20;
 
 /// One node as far as weights go: its operator, inputs and (for `MatMulNBits`) its `K` and `N`.
 #[derive(Debug, Clone, Default)]

@@ -38,7 +38,7 @@ use crate::model::{LayerKind, ModelSpec, PositionIds, StateTensor, StateType};
 /// values per pass: a 4032-token prompt in one pass took the 0.8B model to 1.9 GB resident
 /// (0.8 GB for a short prompt), in passes of 512 rows to 1.0 GB (the KV cache of 4096 tokens
 /// and the activations of one pass), and prefilled faster (168 against 121 tokens/s).
-pub const MAX_PASS_TOKENS: usize = 512;
+pub(crate) const MAX_PASS_TOKENS: usize = 512;
 
 /// How to build the session.
 #[derive(Debug, Clone)]

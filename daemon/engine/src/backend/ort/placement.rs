@@ -42,7 +42,7 @@ pub struct Declined {
 
 /// Groups the providers' messages about declined nodes ("Validation FAILED for 1 nodes in
 /// OrtNodeUnit (MatMulNBits) : … REASON : Cannot get shape") by operator type and reason.
-pub fn declined(messages: &[String]) -> Vec<Declined> {
+pub(super) fn declined(messages: &[String]) -> Vec<Declined> {
     // ONNX Runtime asks a provider twice (before and after its layout transform): one node,
     // one count.
     let mut seen = std::collections::BTreeSet::new();

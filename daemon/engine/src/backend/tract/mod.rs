@@ -24,7 +24,7 @@ use crate::onnx::edit;
 const STEP_TOKENS: usize = 256;
 
 /// The tract release this backend is built against.
-pub const TRACT_VERSION: &str = "tract-onnx 0.23";
+pub(crate) const TRACT_VERSION: &str = "tract-onnx 0.23";
 
 /// How to build the plan.
 #[derive(Debug, Clone, Default)]

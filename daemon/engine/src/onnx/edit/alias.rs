@@ -126,7 +126,7 @@ fn reshaped(input: &[i64], shape: &[i64]) -> Option<Vec<i64>> {
 /// Replaces each `Reshape(external initializer, constant shape)` by an initializer with the
 /// reshaped dimensions that points at the same external bytes. Returns `None` when there is
 /// nothing to replace.
-pub fn alias_reshaped_initializers(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
+pub(crate) fn alias_reshaped_initializers(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
     with_graph(model, alias_in_graph)
 }
 

@@ -12,13 +12,13 @@ use super::{bytes_field, with_graph};
 use crate::onnx::read::{string_entry, Fields, ProtoError, Wire};
 
 /// Alignment of every region (MLAS's buffer alignment).
-pub const ALIGN: u64 = 64;
+pub(super) const ALIGN: u64 = 64;
 /// Alignment of regions of at least this many bytes, so that their pages are their own.
-pub const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 
 /// One copy from the old data file to the new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Move {
+pub(crate) struct Move {
     /// Offset in the old file.
     pub from: u64,
     /// Bytes.
@@ -29,7 +29,7 @@ pub struct Move {
 
 /// A rewritten graph and the copies that make its new data file.
 #[derive(Debug)]
-pub struct Aligned {
+pub(crate) struct Aligned {
     /// The model with every external offset replaced.
     pub model: Vec<u8>,
     /// Copies, in order of `to`; the new file is `last.to + last.len` bytes long.
@@ -135,7 +135,7 @@ fn rewrite_tensor(tensor: &[u8], moves: &[Move]) -> Result<Vec<u8>, ProtoError> 
 }
 
 /// Plans aligned offsets for every external region of `model` and rewrites it to use them.
-pub fn align_external_data(model: &[u8]) -> Result<Aligned, ProtoError> {
+pub(crate) fn align_external_data(model: &[u8]) -> Result<Aligned, ProtoError> {
     let all = std::cell::RefCell::new(Vec::new());
     with_graph(model, |graph| {
         for f in Fields::new(graph, 0) {

@@ -18,7 +18,7 @@ const LOOKUP: &str = "GatherBlockQuantized";
 /// the initializer itself, when the Reshape only merges trailing axes (rows stay rows) and
 /// nothing else reads its output; the Reshape is dropped. Returns `None` when there is nothing
 /// to change.
-pub fn lookup_reads_stored_rows(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
+pub(crate) fn lookup_reads_stored_rows(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
     with_graph(model, in_graph)
 }
 

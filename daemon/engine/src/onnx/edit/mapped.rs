@@ -10,9 +10,9 @@ use super::{bytes_field, strings, varint_field, with_graph};
 use crate::onnx::read::{string_entry, Fields, ProtoError, Wire};
 
 /// The op the tract backend registers for the rewritten lookups.
-pub const MAPPED_GATHER: &str = "MappedGather";
+pub(super) const MAPPED_GATHER: &str = "MappedGather";
 /// Tables smaller than this stay ordinary initializers.
-pub const MIN_MAPPED_BYTES: u64 = 16 << 20;
+pub(super) const MIN_MAPPED_BYTES: u64 = 16 << 20;
 
 /// A float32 table stored in the data file.
 struct Table {
@@ -148,7 +148,7 @@ fn in_graph(graph: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
 
 /// Rewrites every `Gather` of a large external float32 table that only it reads into a
 /// `MappedGather` (see the module documentation); `None` when there is none.
-pub fn lookups_read_mapped_tables(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
+pub(crate) fn lookups_read_mapped_tables(model: &[u8]) -> Result<Option<Vec<u8>>, ProtoError> {
     with_graph(model, in_graph)
 }
 

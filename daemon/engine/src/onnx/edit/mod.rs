@@ -22,10 +22,10 @@ mod align;
 mod lookup;
 mod mapped;
 
-pub use alias::alias_reshaped_initializers;
-pub use align::align_external_data;
-pub use lookup::lookup_reads_stored_rows;
-pub use mapped::lookups_read_mapped_tables;
+pub(crate) use alias::alias_reshaped_initializers;
+pub(crate) use align::align_external_data;
+pub(crate) use lookup::lookup_reads_stored_rows;
+pub(crate) use mapped::lookups_read_mapped_tables;
 
 use super::read::{Fields, ProtoError, Wire};
 
@@ -73,7 +73,7 @@ fn strings(msg: &[u8], field: u64) -> Result<Vec<String>, ProtoError> {
 /// Rewrites `model` so that `logits` holds only the last position (`[batch, 1, vocab]`).
 /// Returns `None` when the node producing the logits is not a plain (quantized) MatMul, in
 /// which case the graph is used as it is.
-pub fn last_position_logits(model: &[u8], logits: &str) -> Result<Option<Vec<u8>>, ProtoError> {
+pub(crate) fn last_position_logits(model: &[u8], logits: &str) -> Result<Option<Vec<u8>>, ProtoError> {
     with_graph(model, |graph| edit_graph(graph, logits))
 }
 
