@@ -70,8 +70,9 @@ impl Default for ModelSettings {
 }
 
 /// Everything loading a model reads from `[model]`. The loader takes only this, so comparing
-/// it (derived `PartialEq`) tells whether a new configuration needs the model loaded again; a
-/// key the loader starts to read must be added here, and the comparison covers it at once.
+/// it (derived `PartialEq`) tells whether a new configuration needs the model loaded again.
+/// [`ModelSettings::load_settings`] names every key of `[model]`, so a new key must be placed
+/// here or explicitly left out before the crate compiles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSettings {
     /// The model directory.
@@ -95,18 +96,34 @@ pub struct LoadSettings {
 }
 
 impl ModelSettings {
-    /// What loading reads.
+    /// What loading reads. Every key of `[model]` is named here — the ones loading reads and,
+    /// as `_`, the ones it does not — so a new key does not compile until it is placed on one
+    /// side (and a key that loading reads makes a reload compare it).
     pub fn load_settings(&self) -> LoadSettings {
+        let Self {
+            path,
+            onnxruntime_library,
+            threads,
+            context_length,
+            prefill_chunk_tokens: _,
+            batch_forced_tokens: _,
+            execution_providers,
+            ep_library,
+            strict_providers,
+            provider_options,
+            backend,
+        } = self;
         LoadSettings {
-            path: self.path.clone().unwrap_or_default(),
-            backend: self.backend,
-            onnxruntime_library: self.onnxruntime_library.clone(),
-            threads: self.threads,
-            context_length: self.context_length,
-            execution_providers: self.execution_providers.clone(),
-            ep_library: self.ep_library.clone(),
-            strict_providers: self.strict_providers,
-            provider_options: self.provider_options.clone(),
+            // Validation requires it; an unvalidated configuration loads nothing from "".
+            path: path.clone().unwrap_or_default(),
+            backend: *backend,
+            onnxruntime_library: onnxruntime_library.clone(),
+            threads: *threads,
+            context_length: *context_length,
+            execution_providers: execution_providers.clone(),
+            ep_library: ep_library.clone(),
+            strict_providers: *strict_providers,
+            provider_options: provider_options.clone(),
         }
     }
 

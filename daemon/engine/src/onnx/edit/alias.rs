@@ -140,6 +140,7 @@ pub(super) struct Known<'a> {
 /// `Reshape(initializer, known shape)`, resolved.
 pub(super) struct ReshapeOf<'k, 'a> {
     /// The initializer's name.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))]
     pub(super) data: &'k str,
     /// The initializer.
     pub(super) init: &'k Initializer<'a>,

@@ -19,12 +19,16 @@
 
 mod alias;
 mod align;
+#[cfg(feature = "tract")]
 mod lookup;
+#[cfg(feature = "tract")]
 mod mapped;
 
 pub(crate) use alias::alias_reshaped_initializers;
 pub(crate) use align::align_external_data;
+#[cfg(feature = "tract")]
 pub(crate) use lookup::lookup_reads_stored_rows;
+#[cfg(feature = "tract")]
 pub(crate) use mapped::lookups_read_mapped_tables;
 
 use super::read::{Fields, ProtoError, Wire};
