@@ -20,12 +20,12 @@ python=$(models/venv.sh | tail -n1)
 echo "test: fixtures" >&2
 fixtures=$("$python" models/fixtures/generate.py | tail -n1)
 ortlib=$(deploy/fetch-onnxruntime.sh | tail -n1)
-# The vendors' execution-provider plugins from PyPI (tests/plugin_eps.rs), cached.
+# The vendors' execution-provider plugins from PyPI (tests/e2e/plugin_eps.rs), cached.
 ep_qnn=$(deploy/fetch-ep-plugin.sh qnn | tail -n1)
 ep_openvino=$(deploy/fetch-ep-plugin.sh openvino | tail -n1)
 export QWENEDGE_EP_QNN="$ep_qnn" QWENEDGE_EP_OPENVINO="$ep_openvino"
 # qemu-user >= 10: an Intel CPU emulated for the OpenVINO plugin on other makers' machines
-# (tests/plugin_eps.rs), and an aarch64 board (tests/aarch64-qemu.sh).
+# (tests/e2e/plugin_eps.rs), and an aarch64 board (tests/aarch64-qemu.sh).
 tests/qemu-user.sh
 # The HTTP tests' client libraries (openai, ollama at Home Assistant's pin, jsonschema,
 # prometheus_client) in a small venv of their own.
@@ -46,7 +46,7 @@ cargo test --release --workspace --locked --features e2e --no-fail-fast 2>&1 | t
 tests=${PIPESTATUS[0]}
 # The panic and runtime-error tests need the binary built with the test-only feature; the
 # suite above and the package below use the binary without it.
-cargo test --release --workspace --locked --features fault-injection,e2e --test engine_panic --test ort_error 2>&1 | tee -a "$log"
+cargo test --release --workspace --locked --features fault-injection,e2e --test faults 2>&1 | tee -a "$log"
 panic_test=${PIPESTATUS[0]}
 set -e
 for rc in "$fmt" "$clippy" "$tests" "$panic_test"; do

@@ -5,7 +5,7 @@
 #   1. greedy text from onnxruntime-genai (the builder's own runtime) equals the daemon's with the
 #      ONNX Runtime backend, packed at load and mapped from the optimized model cache;
 #   2. the tract backend takes ONNX Runtime's greedy token at every step where the choice is clear
-#      (teacher-forced; tests/full_width.rs), and its plain greedy text is shown beside;
+#      (teacher-forced; tests/e2e/full_width.rs), and its plain greedy text is shown beside;
 #   3. through a running daemon, a raw completion equals itself with the prefix cache off, and a
 #      constrained intent request ends in a valid intent event;
 #   4. at a 4096-token context (a 4032-token prompt and 64 new tokens), the peak and final RSS
@@ -95,12 +95,12 @@ PY
   check "onnxruntime-genai = ONNX Runtime backend, packed at load" "$genai" "$(gen --backend ort --no-optimized-cache)"
   gen --backend ort > /dev/null # saves the optimized model if it is not cached yet
   check "onnxruntime-genai = ONNX Runtime backend, mapped from the cache" "$genai" "$(gen --backend ort)"
-  # tract: the same greedy choices wherever they are clear (tests/full_width.rs explains why
+  # tract: the same greedy choices wherever they are clear (tests/e2e/full_width.rs explains why
   # not at a near-tie); the plain greedy texts are shown for comparison.
   tract_text=$(gen --backend tract)
   [ "$tract_text" == "$genai" ] && echo "  info  tract's greedy text equals ONNX Runtime's" ||
     echo "  info  tract's greedy text parts from ONNX Runtime's at a near-tie: $tract_text"
-  forced=$(QWENEDGE_VERIFY_MODEL="$dir" QWENEDGE_VERIFY_PROMPT="$prompt" cargo test --release --locked -p qwenedge --features e2e --test full_width \
+  forced=$(QWENEDGE_VERIFY_MODEL="$dir" QWENEDGE_VERIFY_PROMPT="$prompt" cargo test --release --locked -p qwenedge --features e2e --test e2e full_width:: \
     -- --ignored --nocapture 2>&1 | grep -E "clear steps|panicked|test result" || true)
   echo "        $forced" | head -n 3
   check "tract takes ONNX Runtime's greedy token at every clear step (teacher-forced, 32 steps)" "ok" \

@@ -4,7 +4,7 @@
 # from outside, 1,000,000 cases each (the configuration file, which is written to disk per case,
 # 100,000). Prints each parser's time. Not part of CI (which runs 10,000 cases each).
 #
-# Then the model directory reader (tests/bad_models.rs: genai_config.json and model.onnx
+# Then the model directory reader (tests/e2e/bad_models.rs: genai_config.json and model.onnx
 # damaged at random, a small tokenizer.json damaged at random), the same number of cases.
 #
 # usage: tests/fuzz-long.sh [CASES]
@@ -28,6 +28,6 @@ for t in socket_requests mqtt_requests hermes_queries http_bodies wyoming_frames
   printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "$t" "$n" $((ms / 1000)) $((ms % 1000 / 100))
 done
 start=$(date +%s%N)
-cargo test --release --locked -p qwenedge --features e2e --test bad_models -q random_damage > /dev/null
+cargo test --release --locked -p qwenedge --features e2e --test e2e -q bad_models::random_damage > /dev/null
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 printf 'fuzz-long: %-20s %s cases  %d.%01d s  ok\n' "model_files" "2 x $cases" $((ms / 1000)) $((ms % 1000 / 100))

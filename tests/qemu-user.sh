@@ -3,7 +3,7 @@
 # bookworm's 7.2 crashes inside ONNX Runtime's CPU detection, so on bookworm it comes from
 # bookworm-backports (the source is added when needed, on the release's own mirror).
 # Used by tests/aarch64-qemu.sh (an aarch64 board emulated) and deploy/test.sh (an Intel CPU
-# emulated for the OpenVINO plugin, tests/plugin_eps.rs). Exits non-zero with a reason when it
+# emulated for the OpenVINO plugin, tests/e2e/plugin_eps.rs). Exits non-zero with a reason when it
 # cannot.
 set -euo pipefail
 say() { echo "qemu-user: $*" >&2; }

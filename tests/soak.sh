@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The soak (tests/soak.rs) at full length: mixed traffic over the socket, MQTT, the OpenAI and
+# The soak (tests/e2e/soak.rs) at full length: mixed traffic over the socket, MQTT, the OpenAI and
 # Ollama APIs and Wyoming for --minutes (default 30), the broker restarted every 60 s and a
 # SIGHUP every 90 s. Fails unless every request got exactly one terminal event, resident memory
 # grew by less than 5% after the warm-up, and file descriptors and threads stayed flat; prints
@@ -24,4 +24,4 @@ python=$(models/venv.sh | tail -n1)
 : "${ORT_DYLIB_PATH:=$(deploy/fetch-onnxruntime.sh | tail -n1)}"
 : "${QWENEDGE_CLIENT_PYTHON:=$(tests/clients/venv.sh | tail -n1)}"
 export QWENEDGE_FIXTURES ORT_DYLIB_PATH QWENEDGE_CLIENT_PYTHON QWENEDGE_SOAK_MINUTES="$minutes"
-exec cargo test --release --locked -p qwenedge --features e2e --test soak -- --nocapture
+exec cargo test --release --locked -p qwenedge --features e2e --test e2e soak:: -- --nocapture

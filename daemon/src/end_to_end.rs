@@ -1,4 +1,5 @@
-//! Where the end-to-end tests are. They live in `tests/` and are built only with the `e2e`
+//! Where the end-to-end tests are. They live in `tests/e2e/` and `tests/faults/` (two test
+//! binaries, one module per area) and are built only with the `e2e`
 //! feature, because they need what a fresh clone does not have: the model fixtures generated
 //! from transformers (Python, torch), ONNX Runtime's library, the client libraries users' software
 //! uses (`openai`, `ollama`, `wyoming`, …) and Mosquitto. `deploy/test.sh` prepares all of it
@@ -8,7 +9,7 @@
 #[test]
 #[cfg_attr(
     not(feature = "e2e"),
-    ignore = "the end-to-end tests (tests/*.rs) were not built: they need the model fixtures, ONNX Runtime, the Python clients and Mosquitto — run deploy/test.sh, which prepares them and runs every test"
+    ignore = "the end-to-end tests (tests/e2e, tests/faults) were not built: they need the model fixtures, ONNX Runtime, the Python clients and Mosquitto — run deploy/test.sh, which prepares them and runs every test"
 )]
 fn the_end_to_end_tests_have_their_fixtures() {
     let dir = std::env::var_os("QWENEDGE_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| {

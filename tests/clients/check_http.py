@@ -1,6 +1,6 @@
 """The daemon's HTTP APIs through the real client libraries: the OpenAI SDK, the Ollama client at
 Home Assistant's pin (making the calls Home Assistant makes), prometheus_client's parser, and
-jsonschema. Run by tests/http.rs; each check exits non-zero with one line saying what failed,
+jsonschema. Run by tests/e2e/http.rs; each check exits non-zero with one line saying what failed,
 and prints one JSON line of figures when it passes.
 
 usage: check_http.py CHECK --base-url http://127.0.0.1:PORT --model NAME [--api-key KEY]

@@ -1,5 +1,5 @@
 """The daemon's Wyoming server through the wyoming package Home Assistant uses (and zeroconf's
-browser). Run by tests/wyoming.rs; each check exits non-zero with one line saying what failed, and
+browser). Run by tests/e2e/wyoming.rs; each check exits non-zero with one line saying what failed, and
 prints one JSON line (figures, or the events received, for the Rust side to check against the
 catalog) when it passes.
 

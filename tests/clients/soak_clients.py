@@ -2,7 +2,7 @@
 (streamed chats), one Ollama client at Home Assistant's pin (streamed chats) and Home Assistant's
 Wyoming conversation turns (a new connection per transcript), each looping while a traffic window
 is open. Every request must end exactly once: one finish_reason and the end of the stream for
-OpenAI, one `done` chunk for Ollama, one answer event for Wyoming. Run by tests/soak.rs; prints
+OpenAI, one `done` chunk for Ollama, one answer event for Wyoming. Run by tests/e2e/soak.rs; prints
 one JSON line of counts per client and every failure met.
 
 usage: soak_clients.py --base-url URL --model NAME --wyoming-port PORT --windows START:END[,START:END…]

@@ -2,10 +2,8 @@
 //! `model.backend = "tract"`, and `auto` without any ONNX Runtime library (serve and doctor),
 //! each against ONNX Runtime's answer.
 
-mod common;
-
-use common::wait::Bounded;
-use common::{model_dir, reference};
+use crate::common::wait::Bounded;
+use crate::common::{model_dir, reference};
 
 /// `qwenedge generate` with `--backend tract` and with `--backend ort`: the greedy text (stdout).
 fn generate_text(backend: &str, model: &std::path::Path, prompt: &str) -> String {
@@ -19,7 +17,7 @@ fn generate_text(backend: &str, model: &std::path::Path, prompt: &str) -> String
 }
 
 /// One greedy raw completion and the `models` answer from a running daemon.
-fn serve_once(daemon: &common::daemon::Daemon, prompt: &str) -> (String, serde_json::Value) {
+fn serve_once(daemon: &crate::common::daemon::Daemon, prompt: &str) -> (String, serde_json::Value) {
     let mut c = daemon.client();
     c.send(&serde_json::json!({"id": "m", "op": "models"}));
     let models = c.recv();
@@ -52,7 +50,7 @@ fn generate_and_serve_with_tract_give_onnxruntime_text() {
     assert!(with_ort.trim_end().len() > 1, "ONNX Runtime generated {with_ort:?}");
     assert_eq!(generate_text("tract", &model, prompt), with_ort);
 
-    let daemon = common::daemon::Daemon::start_customized(&model, "backend = \"tract\"", "", |_| {});
+    let daemon = crate::common::daemon::Daemon::start_customized(&model, "backend = \"tract\"", "", |_| {});
     let (text, models) = serve_once(&daemon, prompt);
     assert_eq!(text + "\n", with_ort);
     let backend = backend_of(&models);
@@ -73,7 +71,7 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     let no_library = |c: &mut std::process::Command| {
         c.env_remove("ORT_DYLIB_PATH").env("QWENEDGE_CACHE", empty.path()).env("HOME", empty.path());
     };
-    let daemon = common::daemon::Daemon::start_customized(&model, "backend = \"auto\"", "", no_library);
+    let daemon = crate::common::daemon::Daemon::start_customized(&model, "backend = \"auto\"", "", no_library);
     let (text, models) = serve_once(&daemon, prompt);
     let backend = backend_of(&models);
     let library = backend["library"].as_str().unwrap_or_default();
@@ -102,7 +100,7 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let socket = dir.path().join("q.sock");
-    let text = common::daemon::config_text(&model, &socket, "").replacen("threads = 1\n", "threads = 1\nbackend = \"auto\"\n", 1);
+    let text = crate::common::daemon::config_text(&model, &socket, "").replacen("threads = 1\n", "threads = 1\nbackend = \"auto\"\n", 1);
     std::fs::write(&config, text).unwrap();
     let missing = dir.path().join("libonnxruntime.so");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwenedge"))
@@ -123,7 +121,7 @@ fn auto_falls_back_to_tract_only_when_no_library_was_named() {
 fn sighup_changing_the_backend_swaps_the_runtime() {
     let model = model_dir("tiny-b", "int4");
     let prompt = &reference("tiny-b").prompts[1].text;
-    let daemon = common::daemon::Daemon::start_customized(&model, "backend = \"ort\"", "", |_| {});
+    let daemon = crate::common::daemon::Daemon::start_customized(&model, "backend = \"ort\"", "", |_| {});
     let (before, _) = serve_once(&daemon, prompt);
     assert_eq!(backend_of(&daemon.status())["name"], "onnxruntime");
     let text = std::fs::read_to_string(&daemon.config).unwrap().replacen("backend = \"ort\"", "backend = \"tract\"", 1);

@@ -3,12 +3,10 @@
 //! Home Assistant discovery (and `mqtt-forget`), bad payloads, and the status topic across
 //! SIGTERM and SIGKILL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{chat, Daemon};
-use common::mqtt::{mqtt_section, run_ok, Answers, Broker, Msg, Tester};
+use crate::common::daemon::{chat, Daemon};
+use crate::common::mqtt::{mqtt_section, run_ok, Answers, Broker, Msg, Tester};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);

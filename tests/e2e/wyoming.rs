@@ -4,17 +4,15 @@
 //! intent and the handle programs, refusals when critically hot, bad frames of every kind while
 //! another client is served, the zeroconf record, and 10 × 10 concurrent turns.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::clients;
-use common::daemon::{chat, Daemon};
-use common::mqtt::free_port;
-use common::wait::{Bounded, Wait};
+use crate::common::clients;
+use crate::common::daemon::{chat, Daemon};
+use crate::common::mqtt::free_port;
+use crate::common::wait::{Bounded, Wait};
 use qwenedge_intent::catalog::SlotKind;
 use qwenedge_intent::Catalog;
 use serde_json::Value;

@@ -6,13 +6,11 @@
 //! state is cached or reused. A failure while the catalog is being cached leaves intents
 //! answered, and the catalog is cached when the warm-up is tried again.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::daemon::{streamed_text, Daemon};
-use common::wait;
+use crate::common::daemon::{streamed_text, Daemon};
+use crate::common::wait;
 use serde_json::{json, Value};
 
 fn ask(d: &Daemon, request: Value) -> (Value, String) {
@@ -40,7 +38,7 @@ fn fail_next_run(flag: &Path) {
 fn an_onnx_runtime_error_mid_generation_is_a_model_error_and_the_daemon_goes_on() {
     let flags = tempfile::tempdir().unwrap();
     let flag = flags.path().join("fail");
-    let d = Daemon::start_customized(&common::model_dir("tiny-a", "int4"), "", "[scheduler]\nmax_tokens_limit = 100000\n", |c| {
+    let d = Daemon::start_customized(&crate::common::model_dir("tiny-a", "int4"), "", "[scheduler]\nmax_tokens_limit = 100000\n", |c| {
         c.env("QWENEDGE_FAULT_ORT_ERROR_FILE", &flag);
     });
     // The catalog's warm-up first, so that each fault meets the request it is meant for.
@@ -83,7 +81,7 @@ fn an_onnx_runtime_error_while_caching_the_catalog_leaves_intents_answered() {
     let flags = tempfile::tempdir().unwrap();
     let flag = flags.path().join("fail");
     fail_next_run(&flag);
-    let d = Daemon::start_customized(&common::model_dir("tiny-a", "int4"), "", "", |c| {
+    let d = Daemon::start_customized(&crate::common::model_dir("tiny-a", "int4"), "", "", |c| {
         c.env("QWENEDGE_FAULT_ORT_ERROR_FILE", &flag);
     });
     wait::until("the catalog warm-up to meet the fault", Duration::from_secs(30), || !flag.exists());

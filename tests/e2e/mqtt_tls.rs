@@ -2,18 +2,16 @@
 //! by `openssl` in the test), `qwenedge doctor`'s broker check, and start-up refusing unusable
 //! certificate files.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{chat, config_text, Daemon};
-use common::mqtt::{make_certificates, Broker, BrokerOptions, Tester, TesterOptions};
-use common::wait::Bounded;
+use crate::common::daemon::{chat, config_text, Daemon};
+use crate::common::mqtt::{make_certificates, Broker, BrokerOptions, Tester, TesterOptions};
+use crate::common::wait::Bounded;
 use serde_json::{json, Value};
 
-fn section(tls_port: u16, certs: &common::mqtt::TlsFiles, password_file: &Path, ca: &Path) -> String {
+fn section(tls_port: u16, certs: &crate::common::mqtt::TlsFiles, password_file: &Path, ca: &Path) -> String {
     format!(
         "[mqtt]\nenabled = true\nurl = \"mqtts://localhost:{tls_port}\"\ndevice_id = \"dt\"\nusername = \"qe\"\npassword_file = {:?}\n\
          ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\nreconnect_min_ms = 100\n",
@@ -54,7 +52,7 @@ fn password_and_tls_with_a_client_certificate() {
     // A wrong password: doctor says the broker refuses.
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "guess\n").unwrap();
-    let model = common::model_dir("tiny-a", "int4");
+    let model = crate::common::model_dir("tiny-a", "int4");
     let bad_config = dir.path().join("bad.toml");
     std::fs::write(&bad_config, config_text(&model, &dir.path().join("x.sock"), &section(tls_port, &certs, &wrong, &certs.ca))).unwrap();
     let m = doctor(&bad_config)["mqtt"].clone();

@@ -4,14 +4,12 @@
 //! request stream through a shared subscription, and 500 requests from 10 clients with the
 //! daemon's memory checked before and after.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::daemon::{chat, Daemon};
-use common::mqtt::{mqtt_section, Answers, Broker, Tester, TesterOptions};
-use common::wait;
+use crate::common::daemon::{chat, Daemon};
+use crate::common::mqtt::{mqtt_section, Answers, Broker, Tester, TesterOptions};
+use crate::common::wait;
 use serde_json::json;
 
 /// How long a wait for the broker or the daemon may take (before scaling); for a stream of

@@ -1,8 +1,6 @@
 //! The model's chat template renders exactly as transformers renders it (messages, system
 //! prompts, reasoning, thinking on/off, tools and tool calls, no generation prompt, unicode).
 
-mod common;
-
 use qwenedge_engine::chat::{ChatInput, ChatTemplate};
 use qwenedge_engine::model::ModelSpec;
 use serde::Deserialize;
@@ -19,10 +17,10 @@ struct Case {
 
 #[test]
 fn renders_like_transformers() {
-    let dir = common::fixtures();
+    let dir = crate::common::fixtures();
     let cases: Vec<Case> = serde_json::from_slice(&std::fs::read(dir.join("chat_reference.json")).unwrap()).unwrap();
     assert!(cases.iter().any(|c| c.tools.is_some()), "corpus must cover tools");
-    let spec = ModelSpec::load(common::model_dir("tiny-a", "fp32")).unwrap();
+    let spec = ModelSpec::load(crate::common::model_dir("tiny-a", "fp32")).unwrap();
     let template = ChatTemplate::load(&spec).unwrap();
     for case in cases {
         let input = ChatInput {
@@ -38,7 +36,7 @@ fn renders_like_transformers() {
 
 #[test]
 fn non_thinking_generation_prompt_has_an_empty_think_block() {
-    let spec = ModelSpec::load(common::model_dir("tiny-a", "fp32")).unwrap();
+    let spec = ModelSpec::load(crate::common::model_dir("tiny-a", "fp32")).unwrap();
     let template = ChatTemplate::load(&spec).unwrap();
     let input = ChatInput {
         messages: vec![serde_json::json!({"role": "user", "content": "hi"})],

@@ -1,7 +1,7 @@
 //! tract against ONNX Runtime on a model of a published size's full width (run by
 //! `models/verify-sizes.sh`, which sets `QWENEDGE_VERIFY_MODEL`; ignored otherwise).
 //!
-//! The two runtimes' 4-bit products agree to float rounding (`tests/tract.rs`), but both
+//! The two runtimes' 4-bit products agree to float rounding (`tests/e2e/tract.rs`), but both
 //! quantize each layer's activations to int8 per block, so a rounding apart can move a value by
 //! a quantization step, and on random weights such differences grow from layer to layer (the
 //! last logits of the 2B-width model differ by up to 0.08 between them; ONNX Runtime differs
@@ -10,8 +10,6 @@
 //! is teacher-forced along ONNX Runtime's greedy tokens: at every step where its two best logits
 //! are further apart than [`CLEAR`] times the root mean square difference between the runtimes'
 //! logits, tract's best token is ONNX Runtime's.
-
-mod common;
 
 use qwenedge_engine::backend::ort::OrtOptions;
 use qwenedge_engine::backend::select::BackendKind;
@@ -62,7 +60,7 @@ fn tract_follows_onnxruntime_wherever_the_greedy_choice_is_clear() {
         let ((best, top), (_, second)) = best_two(lo.last());
         let ((tract_best, _), _) = best_two(lt.last());
         let apart = rms_diff(lo.last(), lt.last());
-        widest = widest.max(common::max_abs_diff(lo.last(), lt.last()));
+        widest = widest.max(crate::common::max_abs_diff(lo.last(), lt.last()));
         if top - second > CLEAR * apart {
             clear += 1;
             let gap = top - second;

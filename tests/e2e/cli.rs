@@ -2,11 +2,9 @@
 //! nothing else; `bench` prints a table on stderr and one JSON line on stdout; errors are one
 //! clear line and a failure status.
 
-mod common;
-
 use std::process::Command;
 
-use common::wait::Bounded;
+use crate::common::wait::Bounded;
 use qwenedge_engine::bpe::Bpe;
 
 fn qwenedge() -> Command {
@@ -15,8 +13,8 @@ fn qwenedge() -> Command {
 
 #[test]
 fn generate_streams_the_greedy_text() {
-    let dir = common::model_dir("tiny-a", "fp32");
-    let p = &common::reference("tiny-a").prompts[0];
+    let dir = crate::common::model_dir("tiny-a", "fp32");
+    let p = &crate::common::reference("tiny-a").prompts[0];
     let out = qwenedge()
         .args(["generate", "--threads", "2", "--max-tokens", "32", "--model"])
         .arg(&dir)
@@ -35,7 +33,7 @@ fn generate_streams_the_greedy_text() {
 fn generate_with_chat_template_runs() {
     let out = qwenedge()
         .args(["generate", "--chat", "--max-tokens", "4", "--model"])
-        .arg(common::model_dir("tiny-b", "int4"))
+        .arg(crate::common::model_dir("tiny-b", "int4"))
         .args(["--prompt", "Turn on the kitchen lights"])
         .output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -46,7 +44,7 @@ fn generate_with_chat_template_runs() {
 fn bench_prints_one_json_line() {
     let out = qwenedge()
         .args(["bench", "--threads", "2", "--prompt-tokens", "16", "--new-tokens", "8", "--runs", "1", "--model"])
-        .arg(common::model_dir("tiny-a", "int4"))
+        .arg(crate::common::model_dir("tiny-a", "int4"))
         .output_in_time();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -68,7 +66,7 @@ fn errors_are_one_line_with_failure_status() {
 
     let out = qwenedge()
         .args(["generate", "--onnxruntime", "/nonexistent/libonnxruntime.so", "--prompt", "x", "--model"])
-        .arg(common::model_dir("tiny-a", "int4"))
+        .arg(crate::common::model_dir("tiny-a", "int4"))
         .output_in_time();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();

@@ -1,8 +1,6 @@
 //! Broken model directories are refused with one error that names the file and what is wrong —
 //! never a panic, and before any weights are loaded.
 
-mod common;
-
 use std::path::Path;
 
 use qwenedge_engine::{Engine, EngineOptions};
@@ -11,7 +9,7 @@ use qwenedge_engine::{Engine, EngineOptions};
 fn broken(f: impl FnOnce(&Path)) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
-    common::copy_model(&common::model_dir("tiny-a", "int4"), &dir);
+    crate::common::copy_model(&crate::common::model_dir("tiny-a", "int4"), &dir);
     f(&dir);
     match Engine::load(&dir, &EngineOptions::default()) {
         Ok(_) => panic!("a broken model directory loaded"),
@@ -153,8 +151,8 @@ fn said(msg: &str) -> Result<(), proptest::test_runner::TestCaseError> {
 fn random_damage_to_the_model_files_never_panics_the_reader() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
-    let src = common::model_dir("tiny-a", "int4");
-    common::copy_model(&src, &dir);
+    let src = crate::common::model_dir("tiny-a", "int4");
+    crate::common::copy_model(&src, &dir);
     let names = ["genai_config.json", "model.onnx"];
     let originals: Vec<Vec<u8>> = names.iter().map(|f| std::fs::read(src.join(f)).unwrap()).collect();
     assert!(qwenedge_engine::model::ModelSpec::load(&dir).is_ok(), "the undamaged directory reads");

@@ -3,13 +3,11 @@
 //! loaded one keeps serving, never freed); the disk full when a prefix snapshot is written, and
 //! the log going to a full disk. The tmpfs tests mount a small filesystem and need root.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::daemon::{streamed_text, Daemon};
-use common::wait::Bounded;
+use crate::common::daemon::{streamed_text, Daemon};
+use crate::common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// A greedy completion's text.
@@ -34,7 +32,7 @@ fn rewrite(path: &Path, bytes: &[u8]) {
 
 fn model_copy(dir: &Path, name: &str, fixture: &str) -> PathBuf {
     let to = dir.join(name);
-    common::copy_model(&common::model_dir(fixture, "int4"), &to);
+    crate::common::copy_model(&crate::common::model_dir(fixture, "int4"), &to);
     to
 }
 
@@ -72,7 +70,7 @@ fn the_model_directory_deleted_then_replaced_under_a_running_daemon() {
     wait_log(&d, "loading the model for the new configuration", 1);
     wait_log(&d, "configuration reloaded", 2);
     let replaced = complete(&d, "replaced");
-    let reference = Daemon::start_with_model(&common::model_dir("tiny-b", "int4"), "");
+    let reference = Daemon::start_with_model(&crate::common::model_dir("tiny-b", "int4"), "");
     assert_eq!(replaced, complete(&reference, "reference"), "the new files are what serves");
     assert_ne!(replaced, before);
 }
@@ -90,7 +88,7 @@ fn sighup_to_a_broken_model_keeps_the_loaded_one_serving() {
     let no_tokenizer = model_copy(tmp.path(), "no-tokenizer", "tiny-b");
     rewrite(&no_tokenizer.join("tokenizer.json"), b"{\"model\": ");
     for (n, (broken, named)) in [(&truncated, "model.onnx.data"), (&no_tokenizer, "tokenizer.json")].into_iter().enumerate() {
-        std::fs::write(&d.config, common::daemon::config_text(broken, &d.socket, "")).unwrap();
+        std::fs::write(&d.config, crate::common::daemon::config_text(broken, &d.socket, "")).unwrap();
         d.signal(libc::SIGHUP);
         wait_log(&d, "the model loaded before keeps serving", n + 1);
         let log = d.log_text();
@@ -154,7 +152,7 @@ fn a_log_on_a_full_disk_does_not_stop_serving() {
     let disk = Tmpfs::mount(&tmp.path().join("logs"), 64);
     disk.fill();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(disk.0.join("daemon.log")).unwrap();
-    let mut d = Daemon::start_customized(&common::model_dir("tiny-a", "int4"), "", "", |c| {
+    let mut d = Daemon::start_customized(&crate::common::model_dir("tiny-a", "int4"), "", "", |c| {
         c.env("QWENEDGE_LOG", "debug").stderr(log);
     });
     for n in 0..5 {

@@ -8,14 +8,12 @@
 //!
 //! `QWENEDGE_SOAK_MINUTES` sets the length (3 in the test run; `tests/soak.sh --minutes 30`).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::daemon::{chat, config_text, Daemon};
-use common::mqtt::{free_port, Answers, Broker, Tester, TesterOptions};
+use crate::common::daemon::{chat, config_text, Daemon};
+use crate::common::mqtt::{free_port, Answers, Broker, Tester, TesterOptions};
 use serde_json::{json, Value};
 
 const MODEL: &str = "qwen3.5-soak";
@@ -169,7 +167,7 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
     let [_, (main_start, main_end)] = plan.windows();
 
     let windows = plan.windows().iter().map(|(s, e)| format!("{:.3}:{:.3}", epoch(*s), epoch(*e))).collect::<Vec<_>>().join(",");
-    let mut python = common::clients::command("soak_clients.py")
+    let mut python = crate::common::clients::command("soak_clients.py")
         .args(["--base-url", &format!("http://127.0.0.1:{http}"), "--model", MODEL, "--wyoming-port", &wyoming.to_string()])
         .args(["--windows", &windows])
         .stdout(std::process::Stdio::piped())
@@ -223,8 +221,11 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
             next_restart = plan.in_traffic(next_restart + Duration::from_secs(60));
         } else if now >= next_reload {
             reloads += 1;
-            std::fs::write(&d.config, config_text(&common::model_dir("tiny-a", "int4"), &d.socket, &sections(300_000 + reloads as u64)))
-                .unwrap();
+            std::fs::write(
+                &d.config,
+                config_text(&crate::common::model_dir("tiny-a", "int4"), &d.socket, &sections(300_000 + reloads as u64)),
+            )
+            .unwrap();
             d.signal(libc::SIGHUP);
             next_reload = plan.in_traffic(next_reload + Duration::from_secs(90));
         }
@@ -236,7 +237,7 @@ fn soak_with_broker_restarts_and_reloads_loses_nothing_and_stays_flat() {
     let socket_b = join("socket (per request)", b, &d);
     let (mqtt, answers) = join("MQTT", m, &d);
     // Its last window has ended; what it still has in flight ends within its own timeouts.
-    let python_status = common::wait::exit(&mut python, "the soak's Python clients to finish", Duration::from_secs(300));
+    let python_status = crate::common::wait::exit(&mut python, "the soak's Python clients to finish", Duration::from_secs(300));
     let stdout = python_out.join().unwrap();
     let py: Value = serde_json::from_slice(stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"null")).unwrap();
     monitor.join().unwrap();

@@ -3,15 +3,13 @@
 //! parser) against the real binary on a tiny model; plus what needs the daemon's side: start-up
 //! refusals, bearer tokens that leave the counters alone, health.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::clients;
-use common::daemon::Daemon;
-use common::mqtt::free_port;
-use common::wait::{Bounded, Wait};
+use crate::common::clients;
+use crate::common::daemon::Daemon;
+use crate::common::mqtt::free_port;
+use crate::common::wait::{Bounded, Wait};
 use serde_json::Value;
 
 const MODEL: &str = "qwen3.5-tiny";
@@ -101,7 +99,7 @@ fn listening_beyond_loopback_without_a_key_file_stops_start_up() {
     let socket = dir.path().join("q.sock");
     let config = dir.path().join("config.toml");
     let port = free_port();
-    let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "[http]\nenabled = true\n");
+    let text = crate::common::daemon::config_text(&crate::common::model_dir("tiny-a", "int4"), &socket, "[http]\nenabled = true\n");
     std::fs::write(&config, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_qwenedge"))
         .args(["serve", "--config"])

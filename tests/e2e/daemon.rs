@@ -1,13 +1,11 @@
 //! `qwenedge serve` end to end over a real Unix socket: streaming, interleaving, cancellation,
 //! disconnects, backpressure, priorities, deadlines, signals, peer checks and bad input.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::daemon::{chat, streamed_text, Client, Daemon};
-use common::wait::Bounded;
+use crate::common::daemon::{chat, streamed_text, Client, Daemon};
+use crate::common::wait::Bounded;
 use serde_json::{json, Value};
 
 fn terminal<'a>(events: &'a [Value], id: &str) -> &'a Value {
@@ -186,8 +184,8 @@ fn sigterm_drains_answers_shutting_down_and_removes_the_socket() {
 fn sighup_reloads_the_configuration_and_swaps_the_model() {
     let d = Daemon::start("");
     assert!(d.status()["model"]["path"].as_str().unwrap().ends_with("tiny-a/int4"));
-    let model_b = common::model_dir("tiny-b", "int4");
-    std::fs::write(&d.config, common::daemon::config_text(&model_b, &d.socket, "[scheduler]\nqueue_capacity = 5\n")).unwrap();
+    let model_b = crate::common::model_dir("tiny-b", "int4");
+    std::fs::write(&d.config, crate::common::daemon::config_text(&model_b, &d.socket, "[scheduler]\nqueue_capacity = 5\n")).unwrap();
     let mut c = d.client();
     d.signal(libc::SIGHUP);
     c.send(&chat("during", "hello", json!({"max_tokens": 3})));

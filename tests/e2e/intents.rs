@@ -2,15 +2,13 @@
 //! model) always parse into a catalog intent with in-type slot values, or into "no intent";
 //! the socket `intent` op; `response_format` on chat; Hermes NLU over a real Mosquitto.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{chat, Daemon};
-use common::model_dir;
-use common::mqtt::{mqtt_section, Broker, Tester};
-use common::utterances::{markers, utterances};
-use common::wait::Bounded;
+use crate::common::daemon::{chat, Daemon};
+use crate::common::model_dir;
+use crate::common::mqtt::{mqtt_section, Broker, Tester};
+use crate::common::utterances::{markers, utterances};
+use crate::common::wait::Bounded;
 use qwenedge_engine::backend::ort::OrtOptions;
 use qwenedge_engine::backend::select::BackendKind;
 use qwenedge_engine::constrain::{Allowed, Constrainer, Grammar};
@@ -195,7 +193,7 @@ fn the_compiler_without_vocabulary_slices_allows_the_same_tokens() {
         Grammar::JsonSchema(schema),
         Grammar::Lark("start: /[a-z ]{1,30}/ \".\"".into()),
     ];
-    let mut rng = common::utterances::Lcg(7);
+    let mut rng = crate::common::utterances::Lcg(7);
     for (g, grammar) in grammars.iter().enumerate() {
         for walk in 0..8 {
             let (mut a, mut b) = (sliced.constraint(grammar).unwrap(), unsliced.constraint(grammar).unwrap());

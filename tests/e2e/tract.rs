@@ -1,9 +1,7 @@
 //! The tract backend against ONNX Runtime: every contrib op the Qwen3.5 exports use, run as a
 //! one-node graph on random inputs by both runtimes, and greedy generation on every fixture.
 
-mod common;
-
-use common::{greedy, model_dir, reference, CONFIGS};
+use crate::common::{greedy, model_dir, reference, CONFIGS};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 use prost::Message;
@@ -280,7 +278,7 @@ fn rms_norms_match_onnxruntime_bit_for_bit() {
             let bytes = graph_bytes("SkipSimplifiedLayerNormalization", &inputs, &[Attr::F("epsilon", 1e-6)], outputs);
             let bytes = if outputs == 4 { only_outputs(&bytes, &[0, 3]) } else { bytes };
             let (want, got) = (run_ort(&bytes, &inputs, 1), run_tract(&bytes, &inputs));
-            let d = common::max_abs_diff(&want[0], &got[0]);
+            let d = crate::common::max_abs_diff(&want[0], &got[0]);
             assert!(d <= tolerance, "SkipSimplifiedLayerNormalization over {n}, {outputs} outputs: max diff {d}");
             assert_eq!(got.len(), if outputs == 4 { 2 } else { 1 }, "outputs of tract's node");
             if let ([Input::F32(_, x), Input::F32(_, skip), _], Some(sum)) = (&inputs, got.get(1)) {
@@ -398,7 +396,7 @@ fn chunked_and_restored_steps_match_onnxruntime() {
     let mut sc = tract.restore(&snap, 16).unwrap();
     tract.forward(&mut sc, &ids[split..], LogitsWanted::All, &mut b).unwrap();
     first.extend_from_slice(&b.data);
-    let diff = common::max_abs_diff(&a.data, &first);
+    let diff = crate::common::max_abs_diff(&a.data, &first);
     assert!(diff < 1e-3, "max |Δlogit| {diff}");
 
     // A prompt longer than one plan run: the backend splits it, with the same last logits as
@@ -412,6 +410,6 @@ fn chunked_and_restored_steps_match_onnxruntime() {
     assert_eq!((split.len(), &last.data[..]), (700, &b.data[b.data.len() - last.data.len()..]));
     let mut so = ort.new_sequence().unwrap();
     ort.forward(&mut so, &long, LogitsWanted::Last, &mut a).unwrap();
-    let diff = common::max_abs_diff(&a.data, &last.data);
+    let diff = crate::common::max_abs_diff(&a.data, &last.data);
     assert!(diff < 1e-3, "700 tokens: max |Δlogit| {diff}");
 }

@@ -6,13 +6,11 @@
 //! maker's; a missing library, one that is not a plugin and one built for a newer ONNX Runtime
 //! are each one line naming the file.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::daemon::{chat, streamed_text, Daemon};
-use common::wait::Bounded;
+use crate::common::daemon::{chat, streamed_text, Daemon};
+use crate::common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// The plugin library the test environment names, else what deploy/fetch-ep-plugin.sh has
@@ -48,7 +46,7 @@ fn plugin_keys(ep: &str, path: &Path, lib_keys: &str) -> String {
 }
 
 fn start(keys: &str, options: &str) -> Daemon {
-    Daemon::start_customized(&common::model_dir("tiny-a", "int4"), keys, options, |_| {})
+    Daemon::start_customized(&crate::common::model_dir("tiny-a", "int4"), keys, options, |_| {})
 }
 
 /// Greedy answers of a daemon to a few chat prompts and an intent (text, intent, confidence).
@@ -155,7 +153,7 @@ fn openvino_serves_on_an_intel_cpu() {
     // daemon runs on an emulated Intel one (the plugin's CPU kernels then run emulated too).
     let ov = plugin("openvino");
     let keys = plugin_keys("openvino", &ov, "device = \"cpu\"\nvendor = \"intel\"");
-    let d = Daemon::start_via(&on_cpu(true), &common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
+    let d = Daemon::start_via(&on_cpu(true), &crate::common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
     let backend = d.status()["model"]["backend"].clone();
     let p = &backend["providers"][0];
     assert_eq!((p["name"].as_str(), p["active"].as_bool()), (Some("openvino"), Some(true)), "{backend}\n{}", d.log_text());
@@ -171,7 +169,7 @@ fn openvino_offers_no_device_on_other_hardware() {
     let ov = plugin("openvino");
     let keys = plugin_keys("openvino", &ov, "");
     let wrapper = on_cpu(false);
-    let d = Daemon::start_via(&wrapper, &common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
+    let d = Daemon::start_via(&wrapper, &crate::common::model_dir("tiny-a", "int4"), &keys, OPENVINO_OPTIONS, |_| {});
     let backend = d.status()["model"]["backend"].clone();
     let p = &backend["providers"][0];
     let reason = p["reason"].as_str().unwrap_or_default();
@@ -193,15 +191,15 @@ fn strict_start(wrapper: &[&str], keys: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("q.sock");
     let config = dir.path().join("config.toml");
-    let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
+    let text = crate::common::daemon::config_text(&crate::common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", &format!("threads = 1\nstrict_providers = true\n{keys}\n"));
     std::fs::write(&config, text).unwrap();
-    let slowdown = if wrapper.is_empty() { 1.0 } else { common::wait::EMULATED };
-    let out = common::daemon::qwenedge_via(wrapper)
+    let slowdown = if wrapper.is_empty() { 1.0 } else { crate::common::wait::EMULATED };
+    let out = crate::common::daemon::qwenedge_via(wrapper)
         .args(["serve", "--config"])
         .arg(&config)
         .env("XDG_CACHE_HOME", dir.path())
-        .output_within(common::daemon::START.mul_f64(slowdown));
+        .output_within(crate::common::daemon::START.mul_f64(slowdown));
     assert!(!socket.exists(), "nothing started");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code(), stderr.lines().last().unwrap_or_default().to_string())

@@ -1,14 +1,12 @@
 //! Thermal and memory budgets end to end: the daemon reads a fake /sys and /proc tree that the
 //! tests script, and its admission, pacing, caps, model switching and unloading follow.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{chat, Daemon};
-use common::wait::Bounded;
+use crate::common::daemon::{chat, Daemon};
+use crate::common::wait::Bounded;
 use serde_json::{json, Value};
 
 /// A fake device: one thermal zone, memory and a cgroup, all writable by the test.
@@ -34,7 +32,7 @@ impl Device {
     }
 
     fn put(&self, rel: &str, text: &str) {
-        common::put(self.root(), rel, text);
+        crate::common::put(self.root(), rel, text);
     }
 
     fn temp(&self, c: f64) {
@@ -135,7 +133,7 @@ fn decode_rate(d: &Daemon, id: &str) -> (f64, f64) {
 #[test]
 fn warm_paces_decoding_to_the_duty_cycle() {
     let dev = Device::new();
-    let d = Daemon::start_with_model(&common::model_dir("tiny-b", "fp32"), &dev.config("warm_duty_cycle = 0.5\n"));
+    let d = Daemon::start_with_model(&crate::common::model_dir("tiny-b", "fp32"), &dev.config("warm_duty_cycle = 0.5\n"));
     decode_rate(&d, "warmup");
     let (normal, normal_paused) = decode_rate(&d, "normal");
     assert_eq!(normal_paused, 0.0, "no pauses while cool");
@@ -172,7 +170,7 @@ fn background_work_waits_while_warm() {
 fn serve_output(model: &Path, extra: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, common::daemon::config_text(model, &dir.path().join("q.sock"), extra)).unwrap();
+    std::fs::write(&config, crate::common::daemon::config_text(model, &dir.path().join("q.sock"), extra)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output_in_time()
 }
 
@@ -181,8 +179,9 @@ fn a_model_larger_than_the_cgroup_limit_is_refused_with_the_numbers() {
     let dev = Device::new();
     dev.put("/sys/fs/cgroup/qwenedge.service/memory.max", &format!("{}\n", 40u64 << 20));
     dev.put("/sys/fs/cgroup/qwenedge.service/memory.current", &format!("{}\n", 10u64 << 20));
-    let small: PathBuf = common::model_dir("tiny-a", "int4");
-    let out = serve_output(&common::model_dir("tiny-b", "fp32"), &dev.config(&format!("hot_model = {:?}\n", small.display().to_string())));
+    let small: PathBuf = crate::common::model_dir("tiny-a", "int4");
+    let out =
+        serve_output(&crate::common::model_dir("tiny-b", "fp32"), &dev.config(&format!("hot_model = {:?}\n", small.display().to_string())));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     let line = err.lines().last().unwrap();
@@ -223,7 +222,7 @@ fn an_idle_model_is_unloaded_and_reloaded_on_demand() {
 #[test]
 fn a_smaller_model_is_used_while_hot() {
     let dev = Device::new();
-    let hot = common::model_dir("tiny-b", "int4");
+    let hot = crate::common::model_dir("tiny-b", "int4");
     let d = Daemon::start(&dev.config(&format!("hot_model = {:?}\n", hot.display().to_string())));
     let path = |d: &Daemon| d.status()["model"]["path"].as_str().unwrap().to_string();
     assert!(path(&d).ends_with("tiny-a/int4"));

@@ -1,16 +1,14 @@
 //! Start-up and systemd integration of `qwenedge serve`: configuration errors, stale and
 //! foreign socket files, `--print-config`, socket activation, readiness and watchdog messages.
 
-mod common;
-
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::daemon::{chat, config_text, Client, START};
-use common::wait::{self, Bounded, Wait};
+use crate::common::daemon::{chat, config_text, Client, START};
+use crate::common::wait::{self, Bounded, Wait};
 use serde_json::json;
 
 fn serve(config: &std::path::Path) -> Command {
@@ -22,7 +20,7 @@ fn serve(config: &std::path::Path) -> Command {
 fn write_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let socket = dir.join("q.sock");
     let config = dir.join("config.toml");
-    std::fs::write(&config, config_text(&common::model_dir("tiny-a", "int4"), &socket, extra)).unwrap();
+    std::fs::write(&config, config_text(&crate::common::model_dir("tiny-a", "int4"), &socket, extra)).unwrap();
     (config, socket)
 }
 
@@ -145,7 +143,7 @@ fn socket_activation_readiness_and_watchdog() {
 fn the_shipped_example_configuration_is_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = std::fs::read_to_string(root.join("deploy/config.example.toml")).unwrap();
-    let model = common::model_dir("tiny-a", "int4");
+    let model = crate::common::model_dir("tiny-a", "int4");
     let text = example.replace("/var/lib/qwenedge/models/qwen3.5-0.8b-int4", &model.display().to_string());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
@@ -173,8 +171,8 @@ fn read_to_close(mut s: impl std::io::Read, what: &str) -> String {
 #[test]
 fn a_connection_over_the_limit_gets_a_busy_answer_on_every_transport() {
     use std::io::Write;
-    let (http, wyoming) = (common::mqtt::free_port(), common::mqtt::free_port());
-    let d = common::daemon::Daemon::start(&format!(
+    let (http, wyoming) = (crate::common::mqtt::free_port(), crate::common::mqtt::free_port());
+    let d = crate::common::daemon::Daemon::start(&format!(
         "max_connections = 1\n[http]\nenabled = true\nlisten = \"127.0.0.1:{http}\"\nmax_connections = 1\n[wyoming]\nenabled = true\nlisten = \"127.0.0.1:{wyoming}\"\nmax_connections = 1\n"
     ));
     let timeout = Some(Duration::from_millis(200));

@@ -1,8 +1,6 @@
 //! The tokenizer encodes a multilingual corpus exactly as the tiktoken reference does, and
 //! streaming detokenization reproduces the text without ever splitting a character.
 
-mod common;
-
 use qwenedge_engine::bpe::Bpe;
 use qwenedge_engine::detok::Utf8Stream;
 use serde::Deserialize;
@@ -30,7 +28,7 @@ struct Shape {
 }
 
 fn load() -> (Bpe, Vec<Case>) {
-    let dir = common::fixtures();
+    let dir = crate::common::fixtures();
     let bpe = Bpe::from_json(&std::fs::read(dir.join("tokenizer/tokenizer.json")).unwrap()).unwrap();
     let cases: Cases = serde_json::from_slice(&std::fs::read(dir.join("tokenizer_reference.json")).unwrap()).unwrap();
     assert!(cases.cases.len() >= 30, "corpus too small");
@@ -77,7 +75,7 @@ fn special_tokens_in_text_map_to_their_ids() {
 
 #[test]
 fn hostile_input_shapes_encode_like_the_reference() {
-    let dir = common::fixtures();
+    let dir = crate::common::fixtures();
     let bpe = Bpe::from_json(&std::fs::read(dir.join("tokenizer/tokenizer.json")).unwrap()).unwrap();
     let cases: Cases = serde_json::from_slice(&std::fs::read(dir.join("tokenizer_reference.json")).unwrap()).unwrap();
     let names: Vec<&str> = cases.shapes.iter().map(|s| s.shape.as_str()).collect();

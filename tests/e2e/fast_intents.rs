@@ -4,10 +4,8 @@
 //! in one forward pass or one pass each, and batching takes fewer passes than tokens; and the
 //! catalog state restored from disk gives the same answers, bit for bit, as the state prefilled.
 
-mod common;
-
-use common::model_dir;
-use common::utterances::{markers, utterances};
+use crate::common::model_dir;
+use crate::common::utterances::{markers, utterances};
 use qwenedge_engine::backend::ort::OrtOptions;
 use qwenedge_engine::backend::select::BackendKind;
 use qwenedge_engine::constrain::Grammar;
@@ -128,7 +126,7 @@ fn check(config: &str, precision: &str, backend: BackendKind) {
 
 #[test]
 fn ort_batching_forced_tokens_changes_nothing_but_the_number_of_passes() {
-    for config in common::CONFIGS {
+    for config in crate::common::CONFIGS {
         for precision in ["fp32", "int4"] {
             check(config, precision, BackendKind::Ort);
         }
@@ -138,7 +136,7 @@ fn ort_batching_forced_tokens_changes_nothing_but_the_number_of_passes() {
 #[cfg(feature = "tract")]
 #[test]
 fn tract_batching_forced_tokens_changes_nothing_but_the_number_of_passes() {
-    for config in common::CONFIGS {
+    for config in crate::common::CONFIGS {
         for precision in ["fp32", "int4"] {
             check(config, precision, BackendKind::Tract);
         }

@@ -6,14 +6,12 @@
 //! daemon fails saying what it waited for, how long, and the daemon's last log lines, rather
 //! than a bare timeout.
 
-mod common;
-
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use common::daemon::Daemon;
-use common::model_dir;
-use common::mqtt::{mqtt_section, Broker, Tester};
+use crate::common::daemon::Daemon;
+use crate::common::model_dir;
+use crate::common::mqtt::{mqtt_section, Broker, Tester};
 use serde_json::json;
 
 #[test]

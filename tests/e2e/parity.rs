@@ -2,11 +2,9 @@
 //! prefill logits, onnxruntime-genai's greedy tokens (fp32 and int4, single-token decode after a
 //! multi-token prefill), chunked prefill, and engine reuse without leaked state.
 
-mod common;
-
 use std::ops::ControlFlow;
 
-use common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
+use crate::common::{greedy, max_abs_diff, model_dir, reference, CONFIGS};
 use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::generate::{FinishReason, GenerateParams};
 use qwenedge_engine::model::LayerKind;
@@ -14,7 +12,7 @@ use qwenedge_engine::sampler::SamplingParams;
 use qwenedge_engine::Engine;
 
 fn engine(dir: &std::path::Path, all_logits: bool) -> Engine {
-    common::ort_engine(dir, |o| o.all_logits = all_logits)
+    crate::common::ort_engine(dir, |o| o.all_logits = all_logits)
 }
 
 #[test]
@@ -22,7 +20,7 @@ fn fp32_prefill_logits_match_transformers() {
     for config in CONFIGS {
         let mut e = engine(&model_dir(config, "fp32"), true);
         for (i, p) in reference(config).prompts.iter().enumerate() {
-            let want = common::hf_logits(config, &p.hf_logits_file);
+            let want = crate::common::hf_logits(config, &p.hf_logits_file);
             let mut seq = e.new_sequence().unwrap();
             let mut got = Logits::default();
             e.backend_mut().forward(&mut seq, &p.ids, LogitsWanted::All, &mut got).unwrap();
@@ -50,7 +48,7 @@ fn greedy_tokens_match_onnxruntime_genai() {
 
 #[test]
 fn older_state_names_load_and_match() {
-    let fixtures = common::fixtures();
+    let fixtures = crate::common::fixtures();
     let dir = fixtures.join("tiny-a/fp32-oldnames");
     let mut e = engine(&dir, false);
     let kinds = e.spec.layers.iter().filter(|l| matches!(l, LayerKind::LinearAttention { .. })).count();

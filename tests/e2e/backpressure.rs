@@ -4,8 +4,6 @@
 //! requests cancelled once the outbox passes `mqtt.max_outbox_bytes`. Meanwhile the daemon's
 //! memory stays put and other clients are answered.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -13,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::mqtt::{mqtt_section, Broker, Tester};
-use common::wait::Wait;
+use crate::common::daemon::Daemon;
+use crate::common::mqtt::{mqtt_section, Broker, Tester};
+use crate::common::wait::Wait;
 use serde_json::{json, Value};
 
 /// Most the daemon's resident memory may grow while a client does not read.

@@ -4,12 +4,10 @@
 //! multi-turn chats that resume from the previous turn's messages. Also: snapshots restore the
 //! exact state, their size is what the model's shapes say, and the daemon reports reuse.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{chat, Daemon};
-use common::{model_dir, put, CONFIGS};
+use crate::common::daemon::{chat, Daemon};
+use crate::common::{model_dir, put, CONFIGS};
 
 use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::chat::ChatInput;
@@ -22,7 +20,7 @@ const NEW_TOKENS: usize = 16;
 const INT4_TIE: f32 = 0.05;
 
 fn engine(dir: &std::path::Path) -> Engine {
-    common::ort_engine(dir, |_| {})
+    crate::common::ort_engine(dir, |_| {})
 }
 
 fn params() -> GenerateParams {
@@ -194,7 +192,7 @@ fn the_pinned_intent_prefix_ends_with_the_user_header_and_every_intent_prompt_st
     let mut e = engine(&model_dir("tiny-a", "int4"));
     e.configure_cache(256 << 20, 1);
     let catalog = qwenedge_intent::Catalog::builtin().unwrap();
-    let markers = common::utterances::markers(&e);
+    let markers = crate::common::utterances::markers(&e);
     let chat = |text: &str| qwenedge_intent::prepare(&catalog, text, None, &markers).chat;
     let pinned = e.pin_chat_prefix(&chat("")).unwrap();
     let header = e.tokenizer.encode("<|im_start|>user\n").unwrap();
@@ -231,7 +229,7 @@ fn the_pinned_intent_prefix_ends_with_the_user_header_and_every_intent_prompt_st
 fn a_restored_snapshot_continues_exactly_and_is_as_large_as_the_shapes_say() {
     for config in CONFIGS {
         let mut e = engine(&model_dir(config, "fp32"));
-        let prompt = &common::reference(config).prompts[1].ids;
+        let prompt = &crate::common::reference(config).prompts[1].ids;
         let cut = prompt.len() / 2;
         let mut seq = e.new_sequence().unwrap();
         let mut logits = Logits::default();
@@ -247,7 +245,7 @@ fn a_restored_snapshot_continues_exactly_and_is_as_large_as_the_shapes_say() {
             let mut got = Logits::default();
             e.backend_mut().forward(&mut restored, &prompt[cut..], LogitsWanted::Last, &mut got).unwrap();
             assert_eq!(restored.len(), prompt.len());
-            assert_eq!(common::max_abs_diff(got.last(), want.last()), 0.0, "{config} room {room}");
+            assert_eq!(crate::common::max_abs_diff(got.last(), want.last()), 0.0, "{config} room {room}");
         }
         let mut other = engine(&model_dir(if *config == "tiny-a" { "tiny-b" } else { "tiny-a" }, "fp32"));
         assert!(other.backend_mut().restore(&snap, 0).is_err(), "a snapshot of another model's shapes is refused");
@@ -331,7 +329,7 @@ fn memory_pressure_empties_the_cache_and_a_reload_resizes_it() {
 
     std::fs::write(
         &d.config,
-        common::daemon::config_text(&model_dir("tiny-a", "int4"), &d.socket, &format!("{budget}[cache]\nmax_mb = 8\n")),
+        crate::common::daemon::config_text(&model_dir("tiny-a", "int4"), &d.socket, &format!("{budget}[cache]\nmax_mb = 8\n")),
     )
     .unwrap();
     d.signal(libc::SIGHUP);

@@ -1,15 +1,13 @@
 //! Execution providers with fallback and `strict`, and `qwenedge doctor` against a recorded
 //! /sys and /proc tree.
 
-mod common;
-
-use common::put;
+use crate::common::put;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::daemon::{chat, START};
-use common::wait::{self, Bounded};
+use crate::common::daemon::{chat, START};
+use crate::common::wait::{self, Bounded};
 use serde_json::{json, Value};
 
 #[test]
@@ -17,7 +15,7 @@ fn unavailable_providers_are_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("q.sock");
     let config = dir.path().join("config.toml");
-    let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
+    let text = crate::common::daemon::config_text(&crate::common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", "threads = 1\nexecution_providers = [\"cuda\", \"xnnpack\", \"cpu\"]\n")
         + "[model.provider_options.cuda]\ndevice_id = \"0\"\n";
     std::fs::write(&config, text).unwrap();
@@ -28,7 +26,7 @@ fn unavailable_providers_are_skipped_and_reported() {
         .spawn()
         .unwrap();
     wait::until("the daemon to listen", START, || std::os::unix::net::UnixStream::connect(&socket).is_ok());
-    let mut c = common::daemon::Client::connect(&socket);
+    let mut c = crate::common::daemon::Client::connect(&socket);
     c.send(&json!({"id": "s", "op": "status"}));
     let status = c.recv();
     let backend = &status["model"]["backend"];
@@ -51,7 +49,7 @@ fn strict_providers_make_a_missing_provider_a_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("q.sock");
     let config = dir.path().join("config.toml");
-    let text = common::daemon::config_text(&common::model_dir("tiny-a", "int4"), &socket, "")
+    let text = crate::common::daemon::config_text(&crate::common::model_dir("tiny-a", "int4"), &socket, "")
         .replace("threads = 1\n", "threads = 1\nexecution_providers = [\"qnn\", \"cpu\"]\nstrict_providers = true\n");
     std::fs::write(&config, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["serve", "--config"]).arg(&config).output_in_time();
@@ -96,7 +94,11 @@ fn doctor_json_reports_a_recorded_device() {
     put(r, "/proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, common::daemon::config_text(&common::model_dir("tiny-b", "int4"), &dir.path().join("q.sock"), "")).unwrap();
+    std::fs::write(
+        &config,
+        crate::common::daemon::config_text(&crate::common::model_dir("tiny-b", "int4"), &dir.path().join("q.sock"), ""),
+    )
+    .unwrap();
 
     let (code, report) = doctor(&config, r);
     assert_eq!(code, Some(0), "{report}");
@@ -118,7 +120,7 @@ fn doctor_json_reports_a_recorded_device() {
     assert_eq!(report["mqtt"]["configured"], false);
 
     // A broken model directory fails the check and the exit status.
-    std::fs::write(&config, common::daemon::config_text(Path::new("/nonexistent/model"), &dir.path().join("q.sock"), "")).unwrap();
+    std::fs::write(&config, crate::common::daemon::config_text(Path::new("/nonexistent/model"), &dir.path().join("q.sock"), "")).unwrap();
     let (code, report) = doctor(&config, r);
     assert_eq!(code, Some(1));
     assert_eq!(report["config"]["status"], "error");

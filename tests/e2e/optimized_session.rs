@@ -4,18 +4,18 @@
 //! just now, or mapped from the saved files; a truncated, damaged (graph or weights), foreign
 //! or unwritable cache is replaced or bypassed, never used.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{greedy, model_dir, reference, CONFIGS};
+use crate::common::{greedy, model_dir, reference, CONFIGS};
 use qwenedge_engine::backend::ort::{OptimizedCache, OrtOptions};
 use qwenedge_engine::backend::select::BackendKind;
 use qwenedge_engine::backend::{Logits, LogitsWanted};
 use qwenedge_engine::{Engine, EngineOptions};
 
 fn engine(dir: &Path, cache: Option<&Path>) -> Engine {
-    common::ort_engine(dir, |o| o.optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None }))
+    crate::common::ort_engine(dir, |o| {
+        o.optimized = cache.map(|d| OptimizedCache { dir: d.to_path_buf(), max_bytes: 8 << 30, room_bytes: None })
+    })
 }
 
 /// Greedy tokens of every reference prompt, and the first prompt's last logits.
