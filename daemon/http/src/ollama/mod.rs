@@ -19,9 +19,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{parse_body, OllamaError};
-use super::state::AppState;
+use super::state::{AppState, Outcome};
 use super::time::rfc3339;
-use qwenedge_api::{EventBody, GenerateRequest, ModelReport, Prompt};
+use qwenedge_api::{GenerateRequest, ModelReport, Prompt};
 use qwenedge_scheduler::KeepAlive;
 use qwenedge_toolcall::Splitter;
 use reply::{done_fields, done_reason, object, Shape, Stream};
@@ -208,38 +208,30 @@ async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Resu
         Prompt::Chat { thinking, tools, .. } => (*thinking, tools.clone().unwrap_or_default()),
         _ => (false, Vec::new()),
     };
-    let stream = request.stream();
-    let mut running = state.submit(TRANSPORT, request).map_err(|r| OllamaError::from_code(r.code, r.message))?;
     let model = tag_name(&state);
-    if !stream {
-        return match running.collect().await.1 {
-            EventBody::Done { text, finish_reason, usage, timings } => {
-                let mut s = Splitter::new(thinking, &tools);
-                let (mut content, mut reasoning, mut calls) = (String::new(), String::new(), Vec::new());
-                let mut pieces = s.push(&text);
-                let end = s.finish();
-                pieces.extend(end.pieces);
-                for p in pieces {
-                    match p {
-                        qwenedge_toolcall::Piece::Content(t) => content.push_str(&t),
-                        qwenedge_toolcall::Piece::Reasoning(t) => reasoning.push_str(&t),
-                        qwenedge_toolcall::Piece::Call(c) => calls.push(c),
-                    }
+    let running = match state.run(TRANSPORT, request).await.map_err(|(code, message)| OllamaError::from_code(code, message))? {
+        Outcome::Whole { text, finish_reason, usage, timings } => {
+            let mut s = Splitter::new(thinking, &tools);
+            let (mut content, mut reasoning, mut calls) = (String::new(), String::new(), Vec::new());
+            let mut pieces = s.push(&text);
+            let end = s.finish();
+            pieces.extend(end.pieces);
+            for p in pieces {
+                match p {
+                    qwenedge_toolcall::Piece::Content(t) => content.push_str(&t),
+                    qwenedge_toolcall::Piece::Reasoning(t) => reasoning.push_str(&t),
+                    qwenedge_toolcall::Piece::Call(c) => calls.push(c),
                 }
-                if !calls.is_empty() {
-                    content = content.trim_end().to_string();
-                }
-                let mut obj = object(shape, &model, &content, &reasoning, &calls);
-                done_fields(&mut obj, done_reason(finish_reason, end.cut_call), &usage, &timings);
-                Ok(Json(obj).into_response())
             }
-            EventBody::Error { code, message } => Err(OllamaError::from_code(code, message)),
-            other => Err(OllamaError::from_code(qwenedge_api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
-        };
-    }
-    if let Some(EventBody::Error { code, message }) = running.peek().await {
-        return Err(OllamaError::from_code(*code, message.clone()));
-    }
+            if !calls.is_empty() {
+                content = content.trim_end().to_string();
+            }
+            let mut obj = object(shape, &model, &content, &reasoning, &calls);
+            done_fields(&mut obj, done_reason(finish_reason, end.cut_call), &usage, &timings);
+            return Ok(Json(obj).into_response());
+        }
+        Outcome::Stream(running) => running,
+    };
     let s = Stream { running, shape, model, splitter: Some(Splitter::new(thinking, &tools)), ended: false };
     let lines = futures_util::stream::unfold(s, |mut s| async move { s.next_lines().await.map(|b| (Ok::<_, Infallible>(b), s)) });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())

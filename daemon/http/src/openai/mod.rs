@@ -18,9 +18,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{parse_body, OpenAiError};
-use super::state::AppState;
+use super::state::{AppState, Outcome};
 use super::time::unix_seconds;
-use qwenedge_api::{EventBody, FieldError, Prompt};
+use qwenedge_api::{FieldError, Prompt};
 use qwenedge_toolcall::Splitter;
 use reply::{Answer, ChatStream, Meta, TextStream};
 use request::{ChatBody, CompletionBody};
@@ -59,21 +59,13 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         Prompt::Chat { thinking, tools, .. } => (*thinking, tools.clone().unwrap_or_default()),
         _ => (false, Vec::new()),
     };
-    let stream = request.stream();
-    let mut running = state.submit(TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
     let meta = meta(&state, "chatcmpl");
-    if !stream {
-        return match running.collect().await.1 {
-            EventBody::Done { text, finish_reason, usage, .. } => {
-                Ok(Json(reply::chat_completion(&meta, &Answer::of(&text, thinking, &tools), finish_reason, &usage)).into_response())
-            }
-            EventBody::Error { code, message } => Err(OpenAiError::from_code(code, message)),
-            other => Err(OpenAiError::from_code(qwenedge_api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
-        };
-    }
-    if let Some(EventBody::Error { code, message }) = running.peek().await {
-        return Err(OpenAiError::from_code(*code, message.clone()));
-    }
+    let running = match state.run(TRANSPORT, request).await.map_err(|(code, message)| OpenAiError::from_code(code, message))? {
+        Outcome::Whole { text, finish_reason, usage, .. } => {
+            return Ok(Json(reply::chat_completion(&meta, &Answer::of(&text, thinking, &tools), finish_reason, &usage)).into_response());
+        }
+        Outcome::Stream(running) => running,
+    };
     let state = ChatStream {
         running,
         meta,
@@ -93,21 +85,13 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
     check_model(&state, completion.common.model.as_deref())?;
     let include_usage = completion.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let request = completion.request(&state.scheduler.limits()).map_err(OpenAiError::invalid)?;
-    let stream = request.stream();
-    let mut running = state.submit(TRANSPORT, request).map_err(|r| OpenAiError::from_code(r.code, r.message))?;
     let meta = meta(&state, "cmpl");
-    if !stream {
-        return match running.collect().await.1 {
-            EventBody::Done { text, finish_reason, usage, .. } => {
-                Ok(Json(reply::text_completion(&meta, &text, finish_reason, &usage)).into_response())
-            }
-            EventBody::Error { code, message } => Err(OpenAiError::from_code(code, message)),
-            other => Err(OpenAiError::from_code(qwenedge_api::ErrorCode::ModelError, format!("unexpected answer {other:?}"))),
-        };
-    }
-    if let Some(EventBody::Error { code, message }) = running.peek().await {
-        return Err(OpenAiError::from_code(*code, message.clone()));
-    }
+    let running = match state.run(TRANSPORT, request).await.map_err(|(code, message)| OpenAiError::from_code(code, message))? {
+        Outcome::Whole { text, finish_reason, usage, .. } => {
+            return Ok(Json(reply::text_completion(&meta, &text, finish_reason, &usage)).into_response());
+        }
+        Outcome::Stream(running) => running,
+    };
     let state = TextStream { running, meta, include_usage, ended: false };
     Ok(event_stream(futures_util::stream::unfold(state, |mut s| async move { s.next_frames().await.map(|b| (Ok(b), s)) })))
 }
