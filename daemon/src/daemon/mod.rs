@@ -23,7 +23,7 @@ use qwenedge_config::{Loaded, Settings};
 use qwenedge_mqtt::{MqttError, MqttTransport};
 use qwenedge_runner::{EngineLoader, LoadError, Runner};
 use qwenedge_scheduler::Scheduler;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::service;
@@ -68,12 +68,14 @@ impl From<MqttError> for DaemonError {
     }
 }
 
-/// What the handle asks of the running daemon.
-pub(crate) enum Control {
-    /// Stop: running requests get `grace`, then are cancelled.
-    Shutdown(Duration),
+/// What the handle asks of the running daemon: one slot per kind of order, which the latest
+/// order overwrites, so nothing queues however often the handle is used (a second SIGTERM, a
+/// burst of SIGHUPs: the newest grace and the newest configuration are what count).
+pub(crate) struct Orders {
+    /// Stop: running requests get this grace, then are cancelled.
+    shutdown: watch::Receiver<Option<Duration>>,
     /// New settings and catalog (a configuration reload).
-    Reload(Box<Loaded>),
+    reload: watch::Receiver<Option<Loaded>>,
 }
 
 /// Where a running daemon listens.
@@ -89,7 +91,8 @@ pub struct Endpoints {
 
 /// A running daemon.
 pub struct Daemon {
-    control: mpsc::UnboundedSender<Control>,
+    shutdown: watch::Sender<Option<Duration>>,
+    reload: watch::Sender<Option<Loaded>>,
     thread: std::thread::JoinHandle<Result<(), DaemonError>>,
     ended: watch::Receiver<bool>,
     endpoints: Endpoints,
@@ -131,7 +134,9 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let (control, orders) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_orders) = watch::channel(None);
+        let (reload, reload_orders) = watch::channel(None);
+        let orders = Orders { shutdown: shutdown_orders, reload: reload_orders };
         let (ended_tx, ended) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let serving = run::Serving { settings: Arc::clone(&settings), scheduler: scheduler.clone(), stopped, budget };
@@ -153,7 +158,7 @@ impl Daemon {
             })?;
         let grace = Duration::from_millis(settings.service.shutdown_grace_ms);
         match ready_rx.recv() {
-            Ok(()) => Ok(Self { control, thread, ended, endpoints, grace }),
+            Ok(()) => Ok(Self { shutdown, reload, thread, ended, endpoints, grace }),
             // The serving thread ended before it was ready: its result says why.
             Err(_) => Err(thread.join().map_or(DaemonError::Lost, |r| r.err().unwrap_or(DaemonError::Lost))),
         }
@@ -172,12 +177,12 @@ impl Daemon {
     /// Asks the daemon to stop: no new requests, running ones get `grace`. Returns at once;
     /// [`wait`](Self::wait) for the end.
     pub fn begin_shutdown(&self, grace: Duration) {
-        let _ = self.control.send(Control::Shutdown(grace));
+        self.shutdown.send_replace(Some(grace));
     }
 
     /// Applies new settings and catalog (what SIGHUP does with the configuration file).
     pub fn reload(&self, loaded: Loaded) {
-        let _ = self.control.send(Control::Reload(Box::new(loaded)));
+        self.reload.send_replace(Some(loaded));
     }
 
     /// Resolves once the daemon has ended (shut down, or its engine failed).

@@ -13,10 +13,9 @@ use qwenedge_transport::tcp::BoundTcp;
 use qwenedge_transport::Lifecycle;
 use qwenedge_unix::BoundSocket;
 use qwenedge_wyoming::zeroconf;
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::{budget_monitor, Control, DaemonError};
+use super::{budget_monitor, DaemonError, Orders};
 use crate::service;
 
 /// How long the last MQTT events may take to reach the broker after the engine stopped.
@@ -41,7 +40,7 @@ pub(super) struct Serving {
 pub(super) async fn serve(
     serving: Serving,
     bound: Bound,
-    mut orders: mpsc::UnboundedReceiver<Control>,
+    mut orders: Orders,
     ready: std::sync::mpsc::Sender<()>,
 ) -> Result<(), DaemonError> {
     let Serving { settings, scheduler, mut stopped, mut budget } = serving;
@@ -101,13 +100,22 @@ pub(super) async fn serve(
         let mut orders_open = true;
         let engine = loop {
             tokio::select! {
-                order = orders.recv(), if orders_open => match order {
-                    Some(Control::Shutdown(grace)) => {
+                changed = orders.shutdown.changed(), if orders_open => match changed {
+                    Ok(()) => {
+                        let grace = orders.shutdown.borrow_and_update().unwrap_or_default();
                         service::notify(if grace.is_zero() { "STOPPING=1\nSTATUS=stopping" } else { "STOPPING=1\nSTATUS=draining" });
                         let _ = life_tx.send(Lifecycle::Draining);
                         scheduler.shutdown(grace);
                     }
-                    Some(Control::Reload(loaded)) => {
+                    // The handle is gone: nobody can ask for a stop any more, so stop now.
+                    Err(_) => {
+                        orders_open = false;
+                        let _ = life_tx.send(Lifecycle::Draining);
+                        scheduler.shutdown(Duration::ZERO);
+                    }
+                },
+                Ok(()) = orders.reload.changed(), if orders_open => {
+                    if let Some(loaded) = orders.reload.borrow_and_update().clone() {
                         service::notify("STATUS=reloading the configuration");
                         match budget_monitor(&scheduler, &loaded.settings) {
                             Ok(m) => budget = m,
@@ -115,13 +123,7 @@ pub(super) async fn serve(
                         }
                         scheduler.reload(loaded.settings, loaded.catalog);
                     }
-                    // The handle is gone: nobody can ask for a stop any more, so stop now.
-                    None => {
-                        orders_open = false;
-                        let _ = life_tx.send(Lifecycle::Draining);
-                        scheduler.shutdown(Duration::ZERO);
-                    }
-                },
+                }
                 _ = ticker.tick(), if watchdog.is_some() => {
                     // Ping only while the engine thread shows life; a hung engine gets restarted.
                     if scheduler.worker_silence() < watchdog.unwrap_or_default() * 4 {
