@@ -12,15 +12,13 @@
     ignore = "the end-to-end tests (tests/e2e, tests/faults) were not built: they need the model fixtures, ONNX Runtime, the Python clients and Mosquitto — run deploy/test.sh, which prepares them and runs every test"
 )]
 fn the_end_to_end_tests_have_their_fixtures() {
-    let dir = std::env::var_os("QWENEDGE_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("QWENEDGE_CACHE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/qwenedge"));
-        cache.join("fixtures/current")
-    });
+    let dir = fixtures::fixtures_dir();
     assert!(
         dir.join("manifest.json").is_file(),
         "the end-to-end tests are built but their fixtures are not at {} — run deploy/test.sh (or python models/fixtures/generate.py)",
         dir.display()
     );
 }
+
+#[path = "../../tests/common/fixtures.rs"]
+mod fixtures;

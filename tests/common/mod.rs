@@ -6,6 +6,7 @@
 
 pub mod clients;
 pub mod daemon;
+mod fixtures;
 pub mod mqtt;
 pub mod utterances;
 pub mod wait;
@@ -17,12 +18,7 @@ use serde::Deserialize;
 /// The fixture directory: `$QWENEDGE_FIXTURES`, else `$QWENEDGE_CACHE/fixtures/current`,
 /// else `~/.cache/qwenedge/fixtures/current`. Panics with the command to run when absent.
 pub fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("QWENEDGE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("QWENEDGE_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwenedge"));
-        cache.join("fixtures/current")
-    });
+    let dir = fixtures::fixtures_dir();
     assert!(
         dir.join("manifest.json").is_file(),
         "test fixtures not found at {} — run deploy/test.sh (or python models/fixtures/generate.py)",
