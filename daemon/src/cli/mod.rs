@@ -11,6 +11,7 @@ mod bench_tokenizer;
 mod doctor;
 mod eval_intents;
 mod generate;
+mod intents;
 mod mqtt_forget;
 mod serve;
 
@@ -46,6 +47,8 @@ enum Command {
     Ask(ask::AskArgs),
     /// Measure intent recognition on a labelled dataset through the running daemon.
     EvalIntents(eval_intents::EvalIntentsArgs),
+    /// Match utterances against Home Assistant's sentence templates, locally (no daemon, no model).
+    Intents(intents::IntentsArgs),
     /// Check this device, the ONNX Runtime library, the socket and the configured model.
     Doctor(doctor::DoctorArgs),
     /// Remove this device's Home Assistant discovery entries from the MQTT broker.
@@ -141,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Ask(args) => ask::run(args),
                 Command::Doctor(args) => doctor::run(args),
                 Command::EvalIntents(args) => eval_intents::run(args),
+                Command::Intents(args) => intents::run(args),
                 Command::MqttForget(args) => mqtt_forget::run(args),
                 Command::Serve(_) => unreachable!("handled above"),
             }
