@@ -19,6 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-toolcall", &["qwenedge-api"]),
     ("qwenedge-budget", &["qwenedge-api"]),
     ("qwenedge-intent", &["qwenedge-api", "qwenedge-engine", "qwenedge-toolcall"]),
+    ("qwenedge-sentences", &[]),
     ("qwenedge-config", &["qwenedge-api", "qwenedge-engine", "qwenedge-budget", "qwenedge-intent"]),
     ("qwenedge-scheduler", &["qwenedge-api", "qwenedge-budget", "qwenedge-intent", "qwenedge-config"]),
     (

@@ -35,17 +35,45 @@ pub use recognize::{recognize_best, Options, Recognition, Slot, TooComplex, DEFA
 /// Lists the caller supplies (`name`, `area`, `floor`, …), by name.
 pub type SlotLists = HashMap<String, SlotList>;
 
+/// A map keyed by short names (lists, rules), hashed with FNV-1a: the matcher looks names up
+/// at every reference, and these keys come from the data, not from the caller.
+pub(crate) type Names<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// One language's intents, lists, rules and settings.
 #[derive(Debug, Clone)]
 pub struct Language {
     /// Language code (`en`, `zh-CN`).
     pub code: String,
     intents: Vec<Intent>,
-    lists: HashMap<String, SlotList>,
-    rules: HashMap<String, template::Sentence>,
+    lists: Names<SlotList>,
+    rules: Names<template::Sentence>,
     skip_words: Vec<String>,
     ignore_whitespace: bool,
     numbers: HashMap<lists::RangeKey, NumberWords>,
+    vocabulary: prefilter::Vocabulary,
+    index: prefilter::Index,
 }
 
 #[derive(Debug, Clone)]
@@ -61,13 +89,13 @@ pub(crate) struct Block {
     slots: Map<String, Value>,
     requires_context: Map<String, Value>,
     excludes_context: Map<String, Value>,
-    rules: HashMap<String, template::Sentence>,
-    lists: HashMap<String, SlotList>,
+    rules: Names<template::Sentence>,
+    lists: Names<SlotList>,
     metadata: Option<Map<String, Value>>,
     response: Option<String>,
     required_keywords: Option<Vec<String>>,
-    /// Per sentence, the words it cannot match without.
-    clauses: Vec<prefilter::Clauses>,
+    /// Per sentence, the words it cannot match without (indices into the vocabulary).
+    clauses: Vec<prefilter::Compiled>,
 }
 
 impl Language {
@@ -122,10 +150,30 @@ impl Language {
     }
 
     fn compute_clauses(&mut self) {
-        for intent in &mut self.intents {
-            for block in &mut intent.blocks {
-                block.clauses = block.sentences.iter().map(|s| prefilter::clauses(s, &block.rules, &self.rules)).collect();
+        let mut all = Vec::new();
+        for intent in &self.intents {
+            for block in &intent.blocks {
+                for s in &block.sentences {
+                    all.push(prefilter::clauses(s, &block.rules, &self.rules));
+                }
             }
         }
+        let (vocabulary, compiled) = prefilter::Vocabulary::build(&all.iter().collect::<Vec<_>>());
+        let mut compiled = compiled.into_iter();
+        for intent in &mut self.intents {
+            for block in &mut intent.blocks {
+                block.clauses = block.sentences.iter().map(|_| compiled.next().expect("one per sentence")).collect();
+            }
+        }
+        let mut templates = Vec::new();
+        for (ii, intent) in self.intents.iter().enumerate() {
+            for (bi, block) in intent.blocks.iter().enumerate() {
+                for (si, clauses) in block.clauses.iter().enumerate() {
+                    templates.push(((ii as u32, bi as u32, si as u32), clauses));
+                }
+            }
+        }
+        self.index = prefilter::Index::build(templates, vocabulary.len());
+        self.vocabulary = vocabulary;
     }
 }

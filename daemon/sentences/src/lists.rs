@@ -252,41 +252,70 @@ impl NumberWords {
         Self { entries, by_first }
     }
 
-    /// Words found in `text` starting at byte `from` (only at `from` when `anywhere` is
-    /// false), as (start, end, words as written, number), by start then length, each text once
-    /// (hassil's `Trie.find` with `unique`).
+    /// Words found in `text` (only at its start when `anywhere` is false), as (start, end,
+    /// words as written, number), by start then length, each text once — hassil's
+    /// `Trie.find(text, ignore_case=True)`: the text is lower-cased, and a character that is not
+    /// in the trie is tried once more with its case swapped.
     pub(crate) fn find(&self, text: &str, anywhere: bool) -> Vec<(usize, usize, &str, Number)> {
-        let lower = text.to_lowercase();
-        if lower.len() != text.len() {
-            return self.find_in(text, text, anywhere);
-        }
-        self.find_in(&lower, text, anywhere)
-    }
-
-    fn find_in(&self, lower: &str, original: &str, anywhere: bool) -> Vec<(usize, usize, &str, Number)> {
+        let lower: Vec<(usize, char)> = text
+            .char_indices()
+            .flat_map(|(i, c)| {
+                let mut l = c.to_lowercase();
+                match (l.next(), l.next()) {
+                    (Some(x), None) => vec![(i, x)],
+                    _ => c.to_lowercase().map(|x| (i, x)).collect(),
+                }
+            })
+            .collect();
         let mut out = Vec::new();
         let mut seen = vec![false; self.entries.len()];
-        for (start, c) in lower.char_indices() {
+        for start in 0..lower.len() {
             if start > 0 && !anywhere {
                 break;
             }
-            let Some(list) = self.by_first.get(&c).or_else(|| c.to_lowercase().next().and_then(|l| self.by_first.get(&l))) else {
-                continue;
-            };
-            for &i in list {
-                let (key, written, numbers) = &self.entries[i];
+            let c0 = lower[start].1;
+            let other = swapped(c0).and_then(|u| u.to_lowercase().next()).filter(|l| *l != c0);
+            let lists = [self.by_first.get(&c0), other.and_then(|o| self.by_first.get(&o))];
+            for &i in lists.into_iter().flatten().flatten() {
+                let (_, written, numbers) = &self.entries[i];
                 if seen[i] {
                     continue;
                 }
-                if let Some(end) = crate::text::match_start(&original[start..], key) {
+                let mut n = 0;
+                let mut ok = true;
+                for k in written.chars() {
+                    match lower.get(start + n) {
+                        Some(&(_, c)) if c == k || swapped(c) == Some(k) => n += 1,
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                if ok {
                     seen[i] = true;
-                    for n in numbers {
-                        out.push((start, start + end, written.as_str(), *n));
+                    let end = lower.get(start + n).map_or(text.len(), |&(b, _)| b);
+                    for num in numbers {
+                        out.push((lower[start].0, end, written.as_str(), *num));
                     }
                 }
             }
         }
+        out.sort_by_key(|&(st, end, _, _)| (st, end));
         out
+    }
+}
+
+/// Python's `c.upper()` for a lower-case character, `c.lower()` otherwise, when one character.
+fn swapped(c: char) -> Option<char> {
+    let one = |mut it: std::iter::Peekable<std::vec::IntoIter<char>>| {
+        let x = it.next()?;
+        it.peek().is_none().then_some(x)
+    };
+    if c.is_lowercase() {
+        one(c.to_uppercase().collect::<Vec<_>>().into_iter().peekable())
+    } else {
+        one(c.to_lowercase().collect::<Vec<_>>().into_iter().peekable())
     }
 }
 

@@ -152,8 +152,8 @@ fn strings(v: Option<&Value>, origin: &str, what: &str) -> Result<Vec<String>, L
     }
 }
 
-fn rules(v: Option<&Value>, origin: &str, what: &str) -> Result<HashMap<String, Sentence>, LoadError> {
-    let mut out = HashMap::new();
+fn rules(v: Option<&Value>, origin: &str, what: &str) -> Result<crate::Names<Sentence>, LoadError> {
+    let mut out = crate::Names::default();
     for (name, body) in object(v, origin, what)?.into_iter().flatten() {
         let body = body.as_str().ok_or_else(|| invalid(origin, format!("{what}.{name} is not a string")))?;
         out.insert(name.clone(), template::parse(body).map_err(|e| invalid(origin, format!("{what}.{name}: {e}")))?);
@@ -239,7 +239,7 @@ pub fn slot_list(name: &str, v: &Value, origin: &str) -> Result<SlotList, LoadEr
 pub fn from_data(data: Value, numbers: Option<Value>, origin: &str) -> Result<Language, LoadError> {
     let Value::Object(data) = data else { return Err(invalid(origin, "not an object".into())) };
     let code = data.get("language").and_then(Value::as_str).ok_or_else(|| invalid(origin, "no 'language'".into()))?.to_string();
-    let mut lists = HashMap::new();
+    let mut lists = crate::Names::default();
     let mut wildcards = Vec::new();
     for (name, v) in object(data.get("lists"), origin, "lists")?.into_iter().flatten() {
         let list = slot_list(name, v, origin)?;
@@ -263,7 +263,7 @@ pub fn from_data(data: Value, numbers: Option<Value>, origin: &str) -> Result<La
             for s in strings(b.get("sentences"), origin, &format!("{what}.sentences"))? {
                 sentences.push(template::parse(&s).map_err(|e| invalid(origin, format!("{what}: {e}")))?);
             }
-            let mut block_lists = HashMap::new();
+            let mut block_lists = crate::Names::default();
             for (ln, lv) in object(b.get("lists"), origin, &what)?.into_iter().flatten() {
                 block_lists.insert(ln.clone(), slot_list(ln, lv, origin)?);
             }
@@ -305,7 +305,18 @@ pub fn from_data(data: Value, numbers: Option<Value>, origin: &str) -> Result<La
             numbers_by_range.insert(key, NumberWords::new(words));
         }
     }
-    let mut lang = Language { code, intents, lists, rules: global_rules, skip_words, ignore_whitespace, numbers: numbers_by_range };
+    let vocabulary = crate::prefilter::Vocabulary::build(&[]).0;
+    let mut lang = Language {
+        code,
+        intents,
+        lists,
+        rules: global_rules,
+        skip_words,
+        ignore_whitespace,
+        numbers: numbers_by_range,
+        vocabulary,
+        index: Default::default(),
+    };
     lang.check(origin)?;
     lang.compute_clauses();
     Ok(lang)

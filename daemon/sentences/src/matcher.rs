@@ -16,7 +16,7 @@ use crate::Block;
 /// A slot found in the text.
 #[derive(Debug, Clone)]
 pub(crate) struct Entity {
-    pub name: Rc<str>,
+    pub name: std::sync::Arc<str>,
     pub value: Value,
     pub text: String,
     pub metadata: Option<Value>,
@@ -30,6 +30,8 @@ pub(crate) struct Entity {
 pub(crate) struct Ctx {
     text: Rc<str>,
     at: usize,
+    /// The text holds a `-` or `_` (which the matcher retries as spaces).
+    dashes: bool,
     pub entities: Rc<Vec<Entity>>,
     pub context: Rc<Map<String, Value>>,
     start_of_word: bool,
@@ -37,8 +39,9 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(text: &str, context: Map<String, Value>) -> Self {
-        Self { text: text.into(), at: 0, entities: Rc::new(Vec::new()), context: Rc::new(context), start_of_word: true, chunks: 0 }
+    pub fn new(text: Rc<str>, context: Rc<Map<String, Value>>) -> Self {
+        let dashes = text.contains(['-', '_']);
+        Self { text, at: 0, dashes, entities: Rc::new(Vec::new()), context, start_of_word: true, chunks: 0 }
     }
 
     pub fn rest(&self) -> &str {
@@ -46,7 +49,8 @@ impl Ctx {
     }
 
     fn with_text(&self, text: &Rc<str>, at: usize) -> Ctx {
-        Ctx { text: text.clone(), at, ..self.clone() }
+        let dashes = if Rc::ptr_eq(text, &self.text) { self.dashes } else { text.contains(['-', '_']) };
+        Ctx { text: text.clone(), at, dashes, ..self.clone() }
     }
 
     fn open_wildcard(&self) -> Option<&Entity> {
@@ -215,14 +219,9 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
                 open: false,
                 end_of_word: false,
             });
-            let c = Ctx {
-                text: buf.clone(),
-                at: at + start,
-                entities: Rc::new(ents),
-                context: ctx.context.clone(),
-                start_of_word: true,
-                chunks: ctx.chunks,
-            };
+            let mut c = ctx.with_text(&buf, at + start);
+            c.entities = Rc::new(ents);
+            c.start_of_word = true;
             m(s, c, expr, b, k);
             if b.exceeded {
                 return;
@@ -249,7 +248,7 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
         k(c, b);
     } else if context_empty && !chunk_text.is_empty() && chunk_text.chars().all(is_space) {
         k(ctx, b);
-    } else if context_text.contains(['-', '_']) {
+    } else if (if Rc::ptr_eq(&buf, &ctx.text) { ctx.dashes } else { true }) && context_text.contains(['-', '_']) {
         let broken: Rc<str> = context_text.replace(['-', '_'], " ").into();
         at = 0;
         if let Some(end) = match_start(&broken, &chunk_text) {
@@ -281,7 +280,7 @@ fn list(s: &Scope, ctx: Ctx, r: &ListRef, b: &mut Budget, k: K) {
         SlotList::Wildcard => {
             let mut c = ctx;
             c.push(Entity {
-                name: r.slot.as_str().into(),
+                name: r.slot.clone(),
                 value: Value::String(String::new()),
                 text: String::new(),
                 metadata: None,
@@ -302,7 +301,7 @@ fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, 
     let candidates: Vec<usize> =
         if anchored && !anchored_text.is_empty() { list.candidates(anchored_text) } else { (0..list.values().len()).collect() };
     let rest_chars = ctx.rest().chars().count();
-    let slot: Rc<str> = r.slot.as_str().into();
+    let slot = &r.slot;
     for i in candidates {
         let value = &list.values()[i];
         if let Expr::Text(t) = &value.input {
@@ -334,6 +333,7 @@ fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, 
             let mut c = Ctx {
                 text: vc.text.clone(),
                 at: vc.at,
+                dashes: vc.dashes,
                 entities: vc.entities.clone(),
                 context: vc.context.clone(),
                 start_of_word: outer.start_of_word,
@@ -410,7 +410,7 @@ fn range_list(s: &Scope, ctx: Ctx, r: &ListRef, range: &RangeList, b: &mut Budge
         None => number_at(text, 0, fractions).into_iter().collect(),
         Some(_) => numbers_in(text, fractions),
     };
-    let slot: Rc<str> = r.slot.as_str().into();
+    let slot = &r.slot;
     let mut digits_match = false;
     if range.digits {
         for &(start, end) in &matches {

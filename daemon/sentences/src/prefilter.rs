@@ -14,14 +14,14 @@ const PUNCTUATION: &str = ".。,，?¿？؟!¡！;；:：’…—–―";
 pub(crate) type Clauses = Vec<Vec<String>>;
 
 /// The clauses of `sentence`, with rules resolved in `local` then `global`.
-pub(crate) fn clauses(sentence: &Sentence, local: &HashMap<String, Sentence>, global: &HashMap<String, Sentence>) -> Clauses {
+pub(crate) fn clauses(sentence: &Sentence, local: &crate::Names<Sentence>, global: &crate::Names<Sentence>) -> Clauses {
     let mut out = required(&sentence.expr, local, global, 0);
     out.sort();
     out.dedup();
     out
 }
 
-fn required(e: &Expr, local: &HashMap<String, Sentence>, global: &HashMap<String, Sentence>, depth: usize) -> Clauses {
+fn required(e: &Expr, local: &crate::Names<Sentence>, global: &crate::Names<Sentence>, depth: usize) -> Clauses {
     if depth > MAX_DEPTH {
         return Vec::new();
     }
@@ -56,7 +56,104 @@ fn required(e: &Expr, local: &HashMap<String, Sentence>, global: &HashMap<String
     }
 }
 
-/// True if every clause has a word in `haystack`.
-pub(crate) fn satisfied(clauses: &Clauses, haystack: &str) -> bool {
-    clauses.iter().all(|clause| clause.iter().any(|w| haystack.contains(w.as_str())))
+/// Every word any clause of a language names, found in a text in one pass.
+#[derive(Debug, Clone)]
+pub(crate) struct Vocabulary {
+    words: Vec<String>,
+    finder: Option<aho_corasick::AhoCorasick>,
+}
+
+/// Clauses as indices into a [`Vocabulary`].
+pub(crate) type Compiled = Vec<Vec<usize>>;
+
+impl Vocabulary {
+    /// The vocabulary of `all`, and each clause list with its words as indices.
+    pub(crate) fn build(all: &[&Clauses]) -> (Self, Vec<Compiled>) {
+        let mut words: Vec<String> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let compiled = all
+            .iter()
+            .map(|clauses| {
+                clauses
+                    .iter()
+                    .map(|clause| {
+                        clause
+                            .iter()
+                            .map(|w| {
+                                *at.entry(w.clone()).or_insert_with(|| {
+                                    words.push(w.clone());
+                                    words.len() - 1
+                                })
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let finder = (!words.is_empty()).then(|| aho_corasick::AhoCorasick::new(&words).expect("plain words build an automaton"));
+        (Self { words, finder }, compiled)
+    }
+
+    /// Number of words.
+    pub(crate) fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Which words occur in `haystack` (anywhere, overlapping).
+    pub(crate) fn present(&self, haystack: &str) -> Vec<bool> {
+        let mut seen = vec![false; self.words.len()];
+        if let Some(f) = &self.finder {
+            for m in f.find_overlapping_iter(haystack) {
+                seen[m.pattern().as_usize()] = true;
+            }
+        }
+        seen
+    }
+}
+
+/// True if every clause has a word that occurs.
+pub(crate) fn satisfied(clauses: &Compiled, present: &[bool]) -> bool {
+    clauses.iter().all(|clause| clause.iter().any(|&w| present[w]))
+}
+
+/// Every template of a language in the data's order, and which ones a word can let through:
+/// each template is listed under the words of one of its clauses (or always, having none), so
+/// a recognition visits only the templates whose words it found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Index {
+    /// (intent, block, sentence) of each template.
+    pub order: Vec<(u32, u32, u32)>,
+    always: Vec<u32>,
+    by_word: Vec<Vec<u32>>,
+}
+
+impl Index {
+    /// The index of `templates` (in order, with their clauses) over `words` words.
+    pub(crate) fn build(templates: Vec<((u32, u32, u32), &Compiled)>, words: usize) -> Self {
+        let mut index = Index { order: Vec::with_capacity(templates.len()), always: Vec::new(), by_word: vec![Vec::new(); words] };
+        for (g, (at, clauses)) in templates.into_iter().enumerate() {
+            index.order.push(at);
+            match clauses.iter().min_by_key(|c| c.len()) {
+                None => index.always.push(g as u32),
+                Some(clause) => clause.iter().for_each(|&w| index.by_word[w].push(g as u32)),
+            }
+        }
+        index
+    }
+
+    /// Which templates may match, given the words present.
+    pub(crate) fn wanted(&self, present: &[bool]) -> Vec<bool> {
+        let mut wanted = vec![false; self.order.len()];
+        for &t in &self.always {
+            wanted[t as usize] = true;
+        }
+        for (w, templates) in self.by_word.iter().enumerate() {
+            if present[w] {
+                for &t in templates {
+                    wanted[t as usize] = true;
+                }
+            }
+        }
+        wanted
+    }
 }

@@ -4,6 +4,7 @@
 //! `recognize_best` ranks them.
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
@@ -200,69 +201,87 @@ fn recognize_all(lang: &Language, text: &str, caller: &SlotLists, opts: &Options
     if lang.ignore_whitespace {
         haystack = format!("{haystack}\n{}", remove_cjk_whitespace(&haystack));
     }
-    let no_skip_m = matchable(lang, &no_skip);
-    let with_skip_m = matchable(lang, &with_skip);
-    let mut at_start: Option<String> = None;
-    let mut at_end: Option<String> = None;
+    let present = lang.vocabulary.present(&haystack);
+    let no_skip_m: Rc<str> = matchable(lang, &no_skip).into();
+    let with_skip_m: Rc<str> = matchable(lang, &with_skip).into();
+    let with_skip: Rc<str> = with_skip.into();
+    let context = Rc::new(opts.context.clone());
+    let mut at_start: Option<Rc<str>> = None;
+    let mut at_end: Option<Rc<str>> = None;
     let is_wildcard = |e: &Expr| match e {
         Expr::List(r) => matches!(caller.get(&r.list).or_else(|| lang.lists.get(&r.list)), Some(SlotList::Wildcard)),
         _ => false,
     };
     let words_language = opts.words_language.unwrap_or(&lang.code);
     let mut found = Vec::new();
-    for (ii, intent) in lang.intents.iter().enumerate() {
-        for (bi, block) in intent.blocks.iter().enumerate() {
-            if let Some(kw) = &block.required_keywords {
-                if !kw.is_empty() && !kw.iter().any(|k| keywords.contains(k.as_str())) {
-                    continue;
-                }
+    let wanted = lang.index.wanted(&present);
+    let mut current: Option<(u32, u32)> = None;
+    let mut block_ok = false;
+    for (g, &(ii, bi, si)) in lang.index.order.iter().enumerate() {
+        if !wanted[g] {
+            continue;
+        }
+        let block = &lang.intents[ii as usize].blocks[bi as usize];
+        if current != Some((ii, bi)) {
+            current = Some((ii, bi));
+            block_ok = block_applies(block, &keywords, &opts.context);
+        }
+        if !block_ok || !prefilter::satisfied(&block.clauses[si as usize], &present) {
+            continue;
+        }
+        let sentence = &block.sentences[si as usize];
+        let scope = Scope { block, lang, caller, words_language };
+        let mut target = &no_skip_m;
+        if let Expr::Seq(items) = &sentence.expr {
+            if items.len() == 1 && is_wildcard(&items[0]) {
+                target = &with_skip;
+            } else if items.len() > 1 && is_wildcard(&items[0]) {
+                target = at_end.get_or_insert_with(|| {
+                    matchable(lang, &remove_skip_words(&with_skip, &lang.skip_words, lang.ignore_whitespace, SkipAt::End)).into()
+                });
+            } else if items.len() > 1 && is_wildcard(items.last().expect("not empty")) {
+                target = at_start.get_or_insert_with(|| {
+                    matchable(lang, &remove_skip_words(&with_skip, &lang.skip_words, lang.ignore_whitespace, SkipAt::Start)).into()
+                });
             }
-            if !opts.context.is_empty() {
-                if !block.requires_context.is_empty() && !required_ok(&block.requires_context, Some(&opts.context), true) {
-                    continue;
+        }
+        // A skip word may belong to the template: the text with skip words is tried first.
+        let mut candidates: Vec<&Rc<str>> = vec![target];
+        if had_skip_words && *target == no_skip_m {
+            candidates.insert(0, &with_skip_m);
+        }
+        for candidate in candidates {
+            let ctx = Ctx::new(candidate.clone(), context.clone());
+            m(&scope, ctx, &sentence.expr, budget, &mut |c, _| {
+                if let Some(f) = finish(c, block) {
+                    found.push(Found { intent: ii as usize, block: bi as usize, sentence: si as usize, ..f });
                 }
-                if !block.excludes_context.is_empty() && !excluded_ok(&block.excludes_context, Some(&opts.context)) {
-                    continue;
-                }
-            }
-            let scope = Scope { block, lang, caller, words_language };
-            for (si, sentence) in block.sentences.iter().enumerate() {
-                if !prefilter::satisfied(&block.clauses[si], &haystack) {
-                    continue;
-                }
-                let mut target = &no_skip_m;
-                if let Expr::Seq(items) = &sentence.expr {
-                    if items.len() == 1 && is_wildcard(&items[0]) {
-                        target = &with_skip;
-                    } else if items.len() > 1 && is_wildcard(&items[0]) {
-                        target = at_end.get_or_insert_with(|| {
-                            matchable(lang, &remove_skip_words(&with_skip, &lang.skip_words, lang.ignore_whitespace, SkipAt::End))
-                        });
-                    } else if items.len() > 1 && is_wildcard(items.last().expect("not empty")) {
-                        target = at_start.get_or_insert_with(|| {
-                            matchable(lang, &remove_skip_words(&with_skip, &lang.skip_words, lang.ignore_whitespace, SkipAt::Start))
-                        });
-                    }
-                }
-                let mut candidates: Vec<&str> = vec![target.as_str()];
-                if had_skip_words && *target == no_skip_m {
-                    candidates.insert(0, with_skip_m.as_str());
-                }
-                for candidate in candidates {
-                    let ctx = Ctx::new(candidate, opts.context.clone());
-                    m(&scope, ctx, &sentence.expr, budget, &mut |c, _| {
-                        if let Some(f) = finish(c, block) {
-                            found.push(Found { intent: ii, block: bi, sentence: si, ..f });
-                        }
-                    });
-                    if budget.exceeded {
-                        return found;
-                    }
-                }
+            });
+            if budget.exceeded {
+                return found;
             }
         }
     }
     found
+}
+
+/// Whether a block can apply at all: one of its required keywords is said, and the caller's
+/// context does not contradict its required or excluded context.
+fn block_applies(block: &crate::Block, keywords: &HashSet<&str>, context: &Map<String, Value>) -> bool {
+    if let Some(kw) = &block.required_keywords {
+        if !kw.is_empty() && !kw.iter().any(|k| keywords.contains(k.as_str())) {
+            return false;
+        }
+    }
+    if !context.is_empty() {
+        if !block.requires_context.is_empty() && !required_ok(&block.requires_context, Some(context), true) {
+            return false;
+        }
+        if !block.excludes_context.is_empty() && !excluded_ok(&block.excludes_context, Some(context)) {
+            return false;
+        }
+    }
+    true
 }
 
 /// A way the template consumed the text, made a result if it is a whole match (hassil's

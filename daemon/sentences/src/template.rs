@@ -38,7 +38,7 @@ pub struct ListRef {
     /// The list's name.
     pub list: String,
     /// The slot the value goes into.
-    pub slot: String,
+    pub slot: std::sync::Arc<str>,
     /// A capture (the response's only), not a slot.
     pub capture: bool,
     /// Whitespace follows the reference in the template.
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(items[1], t("on "));
         assert_eq!(items[2], Expr::Alt(vec![Expr::Seq(vec![t("the")]), t("")]));
         assert_eq!(items[3], t(" "));
-        assert!(matches!(&items[4], Expr::List(l) if l.list == "name" && l.slot == "name" && !l.end_of_word));
+        assert!(matches!(&items[4], Expr::List(l) if l.list == "name" && &*l.slot == "name" && !l.end_of_word));
     }
 
     #[test]
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(s.expr, Expr::Perm(vec![Expr::Seq(vec![t(" "), t("x"), t(" ")]), Expr::Seq(vec![t(" "), t("y"), t(" ")])]));
         let s = parse("{1..100,5:pct}").unwrap();
         let Expr::Seq(items) = s.expr else { panic!() };
-        assert!(matches!(&items[0], Expr::List(l) if l.inline_range == Some((1, 100, 5)) && l.slot == "pct"));
+        assert!(matches!(&items[0], Expr::List(l) if l.inline_range == Some((1, 100, 5)) && &*l.slot == "pct"));
         assert!(parse("(unclosed").is_err());
     }
 }

@@ -69,6 +69,14 @@ pub(crate) fn same_ignoring_case(a: char, b: char) -> bool {
 /// The byte length in `text` of `prefix` matched case-insensitively at its start (hassil's
 /// `match_start`), if it matches.
 pub(crate) fn match_start(text: &str, prefix: &str) -> Option<usize> {
+    if prefix.is_ascii() {
+        let (t, p) = (text.as_bytes(), prefix.as_bytes());
+        // An ASCII prefix matches ASCII text byte for byte; only non-ASCII text (the Kelvin
+        // sign, a dotless i) needs the character comparison below.
+        if t.len() >= p.len() && text.is_char_boundary(p.len()) && t[..p.len()].is_ascii() {
+            return t[..p.len()].eq_ignore_ascii_case(p).then_some(p.len());
+        }
+    }
     let mut t = text.char_indices();
     for p in prefix.chars() {
         match t.next() {
@@ -125,17 +133,34 @@ pub fn normalize(text: &str) -> String {
 
 /// Python's `str.strip()`.
 pub(crate) fn strip(text: &str) -> &str {
-    text.trim_matches(is_space)
+    rstrip(lstrip(text))
+}
+
+fn rstrip(text: &str) -> &str {
+    let ascii = text.bytes().rev().take_while(|b| b.is_ascii_whitespace() || *b == 0x0b).count();
+    let t = &text[..text.len() - ascii];
+    if t.as_bytes().last().is_some_and(|b| !b.is_ascii()) {
+        return t.trim_end_matches(is_space);
+    }
+    t
 }
 
 /// Python's `str.lstrip()`.
 pub(crate) fn lstrip(text: &str) -> &str {
-    text.trim_start_matches(is_space)
+    let ascii = text.bytes().take_while(|b| b.is_ascii_whitespace() || *b == 0x0b).count();
+    let t = &text[ascii..];
+    if t.as_bytes().first().is_some_and(|b| !b.is_ascii()) {
+        return t.trim_start_matches(is_space);
+    }
+    t
 }
 
 /// Punctuation removed from the start and end of the text and of words (hassil's
 /// `remove_punctuation`, regular expression by regular expression).
 pub fn remove_punctuation(text: &str) -> String {
+    if !text.contains(is_punct) {
+        return text.to_string();
+    }
     let chars: Vec<char> = text.chars().collect();
     let chars = remove_leading(&chars);
     let chars = if initialism_at_end(&chars) { chars } else { remove_trailing(&chars) };
@@ -400,6 +425,9 @@ fn suffix_skip_word(text: &str, words: &[String], boundary: bool) -> Option<usiz
 
 /// Full Unicode case folding (Python's `str.casefold`).
 pub(crate) fn casefold(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     caseless::default_case_fold_str(text)
 }
 
