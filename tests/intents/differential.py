@@ -284,8 +284,10 @@ def main():
     differences = []
     counts = {"matched": 0, "not matched": 0}
     ours_us = []
+    steps = []
     for line, want, got in zip(lines, wants, answers):
         ours_us.append(got.get("elapsed_us", 0))
+        steps.append(got.get("steps", 0))
         counts["matched" if want else "not matched"] += 1
         if "error" in got and "step budget" not in got["error"]:
             differences.append(f"{line['language']} {line['text']!r}: error {got['error']}")
@@ -307,6 +309,7 @@ def main():
         "hassil cpu s": round(hassil_seconds, 1),
         "qwenedge p50 us": ours_us[len(ours_us) // 2],
         "qwenedge p99 us": ours_us[len(ours_us) * 99 // 100],
+        "qwenedge most steps": max(steps),
     }
     print(json.dumps(summary))
     if args.report:

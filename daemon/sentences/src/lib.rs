@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 pub use home::{Area, Device, Floor, Home};
 pub use lists::{Fractions, Number, NumberWords, RangeList, SlotList, TextList, TextValue};
 pub use load::{from_data, languages, load, merge, slot_list, LoadError, CUSTOM_SENTENCE};
-pub use recognize::{recognize_best, Options, Recognition, Slot, TooComplex, DEFAULT_STEP_LIMIT};
+pub use recognize::{recognize_best, Options, Outcome, Recognition, Slot, TooComplex, DEFAULT_STEP_LIMIT};
 
 /// Lists the caller supplies (`name`, `area`, `floor`, …), by name.
 pub type SlotLists = HashMap<String, SlotList>;

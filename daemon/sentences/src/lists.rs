@@ -257,16 +257,13 @@ impl NumberWords {
     /// `Trie.find(text, ignore_case=True)`: the text is lower-cased, and a character that is not
     /// in the trie is tried once more with its case swapped.
     pub(crate) fn find(&self, text: &str, anywhere: bool) -> Vec<(usize, usize, &str, Number)> {
-        let lower: Vec<(usize, char)> = text
-            .char_indices()
-            .flat_map(|(i, c)| {
-                let mut l = c.to_lowercase();
-                match (l.next(), l.next()) {
-                    (Some(x), None) => vec![(i, x)],
-                    _ => c.to_lowercase().map(|x| (i, x)).collect(),
-                }
-            })
-            .collect();
+        // The whole text is lower-cased at once, as Python does (a final sigma becomes `ς`).
+        let whole = text.to_lowercase();
+        let lower: Vec<(usize, char)> = if whole.chars().count() == text.chars().count() {
+            text.char_indices().map(|(i, _)| i).zip(whole.chars()).collect()
+        } else {
+            text.char_indices().flat_map(|(i, c)| c.to_lowercase().map(move |x| (i, x))).collect()
+        };
         let mut out = Vec::new();
         let mut seen = vec![false; self.entries.len()];
         for start in 0..lower.len() {

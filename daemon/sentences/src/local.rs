@@ -42,6 +42,19 @@ pub struct Match {
     pub template: String,
 }
 
+/// The local stage's answer to one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The match, if any (`None` also when the step budget ran out).
+    pub found: Option<Match>,
+    /// Search steps taken.
+    pub steps: u64,
+    /// The budget ran out before the search ended: not recognized locally.
+    pub too_complex: bool,
+    /// Time taken, in microseconds.
+    pub elapsed_us: u64,
+}
+
 /// Languages by code, loaded on first use, with the custom sentence files of each.
 #[derive(Debug)]
 pub struct Languages {
@@ -95,24 +108,22 @@ impl HomeLists {
 }
 
 /// Recognizes `text` in `lang` as Home Assistant does (custom sentences first, the longest
-/// `{name}` next); `context` is the caller's (`{"area": "Kitchen"}`). Returns the match, if
-/// any, and the time it took.
-pub fn recognize(
-    lang: &Language,
-    text: &str,
-    lists: &SlotLists,
-    context: Map<String, Value>,
-) -> (Result<Option<Match>, crate::TooComplex>, u64) {
+/// `{name}` next); `context` is the caller's (`{"area": "Kitchen"}`).
+pub fn recognize(lang: &Language, text: &str, lists: &SlotLists, context: Map<String, Value>) -> Answer {
     let started = Instant::now();
     let opts = Options { context, best_metadata_key: Some(CUSTOM_SENTENCE), best_slot_name: Some("name"), ..Options::default() };
-    let result = recognize_best(lang, text, lists, &opts).map(|r| {
-        r.map(|r| Match {
-            intent: r.intent,
-            slots: r.slots.into_iter().map(|s| (s.name, s.value)).collect(),
-            metadata: r.metadata.unwrap_or_default(),
-            response: r.response,
-            template: r.template,
-        })
-    });
-    (result, started.elapsed().as_micros() as u64)
+    let (found, steps, too_complex) = match recognize_best(lang, text, lists, &opts) {
+        Ok(outcome) => {
+            let found = outcome.best.map(|r| Match {
+                intent: r.intent,
+                slots: r.slots.into_iter().map(|s| (s.name, s.value)).collect(),
+                metadata: r.metadata.unwrap_or_default(),
+                response: r.response,
+                template: r.template,
+            });
+            (found, outcome.steps, false)
+        }
+        Err(e) => (None, e.steps, true),
+    };
+    Answer { found, steps, too_complex, elapsed_us: started.elapsed().as_micros() as u64 }
 }

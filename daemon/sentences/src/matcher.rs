@@ -83,14 +83,29 @@ pub(crate) struct Budget {
     pub exceeded: bool,
 }
 
+/// Bytes of text one step pays for when a step scans the text (a wildcard looking ahead for
+/// the next word, numbers searched anywhere), so long inputs cost steps in proportion.
+const BYTES_PER_STEP: usize = 64;
+
 impl Budget {
     fn step(&mut self) -> bool {
-        if self.left == 0 {
+        self.charge(1)
+    }
+
+    /// Takes `steps` from the budget; false (and `exceeded`) once it is spent.
+    fn charge(&mut self, steps: u64) -> bool {
+        if self.left < steps {
+            self.left = 0;
             self.exceeded = true;
             return false;
         }
-        self.left -= 1;
+        self.left -= steps;
         true
+    }
+
+    /// Pays for scanning `bytes` of text.
+    fn scan(&mut self, bytes: usize) -> bool {
+        self.charge((bytes / BYTES_PER_STEP) as u64)
     }
 }
 
@@ -169,6 +184,9 @@ fn next_char(text: &str) -> usize {
 
 fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
     let ignore_ws = s.lang.ignore_whitespace;
+    if (ctx.dashes && !b.scan(ctx.rest().len())) || (ignore_ws && !b.scan(ctx.rest().len() * 8)) {
+        return;
+    }
     let (chunk_text, buf, mut at): (std::borrow::Cow<str>, Rc<str>, usize) = if ignore_ws {
         let ct = remove_cjk_whitespace(ctx.rest());
         let chunk_text = remove_cjk_whitespace(chunk);
@@ -198,6 +216,9 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
             return;
         }
         let eow = !ignore_ws && w.end_of_word;
+        if !b.scan(context_text.len()) {
+            return;
+        }
         let Some(mut start) = match_first(context_text, &chunk_text, 0, eow) else { return };
         if start == 0 {
             match match_first(context_text, &chunk_text, next_char(context_text), eow) {
@@ -209,6 +230,9 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
         let name = without.pop().expect("an open wildcard").name;
         while start > 0 {
             let wildcard_text = &context_text[..start];
+            if !b.scan(start * 2) {
+                return;
+            }
             let mut ents = without.clone();
             ents.push(Entity {
                 name: name.clone(),
@@ -229,6 +253,9 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
             let from = start + next_char(&context_text[start..]);
             if from > context_text.len() {
                 break;
+            }
+            if !b.scan(context_text.len() - from) {
+                return;
             }
             match match_first(context_text, &chunk_text, from, false) {
                 Some(i) => start = i,
@@ -300,6 +327,9 @@ fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, 
     let anchored_text = lstrip(ctx.rest());
     let candidates: Vec<usize> =
         if anchored && !anchored_text.is_empty() { list.candidates(anchored_text) } else { (0..list.values().len()).collect() };
+    if !b.scan(ctx.rest().len()) {
+        return;
+    }
     let rest_chars = ctx.rest().chars().count();
     let slot = &r.slot;
     for i in candidates {
@@ -325,6 +355,9 @@ fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, 
             let vrest = vc.rest();
             let entity_text = if vrest.is_empty() {
                 remaining.to_string()
+            } else if Rc::ptr_eq(&vc.text, &outer.text) && remaining.len() >= vrest.len() {
+                // The value's match ended in the same text: what it consumed is the difference.
+                remaining[..remaining.len() - vrest.len()].to_string()
             } else {
                 let n = vrest.chars().count();
                 let keep = remaining.chars().count().saturating_sub(n);
@@ -405,6 +438,9 @@ fn numbers_in(text: &str, fractions: bool) -> Vec<(usize, usize)> {
 fn range_list(s: &Scope, ctx: Ctx, r: &ListRef, range: &RangeList, b: &mut Budget, k: K) {
     let wildcard = ctx.open_wildcard().cloned();
     let text = ctx.rest();
+    if !b.scan(if wildcard.is_some() { text.len() * 4 } else { 0 }) {
+        return;
+    }
     let fractions = range.fractions.is_some();
     let matches: Vec<(usize, usize)> = match &wildcard {
         None => number_at(text, 0, fractions).into_iter().collect(),

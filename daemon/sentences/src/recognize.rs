@@ -82,7 +82,14 @@ pub struct Recognition {
     pub template: String,
     /// The context the match ended with.
     pub context: Map<String, Value>,
-    /// Search steps taken by the whole recognition.
+}
+
+/// What a recognition found, and the work it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The best match, if any.
+    pub best: Option<Recognition>,
+    /// Search steps taken (see [`Options::step_limit`]).
     pub steps: u64,
 }
 
@@ -102,14 +109,14 @@ impl Found {
 }
 
 /// The best match of `text` in `lang`, with the caller's `lists` (`name`, `area`, `floor`).
-pub fn recognize_best(lang: &Language, text: &str, lists: &SlotLists, opts: &Options) -> Result<Option<Recognition>, TooComplex> {
+pub fn recognize_best(lang: &Language, text: &str, lists: &SlotLists, opts: &Options) -> Result<Outcome, TooComplex> {
     let mut budget = Budget { left: opts.step_limit, exceeded: false };
     let found = recognize_all(lang, text, lists, opts, &mut budget);
     let steps = opts.step_limit - budget.left;
     if budget.exceeded {
         return Err(TooComplex { steps });
     }
-    let Some(best) = rank(lang, found, opts) else { return Ok(None) };
+    let Some(best) = rank(lang, found, opts) else { return Ok(Outcome { best: None, steps }) };
     let intent = &lang.intents[best.intent];
     let block = &intent.blocks[best.block];
     let mut slots: Vec<Slot> = Vec::new();
@@ -120,15 +127,15 @@ pub fn recognize_best(lang: &Language, text: &str, lists: &SlotLists, opts: &Opt
             None => slots.push(slot),
         }
     }
-    Ok(Some(Recognition {
+    let best = Recognition {
         intent: intent.name.clone(),
         slots,
         metadata: block.metadata.clone(),
         response: block.response.clone(),
         template: block.sentences[best.sentence].text.clone(),
         context: best.context,
-        steps,
-    }))
+    };
+    Ok(Outcome { best: Some(best), steps })
 }
 
 fn rank(lang: &Language, found: Vec<Found>, opts: &Options) -> Option<Found> {

@@ -84,15 +84,21 @@ pub fn run(args: IntentsArgs) -> anyhow::Result<()> {
                 match languages.get(&code) {
                     Err(e) => json!({"error": format!("line {}: {e}", n + 1)}),
                     Ok(lang) => {
-                        let (result, elapsed_us) = recognize(lang, &req.text, lists.of(&home), req.context);
-                        match result {
-                            Ok(Some(m)) => json!({
+                        let a = recognize(lang, &req.text, lists.of(&home), req.context);
+                        let mut answer = match a.found {
+                            Some(m) => json!({
                                 "recognized": true, "intent": m.intent, "slots": m.slots, "metadata": m.metadata,
-                                "response": m.response, "template": m.template, "source": "local", "elapsed_us": elapsed_us,
+                                "response": m.response, "template": m.template,
                             }),
-                            Ok(None) => json!({"recognized": false, "source": "local", "elapsed_us": elapsed_us}),
-                            Err(e) => json!({"recognized": false, "source": "local", "elapsed_us": elapsed_us, "error": e.to_string()}),
+                            None => json!({"recognized": false}),
+                        };
+                        answer["source"] = json!("local");
+                        answer["elapsed_us"] = json!(a.elapsed_us);
+                        answer["steps"] = json!(a.steps);
+                        if a.too_complex {
+                            answer["error"] = json!("the step budget ran out before the search ended: not recognized locally");
                         }
+                        answer
                     }
                 }
             }
