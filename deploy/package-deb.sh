@@ -157,6 +157,13 @@ grep -qx "path = \"$model_path\"" "$pkg/etc/qwenedge/config.toml" ||
 chmod 0644 "$pkg/etc/qwenedge/config.toml"
 
 install -m 0644 "$root/README.md" "$pkg/usr/share/doc/qwenedge/README.md"
+# Home Assistant's sentence templates (CC BY 4.0) and their number words, checked against the
+# checksums they are pinned with: intents are matched offline, from the package alone.
+sentences="$root/daemon/sentences/data"
+(cd "$sentences" && sha256sum --check --quiet SHA256SUMS) || die "daemon/sentences/data does not match its SHA256SUMS"
+for f in LICENSE.md README.md SHA256SUMS $(cd "$sentences" && find intents numbers -type f | sort); do
+  install -D -m 0644 "$sentences/$f" "$pkg/usr/share/qwenedge/sentences/$f"
+done
 year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
 repo_url=$(sed -n 's/^repository[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$root/Cargo.toml" | head -n1)
 {
@@ -187,6 +194,15 @@ Comment: ONNX Runtime $ort_version, the CPU build from the official onnxruntime
  wheel on PyPI, bundled unmodified. It includes third-party components whose
  notices are in ThirdPartyNotices.txt of that release:
  https://github.com/microsoft/onnxruntime/blob/v$ort_version/ThirdPartyNotices.txt
+
+Files: usr/share/qwenedge/sentences/*
+Copyright: Open Home Foundation and the contributors to Home Assistant's intents
+License: CC-BY-4.0
+Comment: The language files of the PyPI package home-assistant-intents 2026.8.28,
+ unmodified, and number words derived from them with unicode-rbnf 2.4.1 (CLDR's
+ spell-out rules); see /usr/share/qwenedge/sentences/README.md. The licence's
+ full text is /usr/share/qwenedge/sentences/LICENSE.md
+ (https://creativecommons.org/licenses/by/4.0/legalcode).
 
 License: MIT
  Permission is hereby granted, free of charge, to any person obtaining a copy

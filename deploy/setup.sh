@@ -23,4 +23,7 @@ else
   model="$("$python" models/fixtures/generate.py --preset 0.8b | tail -n1)/int4"
 fi
 echo "setup: model $model" >&2
+# Commands Home Assistant's sentence templates match are answered locally, without the model.
+echo '{"text": "turn on the kitchen light", "devices": [{"name": "Kitchen Light", "domain": "light"}]}' |
+  target/release/qwenedge intents match >&2
 exec target/release/qwenedge generate --model "$model" --chat --max-tokens 64 --prompt "$prompt"

@@ -59,7 +59,7 @@ summary="cargo fmt --check: $(word "$fmt"); clippy: $(word "$clippy"); cargo tes
 
 # The scripted checks, each run even when an earlier part failed, so one run shows everything.
 # The package test installs into a scratch root, which needs root.
-scripts=(tests/package-deb.sh tests/aarch64-qemu.sh)
+scripts=(tests/intents/differential.sh tests/package-deb.sh tests/aarch64-qemu.sh)
 for script in "${scripts[@]}"; do
   echo "test: $script" >&2
   t0=$(date +%s)

@@ -97,6 +97,10 @@ expected=(
   "-rw-r--r-- ./usr/share/doc/qwenedge/copyright"
   "-rw-r--r-- ./usr/share/doc/qwenedge/changelog.gz"
 )
+# Home Assistant's sentence templates and their number words, every file of the data.
+while read -r f; do
+  expected+=("-rw-r--r-- ./usr/share/qwenedge/sentences/$f")
+done < <(cd daemon/sentences/data && { echo LICENSE.md; echo README.md; echo SHA256SUMS; find intents numbers -type f | sort; })
 # "MODE OWNER PATH[ -> TARGET]" for every entry
 awk '{ line = $1 " " $2; for (i = 6; i <= NF; i++) line = line " " $i; print line }' "$tmp/contents" > "$tmp/entries"
 for e in "${expected[@]}"; do
@@ -170,6 +174,15 @@ check "this machine's /usr/bin was not touched" test "$(ls -l /usr/bin/qwenedge 
 mkdir -p "$tmp/home"
 installed() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$tmp/home" "$root/usr/bin/qwenedge" "$@"; }
 check "installed qwenedge --version is $version" test "$(installed --version 2>&1)" = "qwenedge $version"
+# The sentence templates come with the package: a command is matched offline, in two languages.
+local_match() {  # local_match LANGUAGE TEXT INTENT
+  local out
+  out=$(printf '{"text": "%s", "language": "%s", "devices": [{"name": "Kitchen Light", "domain": "light"}]}\n' "$2" "$1" |
+    installed intents match)
+  grep -q "\"intent\":\"$3\"" <<<"$out"
+}
+check "installed qwenedge intents match finds HassTurnOn in English" local_match en "turn on the kitchen light" HassTurnOn
+check "installed qwenedge intents match finds HassTurnOff in German" local_match de "schalte Kitchen Light aus" HassTurnOff
 # A fixture model from deploy/test.sh, when there is one, for the checks that need a valid model.
 fixtures=${QWENEDGE_FIXTURES:-${QWENEDGE_CACHE:-$HOME/.cache/qwenedge}/fixtures/current}
 model="$fixtures/tiny-a/int4"

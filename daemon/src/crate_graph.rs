@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-intent", &["qwenedge-api", "qwenedge-engine", "qwenedge-toolcall"]),
     ("qwenedge-sentences", &[]),
     ("qwenedge-config", &["qwenedge-api", "qwenedge-engine", "qwenedge-budget", "qwenedge-intent"]),
-    ("qwenedge-scheduler", &["qwenedge-api", "qwenedge-budget", "qwenedge-intent", "qwenedge-config"]),
+    ("qwenedge-scheduler", &["qwenedge-api", "qwenedge-budget", "qwenedge-intent", "qwenedge-sentences", "qwenedge-config"]),
     (
         "qwenedge-runner",
         &[

@@ -75,11 +75,22 @@ impl Daemon {
     /// As [`start_customized`](Self::start_customized), the binary run through `wrapper` (an
     /// emulator and its arguments) when it is not empty; start-up may then take minutes.
     pub fn start_via(wrapper: &[&str], model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
+        let text = |socket: &Path| config_text(model, socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
+        Self::start_configured(wrapper, text, customize)
+    }
+
+    /// A daemon without a model directory (`[model]` left out), `extra` as its configuration.
+    pub fn start_without_model(extra: &str) -> Self {
+        let text = |socket: &Path| format!("[socket]\npath = {:?}\n{extra}\n", socket.display().to_string());
+        Self::start_configured(&[], text, |_| {})
+    }
+
+    /// A daemon on the configuration `text` makes for its socket path.
+    fn start_configured(wrapper: &[&str], text: impl FnOnce(&Path) -> String, customize: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qwenedge.sock");
         let config = dir.path().join("config.toml");
-        let text = config_text(model, &socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, text(&socket)).unwrap();
         let log = dir.path().join("daemon.log");
         let mut command = qwenedge_via(wrapper);
         // Saved prefix snapshots stay with this daemon (the default directory is under here).

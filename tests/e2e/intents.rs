@@ -84,7 +84,8 @@ fn sampled_answers_on_random_weights_are_always_catalog_intents_or_none() {
 }
 
 fn intent_daemon(extra: &str) -> Daemon {
-    Daemon::start(&format!("[intents]\nmin_confidence = 0.0\n{extra}"))
+    // The model's path: the sentence templates (tests/e2e/local_intents.rs) are off.
+    Daemon::start(&format!("[intents]\nlocal = \"off\"\nmin_confidence = 0.0\n{extra}"))
 }
 
 fn intent_request(id: &str, text: &str, extra: Value) -> Value {
@@ -166,7 +167,7 @@ fn the_socket_intent_op_answers_with_typed_slots_and_honours_the_filter() {
 
 #[test]
 fn a_confidence_threshold_of_one_recognises_nothing_uncertain() {
-    let daemon = Daemon::start("[intents]\nmin_confidence = 1.0\n");
+    let daemon = Daemon::start("[intents]\nlocal = \"off\"\nmin_confidence = 1.0\n");
     let mut c = daemon.client();
     for seed in 0..4 {
         let id = format!("t{seed}");
@@ -253,7 +254,7 @@ fn chat_response_format_holds_the_answer_to_a_schema_or_lark_grammar() {
 fn hermes_queries_get_real_intents_and_respect_the_filter() {
     let broker = Broker::start();
     let d = Daemon::start(&format!(
-        "[intents]\nmin_confidence = 0.0\ntemperature = 1.0\n{}",
+        "[intents]\nlocal = \"off\"\nmin_confidence = 0.0\ntemperature = 1.0\n{}",
         mqtt_section(broker.port, "h1", "hermes = true\n")
     ));
     let t = Tester::connect(broker.port, "ht");

@@ -84,7 +84,7 @@ fn hermes_queries_and_home_assistant_discovery() {
     let broker = Broker::start();
     let extra = "protocol_version = \"3.1.1\"\nhermes = true\ndiscovery = true\n";
     // Nothing reaches full confidence on random weights: every query is "not recognized".
-    let mut d = Daemon::start(&format!("[intents]\nmin_confidence = 1.0\n{}", mqtt_section(broker.port, "d2", extra)));
+    let mut d = Daemon::start(&format!("[intents]\nlocal = \"off\"\nmin_confidence = 1.0\n{}", mqtt_section(broker.port, "d2", extra)));
     let t = Tester::connect(broker.port, "t2");
     t.wait_online("d2");
     for f in ["hermes/nlu/intentNotRecognized", "hermes/nlu/intentParsed", "hermes/intent/#", "hermes/error/nlu"] {

@@ -341,6 +341,8 @@ fn intent_requests_reuse_the_pinned_catalog_and_a_changed_catalog_is_pinned_agai
     let d = Daemon::start(
         "[cache]
 max_mb = 64
+[intents]
+local = \"off\"
 ",
     );
     let status = d.wait_status("the intent catalog is pinned", WAIT, |s| s["cache"]["pinned"] == 1);
@@ -367,7 +369,9 @@ max_mb = 64
 
     let catalog = d.dir.path().join("intents.toml");
     std::fs::write(&catalog, "[[intent]]\nname = \"HassNevermind\"\ndescription = \"Does nothing\"\n").unwrap();
-    let text = std::fs::read_to_string(&d.config).unwrap() + &format!("\n[intents]\ncatalog = {:?}\n", catalog.display().to_string());
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("[intents]\n", &format!("[intents]\ncatalog = {:?}\n", catalog.display().to_string()));
     std::fs::write(&d.config, text).unwrap();
     d.signal(libc::SIGHUP);
     let status = d.wait_status("the new catalog replaces the pinned prefix", WAIT, |s| {
@@ -379,7 +383,12 @@ max_mb = 64
 #[test]
 fn a_request_during_the_first_catalog_prefill_is_answered_before_that_prefill_ends_and_an_intent_after_it() {
     // Two-token chunks: the catalog's prefix (about 2,900 tokens) takes over a thousand of them.
-    let d = Daemon::start_customized(&model_dir("tiny-a", "int4"), "prefill_chunk_tokens = 2\n", "[cache]\nmax_mb = 64\n", |_| {});
+    let d = Daemon::start_customized(
+        &model_dir("tiny-a", "int4"),
+        "prefill_chunk_tokens = 2\n",
+        "[cache]\nmax_mb = 64\n[intents]\nlocal = \"off\"\n",
+        |_| {},
+    );
     let mut c = d.client();
     c.send(&chat("early", "hi", json!({"max_tokens": 2, "stream": false})));
     let end = c.until_terminal("early").pop().unwrap();

@@ -87,7 +87,7 @@ fn describe_is_answered_at_once_while_the_engine_is_busy_or_reloading() {
 
 #[test]
 fn the_intent_program_answers_each_transcript_with_a_catalog_intent_or_not_recognized() {
-    let (d, port) = start("", "[intents]\ntemperature = 1.0\nmin_confidence = 0.0\n");
+    let (d, port) = start("", "[intents]\nlocal = \"off\"\ntemperature = 1.0\nmin_confidence = 0.0\n");
     let turns = check("turns", port, &["--count", "100"], &d);
     let catalog = Catalog::builtin().unwrap();
     let (mut intents, mut not_recognized) = (0, 0);
@@ -158,12 +158,19 @@ fn when_critically_hot_both_programs_say_why_instead_of_going_silent() {
     assert_eq!(e["type"], "not-handled", "{handle}");
     assert!(e["data"]["text"].as_str().unwrap().contains("too hot"), "{e}");
     drop(d);
-    let (d, port) = start("", &budget);
+    // The model's intent path refuses; a command the sentence templates match is still
+    // answered (they cost microseconds, not the model's heat).
+    let (d, port) = start("", &format!("{budget}[intents]\nlocal = \"off\"\n"));
     d.wait_status("the level to become critical", Duration::from_secs(20), critical);
     let intent = check("turns", port, &["--count", "1"], &d);
     let e = &intent[0][0];
     assert!(e["type"] == "not-recognized" || e["type"] == "error", "{intent}");
     assert!(e["data"]["text"].as_str().unwrap().contains("too hot"), "{e}");
+    drop(d);
+    let (d, port) = start("", &budget);
+    d.wait_status("the level to become critical", Duration::from_secs(20), critical);
+    let local = check("turns", port, &["--count", "1", "--text", "turn on the kitchen light"], &d);
+    assert_eq!((local[0][0]["type"].as_str(), local[0][0]["data"]["name"].as_str()), (Some("intent"), Some("HassTurnOn")), "{local}");
 }
 
 /// Sends `bytes` (a bad frame, then a `describe`) on a new connection and reads what comes back

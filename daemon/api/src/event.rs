@@ -123,6 +123,17 @@ pub struct SlotRange {
     pub end: usize,
 }
 
+/// What recognized an intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentSource {
+    /// The model, constrained by the catalog's grammar.
+    #[default]
+    Model,
+    /// Home Assistant's sentence templates, matched before the model.
+    Local,
+}
+
 /// The intent of an `intent` event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IntentSummary {
@@ -178,8 +189,13 @@ pub enum EventBody {
         intent: Option<IntentSummary>,
         /// The filled slots (empty when not recognised).
         slots: Vec<Slot>,
-        /// The model's answer as written.
+        /// The model's answer as written (empty for a local match).
         text: String,
+        /// Who answered: the sentence templates (`local`) or the model.
+        source: IntentSource,
+        /// A local match's block metadata (`slot_combination`, custom sentence marks).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Map<String, Value>>,
         /// Token counts.
         usage: Usage,
         /// Timings.

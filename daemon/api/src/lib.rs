@@ -10,10 +10,10 @@ mod request;
 mod sampling;
 mod status;
 
-pub use event::{ErrorCode, Event, EventBody, FinishReason, IntentSummary, RequestTimings, Slot, SlotRange, Usage};
+pub use event::{ErrorCode, Event, EventBody, FinishReason, IntentSource, IntentSummary, RequestTimings, Slot, SlotRange, Usage};
 pub use parse::{parse_request, BadRequest};
 pub use request::{
-    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
+    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Place, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
     MAX_DEADLINE_MS, MAX_ID_LEN, MAX_INTENT_FILTER, MAX_INTENT_TEXT, MAX_STOP, MAX_STOP_LEN, MAX_TOOLS, MAX_TOOL_NAME,
 };
 pub use sampling::Sampling;

@@ -6,9 +6,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::request::MAX_ID_LEN;
 use super::request::{
-    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
+    FieldError, GenerateRequest, GenerateSpec, Limits, Op, Place, Priority, Prompt, Request, RequestId, ResponseFormat, ToolChoice,
 };
 use super::sampling::Sampling;
 
@@ -54,6 +53,8 @@ struct IntentBody {
     text: Option<String>,
     intent_filter: Option<Vec<String>>,
     site_id: Option<String>,
+    language: Option<String>,
+    area: Option<String>,
     temperature: Option<f32>,
     seed: Option<u64>,
     priority: Option<Priority>,
@@ -122,10 +123,8 @@ fn field_message(e: &str) -> String {
 
 fn intent(b: IntentBody, limits: &Limits) -> Result<GenerateRequest, FieldError> {
     let text = b.text.ok_or_else(|| FieldError::at("text", "missing"))?;
-    if b.site_id.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
-        return Err(FieldError::at("site_id", format!("must be at most {MAX_ID_LEN} bytes")));
-    }
-    let mut spec = GenerateSpec::new(Prompt::Intent { text, filter: b.intent_filter });
+    let place = Place { language: b.language, area: b.area, site_id: b.site_id };
+    let mut spec = GenerateSpec::new(Prompt::Intent { text, filter: b.intent_filter, place });
     spec.sampling = Sampling { temperature: b.temperature.unwrap_or(0.0), seed: b.seed, ..Sampling::default() };
     spec.priority = b.priority.unwrap_or_default();
     spec.deadline_ms = b.deadline_ms;

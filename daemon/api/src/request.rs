@@ -96,6 +96,36 @@ pub enum Priority {
     Background,
 }
 
+/// Where an utterance was said: its language and the speaker's area, as the request gives
+/// them (a satellite's `site_id` is mapped to an area by the configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Place {
+    /// Language code (`en`, `de`); `None`: `intents.language`.
+    pub language: Option<String>,
+    /// The area the speaker is in.
+    pub area: Option<String>,
+    /// The satellite (Hermes `siteId`, the socket's `site_id`).
+    pub site_id: Option<String>,
+}
+
+impl Place {
+    /// The language is a code (`en`, `zh-CN`); area and satellite are at most
+    /// [`MAX_ID_LEN`] bytes.
+    pub fn check(&self) -> Result<(), FieldError> {
+        let code = |l: &String| !l.is_empty() && l.len() <= 16 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if self.language.as_ref().is_some_and(|l| !code(l)) {
+            return Err(FieldError::at("language", "must be a language code such as 'en' or 'zh-CN'"));
+        }
+        if self.area.as_ref().is_some_and(|a| a.trim().is_empty() || a.len() > MAX_ID_LEN) {
+            return Err(FieldError::at("area", format!("must be 1 to {MAX_ID_LEN} bytes and not blank")));
+        }
+        if self.site_id.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
+            return Err(FieldError::at("site_id", format!("must be at most {MAX_ID_LEN} bytes")));
+        }
+        Ok(())
+    }
+}
+
 /// What the model is asked to continue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
@@ -116,6 +146,8 @@ pub enum Prompt {
         text: String,
         /// Only these intents may be answered (`None`: any).
         filter: Option<Vec<String>>,
+        /// Where it was said (the sentence templates' satellite area, `None`: unknown).
+        place: Place,
     },
 }
 
@@ -251,7 +283,8 @@ impl GenerateRequest {
                 check_tools(tools.as_deref().unwrap_or_default(), &spec.tool_choice)?;
             }
             Prompt::Text(_) => {}
-            Prompt::Intent { text, filter } => {
+            Prompt::Intent { text, filter, place } => {
+                place.check()?;
                 if text.trim().is_empty() || text.len() > MAX_INTENT_TEXT {
                     return Err(FieldError::at("text", format!("must be 1 to {MAX_INTENT_TEXT} bytes and not blank")));
                 }
@@ -454,7 +487,7 @@ mod tests {
     const LIMITS: Limits = Limits { max_tokens: 100 };
 
     fn intent(text: &str) -> GenerateSpec {
-        GenerateSpec::new(Prompt::Intent { text: text.into(), filter: None })
+        GenerateSpec::new(Prompt::Intent { text: text.into(), filter: None, place: Default::default() })
     }
 
     #[test]
@@ -464,7 +497,10 @@ mod tests {
             (intent(&long), "text: must be 1 to 2000 bytes"),
             (intent("  "), "text:"),
             (
-                GenerateSpec { prompt: Prompt::Intent { text: "x".into(), filter: Some(vec![String::new(); 1001]) }, ..intent("x") },
+                GenerateSpec {
+                    prompt: Prompt::Intent { text: "x".into(), filter: Some(vec![String::new(); 1001]), place: Default::default() },
+                    ..intent("x")
+                },
                 "intent_filter",
             ),
             (

@@ -156,6 +156,35 @@ pub struct ModelReport {
     pub backend: BackendReport,
 }
 
+impl ModelReport {
+    /// No model: the daemon serves intents from the sentence templates alone.
+    pub fn none() -> Self {
+        Self {
+            id: None,
+            path: PathBuf::new(),
+            model_type: "none".into(),
+            context_length: 0,
+            vocab_size: 0,
+            layers: 0,
+            full_attention_layers: 0,
+            weights_mb: 0,
+            hidden_size: 0,
+            quantization: "none".into(),
+            chat_template: false,
+            backend: BackendReport {
+                name: "none".into(),
+                version: String::new(),
+                library: None,
+                execution_provider: "none".into(),
+                providers: Vec::new(),
+                threads: 0,
+                chosen: String::new(),
+                placement: None,
+            },
+        }
+    }
+}
+
 /// The runtime of the loaded model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendReport {

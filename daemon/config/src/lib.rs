@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::CacheSettings;
 pub use http::HttpSettings;
 pub use mqtt::MqttSettings;
-pub use sections::{FileMode, IntentSettings, LoadSettings, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
+pub use sections::{FileMode, IntentSettings, LoadSettings, LocalMode, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
 pub use wyoming::{Program as WyomingProgram, WyomingSettings};
 
 use qwenedge_intent::Catalog;
@@ -204,7 +204,7 @@ fn unknown_field(message: &str) -> Option<String> {
 /// (the model directory, the ONNX Runtime library, MQTT's password and certificates). The
 /// intent catalog and device list are read after this, by [`Catalog::load`].
 fn check_files(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
-    match [s.model.check_files(), s.mqtt.check_files()].into_iter().find_map(Result::err) {
+    match [s.model.check_files(), s.mqtt.check_files(), s.intents.check_files()].into_iter().find_map(Result::err) {
         Some((key, msg)) => Err(ConfigError { origin: src.origin_of(&key), msg: format!("{key}: {msg}"), key: Some(key) }),
         None => Ok(()),
     }
@@ -214,7 +214,7 @@ fn check_files(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
 /// read.
 fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
     let checks = [
-        s.model.validate(),
+        s.model.validate(s.intents.local != LocalMode::Only),
         s.socket.validate(),
         s.budget.validate(),
         s.mqtt.validate(),

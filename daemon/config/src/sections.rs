@@ -144,10 +144,12 @@ impl ModelSettings {
         Ok(())
     }
 
-    pub(super) fn validate(&self) -> Result<(), Invalid> {
+    /// Checks `[model]`; `path_required` is false when the sentence templates serve intents
+    /// alone (`intents.local = "only"`).
+    pub(super) fn validate(&self, path_required: bool) -> Result<(), Invalid> {
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
-        if self.path.is_none() {
-            return fail("model.path", "is required (the model directory)".into());
+        if self.path.is_none() && path_required {
+            return fail("model.path", "is required (the model directory; intents.local = \"only\" serves intents without one)".into());
         }
         for (i, lib) in self.ep_library.iter().enumerate() {
             let key = format!("model.ep_library[{i}]");
@@ -364,11 +366,51 @@ pub struct IntentSettings {
     /// Sampling temperature of Hermes NLU queries and Wyoming transcripts, which carry none
     /// (0 = greedy).
     pub temperature: f32,
+    /// Home Assistant's sentence templates: tried before the model (`first`), instead of it
+    /// (`only`: no model is needed), or not at all (`off`).
+    pub local: LocalMode,
+    /// Language of utterances that name none: a language of the sentence data (`en`, `de`,
+    /// `zh-CN`, …).
+    pub language: String,
+    /// The sentence data (`intents/<lang>.json`, `numbers/<lang>.json`); unset: the data
+    /// installed with the daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentences_dir: Option<PathBuf>,
+    /// Custom sentences in Home Assistant's layout (`<dir>/<language>/*.yaml`), ranked before
+    /// the built-in ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_sentences: Option<PathBuf>,
+    /// The area of each satellite (`site_id` of Hermes queries and `intent` requests), for
+    /// commands that mean "here" ("turn on the lights").
+    pub site_areas: BTreeMap<String, String>,
+}
+
+/// Where the sentence templates are tried (`intents.local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalMode {
+    /// Before the model: a match answers at once, anything else goes to the model.
+    #[default]
+    First,
+    /// Instead of the model: what no template matches is not recognized.
+    Only,
+    /// Never: every utterance goes to the model.
+    Off,
 }
 
 impl Default for IntentSettings {
     fn default() -> Self {
-        Self { catalog: None, devices: None, min_confidence: 0.5, temperature: 0.0 }
+        Self {
+            catalog: None,
+            devices: None,
+            min_confidence: 0.5,
+            temperature: 0.0,
+            local: LocalMode::First,
+            language: "en".into(),
+            sentences_dir: None,
+            custom_sentences: None,
+            site_areas: BTreeMap::new(),
+        }
     }
 }
 
@@ -380,6 +422,25 @@ impl IntentSettings {
         }
         if !(0.0..=2.0).contains(&self.temperature) {
             return fail("intents.temperature", format!("{} is outside 0..=2", self.temperature));
+        }
+        let code = |l: &str| !l.is_empty() && l.len() <= 16 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !code(&self.language) {
+            return fail("intents.language", format!("'{}' is not a language code such as 'en' or 'zh-CN'", self.language));
+        }
+        if let Some((site, _)) = self.site_areas.iter().find(|(s, a)| s.is_empty() || a.trim().is_empty()) {
+            return fail("intents.site_areas", format!("'{site}': a satellite and its area must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The directories `[intents]` names can be read.
+    pub(super) fn check_files(&self) -> Result<(), Invalid> {
+        for (key, dir) in [("intents.sentences_dir", &self.sentences_dir), ("intents.custom_sentences", &self.custom_sentences)] {
+            if let Some(d) = dir {
+                if let Err(e) = std::fs::read_dir(d) {
+                    return Err((key.to_string(), format!("cannot read {}: {e}", d.display())));
+                }
+            }
         }
         Ok(())
     }

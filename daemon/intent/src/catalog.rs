@@ -153,6 +153,37 @@ pub struct Device {
     /// Domain (`light`).
     #[serde(default)]
     pub domain: Option<String>,
+    /// Other names it answers to (`ceiling light`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Home Assistant's device class (`garage_door`, `window`).
+    #[serde(default)]
+    pub device_class: Option<String>,
+}
+
+/// An area of the home (`[[area]]`), with the names it answers to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AreaDef {
+    /// Name (`Living Room`).
+    pub name: String,
+    /// Other names (`lounge`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The floor it is on.
+    #[serde(default)]
+    pub floor: Option<String>,
+}
+
+/// A floor of the home (`[[floor]]`), with the names it answers to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloorDef {
+    /// Name (`Ground Floor`).
+    pub name: String,
+    /// Other names (`downstairs`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A validated catalog.
@@ -162,6 +193,10 @@ pub struct Catalog {
     pub intents: Vec<IntentDef>,
     /// The devices.
     pub devices: Vec<Device>,
+    /// Areas declared with their aliases (devices' areas are areas too).
+    pub areas: Vec<AreaDef>,
+    /// Floors declared with their aliases (devices' and areas' floors are floors too).
+    pub floors: Vec<FloorDef>,
     /// Extra instructions for the model (`system` in the file).
     pub system: Option<String>,
 }
@@ -175,6 +210,10 @@ struct RawCatalog {
     intent: Vec<RawIntent>,
     #[serde(default)]
     device: Vec<Device>,
+    #[serde(default)]
+    area: Vec<AreaDef>,
+    #[serde(default)]
+    floor: Vec<FloorDef>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +252,10 @@ struct RawSlot {
 struct RawDevices {
     #[serde(default)]
     device: Vec<Device>,
+    #[serde(default)]
+    area: Vec<AreaDef>,
+    #[serde(default)]
+    floor: Vec<FloorDef>,
 }
 
 impl Catalog {
@@ -234,7 +277,10 @@ impl Catalog {
             let raw: RawDevices =
                 toml::from_str(&read(d)?).map_err(|e| CatalogError::Syntax { origin: origin.clone(), msg: e.to_string() })?;
             catalog.devices = raw.device;
+            catalog.areas = raw.area;
+            catalog.floors = raw.floor;
             check_devices(&catalog.devices, &origin)?;
+            check_places(&catalog.areas, &catalog.floors, &origin)?;
             for intent in &catalog.intents {
                 for slot in &intent.slots {
                     check_entity_values(&catalog, intent, slot, &origin)?;
@@ -252,6 +298,7 @@ impl Catalog {
             return Err(invalid("catalog".into(), "defines no intents ([[intent]] tables)".into()));
         }
         check_devices(&raw.device, origin)?;
+        check_places(&raw.area, &raw.floor, origin)?;
         let mut names = BTreeSet::new();
         let mut intents = Vec::new();
         for ri in raw.intent {
@@ -280,7 +327,7 @@ impl Catalog {
             }
             intents.push(IntentDef { name: ri.name, description: ri.description, slots, examples: ri.examples });
         }
-        let catalog = Catalog { intents, devices: raw.device, system: raw.system };
+        let catalog = Catalog { intents, devices: raw.device, areas: raw.area, floors: raw.floor, system: raw.system };
         for intent in &catalog.intents {
             for slot in &intent.slots {
                 check_entity_values(&catalog, intent, slot, origin)?;
@@ -295,17 +342,23 @@ impl Catalog {
     }
 
     /// The distinct values an entity slot allows, in list order.
+    /// The values of areas and floors are the declared ones (`[[area]]`, `[[floor]]`) and
+    /// those the devices (and areas) are in.
     pub fn entity_values(&self, source: EntitySource) -> Vec<&str> {
         let mut seen = BTreeSet::new();
-        self.devices
-            .iter()
-            .filter_map(|d| match source {
-                EntitySource::Name => Some(d.name.as_str()),
-                EntitySource::Area => d.area.as_deref(),
-                EntitySource::Floor => d.floor.as_deref(),
-            })
-            .filter(|v| seen.insert(*v))
-            .collect()
+        let devices = self.devices.iter().filter_map(|d| match source {
+            EntitySource::Name => Some(d.name.as_str()),
+            EntitySource::Area => d.area.as_deref(),
+            EntitySource::Floor => d.floor.as_deref(),
+        });
+        let declared: Vec<&str> = match source {
+            EntitySource::Name => Vec::new(),
+            EntitySource::Area => self.areas.iter().map(|a| a.name.as_str()).collect(),
+            EntitySource::Floor => {
+                self.floors.iter().map(|f| f.name.as_str()).chain(self.areas.iter().filter_map(|a| a.floor.as_deref())).collect()
+            }
+        };
+        devices.chain(declared).filter(|v| seen.insert(*v)).collect()
     }
 
     /// The device named `name` (for an entity slot drawn from names).
@@ -411,10 +464,32 @@ fn check_devices(devices: &[Device], origin: &str) -> Result<(), CatalogError> {
     let mut names = BTreeSet::new();
     for d in devices {
         let invalid = |msg: String| CatalogError::Invalid { origin: origin.into(), place: format!("device '{}'", d.name), msg };
-        for v in [Some(&d.name), d.area.as_ref(), d.floor.as_ref()].into_iter().flatten() {
+        for v in [Some(&d.name), d.area.as_ref(), d.floor.as_ref(), d.domain.as_ref(), d.device_class.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(&d.aliases)
+        {
             check_value(v).map_err(invalid)?;
         }
         if !names.insert(d.name.as_str()) {
+            return Err(invalid("is listed twice".into()));
+        }
+    }
+    Ok(())
+}
+
+fn check_places(areas: &[AreaDef], floors: &[FloorDef], origin: &str) -> Result<(), CatalogError> {
+    let mut names = BTreeSet::new();
+    for (kind, name, aliases, floor) in areas
+        .iter()
+        .map(|a| ("area", &a.name, &a.aliases, a.floor.as_ref()))
+        .chain(floors.iter().map(|f| ("floor", &f.name, &f.aliases, None)))
+    {
+        let invalid = |msg: String| CatalogError::Invalid { origin: origin.into(), place: format!("{kind} '{name}'"), msg };
+        for v in std::iter::once(name).chain(aliases).chain(floor) {
+            check_value(v).map_err(invalid)?;
+        }
+        if !names.insert((kind, name.as_str())) {
             return Err(invalid("is listed twice".into()));
         }
     }

@@ -10,7 +10,7 @@ pub mod result;
 pub use catalog::{Catalog, CatalogError};
 pub use result::{Intent, ParseError};
 
-use qwenedge_api::{EventBody, IntentSummary, RequestTimings, Usage};
+use qwenedge_api::{EventBody, IntentSource, IntentSummary, RequestTimings, Usage};
 use qwenedge_engine::chat::ChatInput;
 use qwenedge_toolcall::Markers;
 
@@ -72,5 +72,14 @@ pub fn event(
         }
         None => (None, Vec::new()),
     };
-    Ok(EventBody::Intent { recognized, intent, slots, text: output.to_string(), usage, timings })
+    Ok(EventBody::Intent {
+        recognized,
+        intent,
+        slots,
+        text: output.to_string(),
+        source: IntentSource::Model,
+        metadata: None,
+        usage,
+        timings,
+    })
 }

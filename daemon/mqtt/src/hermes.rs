@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use qwenedge_api::{EventBody, GenerateRequest, GenerateSpec, Limits, Prompt, Sampling};
+use qwenedge_api::{EventBody, GenerateRequest, GenerateSpec, Limits, Place, Prompt, Sampling};
 
 /// Where queries arrive.
 pub const QUERY: &str = "hermes/nlu/query";
@@ -127,7 +127,8 @@ pub fn parse_query(payload: &[u8], max_payload: usize) -> Result<NluQuery, NluEr
 /// sampled at `temperature`, under the same limits as every other request (the error names
 /// the limit).
 pub fn request(query: &NluQuery, temperature: f32, limits: &Limits) -> Result<GenerateRequest, NluError> {
-    let mut spec = GenerateSpec::new(Prompt::Intent { text: query.input.clone(), filter: query.intent_filter.clone() });
+    let place = Place { site_id: Some(query.site_id.clone()), ..Place::default() };
+    let mut spec = GenerateSpec::new(Prompt::Intent { text: query.input.clone(), filter: query.intent_filter.clone(), place });
     spec.sampling = Sampling { temperature, ..Sampling::default() };
     GenerateRequest::new(spec, limits).map_err(|e| NluError {
         session_id: query.session_id.clone(),
@@ -261,7 +262,7 @@ mod tests {
         let q = parse_query(br#"{"input":"turn on the kitchen light","futureField":1}"#, 1024).unwrap();
         assert_eq!((q.site_id.as_str(), q.id.as_deref(), q.intent_filter.as_ref()), ("default", None, None));
         let r = request(&q, 0.0, &LIMITS).unwrap();
-        assert_eq!(r.prompt(), &Prompt::Intent { text: "turn on the kitchen light".into(), filter: None });
+        assert_eq!(r.prompt(), &Prompt::Intent { text: "turn on the kitchen light".into(), filter: None, place: Default::default() });
     }
 
     #[test]
@@ -305,6 +306,8 @@ mod tests {
             intent: Some(qwenedge_api::IntentSummary { name: "HassLightSet".into(), confidence: 0.5 }),
             slots: vec![slot],
             text: String::new(),
+            source: Default::default(),
+            metadata: None,
             usage: Default::default(),
             timings: Default::default(),
         };

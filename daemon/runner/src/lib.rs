@@ -174,7 +174,7 @@ impl Model for Runner {
         let mut max_tokens = ctx.max_tokens;
         let text = match request.prompt() {
             Prompt::Text(t) => t.clone(),
-            Prompt::Intent { text, filter } => {
+            Prompt::Intent { text, filter, .. } => {
                 let prepared = qwenedge_intent::prepare(ctx.catalog, text, filter.as_deref(), &markers(self));
                 let rendered = self.render_chat(&prepared.chat).map_err(|e| Refusal::new(ErrorCode::ModelError, e.to_string()))?;
                 grammar = Some(Grammar::Lark(prepared.grammar));

@@ -27,6 +27,9 @@ pub enum LoadError {
     /// The model does not fit in the memory the device leaves.
     #[error("{0}")]
     Memory(String),
+    /// No model directory is configured.
+    #[error("no model is configured (model.path): with intents.local = \"only\" the daemon answers intents from the sentence templates alone and has no model for other requests")]
+    NoModel,
 }
 
 /// The sizes of `spec` that memory estimates read.
@@ -65,6 +68,9 @@ pub fn holder(kind: BackendKind, library: Option<&std::path::Path>) -> Holder {
 /// budget leaves.
 pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, LoadError> {
     let path = &load.path;
+    if path.as_os_str().is_empty() {
+        return Err(LoadError::NoModel);
+    }
     let spec = ModelSpec::load(path).map_err(EngineError::from)?;
     let context = memory::load_context(load.context_length, spec.context_length);
     let estimate = memory::model_estimate(&model_shape(&spec), context, holder(load.backend, load.onnxruntime_library.as_deref()));

@@ -116,12 +116,14 @@ pub struct Core<L: Loader> {
 }
 
 impl<L: Loader> Core<L> {
-    /// A core serving `model`, which was loaded with `loaded`.
-    pub fn new(loader: L, model: L::Model, loaded: LoadSettings) -> Self {
+    /// A core serving `model`, which was loaded with `loaded` (none: loaded when a request
+    /// needs one).
+    pub fn new(loader: L, model: Option<L::Model>, loaded: LoadSettings) -> Self {
+        let loaded = model.as_ref().map(|_| loaded);
         Self {
             loader,
-            model: Some(model),
-            loaded: Some(loaded),
+            model,
+            loaded,
             active: Vec::new(),
             next_seq: 0,
             warm_up_pending: true,

@@ -16,6 +16,7 @@ mod admission;
 mod board;
 mod core;
 mod job;
+mod local;
 mod metrics;
 mod model;
 mod outbound;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 pub use admission::{admit, AdmissionView, Refusal};
 pub use board::KeepAlive;
 pub use job::Job;
+pub use local::{home, LocalAnswer, LocalStage};
 pub use metrics::{Histogram, Labels, Metrics};
 pub use model::{Clock, Context, Loader, Model, Prepared, Progress};
 pub use outbound::{Delivery, Outbound, Pushed};
@@ -49,6 +51,8 @@ use thread::Shared;
 #[derive(Clone)]
 pub struct Scheduler {
     shared: Arc<Shared>,
+    /// The sentence templates, tried when an intent request is submitted.
+    local: Arc<std::sync::RwLock<Arc<LocalStage>>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -77,17 +81,25 @@ impl Rejected {
 }
 
 impl Scheduler {
-    /// Starts the engine thread around `model` (loaded with `loaded`); `loader` loads the
-    /// next ones (reload, hot-weather model, after an idle unload).
+    /// Starts the engine thread around `model` (loaded with `loaded`; `None`: none yet, as
+    /// when only the sentence templates answer); `loader` loads the next ones (reload,
+    /// hot-weather model, after an idle unload); `local` answers the intent requests the
+    /// sentence templates match.
     pub fn start<L: Loader>(
         loader: L,
-        model: L::Model,
+        model: Option<L::Model>,
         loaded: LoadSettings,
         settings: Arc<Settings>,
         catalog: Arc<Catalog>,
+        local: LocalStage,
     ) -> std::io::Result<(Self, Stopped)> {
-        let report = <L::Model as Model>::report(&model, &settings);
-        let shared = Arc::new(Shared::new(SchedulerState::new(settings, catalog, report)));
+        let report = match &model {
+            Some(m) => <L::Model as Model>::report(m, &settings),
+            None => ModelReport::none(),
+        };
+        let mut state = SchedulerState::new(settings, catalog, report);
+        state.stats.loaded = model.is_some();
+        let shared = Arc::new(Shared::new(state));
         let core = Core::new(loader, model, loaded);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let worker = Arc::clone(&shared);
@@ -95,11 +107,26 @@ impl Scheduler {
             let outcome = thread::run(&worker, core);
             let _ = done_tx.send(outcome);
         })?;
-        Ok((Self { shared }, done_rx))
+        Ok((Self { shared, local: Arc::new(std::sync::RwLock::new(Arc::new(local))) }, done_rx))
+    }
+
+    /// Replaces the sentence templates and the home's names (a configuration reload).
+    pub fn set_local(&self, local: LocalStage) {
+        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);
     }
 
     /// Queues a job, or hands it back with the reason (queue full, shutting down, too hot).
+    /// An intent request the sentence templates match is answered here, at once: it neither
+    /// waits in the queue nor needs the model (nor is it refused for the queue or the heat).
     pub fn submit(&self, job: Job) -> Result<(), Box<Rejected>> {
+        let draining = matches!(self.shared.lock().phase, Phase::Draining | Phase::Stopped);
+        if !draining {
+            let stage = Arc::clone(&self.local.read().unwrap_or_else(|p| p.into_inner()));
+            if let LocalAnswer::Answer(body) = stage.answer(job.request().prompt()) {
+                self.shared.lock().answer(job, *body);
+                return Ok(());
+            }
+        }
         let mut board = self.shared.lock();
         let view = AdmissionView {
             draining: matches!(board.phase, Phase::Draining | Phase::Stopped),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use qwenedge_api::{EventBody, Prompt};
+use qwenedge_api::{EventBody, IntentSource, Prompt};
 
 /// Upper bounds of the time-to-first-token buckets (seconds).
 pub const TTFT_BUCKETS_S: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -98,12 +98,13 @@ impl Metrics {
     pub fn record(&mut self, transport: &'static str, op: &'static str, body: &EventBody) {
         let outcome = match body {
             EventBody::Done { .. } => "done",
+            EventBody::Intent { source: IntentSource::Local, .. } => "local_intent",
             EventBody::Intent { .. } => "intent",
             EventBody::Error { code, .. } => code.as_str(),
             _ => "other",
         };
         *self.requests.entry(Labels { transport, op, outcome }).or_default() += 1;
-        if let EventBody::Done { usage, timings, .. } | EventBody::Intent { usage, timings, .. } = body {
+        if let EventBody::Done { usage, timings, .. } | EventBody::Intent { usage, timings, source: IntentSource::Model, .. } = body {
             self.prompt_tokens += usage.prompt_tokens as u64;
             self.cached_tokens += usage.cached_tokens as u64;
             self.completion_tokens += usage.completion_tokens as u64;

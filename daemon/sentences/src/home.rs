@@ -20,7 +20,9 @@ pub struct Device {
     /// Other names for it.
     #[serde(default)]
     pub aliases: Vec<String>,
-    /// Home Assistant's domain (`light`, `cover`, `switch`, …).
+    /// Home Assistant's domain (`light`, `cover`, `switch`, …); empty: unknown (the name then
+    /// carries no domain, and any template that takes a name may match it).
+    #[serde(default)]
     pub domain: String,
     /// Home Assistant's device class (`garage_door`, `window`, …).
     #[serde(default)]
@@ -85,7 +87,9 @@ impl Home {
         let mut names = Vec::new();
         for d in &self.devices {
             let mut context = Map::new();
-            context.insert("domain".into(), Value::String(d.domain.clone()));
+            if !d.domain.is_empty() {
+                context.insert("domain".into(), Value::String(d.domain.clone()));
+            }
             if let Some(dc) = &d.device_class {
                 context.insert("device_class".into(), Value::String(dc.clone()));
             }

@@ -34,6 +34,8 @@ pub struct Match {
     pub intent: String,
     /// Slot values by name.
     pub slots: Map<String, Value>,
+    /// The text each slot was matched from, by name (empty for fixed and context slots).
+    pub texts: Map<String, Value>,
     /// The block's metadata.
     pub metadata: Map<String, Value>,
     /// The block's response key.
@@ -109,13 +111,15 @@ impl HomeLists {
 
 /// Recognizes `text` in `lang` as Home Assistant does (custom sentences first, the longest
 /// `{name}` next); `context` is the caller's (`{"area": "Kitchen"}`).
-pub fn recognize(lang: &Language, text: &str, lists: &SlotLists, context: Map<String, Value>) -> Answer {
+/// `allowed` limits the intents that may match (an intent filter).
+pub fn recognize(lang: &Language, text: &str, lists: &SlotLists, context: Map<String, Value>, allowed: Option<&[String]>) -> Answer {
     let started = Instant::now();
-    let opts = Options { context, best_metadata_key: Some(CUSTOM_SENTENCE), best_slot_name: Some("name"), ..Options::default() };
+    let opts = Options { context, best_metadata_key: Some(CUSTOM_SENTENCE), best_slot_name: Some("name"), allowed, ..Options::default() };
     let (found, steps, too_complex) = match recognize_best(lang, text, lists, &opts) {
         Ok(outcome) => {
             let found = outcome.best.map(|r| Match {
                 intent: r.intent,
+                texts: r.slots.iter().map(|s| (s.name.clone(), Value::String(crate::text::strip(&s.text).to_string()))).collect(),
                 slots: r.slots.into_iter().map(|s| (s.name, s.value)).collect(),
                 metadata: r.metadata.unwrap_or_default(),
                 response: r.response,

@@ -27,6 +27,8 @@ pub struct Options<'a> {
     pub words_language: Option<&'a str>,
     /// Search steps allowed for the whole recognition.
     pub step_limit: u64,
+    /// Only these intents may match (`None`: any).
+    pub allowed: Option<&'a [String]>,
 }
 
 /// Steps a recognition may take by default: far more than any sentence of the data needs
@@ -42,6 +44,7 @@ impl Default for Options<'_> {
             best_slot_name: Some("name"),
             words_language: None,
             step_limit: DEFAULT_STEP_LIMIT,
+            allowed: None,
         }
     }
 }
@@ -231,7 +234,8 @@ fn recognize_all(lang: &Language, text: &str, caller: &SlotLists, opts: &Options
         let block = &lang.intents[ii as usize].blocks[bi as usize];
         if current != Some((ii, bi)) {
             current = Some((ii, bi));
-            block_ok = block_applies(block, &keywords, &opts.context);
+            let name = &lang.intents[ii as usize].name;
+            block_ok = opts.allowed.is_none_or(|a| a.contains(name)) && block_applies(block, &keywords, &opts.context);
         }
         if !block_ok || !prefilter::satisfied(&block.clauses[si as usize], &present) {
             continue;

@@ -2,6 +2,7 @@
 //! fixed synthetic prompt (or, with `--intent`, the prefix cache's effect on an intent
 //! request's time to first token). A human table goes to stderr, one JSON line to stdout.
 
+use anyhow::Context;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -20,6 +21,19 @@ without sending a single word to the cloud. ";
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Measure the sentence templates instead (no model needed; with --model, the daemon's
+    /// local answers are also timed while it generates).
+    #[arg(long)]
+    local_intents: bool,
+    /// The sentences for --local-intents (JSON Lines, as `qwenedge intents match` reads them).
+    #[arg(long, requires = "local_intents")]
+    corpus: Option<std::path::PathBuf>,
+    /// Language of --corpus.
+    #[arg(long, default_value = "en", requires = "local_intents")]
+    language: String,
+    /// Python with hassil, to measure it on the same corpus in the same run.
+    #[arg(long, requires = "local_intents")]
+    hassil_python: Option<std::path::PathBuf>,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -97,23 +111,31 @@ pub(super) fn speed(engine: &mut qwenedge_engine::Engine, prompt: &[u32], new_to
 
 /// Runs `bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.local_intents {
+        let corpus = args.corpus.as_deref().context("--local-intents needs --corpus")?;
+        let model = args.model.model.as_deref();
+        let bench =
+            super::bench_local::LocalBench { language: &args.language, corpus, hassil_python: args.hassil_python.as_deref(), model };
+        return super::bench_local::run(&bench);
+    }
+    let model = &args.model;
     anyhow::ensure!(args.prompt_tokens > 0 && args.new_tokens > 1, "--prompt-tokens must be > 0 and --new-tokens > 1");
     anyhow::ensure!(args.runs > 0, "--runs must be > 0");
     if args.tokenizer {
-        return super::bench_tokenizer::run(&args.model.model);
+        return super::bench_tokenizer::run(model.path()?);
     }
     if let Some(spec) = &args.ep_library {
-        return super::bench_ep::run(&args.model, spec, &args.ep_option, args.prompt_tokens, args.new_tokens, args.runs);
+        return super::bench_ep::run(model, spec, &args.ep_option, args.prompt_tokens, args.new_tokens, args.runs);
     }
     let load_start = Instant::now();
-    let mut engine = args.model.load()?;
+    let mut engine = model.load()?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     if args.intent {
         anyhow::ensure!(args.utterance_tokens > 0, "--utterance-tokens must be > 0");
         let catalog = qwenedge_intent::Catalog::load(args.catalog.as_deref(), None)?;
-        let mut line = super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, args.model.threads)?;
+        let mut line = super::bench_intent::run(&mut engine, &catalog, args.utterance_tokens, args.runs, model.threads)?;
         drop(engine);
-        let figures = super::bench_daemon::run(&args.model, args.catalog.as_deref())?;
+        let figures = super::bench_daemon::run(model, args.catalog.as_deref())?;
         super::bench_intent::report_daemon(&mut line, &figures);
         println!("{line}");
         return Ok(());
@@ -125,7 +147,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let info = engine.backend_info();
     let weights_mb = engine.spec.weight_bytes() as f64 / (1024.0 * 1024.0);
     eprintln!("qwenedge bench  {}", engine.spec.dir.display());
-    eprintln!("  runtime          {} {} ({} threads)", info.name, info.version, args.model.threads);
+    eprintln!("  runtime          {} {} ({} threads)", info.name, info.version, model.threads);
     eprintln!("  prompt / new     {} / {} tokens, {} runs (median)", args.prompt_tokens, args.new_tokens, args.runs);
     eprintln!("  load             {load_ms:>9.1} ms");
     eprintln!("  prefill          {prefill:>9.1} tok/s");
@@ -139,7 +161,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "model": engine.spec.dir.display().to_string(),
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
-        "threads": args.model.threads,
+        "threads": model.threads,
         "runs": args.runs,
         "load_ms": load_ms,
         "prefill_tok_s": prefill,

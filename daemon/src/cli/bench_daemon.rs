@@ -187,7 +187,8 @@ fn measure(c: &mut Connection) -> anyhow::Result<SetFigures> {
 
 fn config_text(model: &ModelArgs, catalog: Option<&Path>, socket: &Path, prefix: &Path, batched: bool) -> String {
     let backend = format!("{:?}", model.backend).to_lowercase();
-    let path = model.model.canonicalize().unwrap_or_else(|_| model.model.clone());
+    let given = model.model.clone().unwrap_or_default();
+    let path = given.canonicalize().unwrap_or(given);
     let mut c = format!(
         "[model]\npath = {:?}\nthreads = {}\nbackend = {backend:?}\nbatch_forced_tokens = {batched}\n",
         path.display().to_string(),

@@ -88,7 +88,7 @@ pub fn run(model: &ModelArgs, spec: &str, options: &[String], n: usize, new: usi
         cpu.logits.iter().zip(&plug.logits).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0.0f32, f32::max);
     let top_agree = cpu.logits.iter().zip(&plug.logits).filter(|(a, b)| argmax(a) == argmax(b)).count();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    eprintln!("qwenedge bench  {}  ({} threads, {n}/{new} tokens, {runs} runs, median)", model.model.display(), model.threads);
+    eprintln!("qwenedge bench  {}  ({} threads, {n}/{new} tokens, {runs} runs, median)", model.path()?.display(), model.threads);
     eprintln!("  {:<28} {:>9} {:>10} {:>10} {:>9} {:>9}", "provider", "load ms", "prefill/s", "decode/s", "TTFT ms", "RSS MiB");
     for (name, r) in [("cpu", &cpu), (plug.provider.as_str(), &plug)] {
         let s = &r.speed;
@@ -111,7 +111,7 @@ pub fn run(model: &ModelArgs, spec: &str, options: &[String], n: usize, new: usi
     let figures = |r: &Run| serde_json::json!({"load_ms": r.load_ms, "prefill_tok_s": r.speed.prefill, "decode_tok_s": r.speed.decode, "ttft_ms": r.speed.ttft, "rss_mb": r.rss_mb});
     let json = serde_json::json!({
         "engine": "qwenedge",
-        "model": model.model.display().to_string(),
+        "model": model.path()?.display().to_string(),
         "threads": model.threads,
         "prompt_tokens": n,
         "new_tokens": new,

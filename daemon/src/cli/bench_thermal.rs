@@ -145,7 +145,14 @@ fn run_once(args: &BenchThermalArgs, governed: bool) -> anyhow::Result<Value> {
     let load = settings.model.load_settings();
     let engine = qwenedge_runner::load_engine(&load, &settings)?;
     let catalog = Arc::new(Catalog::builtin()?);
-    let (sched, _stopped) = Scheduler::start(EngineLoader, qwenedge_runner::Runner(engine), load, Arc::new(settings.clone()), catalog)?;
+    let (sched, _stopped) = Scheduler::start(
+        EngineLoader,
+        Some(qwenedge_runner::Runner(engine)),
+        load,
+        Arc::new(settings.clone()),
+        catalog,
+        qwenedge_scheduler::LocalStage::off(),
+    )?;
     let sink = sched.clone();
     let _monitor = monitor::spawn(settings.budget.clone(), move |s| sink.set_budget(s))?;
     let soc = Arc::new(Mutex::new(Soc { temp_c: args.ambient_c, seconds_at: [0.0; 4], max_c: args.ambient_c }));

@@ -84,7 +84,7 @@ pub fn run(args: IntentsArgs) -> anyhow::Result<()> {
                 match languages.get(&code) {
                     Err(e) => json!({"error": format!("line {}: {e}", n + 1)}),
                     Ok(lang) => {
-                        let a = recognize(lang, &req.text, lists.of(&home), req.context);
+                        let a = recognize(lang, &req.text, lists.of(&home), req.context, None);
                         let mut answer = match a.found {
                             Some(m) => json!({
                                 "recognized": true, "intent": m.intent, "slots": m.slots, "metadata": m.metadata,

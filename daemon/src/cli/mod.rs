@@ -6,6 +6,7 @@ mod bench;
 mod bench_daemon;
 mod bench_ep;
 mod bench_intent;
+mod bench_local;
 mod bench_thermal;
 mod bench_tokenizer;
 mod doctor;
@@ -58,9 +59,10 @@ enum Command {
 /// Model and runtime options shared by the subcommands that load a model.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Model directory (output of the onnxruntime-genai model builder).
+    /// Model directory (output of the onnxruntime-genai model builder); required except by
+    /// `bench --local-intents`.
     #[arg(long, short = 'm', env = "QWENEDGE__MODEL__PATH")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Intra-op threads for inference (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -81,6 +83,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model directory (`--model`).
+    pub fn path(&self) -> anyhow::Result<&std::path::Path> {
+        self.model.as_deref().ok_or_else(|| anyhow::anyhow!("--model is required (the model directory)"))
+    }
+
     fn load(&self) -> anyhow::Result<Engine> {
         self.load_with(Vec::new())
     }
@@ -97,10 +104,11 @@ impl ModelArgs {
         };
         let opts = EngineOptions { backend: self.backend, ort, ..Default::default() };
         let started = std::time::Instant::now();
-        let engine = Engine::load(&self.model, &opts)?;
+        let path = self.path()?;
+        let engine = Engine::load(path, &opts)?;
         let info = engine.backend_info();
         tracing::info!(
-            model = %self.model.display(),
+            model = %path.display(),
             backend = info.name,
             chosen = %info.chosen,
             runtime = %info.version,

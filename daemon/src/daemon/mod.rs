@@ -22,7 +22,7 @@ use qwenedge_budget::monitor::{self, MonitorHandle};
 use qwenedge_config::{Loaded, Settings};
 use qwenedge_mqtt::{MqttError, MqttTransport};
 use qwenedge_runner::{EngineLoader, LoadError, Runner};
-use qwenedge_scheduler::Scheduler;
+use qwenedge_scheduler::{LocalStage, Scheduler};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -37,6 +37,9 @@ pub enum DaemonError {
     /// The model could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The sentence templates (data or custom sentences) could not be loaded.
+    #[error("sentence templates: {0}")]
+    Sentences(#[from] qwenedge_sentences::LoadError),
     /// The Unix socket could not be bound.
     #[error(transparent)]
     Socket(#[from] qwenedge_unix::SocketError),
@@ -109,10 +112,20 @@ impl Daemon {
         if settings.mqtt.enabled {
             MqttTransport::check(&settings.mqtt)?;
         }
-        service::notify("STATUS=loading the model");
-        info!(model = ?settings.model.path, "loading the model");
+        let local = LocalStage::new(&settings, &loaded.catalog)?;
         let load = settings.model.load_settings();
-        let engine = qwenedge_runner::load_engine(&load, &settings)?;
+        // Without a model directory (`intents.local = "only"`) the sentence templates answer alone.
+        let engine = match &settings.model.path {
+            Some(path) => {
+                service::notify("STATUS=loading the model");
+                info!(model = %path.display(), "loading the model");
+                Some(Runner(qwenedge_runner::load_engine(&load, &settings)?))
+            }
+            None => {
+                info!(language = %settings.intents.language, "no model: intents are answered from the sentence templates alone");
+                None
+            }
+        };
         // The TCP listeners first: a client that sees the socket file may connect to them at once.
         let bound = run::Bound {
             http: settings.http.enabled.then(|| qwenedge_http::bind(&settings.http)).transpose()?,
@@ -124,7 +137,7 @@ impl Daemon {
             http: bound.http.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
             wyoming: bound.wyoming.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
         };
-        let (scheduler, stopped) = Scheduler::start(EngineLoader, Runner(engine), load, Arc::clone(&settings), loaded.catalog)
+        let (scheduler, stopped) = Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog, local)
             .map_err(|error| DaemonError::Start { what: "the engine thread", error })?;
         let budget = match budget_monitor(&scheduler, &settings) {
             Ok(b) => b,

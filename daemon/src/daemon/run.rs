@@ -8,7 +8,7 @@ use std::time::Duration;
 use qwenedge_budget::monitor::MonitorHandle;
 use qwenedge_config::Settings;
 use qwenedge_mqtt::MqttTransport;
-use qwenedge_scheduler::{Requests, Scheduler, Stopped};
+use qwenedge_scheduler::{LocalStage, Requests, Scheduler, Stopped};
 use qwenedge_transport::tcp::BoundTcp;
 use qwenedge_transport::Lifecycle;
 use qwenedge_unix::BoundSocket;
@@ -120,6 +120,10 @@ pub(super) async fn serve(
                         match budget_monitor(&scheduler, &loaded.settings) {
                             Ok(m) => budget = m,
                             Err(e) => error!(error = %e, "restarting the budget monitor failed"),
+                        }
+                        match LocalStage::new(&loaded.settings, &loaded.catalog) {
+                            Ok(local) => scheduler.set_local(local),
+                            Err(e) => error!(error = %e, "loading the sentence templates failed; the previous ones stay"),
                         }
                         scheduler.reload(loaded.settings, loaded.catalog);
                     }

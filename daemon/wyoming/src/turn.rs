@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::conn::Out;
 use super::events::{self, NOT_UNDERSTOOD};
 use super::{Service, TRANSPORT};
-use qwenedge_api::{ErrorCode, EventBody, GenerateRequest, GenerateSpec, Prompt, Sampling};
+use qwenedge_api::{ErrorCode, EventBody, GenerateRequest, GenerateSpec, Place, Prompt, Sampling};
 use qwenedge_config::WyomingProgram;
 use qwenedge_transport::running::{RequestPath, Submitted};
 
@@ -48,7 +48,10 @@ fn refusal(code: ErrorCode) -> bool {
 }
 
 async fn recognize(service: &Service, t: &Transcript) -> Recognition {
-    let mut spec = GenerateSpec::new(Prompt::Intent { text: t.text.clone(), filter: None });
+    // A language the sentence templates cannot name is left to `intents.language`.
+    let language = t.language.clone().filter(|l| Place { language: Some(l.clone()), ..Place::default() }.check().is_ok());
+    let place = Place { language, ..Place::default() };
+    let mut spec = GenerateSpec::new(Prompt::Intent { text: t.text.clone(), filter: None, place });
     spec.sampling = Sampling { temperature: service.temperature, ..Sampling::default() };
     let request = match GenerateRequest::new(spec, &service.scheduler.limits()) {
         Ok(r) => r,

@@ -124,7 +124,7 @@ fn the_warm_up_runs_in_chunks_and_a_request_runs_between_them() {
 fn an_intent_request_lets_the_warm_up_finish_first_and_a_failed_one_does_not_hold_it() {
     let loader = FakeLoader { warm_up_chunks: 4, ..Default::default() };
     let mut h = Harness::new(loader, settings("/m/a", |_| {}));
-    let intent = || Prompt::Intent { text: "turn on the light".into(), filter: None };
+    let intent = || Prompt::Intent { text: "turn on the light".into(), filter: None, place: Default::default() };
     h.submit_prompt("i", intent(), Priority::Interactive, 3, None);
     let done = h.run();
     assert_eq!(&done[..3], ["warm_up"; 3], "the catalog prefix it starts with is finished first: {done:?}");

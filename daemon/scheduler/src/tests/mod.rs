@@ -264,7 +264,7 @@ impl Harness {
             requests.client(ClientPolicy { remember: 8, reject_recent: false, unread_key: "test", transport: "test" }, Arc::clone(&out));
         let mut h = Self {
             board: SchedulerState::new(settings, catalog, report),
-            core: Core::new(loader.clone(), model, load),
+            core: Core::new(loader.clone(), Some(model), load),
             loader,
             client,
             out,
@@ -542,7 +542,7 @@ fn a_panic_on_the_engine_thread_answers_every_open_request_and_reports_the_failu
     let s = settings("/m/a", |_| {});
     let model = loader.fake("/m/a".into());
     let catalog = Arc::new(qwenedge_intent::Catalog::builtin().unwrap());
-    let (scheduler, mut stopped) = Scheduler::start(loader, model, s.model.load_settings(), s, catalog).unwrap();
+    let (scheduler, mut stopped) = Scheduler::start(loader, Some(model), s.model.load_settings(), s, catalog, LocalStage::off()).unwrap();
     gate.wait_entered();
     let requests = Requests::default();
     let out = Arc::new(Outbound::new(1 << 20));
