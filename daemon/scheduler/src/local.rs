@@ -62,7 +62,7 @@ impl LocalStage {
             language: String::new(),
             site_areas: BTreeMap::new(),
             languages: Mutex::new(Languages::new(std::path::Path::new(""), None)),
-            lists: SlotLists::new(),
+            lists: SlotLists::default(),
         }
     }
 

@@ -114,7 +114,7 @@ impl Home {
             .flat_map(|f| std::iter::once(&f.name).chain(&f.aliases))
             .map(|n| plain(n, Value::String(n.clone()), None, None))
             .collect();
-        let mut lists = SlotLists::new();
+        let mut lists = SlotLists::default();
         lists.insert("name".into(), SlotList::Text(TextList::new(names)));
         lists.insert("area".into(), SlotList::Text(TextList::new(areas)));
         lists.insert("floor".into(), SlotList::Text(TextList::new(floors)));

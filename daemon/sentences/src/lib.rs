@@ -33,15 +33,15 @@ pub use load::{from_data, languages, load, merge, slot_list, LoadError, CUSTOM_S
 pub use recognize::{recognize_best, Options, Outcome, Recognition, Slot, TooComplex, DEFAULT_STEP_LIMIT};
 
 /// Lists the caller supplies (`name`, `area`, `floor`, …), by name.
-pub type SlotLists = HashMap<String, SlotList>;
+pub type SlotLists = Names<SlotList>;
 
 /// A map keyed by short names (lists, rules), hashed with FNV-1a: the matcher looks names up
-/// at every reference, and these keys come from the data, not from the caller.
-pub(crate) type Names<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+/// at every reference, and the keys are the data's and the caller's list names.
+pub type Names<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
 
-/// FNV-1a.
+/// FNV-1a, for [`Names`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+pub struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {

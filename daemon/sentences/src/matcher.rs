@@ -130,7 +130,7 @@ impl Scope<'_> {
 type K<'k> = &'k mut dyn FnMut(Ctx, &mut Budget);
 
 /// Hands every way `expr` matches at `ctx` to `k`.
-pub(crate) fn m(s: &Scope, ctx: Ctx, expr: &Expr, b: &mut Budget, k: K) {
+pub(crate) fn m(s: &Scope, ctx: &Ctx, expr: &Expr, b: &mut Budget, k: K) {
     if !b.step() {
         return;
     }
@@ -138,7 +138,7 @@ pub(crate) fn m(s: &Scope, ctx: Ctx, expr: &Expr, b: &mut Budget, k: K) {
         Expr::Text(chunk) => text(s, ctx, chunk, expr, b, k),
         Expr::Alt(items) => {
             for item in items {
-                m(s, ctx.clone(), item, b, k);
+                m(s, ctx, item, b, k);
             }
         }
         Expr::Seq(items) => {
@@ -156,23 +156,23 @@ pub(crate) fn m(s: &Scope, ctx: Ctx, expr: &Expr, b: &mut Budget, k: K) {
     }
 }
 
-fn seq(s: &Scope, ctx: Ctx, items: &[Expr], b: &mut Budget, k: K) {
+fn seq(s: &Scope, ctx: &Ctx, items: &[Expr], b: &mut Budget, k: K) {
     match items {
-        [] => k(ctx, b),
+        [] => k(ctx.clone(), b),
         [only] => m(s, ctx, only, b, k),
-        [first, rest @ ..] => m(s, ctx, first, b, &mut |c, b| seq(s, c, rest, b, k)),
+        [first, rest @ ..] => m(s, ctx, first, b, &mut |c, b| seq(s, &c, rest, b, k)),
     }
 }
 
 /// A permutation: each unused item first, then the rest in any order (`used` is a bit set).
-fn perm(s: &Scope, ctx: Ctx, items: &[Expr], used: u64, b: &mut Budget, k: K) {
+fn perm(s: &Scope, ctx: &Ctx, items: &[Expr], used: u64, b: &mut Budget, k: K) {
     let left: Vec<usize> = (0..items.len()).filter(|i| used & (1 << i) == 0).collect();
     match left.as_slice() {
-        [] => k(ctx, b),
+        [] => k(ctx.clone(), b),
         [only] => m(s, ctx, &items[*only], b, k),
         _ => {
             for &i in &left {
-                m(s, ctx.clone(), &items[i], b, &mut |c, b| perm(s, c, items, used | (1 << i), b, k));
+                m(s, ctx, &items[i], b, &mut |c, b| perm(s, &c, items, used | (1 << i), b, k));
             }
         }
     }
@@ -182,7 +182,7 @@ fn next_char(text: &str) -> usize {
     text.chars().next().map_or(text.len(), char::len_utf8)
 }
 
-fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
+fn text(s: &Scope, ctx: &Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
     let ignore_ws = s.lang.ignore_whitespace;
     if (ctx.dashes && !b.scan(ctx.rest().len())) || (ignore_ws && !b.scan(ctx.rest().len() * 8)) {
         return;
@@ -205,7 +205,7 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
     let context_text = &buf[at..];
     let context_empty = strip(context_text).is_empty();
     if chunk.is_empty() {
-        k(ctx, b);
+        k(ctx.clone(), b);
         return;
     }
     if let Some(w) = ctx.open_wildcard().filter(|w| strip(&w.text).is_empty()) {
@@ -246,7 +246,7 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
             let mut c = ctx.with_text(&buf, at + start);
             c.entities = Rc::new(ents);
             c.start_of_word = true;
-            m(s, c, expr, b, k);
+            m(s, &c, expr, b, k);
             if b.exceeded {
                 return;
             }
@@ -274,7 +274,7 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
         }
         k(c, b);
     } else if context_empty && !chunk_text.is_empty() && chunk_text.chars().all(is_space) {
-        k(ctx, b);
+        k(ctx.clone(), b);
     } else if (if Rc::ptr_eq(&buf, &ctx.text) { ctx.dashes } else { true }) && context_text.contains(['-', '_']) {
         let broken: Rc<str> = context_text.replace(['-', '_'], " ").into();
         at = 0;
@@ -288,7 +288,7 @@ fn text(s: &Scope, ctx: Ctx, chunk: &str, expr: &Expr, b: &mut Budget, k: K) {
     }
 }
 
-fn list(s: &Scope, ctx: Ctx, r: &ListRef, b: &mut Budget, k: K) {
+fn list(s: &Scope, ctx: &Ctx, r: &ListRef, b: &mut Budget, k: K) {
     let inline;
     let slot_list = match (s.list(&r.list), r.inline_range) {
         (Some(l), _) => l,
@@ -305,7 +305,7 @@ fn list(s: &Scope, ctx: Ctx, r: &ListRef, b: &mut Budget, k: K) {
         SlotList::Text(list) => text_list(s, ctx, r, list, b, k),
         SlotList::Range(range) => range_list(s, ctx, r, range, b, k),
         SlotList::Wildcard => {
-            let mut c = ctx;
+            let mut c = ctx.clone();
             c.push(Entity {
                 name: r.slot.clone(),
                 value: Value::String(String::new()),
@@ -320,7 +320,7 @@ fn list(s: &Scope, ctx: Ctx, r: &ListRef, b: &mut Budget, k: K) {
     }
 }
 
-fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, k: K) {
+fn text_list(s: &Scope, ctx: &Ctx, r: &ListRef, list: &TextList, b: &mut Budget, k: K) {
     let required = &s.block.requires_context;
     let excluded = &s.block.excludes_context;
     let anchored = ctx.open_wildcard().is_none() && !s.lang.ignore_whitespace && ctx.start_of_word;
@@ -346,7 +346,7 @@ fn text_list(s: &Scope, ctx: Ctx, r: &ListRef, list: &TextList, b: &mut Budget, 
             continue;
         }
         let outer = &ctx;
-        m(s, ctx.clone(), &value.input, b, &mut |vc: Ctx, b| {
+        m(s, ctx, &value.input, b, &mut |vc: Ctx, b| {
             let text = outer.rest();
             let remaining = match vc.entities.last().filter(|e| e.wildcard) {
                 Some(w) if text.starts_with(w.text.as_str()) => &text[w.text.len()..],
@@ -435,7 +435,7 @@ fn numbers_in(text: &str, fractions: bool) -> Vec<(usize, usize)> {
     out
 }
 
-fn range_list(s: &Scope, ctx: Ctx, r: &ListRef, range: &RangeList, b: &mut Budget, k: K) {
+fn range_list(s: &Scope, ctx: &Ctx, r: &ListRef, range: &RangeList, b: &mut Budget, k: K) {
     let wildcard = ctx.open_wildcard().cloned();
     let text = ctx.rest();
     if !b.scan(if wildcard.is_some() { text.len() * 4 } else { 0 }) {
@@ -511,7 +511,7 @@ fn range_list(s: &Scope, ctx: Ctx, r: &ListRef, range: &RangeList, b: &mut Budge
                 c.close_wildcards();
             }
         }
-        m(s, c, &Expr::Text(written.to_string()), b, k);
+        m(s, &c, &Expr::Text(written.to_string()), b, k);
         if b.exceeded {
             return;
         }

@@ -185,7 +185,7 @@ fn rank(lang: &Language, found: Vec<Found>, opts: &Options) -> Option<Found> {
     let score = |r: &Found| {
         let wildcards = r.entities.iter().filter(|e| e.wildcard).count();
         let wildcard_text: usize = r.entities.iter().filter(|e| e.wildcard).map(|e| e.text.chars().count()).sum();
-        (wildcards, std::cmp::Reverse(r.chunks), wildcard_text, lang.intents[r.intent].name.clone())
+        (wildcards, std::cmp::Reverse(r.chunks), wildcard_text, lang.intents[r.intent].name.as_str())
     };
     best.into_iter().enumerate().min_by(|(i, a), (j, b)| score(a).cmp(&score(b)).then(i.cmp(j))).map(|(_, r)| r)
 }
@@ -206,7 +206,7 @@ fn recognize_all(lang: &Language, text: &str, caller: &SlotLists, opts: &Options
         remove_skip_words(&with_skip, &lang.skip_words, lang.ignore_whitespace, SkipAt::Anywhere)
     };
     let had_skip_words = no_skip != with_skip;
-    let keywords: HashSet<&str> = no_skip.split(crate::text::is_space).filter(|w| !w.is_empty()).collect();
+    let keywords: Vec<&str> = no_skip.split(crate::text::is_space).filter(|w| !w.is_empty()).collect();
     let mut haystack = format!("{}\n{}", casefold(&with_skip), casefold(&no_skip));
     if lang.ignore_whitespace {
         haystack = format!("{haystack}\n{}", remove_cjk_whitespace(&haystack));
@@ -263,7 +263,7 @@ fn recognize_all(lang: &Language, text: &str, caller: &SlotLists, opts: &Options
         }
         for candidate in candidates {
             let ctx = Ctx::new(candidate.clone(), context.clone());
-            m(&scope, ctx, &sentence.expr, budget, &mut |c, _| {
+            m(&scope, &ctx, &sentence.expr, budget, &mut |c, _| {
                 if let Some(f) = finish(c, block) {
                     found.push(Found { intent: ii as usize, block: bi as usize, sentence: si as usize, ..f });
                 }
@@ -278,9 +278,9 @@ fn recognize_all(lang: &Language, text: &str, caller: &SlotLists, opts: &Options
 
 /// Whether a block can apply at all: one of its required keywords is said, and the caller's
 /// context does not contradict its required or excluded context.
-fn block_applies(block: &crate::Block, keywords: &HashSet<&str>, context: &Map<String, Value>) -> bool {
+fn block_applies(block: &crate::Block, keywords: &[&str], context: &Map<String, Value>) -> bool {
     if let Some(kw) = &block.required_keywords {
-        if !kw.is_empty() && !kw.iter().any(|k| keywords.contains(k.as_str())) {
+        if !kw.is_empty() && !kw.iter().any(|k| keywords.contains(&k.as_str())) {
             return false;
         }
     }
