@@ -262,7 +262,8 @@ mod tests {
         let q = parse_query(br#"{"input":"turn on the kitchen light","futureField":1}"#, 1024).unwrap();
         assert_eq!((q.site_id.as_str(), q.id.as_deref(), q.intent_filter.as_ref()), ("default", None, None));
         let r = request(&q, 0.0, &LIMITS).unwrap();
-        assert_eq!(r.prompt(), &Prompt::Intent { text: "turn on the kitchen light".into(), filter: None, place: Default::default() });
+        let place = Place { site_id: Some("default".into()), ..Place::default() };
+        assert_eq!(r.prompt(), &Prompt::Intent { text: "turn on the kitchen light".into(), filter: None, place });
     }
 
     #[test]
