@@ -5,7 +5,7 @@
 # (with --model, while it generates 2,000 tokens in the background). Not part of the test suite:
 # speed goals are checked here, never by timed tests.
 #
-# usage: models/bench_local_intents.sh [--language en] [--model DIR]
+# usage: models/bench_local_intents.sh [--language en] [--model DIR [--threads N]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 language=en
@@ -13,7 +13,8 @@ model_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --language) language=$2; shift 2 ;;
-    --model) model_args=(--model "$2"); shift 2 ;;
+    --model) model_args+=(--model "$2"); shift 2 ;;
+    --threads) model_args+=(--threads "$2"); shift 2 ;;
     *) echo "bench_local_intents: unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -114,8 +114,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.local_intents {
         let corpus = args.corpus.as_deref().context("--local-intents needs --corpus")?;
         let model = args.model.model.as_deref();
-        let bench =
-            super::bench_local::LocalBench { language: &args.language, corpus, hassil_python: args.hassil_python.as_deref(), model };
+        let bench = super::bench_local::LocalBench {
+            language: &args.language,
+            corpus,
+            hassil_python: args.hassil_python.as_deref(),
+            model,
+            threads: args.model.threads,
+        };
         return super::bench_local::run(&bench);
     }
     let model = &args.model;

@@ -31,6 +31,8 @@ pub struct LocalBench<'a> {
     pub hassil_python: Option<&'a Path>,
     /// A model, to measure the daemon's local answers while it generates.
     pub model: Option<&'a Path>,
+    /// The model's intra-op threads (0: one per core).
+    pub threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,7 +195,11 @@ fn daemon(b: &LocalBench, lines: &[&(Line, Home)]) -> anyhow::Result<Value> {
     }
     std::fs::write(dir.path().join("devices.toml"), devices)?;
     let model = match b.model {
-        Some(m) => format!("[model]\npath = {:?}\n[scheduler]\nmax_tokens_limit = 4000\n", m.canonicalize()?.display().to_string()),
+        Some(m) => format!(
+            "[model]\npath = {:?}\nthreads = {}\n[scheduler]\nmax_tokens_limit = 4000\n",
+            m.canonicalize()?.display().to_string(),
+            b.threads
+        ),
         None => String::new(),
     };
     let local = if b.model.is_some() { "first" } else { "only" };
@@ -249,6 +255,9 @@ fn daemon(b: &LocalBench, lines: &[&(Line, Home)]) -> anyhow::Result<Value> {
         figures["requests"] = json!(us.len());
         figures["answered_locally"] = json!(local);
         figures["during_generation"] = json!(background.is_some());
+        if b.model.is_some() {
+            figures["model_threads"] = json!(b.threads);
+        }
         if let Some((mut s, _)) = background {
             s.write_all(b"{\"id\":\"bg\",\"op\":\"cancel\"}\n")?;
         }
