@@ -205,3 +205,17 @@ fn hermes_queries_and_wyoming_transcripts_are_answered_locally() {
     assert_eq!(status["running"].as_array().map(Vec::len), Some(1), "the generation ran throughout: {status}");
     long.send(&json!({"id": "long", "op": "cancel"}));
 }
+
+#[test]
+fn a_home_without_floors_starts_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.toml");
+    std::fs::write(&devices, "[[device]]\nname = \"Kitchen Light\"\ndomain = \"light\"\narea = \"Kitchen\"\n").unwrap();
+    let d = Daemon::start(&format!("[intents]\ndevices = {:?}\nmin_confidence = 0.0\n", devices.display().to_string()));
+    let log = d.log_text();
+    assert!(log.contains("without its slot 'floor': the home has no floors"), "one line per slot left out:\n{log}");
+    let (e, _) = ask(&d, "local", json!({"text": "turn on the kitchen light"}));
+    assert_eq!((e["intent"]["name"].as_str(), e["source"].as_str()), (Some("HassTurnOn"), Some("local")), "{e}");
+    let (e, _) = ask(&d, "model", json!({"text": "sing me a song about the sea"}));
+    assert_eq!((e["event"].as_str(), e["source"].as_str()), (Some("intent"), Some("model")), "the model's catalog serves: {e}");
+}

@@ -197,6 +197,9 @@ pub struct Catalog {
     pub areas: Vec<AreaDef>,
     /// Floors declared with their aliases (devices' and areas' floors are floors too).
     pub floors: Vec<FloorDef>,
+    /// What loading left out, one line each (an entity slot the home has no values for: a
+    /// home without floors keeps its intents, without their floor slot).
+    pub notes: Vec<String>,
     /// Extra instructions for the model (`system` in the file).
     pub system: Option<String>,
 }
@@ -281,11 +284,7 @@ impl Catalog {
             catalog.floors = raw.floor;
             check_devices(&catalog.devices, &origin)?;
             check_places(&catalog.areas, &catalog.floors, &origin)?;
-            for intent in &catalog.intents {
-                for slot in &intent.slots {
-                    check_entity_values(&catalog, intent, slot, &origin)?;
-                }
-            }
+            catalog.prune_empty_entity_slots(&origin);
         }
         Ok(catalog)
     }
@@ -327,13 +326,46 @@ impl Catalog {
             }
             intents.push(IntentDef { name: ri.name, description: ri.description, slots, examples: ri.examples });
         }
-        let catalog = Catalog { intents, devices: raw.device, areas: raw.area, floors: raw.floor, system: raw.system };
-        for intent in &catalog.intents {
-            for slot in &intent.slots {
-                check_entity_values(&catalog, intent, slot, origin)?;
-            }
-        }
+        let mut catalog =
+            Catalog { intents, devices: raw.device, areas: raw.area, floors: raw.floor, system: raw.system, notes: Vec::new() };
+        catalog.prune_empty_entity_slots(origin);
         Ok(catalog)
+    }
+
+    /// Leaves out the entity slots the home has no values for (no device has a floor, say),
+    /// and an intent whose required slot that is; each gets a line in `notes`.
+    fn prune_empty_entity_slots(&mut self, origin: &str) {
+        let empty: Vec<EntitySource> = [EntitySource::Name, EntitySource::Area, EntitySource::Floor]
+            .into_iter()
+            .filter(|s| self.entity_values(*s).is_empty())
+            .collect();
+        if empty.is_empty() {
+            return;
+        }
+        let is_empty = |slot: &SlotDef| matches!(slot.kind, SlotKind::Entity { source } if empty.contains(&source));
+        let mut notes = Vec::new();
+        self.intents.retain_mut(|intent| {
+            if let Some(slot) = intent.slots.iter().find(|s| s.required && is_empty(s)) {
+                notes.push(format!(
+                    "{origin}: intent '{}' left out: its required slot '{}' names {}s, and the home has none",
+                    intent.name,
+                    slot.name,
+                    source_name(slot)
+                ));
+                return false;
+            }
+            for slot in intent.slots.iter().filter(|s| is_empty(s)) {
+                notes.push(format!(
+                    "{origin}: intent '{}' without its slot '{}': the home has no {}s",
+                    intent.name,
+                    slot.name,
+                    source_name(slot)
+                ));
+            }
+            intent.slots.retain(|s| !is_empty(s));
+            true
+        });
+        self.notes.extend(notes);
     }
 
     /// The intent named `name`.
@@ -496,17 +528,11 @@ fn check_places(areas: &[AreaDef], floors: &[FloorDef], origin: &str) -> Result<
     Ok(())
 }
 
-fn check_entity_values(catalog: &Catalog, intent: &IntentDef, slot: &SlotDef, origin: &str) -> Result<(), CatalogError> {
-    if let SlotKind::Entity { source } = slot.kind {
-        if catalog.entity_values(source).is_empty() {
-            return Err(CatalogError::Invalid {
-                origin: origin.into(),
-                place: format!("intent '{}', slot '{}'", intent.name, slot.name),
-                msg: format!("an entity slot drawn from device {}s, but no device has one", source.as_str()),
-            });
-        }
+fn source_name(slot: &SlotDef) -> &'static str {
+    match slot.kind {
+        SlotKind::Entity { source } => source.as_str(),
+        _ => "value",
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -539,8 +565,13 @@ mod tests {
         assert!(e.contains("slot 'n'") && e.contains("min (5) is greater than max (1)"), "{e}");
         let e = err("[[intent]]\nname = \"A\"\n[[intent.slots]]\nname = \"n\"\ntype = \"colour\"\n");
         assert!(e.contains("type 'colour'"), "{e}");
-        let e = err("[[intent]]\nname = \"A\"\n[[intent.slots]]\nname = \"n\"\ntype = \"entity\"\nsource = \"area\"\n");
-        assert!(e.contains("slot 'n'") && e.contains("no device has one"), "{e}");
+        let c =
+            Catalog::parse("[[intent]]\nname = \"A\"\n[[intent.slots]]\nname = \"n\"\ntype = \"entity\"\nsource = \"area\"\n", "t.toml")
+                .unwrap();
+        assert!(c.intents[0].slots.is_empty() && c.notes[0].contains("slot 'n'") && c.notes[0].contains("no areas"), "{:?}", c.notes);
+        let c = Catalog::parse("[[intent]]\nname = \"A\"\n[[intent.slots]]\nname = \"n\"\ntype = \"entity\"\nsource = \"floor\"\nrequired = true\n[[intent]]\nname = \"B\"\n", "t.toml").unwrap();
+        assert_eq!(c.intents.len(), 1, "{:?}", c.notes);
+        assert!(c.notes[0].contains("intent 'A' left out"), "{:?}", c.notes);
         let e = err("[[intent]]\nname = \"A\"\n[[intent.slots]]\nname = \"n\"\ntype = \"text\"\nvalues = [\"x\"]\n");
         assert!(e.contains("'values' does not apply"), "{e}");
         assert!(err("").contains("defines no intents"));

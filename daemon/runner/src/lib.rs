@@ -332,7 +332,7 @@ impl Model for Runner {
         let spec = &self.spec;
         let info = self.backend_info();
         api::ModelReport {
-            id: spec.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+            id: model_id(&spec.dir),
             path: spec.dir.clone(),
             model_type: spec.model_type.clone(),
             context_length: context_length(self, settings),
@@ -400,5 +400,33 @@ impl Model for Runner {
 
     fn files_changed(&self) -> Option<String> {
         Engine::files_changed(self)
+    }
+}
+
+/// The model's name for `status` and the HTTP APIs: the directory's name, with its parent's in
+/// front when the directory is only named for its precision (`qwen3.5-0.8b/int4` →
+/// `qwen3.5-0.8b-int4`, never a bare `int4`).
+fn model_id(dir: &std::path::Path) -> Option<String> {
+    const PRECISIONS: &[&str] = &["int4", "int8", "fp16", "fp32", "bf16", "q4", "q4f16", "q8", "quantized", "onnx", "model"];
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    if !PRECISIONS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Some(name);
+    }
+    match dir.parent().and_then(|p| p.file_name()) {
+        Some(parent) => Some(format!("{}-{name}", parent.to_string_lossy())),
+        None => Some(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_id;
+    use std::path::Path;
+
+    #[test]
+    fn a_directory_named_for_its_precision_takes_its_parents_name() {
+        assert_eq!(model_id(Path::new("/m/qwen3.5-0.8b/int4")).as_deref(), Some("qwen3.5-0.8b-int4"));
+        assert_eq!(model_id(Path::new("/m/qwen3.5-0.8b-int4")).as_deref(), Some("qwen3.5-0.8b-int4"));
+        assert_eq!(model_id(Path::new("int4")).as_deref(), Some("int4"));
     }
 }

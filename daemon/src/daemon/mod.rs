@@ -112,6 +112,9 @@ impl Daemon {
         if settings.mqtt.enabled {
             MqttTransport::check(&settings.mqtt)?;
         }
+        for note in &loaded.catalog.notes {
+            info!("{note}");
+        }
         let local = LocalStage::new(&settings, &loaded.catalog)?;
         let load = settings.model.load_settings();
         // Without a model directory (`intents.local = "only"`) the sentence templates answer alone.

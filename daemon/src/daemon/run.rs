@@ -121,6 +121,9 @@ pub(super) async fn serve(
                             Ok(m) => budget = m,
                             Err(e) => error!(error = %e, "restarting the budget monitor failed"),
                         }
+                        for note in &loaded.catalog.notes {
+                            info!("{note}");
+                        }
                         match LocalStage::new(&loaded.settings, &loaded.catalog) {
                             Ok(local) => scheduler.set_local(local),
                             Err(e) => error!(error = %e, "loading the sentence templates failed; the previous ones stay"),
