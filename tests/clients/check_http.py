@@ -190,6 +190,24 @@ async def ha_conversation(args):
     figures["new_conversation_reused"] = round(cached / prompt, 3)
     check(cached / prompt >= 0.9, f"a new conversation with the same system prompt reused {cached} of {prompt} prompt tokens")
 
+    # What Home Assistant 2026.11 sends besides: tool names with their API's prefix, keep_alive as
+    # a number, a tool result wrapped in {"data", "error"}.
+    prefixed = [dict(t, function=dict(t["function"], name="intent__" + t["function"]["name"])) for t in HA_TOOLS] + [
+        {"type": "function", "function": {"name": "llm__GetDateTime", "description": "Provides the current date and time.",
+                                          "parameters": {"type": "object", "properties": {}}}},
+        {"type": "function", "function": {"name": "homeassistant__GetLiveContext", "description": "Provides real-time information.",
+                                          "parameters": {"type": "object", "properties": {}}}}]
+    names = {t["function"]["name"] for t in prefixed}
+    turn = [system, {"role": "user", "content": "Turn on the kitchen light"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "intent__HassTurnOn", "arguments": {"name": "kitchen light"}}}]},
+            {"role": "tool", "content": json.dumps({"data": {"speech": {}, "response_type": "action_done", "success": True}, "error": False})}]
+    r = await client.chat(model=model, messages=turn, tools=prefixed, stream=False, keep_alive=-1.0,
+                          options={"num_ctx": 8192, "num_predict": 24, "temperature": 1.0, "seed": 5}, think=False)
+    check(r.done, f"Home Assistant 2026.11's turn: {r}")
+    for call in r.message.tool_calls or []:
+        check(call.function.name in names, f"a call of {call.function.name}, not one of the prefixed tools")
+    check((await client.ps()).models, "keep_alive -1.0 keeps the model")
+
     r = await client.chat(model=model, messages=[{"role": "user", "content": "Which room and level?"}], format=ANSWER_SCHEMA,
                           options={"temperature": 1.0, "num_predict": 100, "seed": 3}, stream=False)
     jsonschema.validate(json.loads(r.message.content), ANSWER_SCHEMA)

@@ -174,7 +174,7 @@ fn hermes_queries_and_wyoming_transcripts_are_answered_locally() {
     let port = free_port();
     let wyoming = format!("[wyoming]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
     let hermes = mqtt_section(broker.port, "loc", "hermes = true\n");
-    let intents = intents_section(dir.path(), "[intents.site_areas]\nkitchen = \"Kitchen\"");
+    let intents = intents_section(dir.path(), "[intents.site_areas]\nkitchen = \"Kitchen\"\nkitchen-satellite = \"Kitchen\"");
     let d = Daemon::start(&format!("[scheduler]\nmax_tokens_limit = 4000\n{wyoming}{hermes}{intents}"));
     let mut long = d.client();
     long.send(&json!({"id": "long", "op": "complete", "prompt": "Once upon a time", "max_tokens": 2000, "priority": "background", "temperature": 0.8, "seed": 1}));
@@ -201,6 +201,14 @@ fn hermes_queries_and_wyoming_transcripts_are_answered_locally() {
     assert_eq!(answer["data"]["name"], "HassTurnOn", "{turns}");
     assert_eq!(answer["data"]["entities"][0]["name"], "name", "{turns}");
     assert_eq!(answer["data"]["entities"][0]["value"], "ceiling light", "{turns}");
+    // The transcript's context names the satellite (check_wyoming.py: device_id
+    // "kitchen-satellite"), whose area intents.site_areas gives.
+    let turns =
+        clients::run("check_wyoming.py", &["turns", "--port", &port.to_string(), "--count", "1", "--text", "turn off the lights"], &d);
+    let answer = &turns[0][0];
+    assert_eq!(answer["data"]["name"], "HassTurnOff", "{turns}");
+    let area = answer["data"]["entities"].as_array().unwrap().iter().find(|e| e["name"] == "area").cloned();
+    assert_eq!(area.map(|e| e["value"].clone()), Some(json!("Kitchen")), "{turns}");
     let status = d.status();
     assert_eq!(status["running"].as_array().map(Vec::len), Some(1), "the generation ran throughout: {status}");
     long.send(&json!({"id": "long", "op": "cancel"}));

@@ -50,7 +50,13 @@ fn refusal(code: ErrorCode) -> bool {
 async fn recognize(service: &Service, t: &Transcript) -> Recognition {
     // A language the sentence templates cannot name is left to `intents.language`.
     let language = t.language.clone().filter(|l| Place { language: Some(l.clone()), ..Place::default() }.check().is_ok());
-    let place = Place { language, ..Place::default() };
+    // Home Assistant's transcript context names the satellite; `intents.site_areas` maps it to
+    // the area "turn on the lights" means.
+    let site = ["satellite_id", "device_id"]
+        .iter()
+        .find_map(|k| t.context.as_ref()?.get(*k)?.as_str().filter(|s| !s.is_empty() && s.len() <= qwenedge_api::MAX_ID_LEN))
+        .map(str::to_string);
+    let place = Place { language, site_id: site, ..Place::default() };
     let mut spec = GenerateSpec::new(Prompt::Intent { text: t.text.clone(), filter: None, place });
     spec.sampling = Sampling { temperature: service.temperature, ..Sampling::default() };
     let request = match GenerateRequest::new(spec, &service.scheduler.limits()) {
