@@ -176,31 +176,35 @@ fn hermes_queries_and_wyoming_transcripts_are_answered_locally() {
     let hermes = mqtt_section(broker.port, "loc", "hermes = true\n");
     let intents = intents_section(dir.path(), "[intents.site_areas]\nkitchen = \"Kitchen\"\nkitchen-satellite = \"Kitchen\"");
     let d = Daemon::start(&format!("[scheduler]\nmax_tokens_limit = 4000\n{wyoming}{hermes}{intents}"));
-    let mut long = d.client();
-    long.send(&json!({"id": "long", "op": "complete", "prompt": "Once upon a time", "max_tokens": 2000, "priority": "background", "temperature": 0.8, "seed": 1}));
-    assert_eq!(long.recv()["event"], "token");
-
     let t = Tester::connect(broker.port, "loc-t");
     t.wait_online("loc");
     t.subscribe("hermes/#");
+
+    // Each answer comes while a generation of 4,000 tokens, started just before, still runs.
+    let mut long = busy(&d, "long-hermes");
     t.publish("hermes/nlu/query", json!({"input": "turn off the lights", "id": "q1", "siteId": "kitchen", "sessionId": "s1"}).to_string());
     let m = t.collect("the answer to q1", Duration::from_secs(30), |m| m.topic.starts_with("hermes/intent/")).pop().unwrap();
+    still_running(&d, "long-hermes");
     assert_eq!(m.topic, "hermes/intent/HassTurnOff");
     let v = m.json();
     assert_eq!(v["intent"]["confidenceScore"], 1.0, "{v}");
     let names: Vec<&str> = v["slots"].as_array().unwrap().iter().map(|s| s["slotName"].as_str().unwrap()).collect();
     assert_eq!(names, ["domain", "area"], "{v}");
+    long.send(&json!({"id": "long-hermes", "op": "cancel"}));
 
+    let mut long = busy(&d, "long-wyoming");
     let turns = clients::run(
         "check_wyoming.py",
         &["turns", "--port", &port.to_string(), "--count", "1", "--text", "turn on the ceiling light"],
         &d,
     );
+    still_running(&d, "long-wyoming");
     let answer = &turns[0][0];
     assert_eq!(answer["type"], "intent", "{turns}");
     assert_eq!(answer["data"]["name"], "HassTurnOn", "{turns}");
     assert_eq!(answer["data"]["entities"][0]["name"], "name", "{turns}");
     assert_eq!(answer["data"]["entities"][0]["value"], "ceiling light", "{turns}");
+    long.send(&json!({"id": "long-wyoming", "op": "cancel"}));
     // The transcript's context names the satellite (check_wyoming.py: device_id
     // "kitchen-satellite"), whose area intents.site_areas gives.
     let turns =
@@ -209,9 +213,21 @@ fn hermes_queries_and_wyoming_transcripts_are_answered_locally() {
     assert_eq!(answer["data"]["name"], "HassTurnOff", "{turns}");
     let area = answer["data"]["entities"].as_array().unwrap().iter().find(|e| e["name"] == "area").cloned();
     assert_eq!(area.map(|e| e["value"].clone()), Some(json!("Kitchen")), "{turns}");
+}
+
+/// A background generation of 4,000 tokens under `id`, producing tokens when this returns.
+fn busy(d: &Daemon, id: &str) -> crate::common::daemon::Client {
+    let mut c = d.client();
+    c.send(&json!({"id": id, "op": "complete", "prompt": "Once upon a time", "max_tokens": 4000, "priority": "background", "temperature": 0.8, "seed": 1}));
+    assert_eq!(c.recv()["event"], "token", "the generation {id} runs");
+    c
+}
+
+/// The generation `id` is still running.
+fn still_running(d: &Daemon, id: &str) {
     let status = d.status();
-    assert_eq!(status["running"].as_array().map(Vec::len), Some(1), "the generation ran throughout: {status}");
-    long.send(&json!({"id": "long", "op": "cancel"}));
+    let running: Vec<&Value> = status["running"].as_array().unwrap().iter().map(|r| &r["id"]).collect();
+    assert!(running.iter().any(|r| *r == id), "the answer came while {id} ran: {status}");
 }
 
 #[test]
