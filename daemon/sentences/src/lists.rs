@@ -218,8 +218,8 @@ impl Number {
 /// The number words of one range: each text with its numbers, grouped by first character.
 #[derive(Debug, Clone, Default)]
 pub struct NumberWords {
-    /// (lower-cased words, as written, numbers) in insertion order.
-    entries: Vec<(String, String, Vec<Number>)>,
+    /// (words as written, numbers) in insertion order, one entry per lower-cased text.
+    entries: Vec<(String, Vec<Number>)>,
     /// First character (lower-cased) → entries, shortest first.
     by_first: HashMap<char, Vec<usize>>,
 }
@@ -227,24 +227,20 @@ pub struct NumberWords {
 impl NumberWords {
     /// Words in the order the table lists them.
     pub fn new(words: impl IntoIterator<Item = (String, Number)>) -> Self {
-        let mut entries: Vec<(String, String, Vec<Number>)> = Vec::new();
+        let mut entries: Vec<(String, Vec<Number>)> = Vec::new();
         let mut at: HashMap<String, usize> = HashMap::new();
+        let mut by_first: HashMap<char, Vec<usize>> = HashMap::new();
         for (text, n) in words {
-            if text.is_empty() {
-                continue;
-            }
             let lower = text.to_lowercase();
+            let Some(first) = lower.chars().next() else { continue };
             match at.get(&lower) {
-                Some(&i) => entries[i].2.push(n),
+                Some(&i) => entries[i].1.push(n),
                 None => {
-                    at.insert(lower.clone(), entries.len());
-                    entries.push((lower, text, vec![n]));
+                    at.insert(lower, entries.len());
+                    by_first.entry(first).or_default().push(entries.len());
+                    entries.push((text, vec![n]));
                 }
             }
-        }
-        let mut by_first: HashMap<char, Vec<usize>> = HashMap::new();
-        for (i, (lower, _, _)) in entries.iter().enumerate() {
-            by_first.entry(lower.chars().next().expect("not empty")).or_default().push(i);
         }
         for list in by_first.values_mut() {
             list.sort_by_key(|&i| entries[i].0.chars().count());
@@ -274,7 +270,7 @@ impl NumberWords {
             let other = swapped(c0).and_then(|u| u.to_lowercase().next()).filter(|l| *l != c0);
             let lists = [self.by_first.get(&c0), other.and_then(|o| self.by_first.get(&o))];
             for &i in lists.into_iter().flatten().flatten() {
-                let (_, written, numbers) = &self.entries[i];
+                let (written, numbers) = &self.entries[i];
                 if seen[i] {
                     continue;
                 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{load, recognize_best, Home, Language, LoadError, Options, SlotLists, CUSTOM_SENTENCE};
+use crate::{load, recognize_best, Area, Device, Floor, Home, Language, LoadError, Options, SlotLists, CUSTOM_SENTENCE};
 
 /// Where the shipped data is: `QWENEDGE_SENTENCES_DIR`, else beside an installed binary
 /// (`<prefix>/share/qwenedge/sentences`), else `/usr/share/qwenedge/sentences`, else this
@@ -42,6 +42,42 @@ pub struct Match {
     pub response: Option<String>,
     /// The template that matched.
     pub template: String,
+}
+
+/// One line of `qwenedge intents match` (and of a benchmark corpus): an utterance, its
+/// language and context, and — when they change — the home's devices, areas and floors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Utterance {
+    /// What was said.
+    pub text: String,
+    /// Its language (`None`: the caller's default).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The caller's context (`{"area": …}`).
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    #[serde(default)]
+    devices: Option<Vec<Device>>,
+    #[serde(default)]
+    areas: Option<Vec<Area>>,
+    #[serde(default)]
+    floors: Option<Vec<Floor>>,
+}
+
+impl Utterance {
+    /// Puts the lists this line gives into `home`; the ones it leaves out stay as they were.
+    pub fn update(&mut self, home: &mut Home) {
+        if let Some(d) = self.devices.take() {
+            home.devices = d;
+        }
+        if let Some(a) = self.areas.take() {
+            home.areas = a;
+        }
+        if let Some(f) = self.floors.take() {
+            home.floors = f;
+        }
+    }
 }
 
 /// The local stage's answer to one utterance.

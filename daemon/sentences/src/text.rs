@@ -112,8 +112,8 @@ pub(crate) fn match_first(text: &str, prefix: &str, from: usize, start_of_word: 
     None
 }
 
-/// Whitespace runs as one space, NFC, `’` as `'` (hassil's `normalize_text`).
-pub fn normalize(text: &str) -> String {
+/// Each run of whitespace as one space (`\s+` → ` `).
+fn collapse_whitespace(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_space = false;
     for c in text.chars() {
@@ -127,7 +127,12 @@ pub fn normalize(text: &str) -> String {
             in_space = false;
         }
     }
-    let nfc: String = out.nfc().collect();
+    out
+}
+
+/// Whitespace runs as one space, NFC, `’` as `'` (hassil's `normalize_text`).
+pub fn normalize(text: &str) -> String {
+    let nfc: String = collapse_whitespace(text).nfc().collect();
     nfc.replace('’', "'")
 }
 
@@ -298,20 +303,7 @@ pub(crate) fn skip_word_order(words: &[String]) -> Vec<String> {
 }
 
 fn collapse_and_strip(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_space = false;
-    for c in text.chars() {
-        if is_space(c) {
-            if !in_space {
-                out.push(' ');
-            }
-            in_space = true;
-        } else {
-            out.push(c);
-            in_space = false;
-        }
-    }
-    strip(&out).to_string()
+    strip(&collapse_whitespace(text)).to_string()
 }
 
 /// The byte length of the first skip word that matches at the start of `text` with

@@ -13,9 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use qwenedge_sentences::local::{default_data_dir, recognize, HomeLists};
-use qwenedge_sentences::{load, Area, Device, Floor, Home};
-use serde::Deserialize;
+use qwenedge_sentences::local::{default_data_dir, recognize, HomeLists, Utterance};
+use qwenedge_sentences::{load, Home};
 use serde_json::{json, Map, Value};
 
 use super::bench_daemon::quantile;
@@ -35,35 +34,14 @@ pub struct LocalBench<'a> {
     pub threads: usize,
 }
 
-#[derive(Debug, Deserialize)]
-struct Line {
-    text: String,
-    #[serde(default)]
-    context: Map<String, Value>,
-    #[serde(default)]
-    devices: Option<Vec<Device>>,
-    #[serde(default)]
-    areas: Option<Vec<Area>>,
-    #[serde(default)]
-    floors: Option<Vec<Floor>>,
-}
-
 /// The corpus, each line with the home in force for it.
-fn corpus(path: &Path) -> anyhow::Result<Vec<(Line, Home)>> {
+fn corpus(path: &Path) -> anyhow::Result<Vec<(Utterance, Home)>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut home = Home::default();
     let mut out = Vec::new();
     for (n, l) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-        let mut line: Line = serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), n + 1))?;
-        if let Some(d) = line.devices.take() {
-            home.devices = d;
-        }
-        if let Some(a) = line.areas.take() {
-            home.areas = a;
-        }
-        if let Some(f) = line.floors.take() {
-            home.floors = f;
-        }
+        let mut line: Utterance = serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        line.update(&mut home);
         out.push((line, home.clone()));
     }
     anyhow::ensure!(!out.is_empty(), "{}: no sentences", path.display());
@@ -146,7 +124,7 @@ pub fn run(b: &LocalBench) -> anyhow::Result<()> {
         "qwenedge": percentiles(&us),
         "adversarial": {"inputs": 113, "worst_us": worst_us.round(), "most_steps": worst_steps, "budget_spent": spent},
     });
-    let matched: Vec<&(Line, Home)> = recognized.iter().map(|&i| &lines[i]).collect();
+    let matched: Vec<&(Utterance, Home)> = recognized.iter().map(|&i| &lines[i]).collect();
     line["daemon"] = daemon(b, &matched)?;
     if let Some(python) = b.hassil_python {
         let hassil = hassil(python, &data, b.language, b.corpus)?;
@@ -169,7 +147,7 @@ fn hassil(python: &Path, data: &Path, language: &str, corpus: &Path) -> anyhow::
 
 /// A daemon answering from the templates: the latency at its client over the corpus' first
 /// sentences, and (with a model) the same while a 2,000-token background generation runs.
-fn daemon(b: &LocalBench, lines: &[&(Line, Home)]) -> anyhow::Result<Value> {
+fn daemon(b: &LocalBench, lines: &[&(Utterance, Home)]) -> anyhow::Result<Value> {
     anyhow::ensure!(!lines.is_empty(), "no sentence of the corpus was recognized");
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("q.sock");

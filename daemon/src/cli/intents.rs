@@ -7,10 +7,9 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use qwenedge_sentences::local::{default_data_dir, recognize, HomeLists, Languages};
-use qwenedge_sentences::{Area, Device, Floor, Home};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use qwenedge_sentences::local::{default_data_dir, recognize, HomeLists, Languages, Utterance};
+use qwenedge_sentences::Home;
+use serde_json::json;
 
 /// Arguments of `qwenedge intents`.
 #[derive(Debug, Args)]
@@ -38,22 +37,6 @@ struct MatchArgs {
     custom_sentences: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    text: String,
-    #[serde(default)]
-    language: Option<String>,
-    #[serde(default)]
-    context: Map<String, Value>,
-    #[serde(default)]
-    devices: Option<Vec<Device>>,
-    #[serde(default)]
-    areas: Option<Vec<Area>>,
-    #[serde(default)]
-    floors: Option<Vec<Floor>>,
-}
-
 /// Runs `qwenedge intents`.
 pub fn run(args: IntentsArgs) -> anyhow::Result<()> {
     let IntentsCommand::Match(args) = args.command;
@@ -68,18 +51,10 @@ pub fn run(args: IntentsArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = match serde_json::from_str::<Line>(&line) {
+        let answer = match serde_json::from_str::<Utterance>(&line) {
             Err(e) => json!({"error": format!("line {}: {e}", n + 1)}),
-            Ok(req) => {
-                if let Some(d) = req.devices {
-                    home.devices = d;
-                }
-                if let Some(a) = req.areas {
-                    home.areas = a;
-                }
-                if let Some(f) = req.floors {
-                    home.floors = f;
-                }
+            Ok(mut req) => {
+                req.update(&mut home);
                 let code = req.language.unwrap_or_else(|| args.language.clone());
                 match languages.get(&code) {
                     Err(e) => json!({"error": format!("line {}: {e}", n + 1)}),
