@@ -21,7 +21,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-intent", &["qwenedge-api", "qwenedge-engine", "qwenedge-toolcall"]),
     ("qwenedge-sentences", &[]),
     ("qwenedge-config", &["qwenedge-api", "qwenedge-engine", "qwenedge-budget", "qwenedge-intent"]),
-    ("qwenedge-scheduler", &["qwenedge-api", "qwenedge-budget", "qwenedge-intent", "qwenedge-sentences", "qwenedge-config"]),
+    (
+        "qwenedge-scheduler",
+        &["qwenedge-api", "qwenedge-toolcall", "qwenedge-budget", "qwenedge-intent", "qwenedge-sentences", "qwenedge-config"],
+    ),
     (
         "qwenedge-runner",
         &[
@@ -39,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-mqtt", TRANSPORT),
     ("qwenedge-http", TRANSPORT),
     ("qwenedge-wyoming", TRANSPORT),
+    ("qwenedge-homeassistant", &["qwenedge-api", "qwenedge-config", "qwenedge-intent"]),
     ("qwenedge", &["*"]),
 ];
 

@@ -18,6 +18,6 @@ pub use request::{
 };
 pub use sampling::Sampling;
 pub use status::{
-    BackendReport, BudgetReport, CacheReport, DeclinedNodes, ModelReport, Phase, PlacementReport, ProviderNodes, ProviderReport,
-    QueueReport, RequestCounts, RunningReport, StatusReport, ThermalLevel, ThermalThresholds,
+    BackendReport, BudgetReport, CacheReport, DeclinedNodes, HomeReport, HomeSync, ModelReport, Phase, PlacementReport, ProviderNodes,
+    ProviderReport, QueueReport, RequestCounts, RunningReport, StatusReport, ThermalLevel, ThermalThresholds,
 };

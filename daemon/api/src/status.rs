@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::event::RequestTimings;
 use super::request::Priority;
@@ -88,6 +88,56 @@ pub struct StatusReport {
     pub budget: BudgetReport,
     /// The prefix cache of the loaded model.
     pub cache: Option<CacheReport>,
+    /// Where the home's names come from and how fresh they are (`[homeassistant]`); absent
+    /// when they come from the configuration alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home: Option<HomeReport>,
+}
+
+/// The home's names as Home Assistant gave them: the link and the age of the copy in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeReport {
+    /// Home Assistant's address.
+    pub url: String,
+    /// `live` (connected, following changes), `connecting` (no copy yet), or `stale` (the
+    /// last copy serves while Home Assistant is unreachable or refuses the token).
+    pub sync: HomeSync,
+    /// When the copy in use was taken (Unix time, milliseconds); `None` before the first.
+    pub synced_at_ms: Option<u64>,
+    /// Home Assistant's version, as it said when the copy was taken.
+    pub ha_version: Option<String>,
+    /// Entities exposed to Assist, areas and floors in the copy.
+    pub entities: usize,
+    /// Areas in the copy.
+    pub areas: usize,
+    /// Floors in the copy.
+    pub floors: usize,
+    /// Why the link is down, while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state of the link to Home Assistant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HomeSync {
+    /// No copy yet, first connection under way.
+    Connecting,
+    /// Connected; changes are followed.
+    Live,
+    /// Home Assistant unreachable or the token refused: the last copy serves.
+    Stale,
+}
+
+impl HomeSync {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Live => "live",
+            Self::Stale => "stale",
+        }
+    }
 }
 
 impl StatusReport {

@@ -59,6 +59,11 @@ fn default_dir(leaf: &str) -> Option<std::path::PathBuf> {
     var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("qwenedge").join(leaf))
 }
 
+/// A file in the state directory (see [`default_dir`]).
+pub(crate) fn state_file(name: &str) -> Option<std::path::PathBuf> {
+    default_dir(name)
+}
+
 impl CacheSettings {
     /// The budget in bytes.
     pub fn max_bytes(&self) -> usize {

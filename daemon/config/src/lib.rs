@@ -8,6 +8,7 @@
 //! here (`sections`, `mqtt`, `http`, `wyoming`), so that no transport is imported by the configuration.
 
 mod cache;
+pub mod homeassistant;
 pub mod http;
 pub mod mqtt;
 mod sections;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use cache::CacheSettings;
+pub use homeassistant::HomeAssistantSettings;
 pub use http::HttpSettings;
 pub use mqtt::MqttSettings;
 pub use sections::{FileMode, IntentSettings, LoadSettings, LocalMode, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
@@ -61,6 +63,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Intent recognition.
     pub intents: IntentSettings,
+    /// The home's names from Home Assistant.
+    pub homeassistant: HomeAssistantSettings,
 }
 
 /// A configuration problem, naming the key and where its value came from.
@@ -223,6 +227,7 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
         s.cache.validate(),
         s.intents.validate(),
         s.scheduler.validate(),
+        s.homeassistant.validate(),
     ];
     match checks.into_iter().find_map(Result::err) {
         Some((key, msg)) => Err(ConfigError { origin: src.origin_of(&key), msg: format!("{key}: {msg}"), key: Some(key) }),
@@ -249,6 +254,9 @@ impl Settings {
         }
         if self.service != new.service {
             keys.push("[service]");
+        }
+        if self.homeassistant != new.homeassistant {
+            keys.push("[homeassistant]");
         }
         if self.model.onnxruntime_library != new.model.onnxruntime_library {
             keys.push("model.onnxruntime_library");

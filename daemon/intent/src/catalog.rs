@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The catalog shipped with the daemon (Home Assistant's built-in intents and example devices),
 /// used when the configuration names none.
@@ -136,7 +136,7 @@ pub struct IntentDef {
 }
 
 /// A device entity slots may name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
     /// Spoken name (`kitchen light`).
@@ -162,7 +162,7 @@ pub struct Device {
 }
 
 /// An area of the home (`[[area]]`), with the names it answers to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AreaDef {
     /// Name (`Living Room`).
@@ -176,7 +176,7 @@ pub struct AreaDef {
 }
 
 /// A floor of the home (`[[floor]]`), with the names it answers to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FloorDef {
     /// Name (`Ground Floor`).
@@ -202,6 +202,9 @@ pub struct Catalog {
     pub notes: Vec<String>,
     /// Extra instructions for the model (`system` in the file).
     pub system: Option<String>,
+    /// The intents as declared, before a home without areas or floors trimmed them (another
+    /// home may have them).
+    declared: Vec<IntentDef>,
 }
 
 #[derive(Deserialize)]
@@ -279,13 +282,18 @@ impl Catalog {
             let origin = d.display().to_string();
             let raw: RawDevices =
                 toml::from_str(&read(d)?).map_err(|e| CatalogError::Syntax { origin: origin.clone(), msg: e.to_string() })?;
-            catalog.devices = raw.device;
-            catalog.areas = raw.area;
-            catalog.floors = raw.floor;
-            check_devices(&catalog.devices, &origin)?;
-            check_places(&catalog.areas, &catalog.floors, &origin)?;
-            catalog.prune_empty_entity_slots(&origin);
+            catalog = catalog.with_home(raw.device, raw.area, raw.floor, &origin)?;
         }
+        Ok(catalog)
+    }
+
+    /// This catalog's intents with another home: `devices`, `areas` and `floors` replace its
+    /// own (checked as a devices file is, `origin` naming them in errors and notes).
+    pub fn with_home(&self, devices: Vec<Device>, areas: Vec<AreaDef>, floors: Vec<FloorDef>, origin: &str) -> Result<Self, CatalogError> {
+        check_devices(&devices, origin)?;
+        check_places(&areas, &floors, origin)?;
+        let mut catalog = Self { intents: self.declared.clone(), devices, areas, floors, notes: Vec::new(), ..self.clone() };
+        catalog.prune_empty_entity_slots(origin);
         Ok(catalog)
     }
 
@@ -326,8 +334,15 @@ impl Catalog {
             }
             intents.push(IntentDef { name: ri.name, description: ri.description, slots, examples: ri.examples });
         }
-        let mut catalog =
-            Catalog { intents, devices: raw.device, areas: raw.area, floors: raw.floor, system: raw.system, notes: Vec::new() };
+        let mut catalog = Catalog {
+            declared: intents.clone(),
+            intents,
+            devices: raw.device,
+            areas: raw.area,
+            floors: raw.floor,
+            system: raw.system,
+            notes: Vec::new(),
+        };
         catalog.prune_empty_entity_slots(origin);
         Ok(catalog)
     }
@@ -503,7 +518,8 @@ fn check_devices(devices: &[Device], origin: &str) -> Result<(), CatalogError> {
         {
             check_value(v).map_err(invalid)?;
         }
-        if !names.insert(d.name.as_str()) {
+        // Homes reuse names across rooms ("Ceiling Light" in each): the area tells them apart.
+        if !names.insert((d.name.as_str(), d.area.as_deref())) {
             return Err(invalid("is listed twice".into()));
         }
     }

@@ -7,7 +7,7 @@ pub mod catalog;
 pub mod grammar;
 pub mod result;
 
-pub use catalog::{Catalog, CatalogError};
+pub use catalog::{AreaDef, Catalog, CatalogError, Device, FloorDef, MAX_TEXT_LEN};
 pub use result::{Intent, ParseError};
 
 use qwenedge_api::{EventBody, IntentSource, IntentSummary, RequestTimings, Usage};

@@ -124,6 +124,7 @@ mod tests {
             model_loaded: true,
             budget: BudgetReport { level: ThermalLevel::Warm, temperature_c: Some(71.0), ..Default::default() },
             cache: None,
+            home: None,
         }
     }
 

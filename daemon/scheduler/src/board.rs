@@ -65,6 +65,8 @@ pub struct SchedulerState {
     pub grace_until: Option<Instant>,
     /// A configuration to apply once nothing runs.
     pub reload: Option<Reload>,
+    /// The home's link to Home Assistant, as last reported.
+    pub home: Option<qwenedge_api::HomeReport>,
     /// The settings in force.
     pub settings: Arc<Settings>,
     /// The intent catalog in force.
@@ -98,6 +100,7 @@ impl SchedulerState {
             phase: Phase::Ready,
             grace_until: None,
             reload: None,
+            home: None,
             settings,
             catalog,
             budget: BudgetState::default(),

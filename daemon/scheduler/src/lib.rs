@@ -17,6 +17,7 @@ mod board;
 mod core;
 mod job;
 mod local;
+mod local_tools;
 mod metrics;
 mod model;
 mod outbound;
@@ -122,9 +123,15 @@ impl Scheduler {
         let draining = matches!(self.shared.lock().phase, Phase::Draining | Phase::Stopped);
         if !draining {
             let stage = Arc::clone(&self.local.read().unwrap_or_else(|p| p.into_inner()));
-            if let LocalAnswer::Answer(body) = stage.answer(job.request().prompt()) {
-                self.shared.lock().answer(job, *body);
-                return Ok(());
+            if let LocalAnswer::Answer(mut events) = stage.answer(job.request()) {
+                if let Some(last) = events.pop() {
+                    let mut job = job;
+                    for e in events {
+                        job.send(e);
+                    }
+                    self.shared.lock().answer(job, last);
+                    return Ok(());
+                }
             }
         }
         let mut board = self.shared.lock();
@@ -175,7 +182,13 @@ impl Scheduler {
             model_loaded: s.loaded,
             budget: board.budget.report(),
             cache: s.cache,
+            home: board.home.clone(),
         }
+    }
+
+    /// Takes the state of the home's link to Home Assistant, for `status`.
+    pub fn set_home_report(&self, home: Option<qwenedge_api::HomeReport>) {
+        self.shared.lock().home = home;
     }
 
     /// Takes the governors' latest reading; wakes the engine thread when its level changes.

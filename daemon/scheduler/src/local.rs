@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use qwenedge_api::{EventBody, IntentSource, IntentSummary, Place, Prompt, RequestTimings, Slot, Usage};
+use qwenedge_api::{EventBody, GenerateRequest, IntentSource, IntentSummary, Place, Prompt, RequestTimings, Slot, Usage};
 use qwenedge_config::{LocalMode, Settings};
 use qwenedge_intent::Catalog;
 use qwenedge_sentences::local::{default_data_dir, recognize, Languages};
@@ -19,8 +19,9 @@ use tracing::{debug, warn};
 /// What the local stage made of a request.
 #[derive(Debug)]
 pub enum LocalAnswer {
-    /// The terminal event to answer with (a match, or "not recognized" with `only`).
-    Answer(Box<EventBody>),
+    /// The events to answer with, the last one terminal (a match, or "not recognized" with
+    /// `only`; a tool call's text, then its end).
+    Answer(Vec<EventBody>),
     /// Not an intent request, or no template matched: the model decides.
     ToModel,
 }
@@ -71,32 +72,53 @@ impl LocalStage {
         self.mode
     }
 
-    /// Tries the templates on `prompt` (intent requests only).
-    pub fn answer(&self, prompt: &Prompt) -> LocalAnswer {
-        let Prompt::Intent { text, filter, place } = prompt else { return LocalAnswer::ToModel };
+    /// Tries the templates on `request`: an intent request, or a chat whose offered tools
+    /// include a matched intent's tool.
+    pub fn answer(&self, request: &GenerateRequest) -> LocalAnswer {
         if self.mode == LocalMode::Off {
             return LocalAnswer::ToModel;
         }
+        match request.prompt() {
+            Prompt::Intent { text, filter, place } => self.answer_intent(text, filter.as_deref(), place),
+            Prompt::Chat { messages, tools: Some(tools), thinking } => {
+                crate::local_tools::answer(self, messages, tools, *thinking, request.tool_choice())
+            }
+            _ => LocalAnswer::ToModel,
+        }
+    }
+
+    /// The best match of `text` in `language` (`None`: the default) among `filter`'s intents.
+    pub(crate) fn recognize(
+        &self,
+        text: &str,
+        language: Option<&str>,
+        filter: Option<&[String]>,
+        place: &Place,
+    ) -> (Option<qwenedge_sentences::local::Match>, Instant) {
         let started = Instant::now();
-        let code = place.language.as_deref().unwrap_or(&self.language);
+        let code = language.unwrap_or(&self.language);
         let mut languages = self.languages.lock().unwrap_or_else(|p| p.into_inner());
         let lang = match resolve(&mut languages, code) {
             Ok(lang) => lang,
             Err(e) => {
                 warn!(language = code, error = %e, "no sentence templates for the request's language");
-                return self.unmatched(started);
+                return (None, started);
             }
         };
         let mut context = Map::new();
         if let Some(area) = self.area(place) {
             context.insert("area".into(), Value::String(area));
         }
-        let answer = recognize(lang, text, &self.lists, context, filter.as_deref());
-        drop(languages);
+        let answer = recognize(lang, text, &self.lists, context, filter);
         if answer.too_complex {
             debug!(steps = answer.steps, "the sentence templates' step budget ran out");
         }
-        match answer.found {
+        (answer.found, started)
+    }
+
+    fn answer_intent(&self, text: &str, filter: Option<&[String]>, place: &Place) -> LocalAnswer {
+        let (found, started) = self.recognize(text, place.language.as_deref(), filter, place);
+        match found {
             Some(m) => {
                 let texts = m.texts;
                 let slots = m
@@ -114,7 +136,7 @@ impl LocalStage {
                         range: None,
                     })
                     .collect();
-                LocalAnswer::Answer(Box::new(EventBody::Intent {
+                LocalAnswer::Answer(vec![EventBody::Intent {
                     recognized: true,
                     intent: Some(IntentSummary { name: m.intent, confidence: 1.0 }),
                     slots,
@@ -123,7 +145,7 @@ impl LocalStage {
                     metadata: Some(m.metadata),
                     usage: Usage::default(),
                     timings: timings(started),
-                }))
+                }])
             }
             None => self.unmatched(started),
         }
@@ -133,7 +155,7 @@ impl LocalStage {
         if self.mode != LocalMode::Only {
             return LocalAnswer::ToModel;
         }
-        LocalAnswer::Answer(Box::new(EventBody::Intent {
+        LocalAnswer::Answer(vec![EventBody::Intent {
             recognized: false,
             intent: None,
             slots: Vec::new(),
@@ -142,7 +164,7 @@ impl LocalStage {
             metadata: None,
             usage: Usage::default(),
             timings: timings(started),
-        }))
+        }])
     }
 
     /// The speaker's area: the request's own, else its satellite's.
@@ -177,7 +199,7 @@ fn resolve<'a>(languages: &'a mut Languages, code: &str) -> Result<&'a qwenedge_
     Err(last.expect("three candidates"))
 }
 
-fn timings(started: Instant) -> RequestTimings {
+pub(crate) fn timings(started: Instant) -> RequestTimings {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     RequestTimings { total_ms: ms, ttft_ms: ms, ..RequestTimings::default() }
 }

@@ -11,6 +11,7 @@
 //! If the engine thread panics, every open request is answered `model_error`, the transports
 //! flush and close, and the daemon ends with [`DaemonError::Engine`].
 
+mod home;
 mod run;
 
 use std::net::SocketAddr;
@@ -112,10 +113,11 @@ impl Daemon {
         if settings.mqtt.enabled {
             MqttTransport::check(&settings.mqtt)?;
         }
-        for note in &loaded.catalog.notes {
-            info!("{note}");
-        }
-        let local = LocalStage::new(&settings, &loaded.catalog)?;
+        // With `[homeassistant]`, the last copy of its home serves until Home Assistant answers.
+        let copy = home::last_copy(&loaded);
+        let mut served = home::Served::default();
+        let catalog = served.compose(&loaded, copy.as_ref());
+        let local = LocalStage::new(&settings, &catalog)?;
         let load = settings.model.load_settings();
         // Without a model directory (`intents.local = "only"`) the sentence templates answer alone.
         let engine = match &settings.model.path {
@@ -140,7 +142,7 @@ impl Daemon {
             http: bound.http.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
             wyoming: bound.wyoming.as_ref().map(|b| b.addrs.clone()).unwrap_or_default(),
         };
-        let (scheduler, stopped) = Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), loaded.catalog, local)
+        let (scheduler, stopped) = Scheduler::start(EngineLoader, engine, load, Arc::clone(&settings), catalog, local)
             .map_err(|error| DaemonError::Start { what: "the engine thread", error })?;
         let budget = match budget_monitor(&scheduler, &settings) {
             Ok(b) => b,
@@ -155,7 +157,7 @@ impl Daemon {
         let orders = Orders { shutdown: shutdown_orders, reload: reload_orders };
         let (ended_tx, ended) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let serving = run::Serving { settings: Arc::clone(&settings), scheduler: scheduler.clone(), stopped, budget };
+        let serving = run::Serving { loaded, scheduler: scheduler.clone(), stopped, budget, served, copy };
         let thread = std::thread::Builder::new()
             .name("qwenedge-transports".into())
             .spawn(move || {

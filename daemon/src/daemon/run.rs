@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qwenedge_budget::monitor::MonitorHandle;
-use qwenedge_config::Settings;
+use qwenedge_config::{Loaded, Settings};
 use qwenedge_mqtt::MqttTransport;
-use qwenedge_scheduler::{LocalStage, Requests, Scheduler, Stopped};
+use qwenedge_scheduler::{Requests, Scheduler, Stopped};
 use qwenedge_transport::tcp::BoundTcp;
 use qwenedge_transport::Lifecycle;
 use qwenedge_unix::BoundSocket;
@@ -30,7 +30,12 @@ pub(super) struct Bound {
 
 /// What the serving thread takes over.
 pub(super) struct Serving {
-    pub settings: Arc<Settings>,
+    /// The configuration as loaded (its catalog before Home Assistant's home replaces devices).
+    pub loaded: Loaded,
+    /// What the served catalog was composed from.
+    pub served: super::home::Served,
+    /// The last copy of Home Assistant's home the daemon started with.
+    pub copy: Option<qwenedge_homeassistant::HaHome>,
     pub scheduler: Scheduler,
     pub stopped: Stopped,
     pub budget: MonitorHandle,
@@ -43,7 +48,8 @@ pub(super) async fn serve(
     mut orders: Orders,
     ready: std::sync::mpsc::Sender<()>,
 ) -> Result<(), DaemonError> {
-    let Serving { settings, scheduler, mut stopped, mut budget } = serving;
+    let Serving { mut loaded, scheduler, mut stopped, mut budget, mut served, copy } = serving;
+    let settings = Arc::clone(&loaded.settings);
     let Bound { http, wyoming, socket } = bound;
     let socket = &socket;
     {
@@ -93,6 +99,13 @@ pub(super) async fn serve(
             },
             false => None,
         };
+        // The home's names from Home Assistant, followed while the daemon runs.
+        let sync = settings.homeassistant.enabled().then(|| qwenedge_homeassistant::start(&settings.homeassistant, copy));
+        let mut home_rx = sync.as_ref().map(|s| s.home.clone());
+        let mut report_rx = sync.as_ref().map(|s| s.report.clone());
+        if let Some(r) = &report_rx {
+            scheduler.set_home_report(Some(r.borrow().clone()));
+        }
         info!(socket = %socket.path.display(), http = ?http_addrs, wyoming = ?wyoming_addrs, "ready");
         service::notify(&format!("READY=1\nSTATUS=serving on {}", socket.path.display()));
         let _ = ready.send(());
@@ -115,22 +128,19 @@ pub(super) async fn serve(
                     }
                 },
                 Ok(()) = orders.reload.changed(), if orders_open => {
-                    if let Some(loaded) = orders.reload.borrow_and_update().clone() {
+                    if let Some(new) = orders.reload.borrow_and_update().clone() {
+                        loaded = new;
                         service::notify("STATUS=reloading the configuration");
                         match budget_monitor(&scheduler, &loaded.settings) {
                             Ok(m) => budget = m,
                             Err(e) => error!(error = %e, "restarting the budget monitor failed"),
                         }
-                        for note in &loaded.catalog.notes {
-                            info!("{note}");
-                        }
-                        match LocalStage::new(&loaded.settings, &loaded.catalog) {
-                            Ok(local) => scheduler.set_local(local),
-                            Err(e) => error!(error = %e, "loading the sentence templates failed; the previous ones stay"),
-                        }
-                        scheduler.reload(loaded.settings, loaded.catalog);
+                        let home = home_rx.as_ref().and_then(|h| h.borrow().clone());
+                        served.apply(&scheduler, &loaded, home.as_deref());
                     }
                 }
+                Some(home) = changed(&mut home_rx) => served.apply(&scheduler, &loaded, home.as_deref()),
+                Some(report) = changed(&mut report_rx) => scheduler.set_home_report(Some(report)),
                 _ = ticker.tick(), if watchdog.is_some() => {
                     // Ping only while the engine thread shows life; a hung engine gets restarted.
                     if scheduler.worker_silence() < watchdog.unwrap_or_default() * 4 {
@@ -179,6 +189,18 @@ pub(super) async fn serve(
             }
             Err(panic) => Err(DaemonError::Engine(panic)),
         }
+    }
+}
+
+/// The new value once `rx` changes (never without `[homeassistant]`, or once the session has
+/// ended).
+async fn changed<T: Clone>(rx: &mut Option<tokio::sync::watch::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(r.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
