@@ -58,16 +58,18 @@ word() { [ "$1" -eq 0 ] && echo ok || echo "FAILED (status $1)"; }
 summary="cargo fmt --check: $(word "$fmt"); clippy: $(word "$clippy"); cargo test: $passed passed, $failed failed (status $tests; fault-injection tests $(word "$panic_test"))"
 
 # The scripted checks, each run even when an earlier part failed, so one run shows everything.
-# The package test installs into a scratch root, which needs root.
-scripts=(tests/intents/differential.sh tests/package-deb.sh tests/aarch64-qemu.sh)
+# The package test installs into a scratch root and the Home Assistant test uses a chroot: both
+# need root.
+# Home Assistant Core itself (a chroot built once and cached) drives the daemon: tests/ha/run.sh.
+scripts=(tests/intents/differential.sh tests/ha/run.sh tests/package-deb.sh tests/aarch64-qemu.sh)
 for script in "${scripts[@]}"; do
   echo "test: $script" >&2
   t0=$(date +%s)
   set +e
-  if [ "$(id -u)" -eq 0 ] || [ "$script" != tests/package-deb.sh ]; then
+  if [ "$(id -u)" -eq 0 ] || { [ "$script" != tests/package-deb.sh ] && [ "$script" != tests/ha/run.sh ]; }; then
     "$script"
   else
-    sudo --preserve-env=QWENEDGE_FIXTURES,QWENEDGE_CACHE,PATH "$script"
+    sudo --preserve-env=QWENEDGE_FIXTURES,QWENEDGE_CACHE,QWENEDGE_CLIENT_PYTHON,PATH "$script"
   fi
   rc=$?
   set -e

@@ -124,10 +124,11 @@ fn hermes_queries_and_home_assistant_discovery() {
         } else if m.topic == "qwenedge/d2/state" {
             state = Some(m.json());
         }
-        configs.len() == 7 && state.is_some()
+        configs.len() == 9 && state.is_some()
     });
     let state = state.unwrap();
-    for key in ["state", "model", "queue", "decode_tok_s", "thermal_level", "soc_temp_c", "mem_available_mb"] {
+    for key in ["state", "model", "queue", "decode_tok_s", "thermal_level", "soc_temp_c", "mem_available_mb", "home_sync", "home_synced_at"]
+    {
         assert!(state.get(key).is_some(), "{key} in {state}");
     }
     assert_eq!(state["state"], "ready");
@@ -153,7 +154,7 @@ fn hermes_queries_and_home_assistant_discovery() {
         if m.topic.ends_with("/config") {
             again.insert(m.topic.clone());
         }
-        again.len() == 7
+        again.len() == 9
     });
 
     // mqtt-forget clears them, once the daemon is stopped (a running one would publish its

@@ -1,5 +1,6 @@
-//! Home Assistant MQTT discovery: one device with six sensors (status, model, queue length,
-//! decode speed, SoC temperature, memory available). Each sensor's retained configuration
+//! Home Assistant MQTT discovery: one device with nine sensors (status, model, queue length,
+//! decode speed, thermal level, SoC temperature, memory available, the home's sync with Home
+//! Assistant and when its copy was taken). Each sensor's retained configuration
 //! points at the retained `qwenedge/<device>/state` topic with a value template, and its
 //! availability at the status topic. Configurations are built here without I/O; the session
 //! publishes them on connect and whenever Home Assistant announces itself, and
@@ -48,6 +49,15 @@ const SENSORS: &[Sensor] = &[
         device_class: Some("data_size"),
         numeric: true,
         icon: "mdi:memory",
+    },
+    Sensor { key: "home_sync", name: "Home sync", unit: None, device_class: None, numeric: false, icon: "mdi:home-sync" },
+    Sensor {
+        key: "home_synced_at",
+        name: "Home copy taken",
+        unit: None,
+        device_class: Some("timestamp"),
+        numeric: false,
+        icon: "mdi:home-clock",
     },
 ];
 
@@ -110,11 +120,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_device_with_seven_sensors_reading_the_state_topic() {
+    fn one_device_with_nine_sensors_reading_the_state_topic() {
         let topics = Topics::new("kitchen.pi", None, "homeassistant");
         let info = DeviceInfo { model: "qwen3.5-0.8b-int4".into(), sw_version: "0.1.0".into() };
         let configs = configs(&topics, &info);
-        assert_eq!(configs.len(), 7);
+        assert_eq!(configs.len(), 9);
         let mut unique = std::collections::HashSet::new();
         for (topic, payload) in &configs {
             assert!(topic.starts_with("homeassistant/sensor/qwenedge_kitchen_pi/") && topic.ends_with("/config"), "{topic}");

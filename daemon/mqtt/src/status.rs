@@ -66,6 +66,27 @@ pub struct Sensors {
     pub soc_temp_c: Option<f64>,
     /// `MemAvailable` (MiB).
     pub mem_available_mb: Option<f64>,
+    /// The link to Home Assistant (`live`, `stale`, `connecting`; `off` without `[homeassistant]`).
+    pub home_sync: &'static str,
+    /// When the home's copy in use was taken (ISO 8601, UTC).
+    pub home_synced_at: Option<String>,
+}
+
+/// `ms` since the Unix epoch as ISO 8601 in UTC (`2026-12-07T11:13:15Z`).
+fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// The sensor values, all from the status report: what Home Assistant shows is what the budget
@@ -80,6 +101,8 @@ pub fn sensors(report: &StatusReport) -> Sensors {
         thermal_level: report.budget.level.as_str(),
         soc_temp_c: report.budget.temperature_c,
         mem_available_mb: report.budget.memory_available_mb.map(|mb| (mb * 10.0).round() / 10.0),
+        home_sync: report.home.as_ref().map_or("off", |h| h.sync.as_str()),
+        home_synced_at: report.home.as_ref().and_then(|h| h.synced_at_ms).map(iso8601),
     }
 }
 
@@ -146,12 +169,19 @@ mod tests {
     }
 
     #[test]
+    fn the_home_copy_time_is_iso_8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_796_634_795_000), "2026-12-07T09:13:15Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
     fn sensors_are_the_status_reports_figures() {
         let budget = BudgetReport { temperature_c: Some(57.5), memory_available_mb: Some(1024.04), ..report().budget };
         let s = serde_json::to_value(sensors(&StatusReport { budget, ..report() })).unwrap();
         assert_eq!(
             s,
-            json!({"state": "ready", "model": "tiny-a", "queue": 3, "running": 1, "decode_tok_s": 31.5, "thermal_level": "warm", "soc_temp_c": 57.5, "mem_available_mb": 1024.0})
+            json!({"state": "ready", "model": "tiny-a", "queue": 3, "running": 1, "decode_tok_s": 31.5, "thermal_level": "warm", "soc_temp_c": 57.5, "mem_available_mb": 1024.0, "home_sync": "off", "home_synced_at": null})
         );
         let budget = BudgetReport { temperature_c: None, ..report().budget };
         let empty = sensors(&StatusReport { last_request: None, budget, ..report() });

@@ -68,6 +68,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     checks.push(socket_check);
     checks.push(placement(daemon.as_ref()));
     checks.push(mqtt(&settings));
+    checks.push(homeassistant(&settings, daemon.as_ref()));
     if config_ok {
         checks.push(model(&settings));
     } else {
@@ -310,6 +311,46 @@ fn mqtt(settings: &Settings) -> Check {
     match probe {
         Ok(()) => check("mqtt", "ok", format!("{} accepts client {}", m.url, m.client()), detail(true, None)),
         Err(e) => check("mqtt", "warn", format!("{}: {e}", m.url), detail(false, Some(e))),
+    }
+}
+
+/// `[homeassistant]`: Home Assistant reached with the token and the home read now, the age of
+/// the last copy, and the running daemon's link.
+fn homeassistant(settings: &Settings, daemon: Option<&Value>) -> Check {
+    let h = &settings.homeassistant;
+    let Some(url) = &h.url else { return check("homeassistant", "info", "not configured", json!({"configured": false})) };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let copy = h.copy_path().and_then(|p| qwenedge_homeassistant::load_copy(&p).ok().flatten());
+    let copy_age_s = copy.as_ref().map(|c| now_ms.saturating_sub(c.synced_at_ms) / 1000);
+    let link = daemon.and_then(|d| d.get("home")).cloned();
+    let read = || -> Result<qwenedge_homeassistant::HaHome, String> {
+        let token = h.token()?;
+        let ws = h.websocket_url().ok_or("not an http(s) address")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut conn = qwenedge_homeassistant::Connection::open(&ws, &token, Duration::from_secs(10)).await?;
+            let home = qwenedge_homeassistant::fetch(&mut conn).await;
+            conn.close().await;
+            home
+        })
+        .map_err(|e| e.to_string())
+    };
+    let detail = |error: Option<&str>, entities: Option<usize>| json!({"configured": true, "url": url, "entities": entities, "copy_age_s": copy_age_s, "daemon": link, "error": error});
+    let age = copy_age_s.map_or("no copy kept yet".to_string(), |s| format!("the last copy is {s} s old"));
+    match read() {
+        Ok(home) => check(
+            "homeassistant",
+            "ok",
+            format!(
+                "{url}: Home Assistant {}, {} entities exposed to Assist, {} areas, {} floors; {age}",
+                home.ha_version,
+                home.devices.len(),
+                home.areas.len(),
+                home.floors.len()
+            ),
+            detail(None, Some(home.devices.len())),
+        ),
+        Err(e) => check("homeassistant", "warn", format!("{url}: {e}; {age}"), detail(Some(&e), None)),
     }
 }
 
