@@ -37,6 +37,10 @@ threads = $threads
 path = "$dir/q.sock"
 [cache]
 pin_intents = false
+# The model's turns are measured: commands the sentence templates match would be answered
+# without it.
+[intents]
+local = "off"
 [http]
 enabled = true
 listen = "127.0.0.1:$port"

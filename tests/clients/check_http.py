@@ -152,7 +152,8 @@ async def ha_conversation(args):
     model = names[0]
     await client.ps()
     system = {"role": "system", "content": ha_system_prompt()}
-    messages = [system, {"role": "user", "content": "Turn on the kitchen light"}]
+    # A sentence the templates do not match: the model answers, from the prompt's prefix.
+    messages = [system, {"role": "user", "content": "I would like some light to read by in the kitchen"}]
     before = metrics(args.base_url, auth(args))
     lines = []
     async for part in await client.chat(model=model, messages=messages, tools=HA_TOOLS, stream=True, keep_alive="-1s",
@@ -182,7 +183,7 @@ async def ha_conversation(args):
     check(cached / prompt >= 0.9, f"the second turn reused {cached} of {prompt} prompt tokens")
     check(requests_total(after, "ollama") - requests_total(before, "ollama") == 2, "the ollama requests are counted")
     # A new conversation (the next voice command): the same system prompt and tools, another user.
-    r = await client.chat(model=model, messages=[system, {"role": "user", "content": "Turn off the garage fan"}], tools=HA_TOOLS,
+    r = await client.chat(model=model, messages=[system, {"role": "user", "content": "The garage feels far too warm this evening"}], tools=HA_TOOLS,
                           stream=False, keep_alive="-1s", options={"num_ctx": 8192, "num_predict": 8}, think=False)
     later = metrics(args.base_url, auth(args))
     prompt = later[("qwenedge_prompt_tokens_total", ())] - after[("qwenedge_prompt_tokens_total", ())]
@@ -198,6 +199,17 @@ async def ha_conversation(args):
         {"type": "function", "function": {"name": "homeassistant__GetLiveContext", "description": "Provides real-time information.",
                                           "parameters": {"type": "object", "properties": {}}}}]
     names = {t["function"]["name"] for t in prefixed}
+    # A command the sentence templates match is answered at once with the call of the offered
+    # (prefixed) intent tool, arguments as its schema types them; no model pass.
+    for tools, name in ((HA_TOOLS, "HassTurnOn"), (prefixed, "intent__HassTurnOn")):
+        r = await client.chat(model=model, messages=[system, {"role": "user", "content": "Turn on the kitchen light"}], tools=tools,
+                              stream=False, keep_alive=-1.0, options={"num_ctx": 8192}, think=False)
+        calls = [(c.function.name, dict(c.function.arguments)) for c in r.message.tool_calls or []]
+        check(calls == [(name, {"name": "kitchen light"})] and r.eval_count == 0, f"a templated command: {r}")
+    parts = [p async for p in await client.chat(model=model, messages=[system, {"role": "user", "content": "turn off the kitchen light"}],
+                                                tools=prefixed, stream=True, keep_alive=-1.0, think=False)]
+    calls = [c.function.name for p in parts for c in p.message.tool_calls or []]
+    check(calls == ["intent__HassTurnOff"] and parts[-1].done, f"a templated command, streamed: {parts}")
     turn = [system, {"role": "user", "content": "Turn on the kitchen light"},
             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "intent__HassTurnOn", "arguments": {"name": "kitchen light"}}}]},
             {"role": "tool", "content": json.dumps({"data": {"speech": {}, "response_type": "action_done", "success": True}, "error": False})}]

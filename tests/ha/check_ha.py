@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 from harness import Daemon, HomeAssistant, free_port, wait_for
 
@@ -103,6 +104,32 @@ def check_wyoming(ha, port):
     return agent
 
 
+def check_satellite(ha, agent):
+    """A device in the kitchen says "turn on the lights": HA's device registry gives the daemon
+    the speaker's area (the transcript's `device_id`), followed without a restart. The device is
+    the one the Ollama agent's set-up made (the test's home has no other)."""
+    device = ha.call("config/device_registry/list")[0]
+    kitchen = [a["area_id"] for a in ha.call("config/area_registry/list") if a["name"] == "Kitchen"][0]
+    switch_all(ha, "off")
+    ha.call("config/device_registry/update", device_id=device["id"], area_id=kitchen)
+    started = time.monotonic()
+    conversation = None
+
+    def lit():
+        nonlocal conversation
+        result, _ = ha.say_from(agent, "turn on the lights", device["id"])
+        return ha.state("light.kitchen_light") == "on" and result
+
+    try:
+        wait_for("the kitchen lights from a kitchen device", lit, 5, 0.2)
+        seconds = round(time.monotonic() - started, 2)
+    except TimeoutError:
+        seconds = None
+    others = {e: ha.state(e) for e in DEVICES if e != "light.kitchen_light"}
+    report("wyoming: \"turn on the lights\" from a device in the kitchen lights the kitchen only",
+           seconds is not None and all(s == "off" for s in others.values()), seconds=seconds, others=others)
+
+
 def check_ollama(ha, http_port):
     entry = ha.flow("ollama", {"url": f"http://127.0.0.1:{http_port}"})
     form = ha.rest("POST", "/api/config/config_entries/subentries/flow", {"handler": [entry, "conversation"]})
@@ -169,8 +196,17 @@ def check_outage(ha, daemon):
     log = daemon.log()[mark:]
     report("outage: restarted while HA is down, the daemon serves the last copy", matched and "last copy" in log
            and log.count(DOWN_LINE) == 1, log_lines=log.count(DOWN_LINE))
+    good = open(daemon.token_file).read()
+    with open(daemon.token_file, "w") as f:
+        f.write("not-a-token\n")
     started = ha.start()
     ha.connect()
+    refused = wait_for("the refusal", lambda: "token was refused" in (daemon.home().get("error") or ""), 60, 0.2)
+    report("outage: a token HA refuses leaves the last copy serving, the error says so",
+           refused and daemon.home().get("sync") == "stale" and daemon.intent("turn on the pantry light"),
+           error=daemon.home().get("error"))
+    with open(daemon.token_file, "w") as f:
+        f.write(good)
     wait_for("Home Assistant RUNNING", lambda: ha.call("get_config")["state"] == "RUNNING", 120, 0.25)
     back = time.monotonic()
     wait_for("the daemon to read the home again", lambda: daemon.home().get("sync") == "live", 60, 0.2)
@@ -223,6 +259,7 @@ copy_file = {json.dumps(os.path.join(a.work, "home-assistant.json"))}
 retry_max_ms = 2000
 """
     daemon = Daemon(a.binary, a.work, config)
+    daemon.token_file = token_file
     try:
         report("ha: started and onboarded", True, start_s=round(ha.start(), 1))
         token = ha.onboard()
@@ -235,11 +272,13 @@ retry_max_ms = 2000
         first = daemon.intent("turn on the kitchen light")
         report("sync: the daemon reads the home from HA", first and first.get("name") == "Kitchen Light",
                seconds=round(time.monotonic() - started, 2), home=daemon.home())
-        check_wyoming(ha, wyoming_port)
+        wyoming = check_wyoming(ha, wyoming_port)
         check_ollama(ha, http_port)
+        check_satellite(ha, wyoming)
         check_sync(ha, daemon)
         check_outage(ha, daemon)
     except Exception as e:  # noqa: BLE001 - any failure is reported with the logs' place
+        traceback.print_exc()
         report("ha: the run", False, error=f"{type(e).__name__}: {e}", logs=a.work)
     finally:
         daemon.stop()

@@ -163,6 +163,11 @@ class HomeAssistant:
             return None
         return wait_for(f"the conversation agent of {entry_id}", find, 60, 0.25)
 
+    def say_from(self, agent, text, device_id):
+        """`text` as said to a device (HA passes its id on to the agent)."""
+        result = self.call("conversation/process", text=text, language="en", agent_id=agent, device_id=device_id)
+        return result, None
+
     def say(self, agent, text, conversation_id=None):
         started = time.monotonic()
         params = {"text": text, "language": "en", "agent_id": agent}

@@ -36,7 +36,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/home-assistant.json");
         assert_eq!(load_copy(&path).unwrap(), None);
-        let home = HaHome { ha_version: "2026.11.0".into(), synced_at_ms: 5, devices: vec![], areas: vec![], floors: vec![] };
+        let home = HaHome {
+            ha_version: "2026.11.0".into(),
+            synced_at_ms: 5,
+            devices: vec![],
+            areas: vec![],
+            floors: vec![],
+            site_areas: Default::default(),
+        };
         save_copy(&path, &home).unwrap();
         assert_eq!(load_copy(&path).unwrap(), Some(home));
         std::fs::write(&path, "{").unwrap();

@@ -33,12 +33,17 @@ pub struct HaHome {
     pub areas: Vec<AreaDef>,
     /// Floors.
     pub floors: Vec<FloorDef>,
+    /// The area of each device with one (by device id) and of each Assist satellite entity
+    /// (by entity id): the speaker's area of a Wyoming transcript that names its `device_id`
+    /// or `satellite_id`.
+    #[serde(default)]
+    pub site_areas: BTreeMap<String, String>,
 }
 
 impl HaHome {
     /// Whether `other` describes the same home (the time it was taken aside).
     pub fn same_home(&self, other: &HaHome) -> bool {
-        self.devices == other.devices && self.areas == other.areas && self.floors == other.floors
+        self.devices == other.devices && self.areas == other.areas && self.floors == other.floors && self.site_areas == other.site_areas
     }
 }
 
@@ -203,7 +208,20 @@ pub fn build(r: &Registries, ha_version: &str, synced_at_ms: u64) -> HaHome {
             floor,
         });
     }
-    HaHome { ha_version: ha_version.to_string(), synced_at_ms, devices, areas, floors }
+    let mut site_areas = BTreeMap::new();
+    for (id, device) in &devices_by_id {
+        if let Some(area) = area_name(device.get("area_id").and_then(Value::as_str)) {
+            site_areas.insert(id.to_string(), area);
+        }
+    }
+    for (id, entry) in entries.iter().filter(|(id, _)| id.starts_with("assist_satellite.")) {
+        let device_area =
+            entry.get("device_id").and_then(Value::as_str).and_then(|d| devices_by_id.get(d)).and_then(|d| d.get("area_id")?.as_str());
+        if let Some(area) = area_name(entry.get("area_id").and_then(Value::as_str).or(device_area)) {
+            site_areas.insert(id.to_string(), area);
+        }
+    }
+    HaHome { ha_version: ha_version.to_string(), synced_at_ms, devices, areas, floors, site_areas }
 }
 
 #[cfg(test)]
@@ -242,7 +260,7 @@ mod tests {
                 {"area_id": "hall", "name": "Hall", "aliases": [], "floor_id": null}
             ]),
             floors: json!([{"floor_id": "ground", "name": "Ground Floor", "aliases": ["downstairs"]}]),
-            devices: json!([{"id": "dev1", "area_id": "kitchen"}]),
+            devices: json!([{"id": "dev1", "area_id": "kitchen"}, {"id": "sat1", "area_id": "hall"}, {"id": "nowhere", "area_id": null}]),
         }
     }
 
@@ -263,6 +281,8 @@ mod tests {
         assert_eq!((door.device_class.as_deref(), door.domain.as_deref()), (Some("door"), Some("binary_sensor")));
         assert_eq!(home.areas[1].aliases, ["Cookhouse"], "the name is not its own alias");
         assert_eq!(home.floors[0].aliases, ["downstairs"]);
+        let sites: Vec<_> = home.site_areas.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(sites, [("dev1", "Kitchen"), ("sat1", "Hall")]);
         assert_eq!(exposed_registry_ids(&r), ["light.kitchen_light", "switch.coffee_maker", "binary_sensor.front_door", "light.bad"]);
     }
 

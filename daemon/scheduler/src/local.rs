@@ -56,6 +56,15 @@ impl LocalStage {
         })
     }
 
+    /// Adds the areas of satellites the configuration does not place (`intents.site_areas`
+    /// wins), by the ids a transcript names them with.
+    pub fn with_site_areas(mut self, areas: &BTreeMap<String, String>) -> Self {
+        for (site, area) in areas {
+            self.site_areas.entry(site.clone()).or_insert_with(|| area.clone());
+        }
+        self
+    }
+
     /// The stage that never answers (`intents.local = "off"`).
     pub fn off() -> Self {
         Self {

@@ -60,7 +60,10 @@ impl Served {
     pub(super) fn apply(&mut self, scheduler: &Scheduler, loaded: &Loaded, home: Option<&HaHome>) {
         let catalog = self.compose(loaded, home);
         match LocalStage::new(&loaded.settings, &catalog) {
-            Ok(local) => scheduler.set_local(local),
+            Ok(local) => scheduler.set_local(match home {
+                Some(h) => local.with_site_areas(&h.site_areas),
+                None => local,
+            }),
             Err(e) => error!(error = %e, "loading the sentence templates failed; the previous ones stay"),
         }
         scheduler.reload(Arc::clone(&loaded.settings), catalog);

@@ -118,6 +118,10 @@ impl Daemon {
         let mut served = home::Served::default();
         let catalog = served.compose(&loaded, copy.as_ref());
         let local = LocalStage::new(&settings, &catalog)?;
+        let local = match &copy {
+            Some(h) => local.with_site_areas(&h.site_areas),
+            None => local,
+        };
         let load = settings.model.load_settings();
         // Without a model directory (`intents.local = "only"`) the sentence templates answer alone.
         let engine = match &settings.model.path {
