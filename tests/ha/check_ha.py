@@ -19,6 +19,7 @@ Prints one JSON line per check with its figures; exits 1 if any failed.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -272,6 +273,11 @@ retry_max_ms = 2000
         first = daemon.intent("turn on the kitchen light")
         report("sync: the daemon reads the home from HA", first and first.get("name") == "Kitchen Light",
                seconds=round(time.monotonic() - started, 2), home=daemon.home())
+        doctor = subprocess.run([a.binary, "doctor", "--json", "--config", daemon.config], capture_output=True, text=True,
+                                env=dict(os.environ, NO_COLOR="1"), timeout=120)
+        found = json.loads(doctor.stdout.strip().splitlines()[-1]).get("homeassistant", {})
+        report("doctor: reaches HA with the token and reads the home", found.get("status") == "ok" and found.get("entities") == 4
+               and found.get("daemon", {}).get("sync") == "live", summary=found.get("summary"))
         wyoming = check_wyoming(ha, wyoming_port)
         check_ollama(ha, http_port)
         check_satellite(ha, wyoming)
