@@ -143,7 +143,7 @@ pub fn build(r: &Registries, ha_version: &str, synced_at_ms: u64) -> HaHome {
     let devices_by_id = by_key(&r.devices, "id");
     let entries = by_key(&r.entities, "entity_id");
     let states = by_key(&r.states, "entity_id");
-    let floor_name = |id: Option<&str>| id.and_then(|id| floors_by_id.get(id)).and_then(|f| text(f, "name"));
+    let floor_name = |id: Option<&str>| id.and_then(|id| floors_by_id.get(id)).and_then(|f| text(f, "name")).filter(|n| usable(n));
 
     let floors: Vec<FloorDef> = floors_by_id
         .values()

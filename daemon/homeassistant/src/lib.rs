@@ -28,6 +28,9 @@ pub enum HaError {
     /// Home Assistant refused the token.
     #[error("the token was refused ({0}); make a new long-lived access token of an administrator")]
     Auth(String),
+    /// The token file cannot be used (read again at each attempt, so a fix needs no restart).
+    #[error("homeassistant.token_file: {0}")]
+    Token(String),
     /// A command failed.
     #[error("{command}: {message}")]
     Command {

@@ -146,7 +146,7 @@ impl Link {
     }
 
     async fn follow(&mut self) -> Result<std::convert::Infallible, HaError> {
-        let token = self.settings.token().map_err(|e| HaError::Auth(format!("homeassistant.token_file: {e}")))?;
+        let token = self.settings.token().map_err(HaError::Token)?;
         let url = self.settings.websocket_url().ok_or_else(|| HaError::Connect("homeassistant.url is not http(s)".into()))?;
         let mut conn = Connection::open(&url, &token, OPEN_LIMIT).await?;
         for event in EVENTS {
