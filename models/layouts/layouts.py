@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Builder exports converted into the layout people download, and checked by its own reader.
+
+``onnx-community/Qwen3.5-*-ONNX-OPT`` (transformers.js's layout) is what users find on the
+Hugging Face Hub: ``onnx/embed_tokens{suffix}.onnx`` (``input_ids`` -> ``inputs_embeds``) and
+``onnx/decoder_model_merged{suffix}.onnx`` taking ``inputs_embeds``, ``attention_mask``,
+``position_ids`` [3, B, S] and the states ``past_conv.N`` / ``past_recurrent.N`` /
+``past_key_values.N.key|value`` (outputs ``present_conv.N``, ``present_recurrent.N``,
+``present.N.key|value``), its external data in files ``X.onnx_data``, ``X.onnx_data_1``, … that
+``config.json``'s ``transformers.js_config.use_external_data_format`` counts. This converts an
+onnxruntime-genai builder export of the same weights into it by graph surgery (the embedding
+split off, the states renamed, the head size declared, the data sharded), then checks it:
+
+* onnxruntime, fed as transformers.js feeds it, gives onnxruntime-genai's greedy tokens on the
+  source export (the reference the fixture generator stored), every prompt, 32 tokens;
+* transformers.js itself (``@huggingface/transformers`` 4.3.2, ``onnxruntime-node`` 1.30.0,
+  local files only) loads the directory and generates greedily. Its first token equals
+  genai's; its later tokens equal the same loop with the positions transformers.js gives a
+  text-only Qwen3.5 prompt after its prefill (``3S + k`` instead of ``S + k`` for a prompt of
+  ``S`` tokens: its text-only ``rope_deltas`` adds the prompt length where Hugging Face's
+  ``get_rope_index`` subtracts it), which the check measures and prints.
+
+Usage: ``layouts.py FIXTURES OUT NODE_DIR`` (run by ``models/layouts/check.sh``); prints one JSON
+line per export and prompt, exits 1 on a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+STATE_RENAMES = [("past.%d.conv", "past_conv.%d"), ("past.%d.recurrent", "past_recurrent.%d"),
+                 ("present.%d.conv", "present_conv.%d"), ("present.%d.recurrent", "present_recurrent.%d")]
+SUFFIX = {"fp32": ("", "fp32"), "int4": ("_q4", "q4")}
+
+
+def drop_dead(graph, keep):
+    """Drops nodes whose outputs nothing uses, then unused initializers."""
+    while True:
+        used = set(keep)
+        for n in graph.node:
+            used.update(n.input)
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {x for n in graph.node for x in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+
+
+def rename(graph, mapping):
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.name in mapping:
+            v.name = mapping[v.name]
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            if x in mapping:
+                n.input[i] = mapping[x]
+        for i, x in enumerate(n.output):
+            if x in mapping:
+                n.output[i] = mapping[x]
+
+
+def split_embedding(model):
+    """The embedding graph (the lookup of ``input_ids`` and what computes its table); the
+    decoder is left reading ``inputs_embeds`` where the lookup's output was."""
+    import onnx
+
+    graph = model.graph
+    lookup = next(n for n in graph.node if "input_ids" in n.input)
+    embeds = lookup.output[0]
+    emb = onnx.utils.Extractor(model).extract_model(["input_ids"], [embeds])
+    rename(emb.graph, {embeds: "inputs_embeds"})
+    graph.node.remove(lookup)
+    rename(graph, {embeds: "inputs_embeds"})
+    return emb
+
+
+def save_sharded(model, path: Path, shard_bytes: int) -> int:
+    """Saves ``model`` with its tensors in ``X.onnx_data``, ``X.onnx_data_1``, … of about
+    ``shard_bytes`` each (4 KiB aligned); returns the number of data files."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    base = path.name + "_data"
+    files: dict[str, bytearray] = {}
+    shard = 0
+    for t in model.graph.initializer:
+        raw = t.raw_data if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).tobytes()
+        if len(raw) < 1024:
+            continue
+        name = base if shard == 0 else f"{base}_{shard}"
+        if files.get(name) and len(files[name]) + len(raw) > shard_bytes:
+            shard += 1
+            name = f"{base}_{shard}"
+        data = files.setdefault(name, bytearray())
+        data.extend(b"\0" * ((-len(data)) % 4096))
+        offset = len(data)
+        data.extend(raw)
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            t.ClearField(field)
+        t.raw_data = raw
+        set_external_data(t, location=name, offset=offset, length=len(raw))
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (path.parent / name).write_bytes(bytes(data))
+    onnx.save_model(model, str(path))
+    return len(files)
+
+
+def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) -> int:
+    """Writes the OPT layout of the builder export ``export`` (weights of ``hf``) into ``dst``;
+    returns the number of the decoder's data files."""
+    import onnx
+
+    genai = json.loads((export / "genai_config.json").read_text())["model"]["decoder"]
+    config = json.loads((hf / "config.json").read_text())
+    model = onnx.load(str(export / "model.onnx"), load_external_data=True)
+    emb = split_embedding(model)
+    graph = model.graph
+    rename(graph, {old % i: new % i for old, new in STATE_RENAMES for i in range(genai["num_hidden_layers"])})
+    ids = next(i for i in graph.input if i.name == "input_ids")
+    embeds = onnx.helper.make_tensor_value_info("inputs_embeds", onnx.TensorProto.FLOAT,
+                                                ["batch_size", "sequence_length", config["text_config"]["hidden_size"]])
+    graph.input.insert(list(graph.input).index(ids), embeds)
+    graph.input.remove(ids)
+    # Real exports declare the head size; transformers.js sizes every other symbol 0.
+    for v in list(graph.input) + list(graph.output):
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param == "kv_cache_dim":
+                d.ClearField("dim_param")
+                d.dim_value = genai["head_size"]
+    drop_dead(graph, [o.name for o in graph.output])
+    if any("input_ids" in n.input for n in graph.node):
+        raise AssertionError("the decoder still reads input_ids")
+    onnx_dir = dst / "onnx"
+    shards = save_sharded(model, onnx_dir / f"decoder_model_merged{suffix}.onnx", shard_bytes)
+    save_sharded(emb, onnx_dir / f"embed_tokens{suffix}.onnx", 1 << 40)
+    old = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else config
+    counts = old.get("transformers.js_config", {}).get("use_external_data_format", {})
+    counts[f"decoder_model_merged{suffix}.onnx"] = shards
+    counts[f"embed_tokens{suffix}.onnx"] = 1
+    config["transformers.js_config"] = {"use_external_data_format": counts}
+    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (hf / name).exists():
+            shutil.copyfile(hf / name, dst / name)
+    return shards
+
+
+def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift: int = 0) -> list[int]:
+    """Greedy tokens from onnxruntime over the OPT layout, fed as transformers.js feeds it; the
+    positions after the prompt are offset by ``decode_shift`` times the prompt's length."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    emb = ort.InferenceSession(str(dst / "onnx" / f"embed_tokens{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(dst / "onnx" / f"decoder_model_merged{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    past = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=types[i.type])
+            for i in dec.get_inputs() if i.name.startswith("past")}
+    names = [o.name for o in dec.get_outputs()]
+    out, pos, feed = [], 0, list(ids)
+    for step in range(count):
+        (embeds,) = emb.run(None, {"input_ids": np.array([feed], dtype=np.int64)})
+        total = pos + len(feed)
+        positions = np.arange(pos, total, dtype=np.int64) + (decode_shift * len(ids) if step else 0)
+        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64),
+                 "position_ids": np.broadcast_to(positions, (3, 1, len(feed))).copy(), **past}
+        results = dict(zip(names, dec.run(None, feeds)))
+        token = int(results["logits"][0, -1].argmax())
+        out.append(token)
+        past = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
+                for k, v in results.items() if k != "logits"}
+        pos, feed = total, [token]
+    return out
+
+
+def main() -> int:
+    fixtures, out, node_dir = (Path(a) for a in sys.argv[1:4])
+    manifest = json.loads((fixtures / "manifest.json").read_text())
+    failed = 0
+    for name, files in manifest["configs"].items():
+        dst = out / f"{name}-opt"
+        reference = json.loads((fixtures / files["reference"]).read_text())
+        for precision in ("fp32", "int4"):
+            suffix, dtype = SUFFIX[precision]
+            shards = build_opt(fixtures / files[precision], fixtures / files["hf"], dst, suffix, 1 << 20)
+            for p in reference["prompts"]:
+                want = p["genai_greedy"][precision]
+                ours = opt_greedy(dst, suffix, p["ids"], len(want))
+                tjs = json.loads(subprocess.run(["node", str(node_dir / "greedy.mjs"), str(dst), dtype, json.dumps(p["ids"]),
+                                                 str(len(want))], cwd=node_dir, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                shifted = opt_greedy(dst, suffix, p["ids"], len(want), decode_shift=2)
+                ok = ours == want and tjs[0] == want[0] and tjs == shifted
+                failed += not ok
+                same = next((i for i, (a, b) in enumerate(zip(tjs, want)) if a != b), len(want))
+                print(json.dumps({"export": f"{name}/{precision}", "layout": "opt", "data_files": shards, "prompt_tokens": len(p["ids"]),
+                                  "onnxruntime_equals_genai": ours == want, "transformers_js_first_token_equal": tjs[0] == want[0],
+                                  "transformers_js_equal_tokens": same, "transformers_js_equals_its_positions": tjs == shifted, "ok": ok}),
+                      flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
