@@ -33,17 +33,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     service::init_logging("info");
-    let mut daemon = Daemon::start(loaded, service::activated_listener())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(signals(&mut daemon, args.config))?;
+    // The handlers go in before the daemon starts: a SIGHUP or SIGTERM that comes as soon as
+    // READY is sent (a service manager's reload) is then queued, not the default action (exit).
+    let handlers = {
+        let _context = runtime.enter();
+        Handlers { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? }
+    };
+    let mut daemon = Daemon::start(loaded, service::activated_listener())?;
+    runtime.block_on(signals(&mut daemon, handlers, args.config))?;
     Ok(daemon.wait()?)
 }
 
+/// The signals the daemon answers.
+struct Handlers {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 /// Maps signals onto the daemon until it ends.
-async fn signals(daemon: &mut Daemon, config_path: Option<PathBuf>) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+async fn signals(daemon: &mut Daemon, handlers: Handlers, config_path: Option<PathBuf>) -> std::io::Result<()> {
+    let Handlers { mut term, mut int, mut hup } = handlers;
     loop {
         tokio::select! {
             _ = term.recv() => {
