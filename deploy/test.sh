@@ -30,7 +30,8 @@ tests/qemu-user.sh
 # The HTTP tests' client libraries (openai, ollama at Home Assistant's pin, jsonschema,
 # prometheus_client) in a small venv of their own.
 client_python=$(tests/clients/venv.sh | tail -n1)
-export QWENEDGE_FIXTURES="$fixtures" ORT_DYLIB_PATH="$ortlib" QWENEDGE_CLIENT_PYTHON="$client_python"
+# The fixture environment's python converts the fixtures into the Hub's layout (tests/e2e/layouts.rs).
+export QWENEDGE_FIXTURES="$fixtures" ORT_DYLIB_PATH="$ortlib" QWENEDGE_CLIENT_PYTHON="$client_python" QWENEDGE_FIXTURE_PYTHON="$python"
 echo "test: fixtures at $QWENEDGE_FIXTURES, ONNX Runtime at $ORT_DYLIB_PATH" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -21,7 +21,8 @@ split off, the states renamed, the head size declared, the data sharded), then c
   ``get_rope_index`` subtracts it), which the check measures and prints.
 
 Usage: ``layouts.py FIXTURES OUT NODE_DIR`` (run by ``models/layouts/check.sh``); prints one JSON
-line per export and prompt, exits 1 on a mismatch.
+line per export and prompt, exits 1 on a mismatch. ``layouts.py --convert FIXTURES OUT`` only
+converts (the daemon's tests load the results).
 """
 
 from __future__ import annotations
@@ -186,7 +187,20 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
     return out
 
 
+def convert_all(fixtures: Path, out: Path) -> None:
+    """Each fixture export in the OPT layout, one variant per directory:
+    ``out/<config>-opt-<fp32|q4>``."""
+    manifest = json.loads((fixtures / "manifest.json").read_text())
+    for name, files in manifest["configs"].items():
+        for precision in ("fp32", "int4"):
+            suffix, dtype = SUFFIX[precision]
+            build_opt(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-opt-{dtype}", suffix, 1 << 20)
+
+
 def main() -> int:
+    if sys.argv[1] == "--convert":
+        convert_all(Path(sys.argv[2]), Path(sys.argv[3]))
+        return 0
     fixtures, out, node_dir = (Path(a) for a in sys.argv[1:4])
     manifest = json.loads((fixtures / "manifest.json").read_text())
     failed = 0

@@ -19,6 +19,7 @@ mod fast_intents;
 mod full_width;
 mod http;
 mod intents;
+mod layouts;
 mod local_intents;
 mod model_faults;
 mod mqtt;

@@ -200,6 +200,9 @@ pub struct ModelReport {
     pub hidden_size: usize,
     /// How the weights are stored: `int4` (4-bit blocks), else `fp32`/`fp16`.
     pub quantization: String,
+    /// The directory's layout: `onnxruntime-genai`, or the Hub's (`transformers.js, …`) with its
+    /// variant.
+    pub layout: String,
     /// Whether the model ships a chat template.
     pub chat_template: bool,
     /// The runtime that runs it.
@@ -220,6 +223,7 @@ impl ModelReport {
             weights_mb: 0,
             hidden_size: 0,
             quantization: "none".into(),
+            layout: "none".into(),
             chat_template: false,
             backend: BackendReport {
                 name: "none".into(),

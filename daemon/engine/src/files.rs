@@ -23,15 +23,20 @@ pub(crate) struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// The files directly in `dir` now (subdirectories are not part of a model).
+    /// The files directly in `dir` now, and in its `onnx/` (where the Hub's layouts keep the
+    /// graphs); other subdirectories are not part of a model.
     pub(crate) fn read(dir: &Path) -> Self {
         let stamps = std::fs::read_dir(dir).ok().map(|entries| {
+            let graphs = std::fs::read_dir(dir.join("onnx")).into_iter().flatten().flatten().map(|e| (e, "onnx/"));
             let mut stamps: Vec<Stamp> = entries
                 .flatten()
-                .filter_map(|e| {
+                .map(|e| (e, ""))
+                .chain(graphs)
+                .filter_map(|(e, prefix)| {
                     let m = e.metadata().ok().filter(|m| m.is_file())?;
                     let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-                    Some(Stamp { name: e.file_name().to_string_lossy().into_owned(), len: m.len(), mtime_ns, inode: m.ino() })
+                    let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+                    Some(Stamp { name, len: m.len(), mtime_ns, inode: m.ino() })
                 })
                 .collect();
             stamps.sort_by(|a, b| a.name.cmp(&b.name));

@@ -137,6 +137,7 @@ mod tests {
                 weights_mb: 3,
                 hidden_size: 64,
                 quantization: "int4".into(),
+                layout: "onnxruntime-genai".into(),
                 chat_template: true,
                 backend,
             },

@@ -348,6 +348,7 @@ impl Model for Runner {
             } else {
                 "fp32".into()
             },
+            layout: spec.layout.describe(),
             chat_template: self.has_chat_template(),
             backend: api::BackendReport {
                 name: info.name.to_string(),

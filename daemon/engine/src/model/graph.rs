@@ -114,10 +114,16 @@ fn default_patterns(in_key: &str) -> &'static [(&'static str, &'static str)] {
     match in_key {
         "past_key_names" => &[("past_key_values.%d.key", "present.%d.key")],
         "past_value_names" => &[("past_key_values.%d.value", "present.%d.value")],
-        "past_conv_names" => &[("past.%d.conv", "present.%d.conv"), ("past_key_values.%d.conv_state", "present.%d.conv_state")],
-        "past_recurrent_names" => {
-            &[("past.%d.recurrent", "present.%d.recurrent"), ("past_key_values.%d.recurrent_state", "present.%d.recurrent_state")]
-        }
+        "past_conv_names" => &[
+            ("past.%d.conv", "present.%d.conv"),
+            ("past_key_values.%d.conv_state", "present.%d.conv_state"),
+            ("past_conv.%d", "present_conv.%d"),
+        ],
+        "past_recurrent_names" => &[
+            ("past.%d.recurrent", "present.%d.recurrent"),
+            ("past_key_values.%d.recurrent_state", "present.%d.recurrent_state"),
+            ("past_recurrent.%d", "present_recurrent.%d"),
+        ],
         _ => &[],
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod graph;
+pub mod hub;
 
 use super::onnx::weights::WeightUse;
 use super::onnx::{self, Dim, GraphSummary};
@@ -142,13 +143,57 @@ pub struct SearchDefaults {
     pub max_length: usize,
 }
 
+/// How a model directory is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// The onnxruntime-genai model builder's: `genai_config.json` and one decoder graph.
+    Genai,
+    /// The Hugging Face Hub's ONNX exports (transformers.js's): `config.json` and `onnx/`.
+    Hub {
+        /// The variant loaded (`q4`, `fp32`, …).
+        variant: String,
+        /// Whether the embedding is a graph of its own (`embed_tokens*.onnx`).
+        split: bool,
+    },
+}
+
+impl Layout {
+    /// A short description for `status` and `doctor`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Genai => "onnxruntime-genai".into(),
+            Self::Hub { variant, split: true } => format!("transformers.js, embedding + decoder, {variant}"),
+            Self::Hub { variant, split: false } => format!("transformers.js, one graph, {variant}"),
+        }
+    }
+}
+
+/// A separate embedding graph: token ids in, the decoder's `inputs_embeds` out.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// The graph file.
+    pub onnx_path: PathBuf,
+    /// Its external data files with their sizes.
+    pub data_files: Vec<(PathBuf, u64)>,
+    /// Bytes of weights stored inline in the graph file.
+    pub inline_weight_bytes: u64,
+    /// Its token-ids input.
+    pub input: String,
+    /// Its output (the decoder input of the same name).
+    pub output: String,
+}
+
 /// Everything known about a model directory before loading it.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     /// The directory.
     pub dir: PathBuf,
-    /// `model.type` from genai_config.json.
+    /// `model.type` from genai_config.json (`model_type` of config.json).
     pub model_type: String,
+    /// The directory's layout.
+    pub layout: Layout,
+    /// A separate embedding graph feeding the decoder (`None`: the decoder takes token ids).
+    pub embedding: Option<Embedding>,
     /// The decoder graph file.
     pub onnx_path: PathBuf,
     /// External data files with their sizes in bytes.
@@ -163,7 +208,7 @@ pub struct ModelSpec {
     pub context_length: usize,
     /// Token ids that end generation.
     pub eos_token_ids: Vec<u32>,
-    /// `input_ids` tensor name.
+    /// The decoder's token input: `input_ids`, or `inputs_embeds` when [`embedding`](Self::embedding) feeds it.
     pub input_ids: String,
     /// `attention_mask` tensor name, if the graph takes one.
     pub attention_mask: Option<String>,
@@ -196,7 +241,9 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Total size of the weights on disk.
     pub fn weight_bytes(&self) -> u64 {
-        self.inline_weight_bytes + self.data_files.iter().map(|(_, n)| n).sum::<u64>()
+        let embedding =
+            self.embedding.iter().map(|e| e.inline_weight_bytes + e.data_files.iter().map(|(_, n)| n).sum::<u64>()).sum::<u64>();
+        self.inline_weight_bytes + self.data_files.iter().map(|(_, n)| n).sum::<u64>() + embedding
     }
 
     /// Number of layers with a KV cache.
@@ -226,9 +273,19 @@ impl ModelSpec {
             .sum()
     }
 
-    /// Loads and validates `dir`.
+    /// Loads and validates `dir` (in the Hub's layouts, the first variant of
+    /// [`VARIANTS`](hub::VARIANTS) present).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
-        load(dir.as_ref())
+        Self::load_variant(dir, None)
+    }
+
+    /// Loads and validates `dir`; `variant` picks one of a Hub layout's variants.
+    pub fn load_variant(dir: impl AsRef<Path>, variant: Option<&str>) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        if hub::is_hub_layout(dir) {
+            return hub::load(dir, variant);
+        }
+        load(dir)
     }
 }
 
@@ -333,6 +390,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     let graph =
         onnx::parse_model(&read(&onnx_path)?).map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
     let data_files = check_external_data(dir, &onnx_path, &graph)?;
+    // (A builder export's data sits beside its graph, in the model directory.)
 
     let names = Names { config: &config_path, onnx: &onnx_path, graph: &graph, decoder: &m.decoder };
     let input_ids = names.graph_input("input_ids", true)?.expect("required");
@@ -397,6 +455,8 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     Ok(ModelSpec {
         dir: dir.to_path_buf(),
         model_type: m.model_type.clone(),
+        layout: Layout::Genai,
+        embedding: None,
         onnx_path,
         data_files,
         inline_weight_bytes: graph.inline_bytes,

@@ -166,6 +166,7 @@ impl Model for Fake {
             weights_mb: 0,
             hidden_size: 8,
             quantization: "fp32".into(),
+            layout: "onnxruntime-genai".into(),
             chat_template: false,
             backend,
         }

@@ -25,7 +25,7 @@ mod state;
 
 pub use optimized::OptimizedCache;
 pub use placement::{Declined, EpNodes, Placement};
-use session::{edited_graph, load_optimized, plain, Optimized};
+use session::{edited_graph, embedding, load_optimized, plain, Optimized};
 use state::{grow_kv, next_state_id, zeros, OrtState};
 
 use super::providers::ProviderRequest;
@@ -86,6 +86,8 @@ impl Default for OrtOptions {
 /// A loaded decoder session.
 pub struct OrtBackend {
     session: Session,
+    /// The embedding graph's session, where the model has one (its output feeds `input_ids`).
+    embedding: Option<Session>,
     /// Bindings persist between steps; state buffers are rebound only when `bound` changes.
     binding: IoBinding,
     bound: Option<u64>,
@@ -232,7 +234,21 @@ impl OrtBackend {
         let allocator = Allocator::default();
         let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
-        Ok(Self { session, binding, bound: None, allocator, logits, spec: spec.clone(), kv, linear, info, last_only, probing: false })
+        let embedding = embedding(rt, spec, opts)?;
+        Ok(Self {
+            session,
+            embedding,
+            binding,
+            bound: None,
+            allocator,
+            logits,
+            spec: spec.clone(),
+            kv,
+            linear,
+            info,
+            last_only,
+            probing: false,
+        })
     }
 
     /// Runs the session on the bound inputs and outputs. Test builds can make ONNX Runtime
@@ -274,7 +290,17 @@ impl OrtBackend {
         let total = past + n;
         let b = &mut self.binding;
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        b.bind_input(&self.spec.input_ids, &Tensor::from_array(([1, n], ids)).map_err(run_err)?).map_err(run_err)?;
+        let ids = Tensor::from_array(([1, n], ids)).map_err(run_err)?;
+        match (&mut self.embedding, &self.spec.embedding) {
+            (Some(session), Some(e)) => {
+                let mut out = session.run(ort::inputs![e.input.as_str() => ids]).map_err(run_err)?;
+                let embeds = out
+                    .remove(e.output.as_str())
+                    .ok_or_else(|| BackendError::Run(format!("the embedding graph gave no '{}'", e.output)))?;
+                b.bind_input(&self.spec.input_ids, &embeds).map_err(run_err)?;
+            }
+            _ => b.bind_input(&self.spec.input_ids, &ids).map_err(run_err)?,
+        }
         if let Some(name) = &self.spec.attention_mask {
             b.bind_input(name, &Tensor::from_array(([1, total], vec![1i64; total])).map_err(run_err)?).map_err(run_err)?;
         }

@@ -65,6 +65,18 @@ fn session_builder(
     Ok((builder, reports, primary))
 }
 
+/// A session over a Hub layout's embedding graph (CPU, the configured threads): a lookup per
+/// step, too small for providers or the optimized-model cache.
+pub(super) fn embedding(rt: &Runtime, spec: &ModelSpec, opts: &OrtOptions) -> Result<Option<Session>, BackendError> {
+    let Some(e) = &spec.embedding else { return Ok(None) };
+    let err = |x: ort::Error| BackendError::Load { path: e.onnx_path.clone(), msg: x.to_string() };
+    let mut builder = Session::builder(&rt.env).map_err(err)?.with_inter_threads(1).map_err(|x| err(x.into()))?;
+    if opts.threads > 0 {
+        builder = builder.with_intra_threads(opts.threads).map_err(|x| err(x.into()))?;
+    }
+    builder.commit_from_file(&e.onnx_path).map(Some).map_err(err)
+}
+
 /// The decoder graph as the runtime is to see it: initializers reshaped in place, and (unless
 /// every position's logits are wanted) the LM head applied to the last position only. `None`
 /// when the file is used as it is; the flag says whether only the last logits are computed.

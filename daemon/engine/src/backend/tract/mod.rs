@@ -98,6 +98,12 @@ impl TractBackend {
         if states.iter().any(|(t, _)| t.dtype != StateType::F32) || spec.logits_dtype != StateType::F32 {
             return Err(load_err(path, "float16 state or logits are not supported by the tract backend (use a CPU int4/fp32 export)"));
         }
+        if let Some(e) = &spec.embedding {
+            return Err(load_err(
+                &e.onnx_path,
+                "a separate embedding graph (the Hub's layout) is not yet read by the tract backend; use ONNX Runtime (model.backend = \"onnxruntime\")",
+            ));
+        }
         let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
         if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
             bytes = b;

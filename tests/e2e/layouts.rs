@@ -1,0 +1,114 @@
+//! The Hugging Face Hub's layout (transformers.js's `onnx-community/Qwen3.5-*-ONNX-OPT`: an
+//! embedding graph and a decoder taking `inputs_embeds`, `config.json`, sharded data), made from
+//! each fixture's builder export by `models/layouts/layouts.py` (which checks it against
+//! transformers.js itself), loaded by the engine: the same greedy tokens as onnxruntime-genai on
+//! the source export, fp32 and q4; the layout and the variant reported; tract refuses it with a
+//! reason naming the file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{fixtures, greedy, reference, CONFIGS};
+use qwenedge_engine::model::{Layout, ModelSpec};
+
+/// The fixtures in the Hub's layout, converted once per fixture build and kept beside the other
+/// caches (`$QWENEDGE_CACHE/layouts/<fixture hash>-<converter hash>`, written under a temporary name and renamed).
+fn converted() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let fixtures = fixtures().canonicalize().expect("the fixtures");
+        let cache = std::env::var_os("QWENEDGE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/qwenedge"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/layouts/layouts.py");
+        // Keyed by the fixtures and by the converter (FNV-1a of its text).
+        let key = std::fs::read(script)
+            .expect("layouts.py")
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        let out = cache.join("layouts").join(format!("{}-{key:016x}", fixtures.file_name().expect("a fixture hash").to_string_lossy()));
+        if out.join(".complete").exists() {
+            return out;
+        }
+        let python = std::env::var("QWENEDGE_FIXTURE_PYTHON").expect("QWENEDGE_FIXTURE_PYTHON (deploy/test.sh sets it: models/venv.sh)");
+        let partial = out.with_extension(format!("partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        let status = Command::new(python).arg(script).arg("--convert").arg(&fixtures).arg(&partial).status().expect("running layouts.py");
+        assert!(status.success(), "layouts.py --convert failed");
+        std::fs::write(partial.join(".complete"), b"").unwrap();
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::rename(&partial, &out).unwrap();
+        out
+    })
+}
+
+#[test]
+fn the_hub_layout_gives_genais_greedy_tokens_in_fp32_and_q4() {
+    for config in CONFIGS {
+        for (variant, precision) in [("fp32", "fp32"), ("q4", "int4")] {
+            let dir = converted().join(format!("{config}-opt-{variant}"));
+            let spec = ModelSpec::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            assert_eq!(spec.layout, Layout::Hub { variant: variant.into(), split: true });
+            assert_eq!(spec.input_ids, "inputs_embeds");
+            assert!(spec.data_files.len() > 1, "sharded data: {:?}", spec.data_files);
+            let mut e = crate::common::ort_engine(&dir, |_| {});
+            for (i, p) in reference(config).prompts.iter().enumerate() {
+                let want = if precision == "fp32" { &p.genai_greedy.fp32 } else { &p.genai_greedy.int4 };
+                assert_eq!(&greedy(&mut e, &p.ids, 32), want, "{config} {variant} prompt {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_missing_embedding_graph_or_variant_is_named() {
+    let src = converted().join("tiny-a-opt-q4");
+    let broken = tempfile::tempdir().unwrap();
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        std::fs::create_dir_all(broken.path().join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&entry, broken.path().join(rel)).unwrap();
+    }
+    let e = ModelSpec::load_variant(broken.path(), Some("fp16")).unwrap_err().to_string();
+    assert!(e.contains("decoder_model_merged_fp16.onnx") && e.contains("missing"), "{e}");
+    std::fs::remove_file(broken.path().join("onnx/embed_tokens_q4.onnx")).unwrap();
+    let e = ModelSpec::load(broken.path()).unwrap_err().to_string();
+    assert!(e.contains("embed_tokens_q4.onnx") && e.contains("inputs_embeds"), "{e}");
+}
+
+#[cfg(feature = "tract")]
+#[test]
+fn tract_refuses_a_separate_embedding_graph_with_the_file_named() {
+    let spec = ModelSpec::load(converted().join("tiny-a-opt-q4")).unwrap();
+    let tract = qwenedge_engine::backend::tract::TractBackend::load(&spec, &Default::default()).err().expect("tract refuses").to_string();
+    assert!(tract.contains("embed_tokens_q4.onnx") && tract.contains("ONNX Runtime"), "{tract}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}
+
+#[test]
+fn the_daemon_serves_the_hub_layout_with_constrained_intents_and_the_prefix_cache() {
+    use crate::common::daemon::{chat, Daemon};
+    use serde_json::json;
+    let dir = converted().join("tiny-a-opt-q4");
+    let d = Daemon::start_with_model(&dir, "[intents]\nlocal = \"off\"\nmin_confidence = 0.0\n");
+    let status = d.status();
+    assert_eq!(status["model"]["layout"], "transformers.js, embedding + decoder, q4", "{status}");
+    let mut c = d.client();
+    for i in 0..3 {
+        let id = format!("i{i}");
+        c.send(&json!({"id": id, "op": "intent", "text": "turn on the kitchen light", "temperature": 1.0, "seed": i}));
+        let events = c.until_terminal(&id);
+        let last = events.last().expect("an answer");
+        assert_eq!(last["event"], "intent", "{last}");
+    }
+    // The same conversation twice: the second reuses the first's cached prefix.
+    for id in ["c1", "c2"] {
+        c.send(&chat(id, "hello there, how are you today?", json!({"max_tokens": 4})));
+        assert_eq!(c.until_terminal(id).last().unwrap()["event"], "done");
+    }
+    let s = d.status();
+    assert!(s["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "no prefix-cache hit: {}", s["cache"]);
+}
