@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::graph::{float_type, Names};
 use super::{
-    check_external_data, read, require, Embedding, GenaiDecoder, LayerKind, Layout, ModelError, ModelSpec, PositionIds, SearchDefaults,
+    check_external_data, check_fed, positions, read, require, Embedding, GenaiDecoder, Layout, ModelError, ModelSpec, SearchDefaults,
 };
 use crate::onnx::{self, Dim};
 
@@ -107,14 +107,7 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
     let input_ids = names.graph_input(token_input, true)?.expect("required");
     let attention_mask = names.graph_input("attention_mask", false)?;
     let position_ids_name = names.graph_input("position_ids", false)?;
-    let position_ids = match &position_ids_name {
-        None => PositionIds::None,
-        Some(name) => match graph.input(name).map(|v| v.shape.as_slice()) {
-            Some([Dim::Fixed(rows), _, _]) => PositionIds::Sections(*rows as usize),
-            Some([_, _]) => PositionIds::Flat,
-            _ => return Err(ModelError::invalid(&decoder_path, format!("input '{name}' has an unexpected shape"))),
-        },
-    };
+    let position_ids = positions(&graph, &decoder_path, position_ids_name.as_deref())?;
     let logits = names.graph_output("logits")?;
     let logits_info = graph.output(&logits).expect("checked");
     let logits_dtype = float_type(&decoder_path, logits_info)?;
@@ -123,17 +116,8 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         _ => number(text, "vocab_size").ok_or_else(|| ModelError::invalid(&config_path, "no vocab_size"))?,
     };
     let layers = (0..layer_count).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
-    let known: Vec<&str> = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()]
-        .into_iter()
-        .flatten()
-        .chain(layers.iter().flat_map(|l| match l {
-            LayerKind::FullAttention { key, value } => [key.input.as_str(), value.input.as_str()],
-            LayerKind::LinearAttention { conv, recurrent } => [conv.input.as_str(), recurrent.input.as_str()],
-        }))
-        .collect();
-    if let Some(extra) = graph.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
-        return Err(ModelError::invalid(&decoder_path, format!("graph input '{}' is not one this engine feeds", extra.name)));
-    }
+    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()];
+    check_fed(&graph, &decoder_path, &fed, &layers, "is not one this engine feeds")?;
     let generation_path = dir.join("generation_config.json");
     let generation: Value = match std::fs::read(&generation_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ModelError::invalid(&generation_path, format!("not JSON: {e}")))?,

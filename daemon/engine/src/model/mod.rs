@@ -403,14 +403,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     }
     let attention_mask = names.graph_input("attention_mask", false)?;
     let position_ids_name = names.graph_input("position_ids", false)?;
-    let position_ids = match &position_ids_name {
-        None => PositionIds::None,
-        Some(name) => match graph.input(name).map(|v| v.shape.as_slice()) {
-            Some([Dim::Fixed(rows), _, _]) => PositionIds::Sections(*rows as usize),
-            Some([_, _]) => PositionIds::Flat,
-            _ => return Err(ModelError::invalid(&onnx_path, format!("input '{name}' has an unexpected shape"))),
-        },
-    };
+    let position_ids = positions(&graph, &onnx_path, position_ids_name.as_deref())?;
     let logits = names.graph_output("logits")?;
     let logits_info = graph.output(&logits).expect("checked");
     let logits_dtype = float_type(&onnx_path, logits_info)?;
@@ -426,17 +419,8 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     }
 
     let layers = (0..m.decoder.num_hidden_layers).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
-    let known: Vec<&str> = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()]
-        .into_iter()
-        .flatten()
-        .chain(layers.iter().flat_map(|l| match l {
-            LayerKind::FullAttention { key, value } => [key.input.as_str(), value.input.as_str()],
-            LayerKind::LinearAttention { conv, recurrent } => [conv.input.as_str(), recurrent.input.as_str()],
-        }))
-        .collect();
-    if let Some(extra) = graph.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
-        return Err(ModelError::invalid(&onnx_path, format!("graph input '{}' is not described by genai_config.json", extra.name)));
-    }
+    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()];
+    check_fed(&graph, &onnx_path, &fed, &layers, "is not described by genai_config.json")?;
 
     let eos_token_ids = match &m.eos_token_id {
         OneOrMany::One(id) => vec![*id],
@@ -479,6 +463,29 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         attention_heads: m.decoder.num_attention_heads.unwrap_or(0),
         weights: graph.weight_use(m.vocab_size),
     })
+}
+
+/// How the decoder's `position_ids` input (if any) is shaped.
+fn positions(graph: &GraphSummary, onnx: &Path, name: Option<&str>) -> Result<PositionIds, ModelError> {
+    let Some(name) = name else { return Ok(PositionIds::None) };
+    match graph.input(name).map(|v| v.shape.as_slice()) {
+        Some([Dim::Fixed(rows), _, _]) => Ok(PositionIds::Sections(*rows as usize)),
+        Some([_, _]) => Ok(PositionIds::Flat),
+        _ => Err(ModelError::invalid(onnx, format!("input '{name}' has an unexpected shape"))),
+    }
+}
+
+/// Every graph input must be one the engine feeds: `fed` or a layer's state (else `why`).
+fn check_fed(graph: &GraphSummary, onnx: &Path, fed: &[Option<&str>], layers: &[LayerKind], why: &str) -> Result<(), ModelError> {
+    let states = layers.iter().flat_map(|l| match l {
+        LayerKind::FullAttention { key, value } => [key.input.as_str(), value.input.as_str()],
+        LayerKind::LinearAttention { conv, recurrent } => [conv.input.as_str(), recurrent.input.as_str()],
+    });
+    let known: Vec<&str> = fed.iter().flatten().copied().chain(states).collect();
+    match graph.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
+        Some(extra) => Err(ModelError::invalid(onnx, format!("graph input '{}' {why}", extra.name))),
+        None => Ok(()),
+    }
 }
 
 /// Every external data file must exist and be long enough for every tensor placed in it.
