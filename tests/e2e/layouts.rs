@@ -76,6 +76,26 @@ fn a_missing_embedding_graph_or_variant_is_named() {
     assert!(e.contains("embed_tokens_q4.onnx") && e.contains("inputs_embeds"), "{e}");
 }
 
+#[test]
+fn the_variant_is_q4_where_present_else_as_configured() {
+    use crate::common::daemon::Daemon;
+    let both = tempfile::tempdir().unwrap();
+    for variant in ["fp32", "q4"] {
+        let src = converted().join(format!("tiny-a-opt-{variant}"));
+        for entry in walk(&src) {
+            let to = both.path().join(entry.strip_prefix(&src).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&entry, to).unwrap();
+        }
+    }
+    assert_eq!(ModelSpec::load(both.path()).unwrap().layout, Layout::Hub { variant: "q4".into(), split: true });
+    let d = Daemon::start_customized(both.path(), "variant = \"fp32\"\n", "", |_| {});
+    assert_eq!(d.status()["model"]["layout"], "transformers.js, embedding + decoder, fp32");
+    let mut e = crate::common::ort_engine(both.path(), |_| {});
+    let p = &reference("tiny-a").prompts[0];
+    assert_eq!(greedy(&mut e, &p.ids, 32), p.genai_greedy.int4, "the default variant is q4");
+}
+
 #[cfg(feature = "tract")]
 #[test]
 fn tract_refuses_a_separate_embedding_graph_with_the_file_named() {

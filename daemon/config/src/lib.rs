@@ -368,6 +368,17 @@ mod tests {
     }
 
     #[test]
+    fn a_hub_variant_is_one_of_the_known_suffixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().display().to_string();
+        let f = write(dir.path(), &format!("[model]\npath = {model:?}\nvariant = \"q3\"\n"));
+        let e = load(Some(&f), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("model.variant") && e.contains("q4, fp32"), "{e}");
+        let s = load(Some(&f), &env(&[("QWENEDGE__MODEL__VARIANT", "fp32")])).unwrap().settings;
+        assert_eq!(s.model.load_settings().variant.as_deref(), Some("fp32"));
+    }
+
+    #[test]
     fn missing_explicit_file_and_missing_model_path_are_errors() {
         let e = load(Some(Path::new("/nonexistent/qwenedge.toml")), &BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/qwenedge.toml"));

@@ -49,6 +49,11 @@ pub struct ModelSettings {
     /// Runtime: `ort`, `tract` (pure Rust, builds with the `tract` feature) or `auto` (ONNX
     /// Runtime when its library loads, else tract).
     pub backend: BackendKind,
+    /// Which variant to load from a directory in the Hugging Face Hub's layout (`q4`, `fp32`,
+    /// `q4f16`, `fp16`, `quantized`: the file suffix); unset: `q4` where present, else the first
+    /// of that list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl Default for ModelSettings {
@@ -65,6 +70,7 @@ impl Default for ModelSettings {
             strict_providers: false,
             provider_options: BTreeMap::new(),
             backend: BackendKind::default(),
+            variant: None,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct LoadSettings {
     pub strict_providers: bool,
     /// `model.provider_options`.
     pub provider_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// `model.variant`.
+    pub variant: Option<String>,
 }
 
 impl ModelSettings {
@@ -112,6 +120,7 @@ impl ModelSettings {
             strict_providers,
             provider_options,
             backend,
+            variant,
         } = self;
         LoadSettings {
             // Validation requires it; an unvalidated configuration loads nothing from "".
@@ -124,6 +133,7 @@ impl ModelSettings {
             ep_library: ep_library.clone(),
             strict_providers: *strict_providers,
             provider_options: provider_options.clone(),
+            variant: variant.clone(),
         }
     }
 
@@ -150,6 +160,11 @@ impl ModelSettings {
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
         if self.path.is_none() && path_required {
             return fail("model.path", "is required (the model directory; intents.local = \"only\" serves intents without one)".into());
+        }
+        let variants = qwenedge_engine::model::hub::VARIANTS;
+        if let Some(v) = self.variant.as_deref().filter(|v| !variants.iter().any(|(name, _)| name == v)) {
+            let known: Vec<&str> = variants.iter().map(|(name, _)| *name).collect();
+            return fail("model.variant", format!("'{v}' is not one of {}", known.join(", ")));
         }
         for (i, lib) in self.ep_library.iter().enumerate() {
             let key = format!("model.ep_library[{i}]");

@@ -73,6 +73,8 @@ pub struct EngineOptions {
     /// of its own instead of on first use: a daemon serving intents starts sooner and its first
     /// constrained request does not wait for the compiler.
     pub parallel_setup: bool,
+    /// Which variant of a Hub layout to load (`q4`, `fp32`, …; `None`: the first present).
+    pub variant: Option<String>,
 }
 
 /// A loaded model: spec, tokenizer, chat template and a backend session.
@@ -110,7 +112,7 @@ impl Engine {
     /// before touching the runtime when the files are wrong.
     pub fn load(dir: impl AsRef<Path>, opts: &EngineOptions) -> Result<Self, EngineError> {
         let mut chosen = String::new();
-        let mut engine = Self::load_parts(dir.as_ref(), opts.parallel_setup, |spec| {
+        let mut engine = Self::load_parts(dir.as_ref(), opts.variant.as_deref(), opts.parallel_setup, |spec| {
             let c = select::load(spec, opts.backend, &opts.ort)?;
             chosen = c.why;
             Ok(c.backend)
@@ -124,7 +126,7 @@ impl Engine {
         dir: impl AsRef<Path>,
         make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
     ) -> Result<Self, EngineError> {
-        Self::load_parts(dir.as_ref(), false, make)
+        Self::load_parts(dir.as_ref(), None, false, make)
     }
 
     /// Loads `dir` with the backend `make` builds; with `parallel`, the tokenizer and chat
@@ -132,12 +134,13 @@ impl Engine {
     /// third (the first error of the files is returned before the backend's).
     fn load_parts(
         dir: &Path,
+        variant: Option<&str>,
         parallel: bool,
         make: impl FnOnce(&ModelSpec) -> Result<Box<dyn Backend>, BackendError>,
     ) -> Result<Self, EngineError> {
         let files = files::ModelFiles::read(dir);
         let (spec, tokenizer, chat, constrainer, backend) = if parallel {
-            let spec = ModelSpec::load(dir)?;
+            let spec = ModelSpec::load_variant(dir, variant)?;
             let (text, backend) = std::thread::scope(|scope| {
                 let text = scope.spawn(|| {
                     let (tokenizer, chat) = Self::read_text(&spec)?;
@@ -150,7 +153,7 @@ impl Engine {
             let (tokenizer, chat, constrainer) = text.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             (spec, tokenizer, chat, constrainer, backend?)
         } else {
-            let (spec, tokenizer, chat) = Self::read_dir(dir)?;
+            let (spec, tokenizer, chat) = Self::read_dir(dir, variant)?;
             let backend = make(&spec)?;
             (spec, tokenizer, chat, constrain::ConstrainerSlot::default(), backend)
         };
@@ -172,11 +175,11 @@ impl Engine {
     /// Reads and checks everything in `dir` but the weights (which only the runtime reads):
     /// what [`load`](Self::load) would refuse for the directory's files, without a session.
     pub fn check(dir: impl AsRef<Path>) -> Result<(), EngineError> {
-        Self::read_dir(dir).map(|_| ())
+        Self::read_dir(dir, None).map(|_| ())
     }
 
-    fn read_dir(dir: impl AsRef<Path>) -> Result<(ModelSpec, TextTokenizer, Option<ChatTemplate>), EngineError> {
-        let spec = ModelSpec::load(dir)?;
+    fn read_dir(dir: impl AsRef<Path>, variant: Option<&str>) -> Result<(ModelSpec, TextTokenizer, Option<ChatTemplate>), EngineError> {
+        let spec = ModelSpec::load_variant(dir, variant)?;
         let (tokenizer, chat) = Self::read_text(&spec)?;
         Ok((spec, tokenizer, chat))
     }

@@ -71,7 +71,7 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
     if path.as_os_str().is_empty() {
         return Err(LoadError::NoModel);
     }
-    let spec = ModelSpec::load(path).map_err(EngineError::from)?;
+    let spec = ModelSpec::load_variant(path, load.variant.as_deref()).map_err(EngineError::from)?;
     let context = memory::load_context(load.context_length, spec.context_length);
     let estimate = memory::model_estimate(&model_shape(&spec), context, holder(load.backend, load.onnxruntime_library.as_deref()));
     let root = SysRoot::new(&settings.budget.root);
@@ -110,6 +110,7 @@ pub fn load_engine(load: &LoadSettings, settings: &Settings) -> Result<Engine, L
         },
         // Intent requests need the grammar compiler at once.
         parallel_setup: settings.cache.pin_intents,
+        variant: load.variant.clone(),
     };
     let mut engine = Engine::load(path, &opts)?;
     let info = engine.backend_info();

@@ -235,11 +235,12 @@ fn memory(root: &SysRoot, settings: &Settings) -> Check {
         (Some(a), Some(l)) => Some(a.min(l)),
         (a, l) => a.or(l),
     };
-    let estimate = settings.model.path.as_ref().and_then(|p| ModelSpec::load(p).ok()).map(|spec| {
-        let context = qwenedge_budget::memory::load_context(settings.model.context_length, spec.context_length);
-        let holder = qwenedge_runner::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
-        qwenedge_budget::memory::model_estimate(&qwenedge_runner::model_shape(&spec), context, holder)
-    });
+    let estimate =
+        settings.model.path.as_ref().and_then(|p| ModelSpec::load_variant(p, settings.model.variant.as_deref()).ok()).map(|spec| {
+            let context = qwenedge_budget::memory::load_context(settings.model.context_length, spec.context_length);
+            let holder = qwenedge_runner::holder(settings.model.backend, settings.model.onnxruntime_library.as_deref());
+            qwenedge_budget::memory::model_estimate(&qwenedge_runner::model_shape(&spec), context, holder)
+        });
     let need = estimate.map(|e| e.total_mb);
     let (status, summary) = match (room, need) {
         (Some(r), Some(n)) if n > r => {
@@ -358,21 +359,22 @@ fn model(settings: &Settings) -> Check {
     let Some(path) = &settings.model.path else {
         return check("model", "error", "model.path is not set", json!({"configured": false}));
     };
-    match ModelSpec::load(path) {
+    match ModelSpec::load_variant(path, settings.model.variant.as_deref()) {
         Ok(spec) => check(
             "model",
             "ok",
             format!(
-                "{} ({}): {} layers ({} full attention), {:.0} MiB weights, context {}",
+                "{} ({}, {}): {} layers ({} full attention), {:.0} MiB weights, context {}",
                 path.display(),
                 spec.model_type,
+                spec.layout.describe(),
                 spec.layers.len(),
                 spec.full_attention_layers(),
                 spec.weight_bytes() as f64 / (1 << 20) as f64,
                 spec.context_length
             ),
             json!({
-                "path": path, "type": spec.model_type, "layers": spec.layers.len(),
+                "path": path, "type": spec.model_type, "layout": spec.layout.describe(), "layers": spec.layers.len(),
                 "full_attention_layers": spec.full_attention_layers(), "weights_mb": spec.weight_bytes() / (1 << 20),
                 "context_length": spec.context_length, "kv_bytes_per_token": spec.kv_bytes_per_token(),
                 "state_bytes": spec.fixed_state_bytes(),

@@ -72,6 +72,10 @@ pub struct ModelArgs {
     /// Runtime: ONNX Runtime, the pure-Rust tract backend, or ONNX Runtime when it loads.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto, env = "QWENEDGE__MODEL__BACKEND")]
     pub backend: BackendKind,
+    /// The variant of a model in the Hugging Face Hub's layout (`q4`, `fp32`, `q4f16`, `fp16`,
+    /// `quantized`; default: `q4` where present).
+    #[arg(long, env = "QWENEDGE__MODEL__VARIANT")]
+    pub variant: Option<String>,
     /// Write ONNX Runtime's per-operator profile (Chrome trace JSON) to files starting with
     /// this path.
     #[arg(long)]
@@ -102,7 +106,7 @@ impl ModelArgs {
             providers,
             ..Default::default()
         };
-        let opts = EngineOptions { backend: self.backend, ort, ..Default::default() };
+        let opts = EngineOptions { backend: self.backend, ort, variant: self.variant.clone(), ..Default::default() };
         let started = std::time::Instant::now();
         let path = self.path()?;
         let engine = Engine::load(path, &opts)?;
