@@ -133,12 +133,7 @@ def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) 
                                                 ["batch_size", "sequence_length", config["text_config"]["hidden_size"]])
     graph.input.insert(list(graph.input).index(ids), embeds)
     graph.input.remove(ids)
-    # Real exports declare the head size; transformers.js sizes every other symbol 0.
-    for v in list(graph.input) + list(graph.output):
-        for d in v.type.tensor_type.shape.dim:
-            if d.dim_param == "kv_cache_dim":
-                d.ClearField("dim_param")
-                d.dim_value = genai["head_size"]
+    declare_head_size(graph, genai["head_size"])
     drop_dead(graph, [o.name for o in graph.output])
     if any("input_ids" in n.input for n in graph.node):
         raise AssertionError("the decoder still reads input_ids")
@@ -155,6 +150,76 @@ def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) 
         if (hf / name).exists():
             shutil.copyfile(hf / name, dst / name)
     return shards
+
+
+def build_text(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) -> int:
+    """The Text layout (onnx-community/Qwen3.5-0.8B-Text-ONNX) of a builder export: one
+    ``onnx/model{suffix}.onnx`` taking ``input_ids`` and 2-D ``position_ids`` [B, S], the states
+    named as in the OPT layout; returns the number of data files."""
+    import onnx
+    from onnx import helper
+
+    genai = json.loads((export / "genai_config.json").read_text())["model"]["decoder"]
+    model = onnx.load(str(export / "model.onnx"), load_external_data=True)
+    graph = model.graph
+    rename(graph, {old % i: new % i for old, new in STATE_RENAMES for i in range(genai["num_hidden_layers"])})
+    declare_head_size(graph, genai["head_size"])
+    # The decoder's rotary embedding reads [3, B, S]: the three rows of text are the 2-D input.
+    rename(graph, {"position_ids": "position_ids_sections"})
+    old = next(i for i in graph.input if i.name == "position_ids_sections")
+    flat = helper.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, ["batch_size", "sequence_length"])
+    graph.input.insert(list(graph.input).index(old), flat)
+    graph.input.remove(old)
+    axes = helper.make_tensor("position_ids_axes", onnx.TensorProto.INT64, [1], [0])
+    graph.initializer.append(axes)
+    graph.node.insert(0, helper.make_node("Unsqueeze", ["position_ids", "position_ids_axes"], ["position_ids_row"], name="/position_ids/Unsqueeze"))
+    graph.node.insert(1, helper.make_node("Concat", ["position_ids_row"] * 3, ["position_ids_sections"], name="/position_ids/Concat", axis=0))
+    shards = save_sharded(model, dst / "onnx" / f"model{suffix}.onnx", shard_bytes)
+    config = json.loads((hf / "config.json").read_text())
+    text = dict(config["text_config"], model_type="qwen3_5_text", architectures=["Qwen3_5ForCausalLM"])
+    old_config = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else {}
+    counts = old_config.get("transformers.js_config", {}).get("use_external_data_format", {})
+    counts[f"model{suffix}.onnx"] = shards
+    text["transformers.js_config"] = {"use_external_data_format": counts}
+    (dst / "config.json").write_text(json.dumps(text, indent=2) + "\n")
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (hf / name).exists():
+            shutil.copyfile(hf / name, dst / name)
+    return shards
+
+
+def declare_head_size(graph, head_size: int) -> None:
+    """Real exports declare the KV head size; transformers.js sizes every other symbol 0."""
+    for v in list(graph.input) + list(graph.output):
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param == "kv_cache_dim":
+                d.ClearField("dim_param")
+                d.dim_value = head_size
+
+
+def text_greedy(dst: Path, suffix: str, ids: list[int], count: int) -> list[int]:
+    """Greedy tokens from onnxruntime over the Text layout (2-D positions ``S + k``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    dec = ort.InferenceSession(str(dst / "onnx" / f"model{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
+    past = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=np.float32)
+            for i in dec.get_inputs() if i.name.startswith("past")}
+    names = [o.name for o in dec.get_outputs()]
+    out, pos, feed = [], 0, list(ids)
+    for _ in range(count):
+        total = pos + len(feed)
+        feeds = {"input_ids": np.array([feed], dtype=np.int64), "attention_mask": np.ones((1, total), dtype=np.int64),
+                 "position_ids": np.arange(pos, total, dtype=np.int64)[None, :], **past}
+        results = dict(zip(names, dec.run(None, feeds)))
+        token = int(results["logits"][0, -1].argmax())
+        out.append(token)
+        past = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
+                for k, v in results.items() if k != "logits"}
+        pos, feed = total, [token]
+    return out
 
 
 def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift: int = 0) -> list[int]:
@@ -188,13 +253,14 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
 
 
 def convert_all(fixtures: Path, out: Path) -> None:
-    """Each fixture export in the OPT layout, one variant per directory:
-    ``out/<config>-opt-<fp32|q4>``."""
+    """Each fixture export in the OPT and the Text layout, one variant per directory:
+    ``out/<config>-<opt|text>-<fp32|q4>``."""
     manifest = json.loads((fixtures / "manifest.json").read_text())
     for name, files in manifest["configs"].items():
         for precision in ("fp32", "int4"):
             suffix, dtype = SUFFIX[precision]
             build_opt(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-opt-{dtype}", suffix, 1 << 20)
+            build_text(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-text-{dtype}", suffix, 1 << 20)
 
 
 def main() -> int:
@@ -219,6 +285,12 @@ def main() -> int:
                 ok = ours == want and tjs[0] == want[0] and tjs == shifted
                 failed += not ok
                 same = next((i for i, (a, b) in enumerate(zip(tjs, want)) if a != b), len(want))
+                text_dst = out / f"{name}-text"
+                text_shards = build_text(fixtures / files[precision], fixtures / files["hf"], text_dst, suffix, 1 << 20)
+                text = text_greedy(text_dst, suffix, p["ids"], len(want))
+                failed += text != want
+                print(json.dumps({"export": f"{name}/{precision}", "layout": "text", "data_files": text_shards, "onnxruntime_equals_genai": text == want,
+                                  "ok": text == want}), flush=True)
                 print(json.dumps({"export": f"{name}/{precision}", "layout": "opt", "data_files": shards, "prompt_tokens": len(p["ids"]),
                                   "onnxruntime_equals_genai": ours == want, "transformers_js_first_token_equal": tjs[0] == want[0],
                                   "transformers_js_equal_tokens": same, "transformers_js_equals_its_positions": tjs == shifted, "ok": ok}),

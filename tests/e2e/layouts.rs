@@ -1,5 +1,6 @@
-//! The Hugging Face Hub's layout (transformers.js's `onnx-community/Qwen3.5-*-ONNX-OPT`: an
-//! embedding graph and a decoder taking `inputs_embeds`, `config.json`, sharded data), made from
+//! The Hugging Face Hub's layouts (transformers.js's `onnx-community/Qwen3.5-*-ONNX-OPT`: an
+//! embedding graph and a decoder taking `inputs_embeds`; `…-Text-ONNX`: one graph taking
+//! `input_ids` and 2-D positions; `config.json`, sharded data), made from
 //! each fixture's builder export by `models/layouts/layouts.py` (which checks it against
 //! transformers.js itself), loaded by the engine: the same greedy tokens as onnxruntime-genai on
 //! the source export, fp32 and q4; the layout and the variant reported; tract refuses it with a
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{fixtures, greedy, reference, CONFIGS};
-use qwenedge_engine::model::{Layout, ModelSpec};
+use qwenedge_engine::model::{Layout, ModelSpec, PositionIds};
 
 /// The fixtures in the Hub's layout, converted once per fixture build and kept beside the other
 /// caches (`$QWENEDGE_CACHE/layouts/<fixture hash>-<converter hash>`, written under a temporary name and renamed).
@@ -43,18 +44,20 @@ fn converted() -> &'static Path {
 }
 
 #[test]
-fn the_hub_layout_gives_genais_greedy_tokens_in_fp32_and_q4() {
+fn the_hub_layouts_give_genais_greedy_tokens_in_fp32_and_q4() {
     for config in CONFIGS {
-        for (variant, precision) in [("fp32", "fp32"), ("q4", "int4")] {
-            let dir = converted().join(format!("{config}-opt-{variant}"));
+        for ((variant, precision), layout) in [("fp32", "fp32"), ("q4", "int4")].into_iter().flat_map(|v| [(v, "opt"), (v, "text")]) {
+            let dir = converted().join(format!("{config}-{layout}-{variant}"));
             let spec = ModelSpec::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            assert_eq!(spec.layout, Layout::Hub { variant: variant.into(), split: true });
-            assert_eq!(spec.input_ids, "inputs_embeds");
+            let split = layout == "opt";
+            assert_eq!(spec.layout, Layout::Hub { variant: variant.into(), split });
+            assert_eq!(spec.input_ids, if split { "inputs_embeds" } else { "input_ids" });
+            assert_eq!(spec.position_ids, if split { PositionIds::Sections(3) } else { PositionIds::Flat });
             assert!(spec.data_files.len() > 1, "sharded data: {:?}", spec.data_files);
             let mut e = crate::common::ort_engine(&dir, |_| {});
             for (i, p) in reference(config).prompts.iter().enumerate() {
                 let want = if precision == "fp32" { &p.genai_greedy.fp32 } else { &p.genai_greedy.int4 };
-                assert_eq!(&greedy(&mut e, &p.ids, 32), want, "{config} {variant} prompt {i}");
+                assert_eq!(&greedy(&mut e, &p.ids, 32), want, "{config} {layout} {variant} prompt {i}");
             }
         }
     }
@@ -94,6 +97,23 @@ fn the_variant_is_q4_where_present_else_as_configured() {
     let mut e = crate::common::ort_engine(both.path(), |_| {});
     let p = &reference("tiny-a").prompts[0];
     assert_eq!(greedy(&mut e, &p.ids, 32), p.genai_greedy.int4, "the default variant is q4");
+}
+
+/// The Text layout is one graph: tract runs it, with ONNX Runtime's greedy tokens (the same
+/// check as tests/e2e/tract.rs makes on the builder exports).
+#[cfg(feature = "tract")]
+#[test]
+fn tract_runs_the_text_layout_like_onnxruntime() {
+    use qwenedge_engine::backend::tract::{TractBackend, TractOptions};
+    for variant in ["fp32", "q4"] {
+        let dir = converted().join(format!("tiny-a-text-{variant}"));
+        let mut ort = crate::common::ort_engine(&dir, |_| {});
+        let mut tract =
+            qwenedge_engine::Engine::load_with(&dir, |spec| Ok(Box::new(TractBackend::load(spec, &TractOptions::default())?))).unwrap();
+        for (i, p) in reference("tiny-a").prompts.iter().enumerate() {
+            assert_eq!(greedy(&mut tract, &p.ids, 32), greedy(&mut ort, &p.ids, 32), "text {variant} prompt {i}");
+        }
+    }
 }
 
 #[cfg(feature = "tract")]
