@@ -134,6 +134,7 @@ def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) 
     graph.input.insert(list(graph.input).index(ids), embeds)
     graph.input.remove(ids)
     declare_head_size(graph, genai["head_size"])
+    keep_logits_input(graph)
     drop_dead(graph, [o.name for o in graph.output])
     if any("input_ids" in n.input for n in graph.node):
         raise AssertionError("the decoder still reads input_ids")
@@ -186,6 +187,26 @@ def build_text(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
         if (hf / name).exists():
             shutil.copyfile(hf / name, dst / name)
     return shards
+
+
+def keep_logits_input(graph) -> None:
+    """Adds the scalar input ``num_logits_to_keep`` (Hugging Face's: logits of the last ``k``
+    positions, 0 = all) in front of the LM head, as exports made for transformers.js may have."""
+    import onnx
+    from onnx import helper
+
+    head_index, head = next((i, n) for i, n in enumerate(graph.node) if "logits" in n.output)
+    hidden = head.input[0]
+    graph.input.append(helper.make_tensor_value_info("num_logits_to_keep", onnx.TensorProto.INT64, []))
+    graph.initializer.extend([helper.make_tensor("keep_axes", onnx.TensorProto.INT64, [1], [0]),
+                              helper.make_tensor("keep_ends", onnx.TensorProto.INT64, [1], [2**63 - 1]),
+                              helper.make_tensor("keep_axis", onnx.TensorProto.INT64, [1], [1])])
+    nodes = [helper.make_node("Neg", ["num_logits_to_keep"], ["keep_neg"], name="/keep/Neg"),
+             helper.make_node("Unsqueeze", ["keep_neg", "keep_axes"], ["keep_starts"], name="/keep/Unsqueeze"),
+             helper.make_node("Slice", [hidden, "keep_starts", "keep_ends", "keep_axis"], ["keep_hidden"], name="/keep/Slice")]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(head_index + offset, node)
+    head.input[0] = "keep_hidden"
 
 
 def declare_head_size(graph, head_size: int) -> None:
@@ -242,7 +263,8 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
         total = pos + len(feed)
         positions = np.arange(pos, total, dtype=np.int64) + (decode_shift * len(ids) if step else 0)
         feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64),
-                 "position_ids": np.broadcast_to(positions, (3, 1, len(feed))).copy(), **past}
+                 "position_ids": np.broadcast_to(positions, (3, 1, len(feed))).copy(), "num_logits_to_keep": np.array(1, dtype=np.int64),
+                 **past}
         results = dict(zip(names, dec.run(None, feeds)))
         token = int(results["logits"][0, -1].argmax())
         out.append(token)

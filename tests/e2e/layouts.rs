@@ -120,6 +120,7 @@ fn tract_runs_the_text_layout_like_onnxruntime() {
 #[test]
 fn tract_refuses_a_separate_embedding_graph_with_the_file_named() {
     let spec = ModelSpec::load(converted().join("tiny-a-opt-q4")).unwrap();
+    assert_eq!(spec.logits_to_keep.as_deref(), Some("num_logits_to_keep"), "the OPT fixture declares it");
     let tract = qwenedge_engine::backend::tract::TractBackend::load(&spec, &Default::default()).err().expect("tract refuses").to_string();
     assert!(tract.contains("embed_tokens_q4.onnx") && tract.contains("ONNX Runtime"), "{tract}");
 }

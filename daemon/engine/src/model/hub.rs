@@ -116,7 +116,8 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         _ => number(text, "vocab_size").ok_or_else(|| ModelError::invalid(&config_path, "no vocab_size"))?,
     };
     let layers = (0..layer_count).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
-    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()];
+    let logits_to_keep = names.graph_input("num_logits_to_keep", false)?;
+    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref(), logits_to_keep.as_deref()];
     check_fed(&graph, &decoder_path, &fed, &layers, "is not one this engine feeds")?;
     let generation_path = dir.join("generation_config.json");
     let generation: Value = match std::fs::read(&generation_path) {
@@ -156,6 +157,7 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         position_ids_name,
         position_ids,
         logits,
+        logits_to_keep,
         logits_dtype,
         layers,
         search,

@@ -218,6 +218,9 @@ pub struct ModelSpec {
     pub position_ids: PositionIds,
     /// `logits` tensor name.
     pub logits: String,
+    /// A scalar input saying how many positions' logits to compute (`num_logits_to_keep`; 0 =
+    /// all), where the graph declares one: 1 is fed when only the last is wanted.
+    pub logits_to_keep: Option<String>,
     /// Element type of the logits.
     pub logits_dtype: StateType,
     /// Per-layer state, indexed by layer.
@@ -453,6 +456,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         position_ids_name,
         position_ids,
         logits,
+        logits_to_keep: None,
         logits_dtype,
         layers,
         search,

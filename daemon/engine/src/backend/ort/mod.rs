@@ -304,6 +304,10 @@ impl OrtBackend {
         if let Some(name) = &self.spec.attention_mask {
             b.bind_input(name, &Tensor::from_array(([1, total], vec![1i64; total])).map_err(run_err)?).map_err(run_err)?;
         }
+        if let Some(name) = &self.spec.logits_to_keep {
+            let keep = Tensor::from_array(([0usize; 0], vec![i64::from(self.last_only)])).map_err(run_err)?;
+            b.bind_input(name, &keep).map_err(run_err)?;
+        }
         if let Some(name) = &self.spec.position_ids_name {
             let positions: Vec<i64> = (past as i64..total as i64).collect();
             let value = match self.spec.position_ids {

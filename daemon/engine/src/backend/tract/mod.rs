@@ -138,6 +138,13 @@ impl TractBackend {
                     _ => i64::fact([1.to_dim(), s.clone()]),
                 };
                 (Feed::Positions, fact)
+            } else if Some(&name) == spec.logits_to_keep.as_ref() {
+                // tract 0.23's dynamic Slice takes neither the negative start nor the INT64_MAX
+                // end the usual `num_logits_to_keep` slice is written with.
+                return Err(load_err(
+                    path,
+                    format!("graph input '{name}' (a dynamic slice of the logits) is not run by the tract backend; use ONNX Runtime"),
+                ));
             } else if let Some(i) = states.iter().position(|(t, _)| t.input == name) {
                 let (t, kv) = &states[i];
                 let dims: TVec<TDim> = std::iter::once(1.to_dim())
