@@ -33,6 +33,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The fixture generator's graph renaming (subgraphs too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from export import _rename_graph as rename  # noqa: E402
+
 STATE_RENAMES = [("past.%d.conv", "past_conv.%d"), ("past.%d.recurrent", "past_recurrent.%d"),
                  ("present.%d.conv", "present_conv.%d"), ("present.%d.recurrent", "present_recurrent.%d")]
 SUFFIX = {"fp32": ("", "fp32"), "int4": ("_q4", "q4")}
@@ -53,19 +57,6 @@ def drop_dead(graph, keep):
     for init in list(graph.initializer):
         if init.name not in used:
             graph.initializer.remove(init)
-
-
-def rename(graph, mapping):
-    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if v.name in mapping:
-            v.name = mapping[v.name]
-    for n in graph.node:
-        for i, x in enumerate(n.input):
-            if x in mapping:
-                n.input[i] = mapping[x]
-        for i, x in enumerate(n.output):
-            if x in mapping:
-                n.output[i] = mapping[x]
 
 
 def split_embedding(model):
@@ -117,6 +108,18 @@ def save_sharded(model, path: Path, shard_bytes: int) -> int:
     return len(files)
 
 
+def write_config(hf: Path, dst: Path, config: dict, data_files: dict[str, int]) -> None:
+    """Writes ``config`` with the data-file counts of the graphs written so far (``data_files``
+    added to those of an earlier variant in ``dst``), and copies the checkpoint's other files."""
+    earlier = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else {}
+    counts = earlier.get("transformers.js_config", {}).get("use_external_data_format", {})
+    counts.update(data_files)
+    (dst / "config.json").write_text(json.dumps(dict(config, **{"transformers.js_config": {"use_external_data_format": counts}}), indent=2) + "\n")
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (hf / name).exists():
+            shutil.copyfile(hf / name, dst / name)
+
+
 def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) -> int:
     """Writes the OPT layout of the builder export ``export`` (weights of ``hf``) into ``dst``;
     returns the number of the decoder's data files."""
@@ -141,15 +144,7 @@ def build_opt(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) 
     onnx_dir = dst / "onnx"
     shards = save_sharded(model, onnx_dir / f"decoder_model_merged{suffix}.onnx", shard_bytes)
     save_sharded(emb, onnx_dir / f"embed_tokens{suffix}.onnx", 1 << 40)
-    old = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else config
-    counts = old.get("transformers.js_config", {}).get("use_external_data_format", {})
-    counts[f"decoder_model_merged{suffix}.onnx"] = shards
-    counts[f"embed_tokens{suffix}.onnx"] = 1
-    config["transformers.js_config"] = {"use_external_data_format": counts}
-    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (hf / name).exists():
-            shutil.copyfile(hf / name, dst / name)
+    write_config(hf, dst, config, {f"decoder_model_merged{suffix}.onnx": shards, f"embed_tokens{suffix}.onnx": 1})
     return shards
 
 
@@ -178,14 +173,7 @@ def build_text(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
     shards = save_sharded(model, dst / "onnx" / f"model{suffix}.onnx", shard_bytes)
     config = json.loads((hf / "config.json").read_text())
     text = dict(config["text_config"], model_type="qwen3_5_text", architectures=["Qwen3_5ForCausalLM"])
-    old_config = json.loads((dst / "config.json").read_text()) if (dst / "config.json").exists() else {}
-    counts = old_config.get("transformers.js_config", {}).get("use_external_data_format", {})
-    counts[f"model{suffix}.onnx"] = shards
-    text["transformers.js_config"] = {"use_external_data_format": counts}
-    (dst / "config.json").write_text(json.dumps(text, indent=2) + "\n")
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (hf / name).exists():
-            shutil.copyfile(hf / name, dst / name)
+    write_config(hf, dst, text, {f"model{suffix}.onnx": shards})
     return shards
 
 
@@ -218,60 +206,61 @@ def declare_head_size(graph, head_size: int) -> None:
                 d.dim_value = head_size
 
 
-def text_greedy(dst: Path, suffix: str, ids: list[int], count: int) -> list[int]:
-    """Greedy tokens from onnxruntime over the Text layout (2-D positions ``S + k``)."""
-    import numpy as np
+def _session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    dec = ort.InferenceSession(str(dst / "onnx" / f"model{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
-    past = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=np.float32)
-            for i in dec.get_inputs() if i.name.startswith("past")}
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _greedy(dec, ids: list[int], count: int, step_inputs) -> list[int]:
+    """Greedy tokens from the decoder session ``dec`` with zero initial state; ``step_inputs(step,
+    past_len, tokens)`` gives each pass's token and position inputs (the mask is all ones)."""
+    import numpy as np
+
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    state = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=types[i.type])
+             for i in dec.get_inputs() if i.name.startswith("past")}
     names = [o.name for o in dec.get_outputs()]
+    declared = {i.name for i in dec.get_inputs()}
     out, pos, feed = [], 0, list(ids)
-    for _ in range(count):
+    for step in range(count):
         total = pos + len(feed)
-        feeds = {"input_ids": np.array([feed], dtype=np.int64), "attention_mask": np.ones((1, total), dtype=np.int64),
-                 "position_ids": np.arange(pos, total, dtype=np.int64)[None, :], **past}
-        results = dict(zip(names, dec.run(None, feeds)))
+        feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "num_logits_to_keep": np.array(1, dtype=np.int64),
+                 **step_inputs(step, pos, feed), **state}
+        results = dict(zip(names, dec.run(None, {k: v for k, v in feeds.items() if k in declared})))
         token = int(results["logits"][0, -1].argmax())
         out.append(token)
-        past = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
-                for k, v in results.items() if k != "logits"}
+        state = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
+                 for k, v in results.items() if k != "logits"}
         pos, feed = total, [token]
     return out
+
+
+def text_greedy(dst: Path, suffix: str, ids: list[int], count: int) -> list[int]:
+    """Greedy tokens from onnxruntime over the Text layout (2-D positions ``S + k``)."""
+    import numpy as np
+
+    def step_inputs(step, pos, feed):
+        return {"input_ids": np.array([feed], dtype=np.int64), "position_ids": np.arange(pos, pos + len(feed), dtype=np.int64)[None, :]}
+
+    return _greedy(_session(dst / "onnx" / f"model{suffix}.onnx"), ids, count, step_inputs)
 
 
 def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift: int = 0) -> list[int]:
     """Greedy tokens from onnxruntime over the OPT layout, fed as transformers.js feeds it; the
     positions after the prompt are offset by ``decode_shift`` times the prompt's length."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    emb = ort.InferenceSession(str(dst / "onnx" / f"embed_tokens{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(dst / "onnx" / f"decoder_model_merged{suffix}.onnx"), options, providers=["CPUExecutionProvider"])
-    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    past = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=types[i.type])
-            for i in dec.get_inputs() if i.name.startswith("past")}
-    names = [o.name for o in dec.get_outputs()]
-    out, pos, feed = [], 0, list(ids)
-    for step in range(count):
+    emb = _session(dst / "onnx" / f"embed_tokens{suffix}.onnx")
+
+    def step_inputs(step, pos, feed):
         (embeds,) = emb.run(None, {"input_ids": np.array([feed], dtype=np.int64)})
-        total = pos + len(feed)
-        positions = np.arange(pos, total, dtype=np.int64) + (decode_shift * len(ids) if step else 0)
-        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64),
-                 "position_ids": np.broadcast_to(positions, (3, 1, len(feed))).copy(), "num_logits_to_keep": np.array(1, dtype=np.int64),
-                 **past}
-        results = dict(zip(names, dec.run(None, feeds)))
-        token = int(results["logits"][0, -1].argmax())
-        out.append(token)
-        past = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
-                for k, v in results.items() if k != "logits"}
-        pos, feed = total, [token]
-    return out
+        positions = np.arange(pos, pos + len(feed), dtype=np.int64) + (decode_shift * len(ids) if step else 0)
+        return {"inputs_embeds": embeds, "position_ids": np.broadcast_to(positions, (3, 1, len(feed))).copy()}
+
+    return _greedy(_session(dst / "onnx" / f"decoder_model_merged{suffix}.onnx"), ids, count, step_inputs)
 
 
 def convert_all(fixtures: Path, out: Path) -> None:
