@@ -10,11 +10,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::graph::{float_type, Names};
+use super::graph::Names;
 use super::{
-    check_external_data, check_fed, positions, read, require, Embedding, GenaiDecoder, Layout, ModelError, ModelSpec, SearchDefaults,
+    check_external_data, check_fed, decoder_io, op_names, read, require, text_files, DecoderIo, Embedding, GenaiDecoder, Layout,
+    ModelError, ModelSpec, SearchDefaults,
 };
-use crate::onnx::{self, Dim};
+use crate::onnx;
 
 /// Variants in the order one is chosen when the directory holds several (`q4` where present).
 pub const VARIANTS: &[(&str, &str)] = &[("q4", "_q4"), ("fp32", ""), ("q4f16", "_q4f16"), ("fp16", "_fp16"), ("quantized", "_quantized")];
@@ -105,15 +106,10 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
     let names = Names { config: &config_path, onnx: &decoder_path, graph: &graph, decoder: &decoder };
     let token_input = if embedding.is_some() { "inputs_embeds" } else { "input_ids" };
     let input_ids = names.graph_input(token_input, true)?.expect("required");
-    let attention_mask = names.graph_input("attention_mask", false)?;
-    let position_ids_name = names.graph_input("position_ids", false)?;
-    let position_ids = positions(&graph, &decoder_path, position_ids_name.as_deref())?;
-    let logits = names.graph_output("logits")?;
-    let logits_info = graph.output(&logits).expect("checked");
-    let logits_dtype = float_type(&decoder_path, logits_info)?;
-    let vocab_size = match logits_info.shape.last() {
-        Some(Dim::Fixed(v)) => *v as usize,
-        _ => number(text, "vocab_size").ok_or_else(|| ModelError::invalid(&config_path, "no vocab_size"))?,
+    let DecoderIo { attention_mask, position_ids_name, position_ids, logits, logits_dtype, logits_width } = decoder_io(&names)?;
+    let vocab_size = match logits_width {
+        Some(v) => v,
+        None => number(text, "vocab_size").ok_or_else(|| ModelError::invalid(&config_path, "no vocab_size"))?,
     };
     let layers = (0..layer_count).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
     let logits_to_keep = names.graph_input("num_logits_to_keep", false)?;
@@ -140,6 +136,7 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         repetition_penalty: f("repetition_penalty", 1.0) as f32,
         max_length: context_length,
     };
+    let (tokenizer_path, tokenizer_config_path, chat_template_path) = text_files(dir)?;
     Ok(ModelSpec {
         dir: dir.to_path_buf(),
         model_type,
@@ -161,10 +158,10 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         logits_dtype,
         layers,
         search,
-        tokenizer_path: require(dir, "tokenizer.json", "the tokenizer")?,
-        tokenizer_config_path: Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file()),
-        chat_template_path: Some(dir.join("chat_template.jinja")).filter(|p| p.is_file()),
-        ops: graph.ops.iter().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect(),
+        tokenizer_path,
+        tokenizer_config_path,
+        chat_template_path,
+        ops: op_names(&graph),
         attention_heads: decoder.num_attention_heads.unwrap_or(0),
         weights: graph.weight_use(vocab_size),
     })

@@ -386,9 +386,7 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         ));
     }
     let onnx_path = require(dir, &m.decoder.filename, "the decoder graph named in genai_config.json")?;
-    let tokenizer_path = require(dir, "tokenizer.json", "the tokenizer")?;
-    let tokenizer_config_path = Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file());
-    let chat_template_path = Some(dir.join("chat_template.jinja")).filter(|p| p.is_file());
+    let (tokenizer_path, tokenizer_config_path, chat_template_path) = text_files(dir)?;
 
     let graph =
         onnx::parse_model(&read(&onnx_path)?).map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
@@ -400,19 +398,15 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
     if graph.input("inputs_embeds").is_some() {
         return Err(ModelError::invalid(
             &onnx_path,
-            "the graph takes inputs_embeds (an export with a separate embedding graph, as made for \
-             transformers.js); export with the onnxruntime-genai model builder instead",
+            "the graph takes inputs_embeds (onnxruntime-genai's split layout, with a separate \
+             embedding graph), which is not read yet; export without exclude_embeds, or use the Hugging \
+             Face layout (config.json and onnx/)",
         ));
     }
-    let attention_mask = names.graph_input("attention_mask", false)?;
-    let position_ids_name = names.graph_input("position_ids", false)?;
-    let position_ids = positions(&graph, &onnx_path, position_ids_name.as_deref())?;
-    let logits = names.graph_output("logits")?;
-    let logits_info = graph.output(&logits).expect("checked");
-    let logits_dtype = float_type(&onnx_path, logits_info)?;
-    match logits_info.shape.last() {
-        Some(Dim::Fixed(v)) if *v as usize == m.vocab_size => {}
-        Some(Dim::Fixed(v)) => {
+    let DecoderIo { attention_mask, position_ids_name, position_ids, logits, logits_dtype, logits_width } = decoder_io(&names)?;
+    match logits_width {
+        Some(v) if v == m.vocab_size => {}
+        Some(v) => {
             return Err(ModelError::invalid(
                 &onnx_path,
                 format!("logits have {v} entries but genai_config.json says vocab_size {}", m.vocab_size),
@@ -463,10 +457,49 @@ fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         tokenizer_path,
         tokenizer_config_path,
         chat_template_path,
-        ops: graph.ops.iter().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect(),
+        ops: op_names(&graph),
         attention_heads: m.decoder.num_attention_heads.unwrap_or(0),
         weights: graph.weight_use(m.vocab_size),
     })
+}
+
+/// The tokenizer (required), and the tokenizer configuration and chat template where present.
+fn text_files(dir: &Path) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>), ModelError> {
+    Ok((
+        require(dir, "tokenizer.json", "the tokenizer")?,
+        Some(dir.join("tokenizer_config.json")).filter(|p| p.is_file()),
+        Some(dir.join("chat_template.jinja")).filter(|p| p.is_file()),
+    ))
+}
+
+/// The graph's operators as `domain:op`.
+fn op_names(graph: &GraphSummary) -> Vec<String> {
+    graph.ops.iter().map(|(d, o)| if d.is_empty() { o.clone() } else { format!("{d}:{o}") }).collect()
+}
+
+/// The decoder's inputs and outputs besides its token input and its states.
+struct DecoderIo {
+    attention_mask: Option<String>,
+    position_ids_name: Option<String>,
+    position_ids: PositionIds,
+    logits: String,
+    logits_dtype: StateType,
+    /// The logits' last dimension, where the graph fixes it.
+    logits_width: Option<usize>,
+}
+
+fn decoder_io(names: &Names) -> Result<DecoderIo, ModelError> {
+    let attention_mask = names.graph_input("attention_mask", false)?;
+    let position_ids_name = names.graph_input("position_ids", false)?;
+    let position_ids = positions(names.graph, names.onnx, position_ids_name.as_deref())?;
+    let logits = names.graph_output("logits")?;
+    let info = names.graph.output(&logits).expect("checked");
+    let logits_dtype = float_type(names.onnx, info)?;
+    let logits_width = match info.shape.last() {
+        Some(Dim::Fixed(v)) => Some(*v as usize),
+        _ => None,
+    };
+    Ok(DecoderIo { attention_mask, position_ids_name, position_ids, logits, logits_dtype, logits_width })
 }
 
 /// How the decoder's `position_ids` input (if any) is shaped.
