@@ -77,17 +77,7 @@ pub async fn fetch(conn: &mut Connection) -> Result<HaHome, HaError> {
 /// on the current Tokio runtime.
 pub fn start(settings: &HomeAssistantSettings, copy: Option<HaHome>) -> HomeSync {
     let current = copy.map(Arc::new);
-    let url = settings.url.clone().unwrap_or_default();
-    let report = HomeReport {
-        url: url.clone(),
-        sync: SyncState::Connecting,
-        synced_at_ms: current.as_ref().map(|h| h.synced_at_ms),
-        ha_version: current.as_ref().map(|h| h.ha_version.clone()),
-        entities: current.as_ref().map_or(0, |h| h.devices.len()),
-        areas: current.as_ref().map_or(0, |h| h.areas.len()),
-        floors: current.as_ref().map_or(0, |h| h.floors.len()),
-        error: None,
-    };
+    let report = report(settings, SyncState::Connecting, current.as_deref());
     let (home_tx, home) = watch::channel(current.clone());
     let (report_tx, report_rx) = watch::channel(report);
     let link = Link {
@@ -101,6 +91,20 @@ pub fn start(settings: &HomeAssistantSettings, copy: Option<HaHome>) -> HomeSync
     };
     let task = tokio::spawn(link.run());
     HomeSync { home, report: report_rx, task }
+}
+
+/// The link's state with `home` as the copy in use.
+fn report(settings: &HomeAssistantSettings, sync: SyncState, home: Option<&HaHome>) -> HomeReport {
+    HomeReport {
+        url: settings.url.clone().unwrap_or_default(),
+        sync,
+        synced_at_ms: home.map(|h| h.synced_at_ms),
+        ha_version: home.map(|h| h.ha_version.clone()),
+        entities: home.map_or(0, |h| h.devices.len()),
+        areas: home.map_or(0, |h| h.areas.len()),
+        floors: home.map_or(0, |h| h.floors.len()),
+        error: None,
+    }
 }
 
 struct Link {
@@ -118,15 +122,15 @@ impl Link {
         let max = Duration::from_millis(self.settings.retry_max_ms);
         loop {
             let e = self.session().await;
-            let serving = match &self.current {
-                Some(h) => format!("the copy of {} entities taken at Unix time {} s serves", h.devices.len(), h.synced_at_ms / 1000),
-                None => "no copy of the home yet: the configured devices serve".to_string(),
-            };
             self.report_tx.send_modify(|r| {
                 r.sync = if self.current.is_some() { SyncState::Stale } else { SyncState::Connecting };
                 r.error = Some(e.to_string());
             });
             if !self.down_logged {
+                let serving = match &self.current {
+                    Some(h) => format!("the copy of {} entities taken at Unix time {} s serves", h.devices.len(), h.synced_at_ms / 1000),
+                    None => "no copy of the home yet: the configured devices serve".to_string(),
+                };
                 warn!(url = %self.settings.url.as_deref().unwrap_or(""), error = %e, "Home Assistant: {e}; {serving}; retrying");
                 self.down_logged = true;
             } else {
@@ -197,16 +201,7 @@ impl Link {
             debug!(entities = home.devices.len(), "Home Assistant: the home changed");
             self.home_tx.send_replace(Some(Arc::clone(&home)));
         }
-        self.report_tx.send_replace(HomeReport {
-            url: self.settings.url.clone().unwrap_or_default(),
-            sync: SyncState::Live,
-            synced_at_ms: Some(home.synced_at_ms),
-            ha_version: Some(home.ha_version.clone()),
-            entities: home.devices.len(),
-            areas: home.areas.len(),
-            floors: home.floors.len(),
-            error: None,
-        });
+        self.report_tx.send_replace(report(&self.settings, SyncState::Live, Some(&home)));
         self.current = Some(home);
     }
 }

@@ -111,6 +111,11 @@ impl Scheduler {
         Ok((Self { shared, local: Arc::new(std::sync::RwLock::new(Arc::new(local))) }, done_rx))
     }
 
+    /// The sentence templates and the home's names in use.
+    pub fn local(&self) -> Arc<LocalStage> {
+        Arc::clone(&self.local.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Replaces the sentence templates and the home's names (a configuration reload).
     pub fn set_local(&self, local: LocalStage) {
         *self.local.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(local);

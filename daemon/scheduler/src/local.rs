@@ -5,7 +5,7 @@
 //! to the model as before (or is "not recognized" with `only`).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use qwenedge_api::{EventBody, GenerateRequest, IntentSource, IntentSummary, Place, Prompt, RequestTimings, Slot, Usage};
@@ -31,8 +31,12 @@ pub enum LocalAnswer {
 pub struct LocalStage {
     mode: LocalMode,
     language: String,
+    /// Satellites' areas from the configuration (`intents.site_areas`).
     site_areas: BTreeMap<String, String>,
-    languages: Mutex<Languages>,
+    /// Satellites' areas from the home (Home Assistant's device registry); the configuration's win.
+    home_sites: BTreeMap<String, String>,
+    /// The templates, shared by the stages made for later homes of the same configuration.
+    languages: Arc<Mutex<Languages>>,
     lists: SlotLists,
 }
 
@@ -51,18 +55,30 @@ impl LocalStage {
             mode: i.local,
             language: i.language.clone(),
             site_areas: i.site_areas.clone(),
-            languages: Mutex::new(languages),
+            home_sites: BTreeMap::new(),
+            languages: Arc::new(Mutex::new(languages)),
             lists: home(catalog).slot_lists(),
         })
     }
 
-    /// Adds the areas of satellites the configuration does not place (`intents.site_areas`
-    /// wins), by the ids a transcript names them with.
-    pub fn with_site_areas(mut self, areas: &BTreeMap<String, String>) -> Self {
-        for (site, area) in areas {
-            self.site_areas.entry(site.clone()).or_insert_with(|| area.clone());
-        }
+    /// The home's satellite areas, by the ids a transcript names them with (`intents.site_areas`
+    /// wins).
+    pub fn with_sites(mut self, sites: &BTreeMap<String, String>) -> Self {
+        self.home_sites = sites.clone();
         self
+    }
+
+    /// This stage with another home (`catalog`'s names, `sites`): the templates already loaded
+    /// are shared, not read again.
+    pub fn for_home(&self, catalog: &Catalog, sites: &BTreeMap<String, String>) -> Self {
+        Self {
+            mode: self.mode,
+            language: self.language.clone(),
+            site_areas: self.site_areas.clone(),
+            home_sites: sites.clone(),
+            languages: Arc::clone(&self.languages),
+            lists: home(catalog).slot_lists(),
+        }
     }
 
     /// The stage that never answers (`intents.local = "off"`).
@@ -71,7 +87,8 @@ impl LocalStage {
             mode: LocalMode::Off,
             language: String::new(),
             site_areas: BTreeMap::new(),
-            languages: Mutex::new(Languages::new(std::path::Path::new(""), None)),
+            home_sites: BTreeMap::new(),
+            languages: Arc::new(Mutex::new(Languages::new(std::path::Path::new(""), None))),
             lists: SlotLists::default(),
         }
     }
@@ -178,7 +195,10 @@ impl LocalStage {
 
     /// The speaker's area: the request's own, else its satellite's.
     fn area(&self, place: &Place) -> Option<String> {
-        place.area.clone().or_else(|| place.site_id.as_ref().and_then(|s| self.site_areas.get(s)).cloned())
+        place.area.clone().or_else(|| {
+            let site = place.site_id.as_ref()?;
+            self.site_areas.get(site).or_else(|| self.home_sites.get(site)).cloned()
+        })
     }
 
     /// The entity id of the device a `{name}` value names.

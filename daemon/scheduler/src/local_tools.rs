@@ -13,17 +13,6 @@ use serde_json::Value;
 
 use crate::local::{timings, LocalAnswer, LocalStage};
 
-/// The text of a message's `content` (a string, or the text parts of a list).
-fn content_text(message: &Value) -> Option<String> {
-    match &message["content"] {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(parts) => {
-            Some(parts.iter().filter(|p| p["type"] == "text").filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(" "))
-        }
-        _ => None,
-    }
-}
-
 /// The intent an offered tool stands for: its name after the last `__`.
 fn intent_of(tool: &str) -> &str {
     tool.rsplit_once("__").map_or(tool, |(_, intent)| intent)
@@ -45,7 +34,8 @@ fn parameter(property: &Value, value: &Value) -> String {
 /// matches an offered intent's templates, else the model.
 pub(crate) fn answer(stage: &LocalStage, messages: &[Value], tools: &[Value], thinking: bool, choice: &ToolChoice) -> LocalAnswer {
     let Some(last) = messages.last().filter(|m| m["role"] == "user") else { return LocalAnswer::ToModel };
-    let Some(text) = content_text(last).filter(|t| !t.trim().is_empty()) else { return LocalAnswer::ToModel };
+    // (Requests are validated with string contents; the transports join content parts.)
+    let Some(text) = last["content"].as_str().filter(|t| !t.trim().is_empty()) else { return LocalAnswer::ToModel };
     let mut offered: BTreeMap<String, &Value> = BTreeMap::new();
     for tool in tools {
         let Some(name) = tool["function"]["name"].as_str() else { continue };
@@ -62,7 +52,7 @@ pub(crate) fn answer(stage: &LocalStage, messages: &[Value], tools: &[Value], th
         return LocalAnswer::ToModel;
     }
     let filter: Vec<String> = offered.keys().cloned().collect();
-    let (found, started) = stage.recognize(&text, None, Some(&filter), &Place::default());
+    let (found, started) = stage.recognize(text, None, Some(&filter), &Place::default());
     let Some(m) = found else { return LocalAnswer::ToModel };
     let Some(tool) = offered.get(&m.intent) else { return LocalAnswer::ToModel };
     let function = &tool["function"];
@@ -99,9 +89,5 @@ mod tests {
         assert_eq!(parameter(&json!({"type": "array", "items": {"type": "string"}}), &json!("light")), r#"["light"]"#);
         assert_eq!(parameter(&json!({"type": "string"}), &json!("Kitchen Light")), "Kitchen Light");
         assert_eq!(parameter(&json!({"type": "integer"}), &json!(50)), "50");
-        assert_eq!(
-            content_text(&json!({"role": "user", "content": [{"type": "text", "text": "turn on"}, {"type": "image"}]})).unwrap(),
-            "turn on"
-        );
     }
 }

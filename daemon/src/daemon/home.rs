@@ -55,17 +55,32 @@ impl Served {
         catalog
     }
 
-    /// Applies `loaded` with `home` to the running scheduler: the matcher's lists now, the
-    /// model's catalog once nothing runs.
+    /// Applies a new configuration `loaded` (with `home`) to the running scheduler: the
+    /// templates read again and the matcher's lists now, the model's catalog once nothing runs.
     pub(super) fn apply(&mut self, scheduler: &Scheduler, loaded: &Loaded, home: Option<&HaHome>) {
         let catalog = self.compose(loaded, home);
-        match LocalStage::new(&loaded.settings, &catalog) {
-            Ok(local) => scheduler.set_local(match home {
-                Some(h) => local.with_site_areas(&h.site_areas),
-                None => local,
-            }),
+        match local_stage(loaded, &catalog, home) {
+            Ok(local) => scheduler.set_local(local),
             Err(e) => error!(error = %e, "loading the sentence templates failed; the previous ones stay"),
         }
         scheduler.reload(Arc::clone(&loaded.settings), catalog);
     }
+
+    /// Applies a new `home` under the same configuration: the matcher's lists now (the
+    /// templates loaded stay), the model's catalog once nothing runs.
+    pub(super) fn apply_home(&mut self, scheduler: &Scheduler, loaded: &Loaded, home: Option<&HaHome>) {
+        let catalog = self.compose(loaded, home);
+        let sites = home.map(|h| h.site_areas.clone()).unwrap_or_default();
+        scheduler.set_local(scheduler.local().for_home(&catalog, &sites));
+        scheduler.reload(Arc::clone(&loaded.settings), catalog);
+    }
+}
+
+/// The sentence templates with `catalog`'s names and the satellites' areas `home` adds.
+pub(super) fn local_stage(loaded: &Loaded, catalog: &Catalog, home: Option<&HaHome>) -> Result<LocalStage, qwenedge_sentences::LoadError> {
+    let local = LocalStage::new(&loaded.settings, catalog)?;
+    Ok(match home {
+        Some(h) => local.with_sites(&h.site_areas),
+        None => local,
+    })
 }

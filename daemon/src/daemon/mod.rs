@@ -23,7 +23,7 @@ use qwenedge_budget::monitor::{self, MonitorHandle};
 use qwenedge_config::{Loaded, Settings};
 use qwenedge_mqtt::{MqttError, MqttTransport};
 use qwenedge_runner::{EngineLoader, LoadError, Runner};
-use qwenedge_scheduler::{LocalStage, Scheduler};
+use qwenedge_scheduler::Scheduler;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -117,11 +117,7 @@ impl Daemon {
         let copy = home::last_copy(&loaded);
         let mut served = home::Served::default();
         let catalog = served.compose(&loaded, copy.as_ref());
-        let local = LocalStage::new(&settings, &catalog)?;
-        let local = match &copy {
-            Some(h) => local.with_site_areas(&h.site_areas),
-            None => local,
-        };
+        let local = home::local_stage(&loaded, &catalog, copy.as_ref())?;
         let load = settings.model.load_settings();
         // Without a model directory (`intents.local = "only"`) the sentence templates answer alone.
         let engine = match &settings.model.path {

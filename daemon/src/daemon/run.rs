@@ -139,7 +139,7 @@ pub(super) async fn serve(
                         served.apply(&scheduler, &loaded, home.as_deref());
                     }
                 }
-                Some(home) = changed(&mut home_rx) => served.apply(&scheduler, &loaded, home.as_deref()),
+                Some(home) = changed(&mut home_rx) => served.apply_home(&scheduler, &loaded, home.as_deref()),
                 Some(report) = changed(&mut report_rx) => scheduler.set_home_report(Some(report)),
                 _ = ticker.tick(), if watchdog.is_some() => {
                     // Ping only while the engine thread shows life; a hung engine gets restarted.
