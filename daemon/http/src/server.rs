@@ -196,9 +196,16 @@ pub async fn serve(
 /// connection before the answer is read.
 async fn refuse(mut stream: TcpStream, peer: SocketAddr, message: String) {
     debug!(%peer, "HTTP: refusing a connection over the limit");
+    // The request line may come in several pieces: read until it ends (or 1 KiB, or the second).
     let mut head = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
-    let n = read.ok().and_then(Result::ok).unwrap_or(0);
+    let mut n = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while n < head.len() && !head[..n].contains(&b'\n') {
+        match tokio::time::timeout_at(until, stream.read(&mut head[n..])).await {
+            Ok(Ok(got)) if got > 0 => n += got,
+            _ => break,
+        }
+    }
     let path = std::str::from_utf8(&head[..n]).ok().and_then(|h| h.split(' ').nth(1)).unwrap_or("/");
     let (status, body) = if path.starts_with("/api/") {
         let e = OllamaError::from_code(ErrorCode::Overloaded, message);
