@@ -8,7 +8,8 @@
 //! no engine type; the `runner` (the engine behind the scheduler's Model trait, request
 //! preparation) on all of those; the shared `transport` pieces on the scheduler; each transport
 //! on those, never on the engine, the runner, the intent catalog or another transport; the
-//! `qwenedge` crate (service and binary) composes them.
+//! `qwenedge` crate (service and binary) composes them. The `hub` (models from the Hugging Face
+//! Hub and the model store) sits on the engine alone, whose reader checks what it fetched.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qwenedge-http", TRANSPORT),
     ("qwenedge-wyoming", TRANSPORT),
     ("qwenedge-homeassistant", &["qwenedge-api", "qwenedge-config", "qwenedge-intent"]),
+    ("qwenedge-hub", &["qwenedge-engine"]),
     ("qwenedge", &["*"]),
 ];
 

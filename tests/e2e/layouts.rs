@@ -14,7 +14,7 @@ use qwenedge_engine::model::{Layout, ModelSpec, PositionIds};
 
 /// The fixtures in the Hub's layout, converted once per fixture build and kept beside the other
 /// caches (`$QWENEDGE_CACHE/layouts/<fixture hash>-<converter hash>`, written under a temporary name and renamed).
-fn converted() -> &'static Path {
+pub(crate) fn converted() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let fixtures = fixtures().canonicalize().expect("the fixtures");

@@ -18,6 +18,7 @@ mod fast_intents;
 #[cfg(feature = "tract")]
 mod full_width;
 mod http;
+mod hub;
 mod intents;
 mod layouts;
 mod local_intents;

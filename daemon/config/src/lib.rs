@@ -10,6 +10,7 @@
 mod cache;
 pub mod homeassistant;
 pub mod http;
+pub mod hub;
 pub mod mqtt;
 mod sections;
 pub mod wyoming;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::CacheSettings;
 pub use homeassistant::HomeAssistantSettings;
 pub use http::HttpSettings;
+pub use hub::HubSettings;
 pub use mqtt::MqttSettings;
 pub use sections::{FileMode, IntentSettings, LoadSettings, LocalMode, ModelSettings, SchedulerSettings, ServiceSettings, SocketSettings};
 pub use wyoming::{Program as WyomingProgram, WyomingSettings};
@@ -65,6 +67,8 @@ pub struct Settings {
     pub intents: IntentSettings,
     /// The home's names from Home Assistant.
     pub homeassistant: HomeAssistantSettings,
+    /// Pulling models from the Hugging Face Hub.
+    pub hub: HubSettings,
 }
 
 /// A configuration problem, naming the key and where its value came from.
@@ -114,6 +118,20 @@ impl Sources {
 /// Reads `file` (if `Some`, it must exist; if `None`, [`DEFAULT_PATH`] is used when present)
 /// plus the `QWENEDGE__` variables in `env`, and validates the result.
 pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
+    let (settings, sources) = read(file, env)?;
+    validate(&settings, &sources)?;
+    check_files(&settings, &sources)?;
+    let i = &settings.intents;
+    let catalog = Catalog::load(i.catalog.as_deref(), i.devices.as_deref()).map_err(|e| {
+        let from_devices = i.devices.as_deref().is_some_and(|d| e.origin() == d.display().to_string());
+        let key = if from_devices { "intents.devices" } else { "intents.catalog" };
+        ConfigError { origin: sources.origin_of(key), key: Some(key.into()), msg: format!("{key}: {e}") }
+    })?;
+    Ok(Loaded { settings: Arc::new(settings), catalog: Arc::new(catalog), sources })
+}
+
+/// The settings as written (types checked, values not validated) and where they came from.
+fn read(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<(Settings, Sources), ConfigError> {
     let file = match file {
         Some(p) => {
             if !p.is_file() {
@@ -149,15 +167,17 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Loade
     }
     let merged = builder.add_source(environment).build().map_err(|e| describe(&e, &sources))?;
     let settings: Settings = merged.try_deserialize().map_err(|e| describe(&e, &sources))?;
-    validate(&settings, &sources)?;
-    check_files(&settings, &sources)?;
-    let i = &settings.intents;
-    let catalog = Catalog::load(i.catalog.as_deref(), i.devices.as_deref()).map_err(|e| {
-        let from_devices = i.devices.as_deref().is_some_and(|d| e.origin() == d.display().to_string());
-        let key = if from_devices { "intents.devices" } else { "intents.catalog" };
-        ConfigError { origin: sources.origin_of(key), key: Some(key.into()), msg: format!("{key}: {e}") }
-    })?;
-    Ok(Loaded { settings: Arc::new(settings), catalog: Arc::new(catalog), sources })
+    Ok((settings, sources))
+}
+
+/// Reads the configuration as [`load`] does but checks `[hub]` alone: the model store's commands
+/// need no model, socket or broker.
+pub fn load_hub(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<HubSettings, ConfigError> {
+    let (settings, sources) = read(file, env)?;
+    if let Err((key, msg)) = settings.hub.validate() {
+        return Err(ConfigError { origin: sources.origin_of(&key), msg: format!("{key}: {msg}"), key: Some(key) });
+    }
+    Ok(settings.hub)
 }
 
 /// Turns a `config` crate error into one line naming the key and its origin, from the error's
@@ -228,6 +248,7 @@ fn validate(s: &Settings, src: &Sources) -> Result<(), ConfigError> {
         s.intents.validate(),
         s.scheduler.validate(),
         s.homeassistant.validate(),
+        s.hub.validate(),
     ];
     match checks.into_iter().find_map(Result::err) {
         Some((key, msg)) => Err(ConfigError { origin: src.origin_of(&key), msg: format!("{key}: {msg}"), key: Some(key) }),

@@ -13,6 +13,7 @@ mod doctor;
 mod eval_intents;
 mod generate;
 mod intents;
+mod model;
 mod mqtt_forget;
 mod serve;
 
@@ -54,6 +55,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Remove this device's Home Assistant discovery entries from the MQTT broker.
     MqttForget(mqtt_forget::MqttForgetArgs),
+    /// Models from the Hugging Face Hub: pull, list, rm.
+    Model(model::ModelCmdArgs),
 }
 
 /// Model and runtime options shared by the subcommands that load a model.
@@ -158,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::EvalIntents(args) => eval_intents::run(args),
                 Command::Intents(args) => intents::run(args),
                 Command::MqttForget(args) => mqtt_forget::run(args),
+                Command::Model(args) => model::run(args),
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

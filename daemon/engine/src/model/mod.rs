@@ -19,7 +19,7 @@ use super::onnx::{self, Dim, GraphSummary};
 use graph::{float_type, Names};
 
 /// Model types this engine runs (the text decoder of Qwen3.5 Small).
-pub(crate) const SUPPORTED_TYPES: &[&str] = &["qwen3_5_text", "qwen3_5"];
+pub const SUPPORTED_TYPES: &[&str] = &["qwen3_5_text", "qwen3_5"];
 
 /// Why a model directory cannot be used. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
