@@ -290,3 +290,26 @@ fn bad_pulls_say_so_in_one_line() {
     let out = pull(&hub, store.path(), &[REPO]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn home_assistants_ollama_client_pulls_a_model_and_chats_with_it() {
+    use crate::common::daemon::Daemon;
+    use crate::common::mqtt::free_port;
+    let hub = HubServer::start();
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[hub]\nendpoint = {:?}\nmodels_dir = {:?}\n\n[hub.aliases]\n\"tiny:a\" = {REPO:?}\n",
+        hub.endpoint(),
+        store.path().display().to_string()
+    );
+    let d = Daemon::start(&extra);
+    let base = format!("http://127.0.0.1:{port}");
+    let figures = crate::common::clients::run("check_pull.py", &["--base-url", &base, "--repo", REPO, "--alias", "tiny:a"], &d);
+    eprintln!("check_pull: {figures}");
+    assert!(figures["error"].as_str().unwrap().contains("Does-Not-Exist"), "{figures}");
+    let status = d.status();
+    assert_eq!(status["model"]["id"], format!("{REPO}:q4"), "{status}");
+    assert_eq!(status["model"]["layout"], "transformers.js, embedding + decoder, q4", "{status}");
+    assert!(store.path().join(REPO).join("q4/qwenedge-pull.json").exists());
+}

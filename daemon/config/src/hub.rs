@@ -30,6 +30,9 @@ pub struct HubSettings {
     /// "onnx-community/Qwen3.5-0.8B-ONNX-OPT"`, optionally `…:variant`); a table given here
     /// replaces the built-in one.
     pub aliases: BTreeMap<String, String>,
+    /// Let the Ollama API's `/api/pull` download models into the store (Home Assistant's
+    /// Ollama integration installs the model it is given that way).
+    pub api_pull: bool,
 }
 
 impl Default for HubSettings {
@@ -38,7 +41,7 @@ impl Default for HubSettings {
             .into_iter()
             .map(|(tag, size)| (format!("qwen3.5:{tag}"), format!("onnx-community/Qwen3.5-{size}-ONNX-OPT")))
             .collect();
-        Self { endpoint: None, token_file: None, models_dir: None, aliases }
+        Self { endpoint: None, token_file: None, models_dir: None, aliases, api_pull: true }
     }
 }
 

@@ -4,9 +4,11 @@
 //! requests go into the request table and the scheduler, answers come back through the
 //! responder. The pieces: `server` (listening, connections, timeouts), `state` (what handlers
 //! share; one generation request), `error` (each API's error shape), `openai`, `ollama`,
+//! `models` (the model store the APIs load and pull by name: a trait the binary implements),
 //! `monitor` (health and metrics), `time`.
 
 pub(crate) mod error;
+pub mod models;
 mod monitor;
 pub(crate) mod ollama;
 pub(crate) mod openai;
@@ -28,6 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
+
+pub use models::{ModelStore, PullUpdate, StoredModel};
 
 use qwenedge_transport::tcp::BoundTcp;
 pub use server::{bind, HttpError};
@@ -148,9 +152,10 @@ pub async fn serve(
     scheduler: Scheduler,
     requests: Requests,
     life: watch::Receiver<Lifecycle>,
+    store: Option<Arc<dyn ModelStore>>,
 ) -> Result<(), HttpError> {
     let keys = settings.api_keys().map_err(HttpError::Keys)?;
-    let state = AppState { scheduler, requests, settings: Arc::clone(&settings), keys: Arc::new(keys), started: SystemTime::now() };
+    let state = AppState { scheduler, requests, settings: Arc::clone(&settings), keys: Arc::new(keys), started: SystemTime::now(), store };
     server::serve(bound, settings, move |conn| router(state.clone(), conn), life)
         .await
         .map_err(|error| HttpError::Bind { addr: ([0, 0, 0, 0], 0).into(), error })

@@ -10,6 +10,8 @@ use qwenedge_api::{ErrorCode, EventBody, FinishReason, GenerateRequest, ModelRep
 use qwenedge_config::HttpSettings;
 use qwenedge_scheduler::{Refusal, Requests, Scheduler};
 use qwenedge_transport::running::RequestPath;
+
+use crate::models::{ModelStore, StoredModel};
 pub(crate) use qwenedge_transport::running::Submitted;
 
 /// What the handlers share.
@@ -25,21 +27,51 @@ pub struct AppState {
     pub keys: Arc<Vec<String>>,
     /// When the daemon started (the models' `created` time).
     pub started: SystemTime,
+    /// The model store: models loaded by name and pulled by `/api/pull` (`None`: only the
+    /// configured model).
+    pub store: Option<Arc<dyn ModelStore>>,
 }
 
 impl AppState {
     /// The model as the APIs name it: `http.model_name`, else the model directory's name.
     pub fn model_name(&self) -> String {
-        if let Some(n) = &self.settings.model_name {
+        let model = self.model();
+        let configured = self.scheduler.settings().model.path.as_deref() == Some(model.path.as_path());
+        if let (Some(n), true) = (&self.settings.model_name, configured) {
             return n.clone();
         }
-        self.model().id.filter(|id| !id.is_empty()).unwrap_or_else(|| "qwenedge".into())
+        model.id.filter(|id| !id.is_empty()).unwrap_or_else(|| "qwenedge".into())
     }
 
-    /// Whether `requested` names the served model (also as Ollama's `name:latest`).
+    /// Whether `requested` names the served model (also as Ollama's `name:latest`, or a name
+    /// the store resolves to its directory).
     pub fn is_our_model(&self, requested: &str) -> bool {
         let ours = self.model_name();
-        requested == ours || requested.strip_suffix(":latest") == Some(ours.as_str()) || ours.strip_suffix(":latest") == Some(requested)
+        requested == ours
+            || requested.strip_suffix(":latest") == Some(ours.as_str())
+            || ours.strip_suffix(":latest") == Some(requested)
+            || self.stored(requested).is_some_and(|m| m.dir == self.model().path)
+    }
+
+    /// The stored model `requested` names, if the store holds it.
+    pub fn stored(&self, requested: &str) -> Option<StoredModel> {
+        self.store.as_ref()?.find(requested)
+    }
+
+    /// Whether a request naming `requested` may run: the served model, or a stored one, which
+    /// is then loaded in its place (the request waits for it, as Ollama loads a model on use).
+    pub fn accept_model(&self, requested: &str) -> bool {
+        if self.is_our_model(requested) {
+            return true;
+        }
+        match self.stored(requested) {
+            Some(m) => {
+                tracing::info!(model = %m.name, dir = %m.dir.display(), "a request names a stored model: loading it");
+                self.scheduler.use_model(m.dir, m.variant);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The loaded (or last loaded) model.

@@ -406,8 +406,15 @@ impl Model for Runner {
 
 /// The model's name for `status` and the HTTP APIs: the directory's name, with its parent's in
 /// front when the directory is only named for its precision (`qwen3.5-0.8b/int4` →
-/// `qwen3.5-0.8b-int4`, never a bare `int4`).
+/// `qwen3.5-0.8b-int4`, never a bare `int4`); a pulled model goes by `owner/name:variant`.
 fn model_id(dir: &std::path::Path) -> Option<String> {
+    // A model of the store (`qwenedge model pull`) goes by its repository and variant, as pulled.
+    if let Ok(bytes) = std::fs::read(dir.join("qwenedge-pull.json")) {
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if let (Some(repo), Some(variant)) = (m["repo"].as_str(), m["variant"].as_str()) {
+            return Some(format!("{repo}:{variant}"));
+        }
+    }
     const PRECISIONS: &[&str] = &["int4", "int8", "fp16", "fp32", "bf16", "q4", "q4f16", "q8", "quantized", "onnx", "model"];
     let name = dir.file_name()?.to_string_lossy().into_owned();
     if !PRECISIONS.contains(&name.to_ascii_lowercase().as_str()) {

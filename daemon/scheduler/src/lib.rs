@@ -249,6 +249,28 @@ impl Scheduler {
         self.shared.wake.notify_one();
     }
 
+    /// Loads the model in `dir` (with `variant` for a directory in the Hub's layout) in place
+    /// of the current one, keeping every other setting — what an Ollama client naming a pulled
+    /// model asks for. Like a reload: once nothing runs, queued requests wait for it, and a
+    /// model that does not load leaves the current one serving. The configuration's model comes
+    /// back with the next configuration reload.
+    pub fn use_model(&self, dir: std::path::PathBuf, variant: Option<String>) {
+        let mut board = self.shared.lock();
+        let (settings, catalog) = match &board.reload {
+            Some(r) => (Arc::clone(&r.settings), Arc::clone(&r.catalog)),
+            None => (Arc::clone(&board.settings), Arc::clone(&board.catalog)),
+        };
+        if settings.model.path.as_deref() == Some(dir.as_path()) && settings.model.variant == variant {
+            return;
+        }
+        let mut changed = (*settings).clone();
+        changed.model.path = Some(dir);
+        changed.model.variant = variant;
+        board.reload = Some(Reload { settings: Arc::new(changed), catalog });
+        drop(board);
+        self.shared.wake.notify_one();
+    }
+
     /// Stops admitting; queued jobs get `shutting_down` now, running ones may finish until
     /// `grace` has passed and are then stopped with `shutting_down`.
     pub fn shutdown(&self, grace: Duration) {

@@ -12,6 +12,7 @@
 //! flush and close, and the daemon ends with [`DaemonError::Engine`].
 
 mod home;
+mod models;
 mod run;
 
 use std::net::SocketAddr;

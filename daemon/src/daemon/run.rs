@@ -77,7 +77,9 @@ pub(super) async fn serve(
         });
         let announcement = announce(&settings, &wyoming_addrs);
         let http_server = http.map(|b| {
-            let server = qwenedge_http::serve(b, Arc::new(settings.http.clone()), scheduler.clone(), requests.clone(), life_rx.clone());
+            let store = super::models::HubStore::open(&settings.hub);
+            let server =
+                qwenedge_http::serve(b, Arc::new(settings.http.clone()), scheduler.clone(), requests.clone(), life_rx.clone(), store);
             tokio::spawn(async move {
                 if let Err(e) = server.await {
                     error!(error = %e, "HTTP: the server failed");

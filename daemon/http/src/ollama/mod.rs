@@ -1,11 +1,14 @@
 //! The Ollama API, as Home Assistant's Ollama integration and other Ollama clients use it:
-//! `GET /api/tags`, `GET /api/ps`, `GET /api/version`, `POST /api/show`, `POST /api/pull`
-//! (the served model is "pulled" already; any other is explained), `POST /api/chat` and
+//! `GET /api/tags` (the served model and the model store's), `GET /api/ps`, `GET /api/version`,
+//! `POST /api/show`, `POST /api/pull` (into the model store, `pull.rs`), `POST /api/chat` and
 //! `POST /api/generate` (NDJSON, or one object with `stream: false`). An empty conversation or
 //! prompt with `keep_alive` loads or unloads the model, as in Ollama.
 
+mod pull;
 mod reply;
 pub(crate) mod request;
+
+pub use pull::pull;
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
@@ -13,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -44,7 +47,7 @@ pub async fn version() -> Json<Value> {
 }
 
 /// The model's tag name (`name:latest` when the name has no tag).
-fn tag_name(state: &AppState) -> String {
+pub(crate) fn tag_name(state: &AppState) -> String {
     let name = state.model_name();
     if name.contains(':') {
         name
@@ -108,8 +111,22 @@ fn modified_at(m: &ModelReport) -> String {
 pub async fn tags(State(state): State<AppState>) -> Json<Value> {
     let m = state.model();
     let name = tag_name(&state);
-    Json(json!({"models": [{"name": name, "model": name, "modified_at": modified_at(&m), "size": m.weights_mb * 1024 * 1024,
-                            "digest": digest(&m), "details": details(&m)}]}))
+    let mut models = vec![json!({"name": name, "model": name, "modified_at": modified_at(&m), "size": m.weights_mb * 1024 * 1024,
+                                 "digest": digest(&m), "details": details(&m)})];
+    for stored in state.store.as_ref().map(|s| s.list()).unwrap_or_default() {
+        if stored.dir == m.path {
+            continue;
+        }
+        let quantization = match stored.variant.as_deref() {
+            Some("q4") => "Q4_0",
+            Some("fp16" | "q4f16") => "F16",
+            _ => "F32",
+        };
+        models.push(json!({"name": stored.name, "model": stored.name, "modified_at": rfc3339(stored.modified), "size": stored.bytes,
+                           "digest": stored.commit, "details": {"parent_model": "", "format": "onnx", "family": "qwen35",
+                           "families": ["qwen35"], "parameter_size": "", "quantization_level": quantization}}));
+    }
+    Json(json!({"models": models}))
 }
 
 /// `GET /api/ps`: the model while it is loaded, with when it will be unloaded.
@@ -152,32 +169,10 @@ pub async fn show(State(state): State<AppState>, body: Result<Bytes, BytesReject
     })))
 }
 
-/// `POST /api/pull`: success for the served model; for any other, how models get here.
-pub async fn pull(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
-    let body = body?;
-    let v: Value = parse_body(&body).map_err(|e| OllamaError::bad_request(e.to_string()))?;
-    let requested = v.get("model").or_else(|| v.get("name")).and_then(Value::as_str).ok_or(OllamaError::bad_request("model: missing"))?;
-    if !state.is_our_model(requested) {
-        return Err(OllamaError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "qwenedge does not download models: it serves '{}' from model.path; to serve another, export it (models/export.sh) and point model.path at it, then reload",
-                tag_name(&state)
-            ),
-        });
-    }
-    if v.get("stream").and_then(Value::as_bool) == Some(false) {
-        return Ok(Json(json!({"status": "success"})).into_response());
-    }
-    let lines =
-        ["{\"status\":\"pulling manifest\"}\n", "{\"status\":\"verifying sha256 digest\"}\n", "{\"status\":\"success\"}\n"].concat();
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response())
-}
-
 fn check_model(state: &AppState, common: &Common) -> Result<(), OllamaError> {
     match common.model.as_deref() {
         None | Some("") => Err(OllamaError::bad_request("model: missing")),
-        Some(m) if state.is_our_model(m) => Ok(()),
+        Some(m) if state.accept_model(m) => Ok(()),
         Some(m) => Err(OllamaError::unknown_model(m, &tag_name(state))),
     }
 }
@@ -203,12 +198,13 @@ fn keep_alive_or_load(state: &AppState, common: &Common, empty: bool, shape: Sha
     Ok(Some(Json(obj).into_response()))
 }
 
-async fn answer(state: AppState, request: GenerateRequest, shape: Shape) -> Result<Response, OllamaError> {
+/// Runs `request` and answers in Ollama's shape; `model` is the name the client gave (Ollama
+/// echoes it).
+async fn answer(state: AppState, request: GenerateRequest, shape: Shape, model: String) -> Result<Response, OllamaError> {
     let (thinking, tools) = match request.prompt() {
         Prompt::Chat { thinking, tools, .. } => (*thinking, tools.clone().unwrap_or_default()),
         _ => (false, Vec::new()),
     };
-    let model = tag_name(&state);
     let running = match state.run(TRANSPORT, request).await.map_err(|(code, message)| OllamaError::from_code(code, message))? {
         Outcome::Whole { text, finish_reason, usage, timings } => {
             let mut s = Splitter::new(thinking, &tools);
@@ -245,8 +241,9 @@ pub async fn chat(State(state): State<AppState>, body: Result<Bytes, BytesReject
     if let Some(done) = keep_alive_or_load(&state, &chat.common, chat.messages.is_empty(), Shape::Chat)? {
         return Ok(done);
     }
+    let model = chat.common.model.clone().unwrap_or_default();
     let request = chat.request(&state.scheduler.limits()).map_err(|e| OllamaError::bad_request(e.to_string()))?;
-    answer(state, request, Shape::Chat).await
+    answer(state, request, Shape::Chat, model).await
 }
 
 /// `POST /api/generate`.
@@ -257,6 +254,7 @@ pub async fn generate(State(state): State<AppState>, body: Result<Bytes, BytesRe
     if let Some(done) = keep_alive_or_load(&state, &generate.common, generate.prompt.is_empty(), Shape::Generate)? {
         return Ok(done);
     }
+    let model = generate.common.model.clone().unwrap_or_default();
     let request = generate.request(&state.scheduler.limits()).map_err(|e| OllamaError::bad_request(e.to_string()))?;
-    answer(state, request, Shape::Generate).await
+    answer(state, request, Shape::Generate, model).await
 }

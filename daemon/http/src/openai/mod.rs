@@ -35,7 +35,7 @@ fn meta(state: &AppState, prefix: &str) -> Meta {
 fn check_model(state: &AppState, requested: Option<&str>) -> Result<(), OpenAiError> {
     match requested {
         None => Err(OpenAiError::invalid(FieldError::at("model", "missing"))),
-        Some(m) if state.is_our_model(m) => Ok(()),
+        Some(m) if state.accept_model(m) => Ok(()),
         Some(m) => Err(OpenAiError::unknown_model(m, &state.model_name())),
     }
 }
@@ -102,13 +102,21 @@ fn model_object(state: &AppState) -> Value {
 
 /// `GET /v1/models`.
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_object(&state)]}))
+    let served = state.model().path;
+    let mut data = vec![model_object(&state)];
+    for stored in state.store.as_ref().map(|s| s.list()).unwrap_or_default().into_iter().filter(|m| m.dir != served) {
+        data.push(json!({"id": stored.name, "object": "model", "created": unix_seconds(stored.modified), "owned_by": "qwenedge"}));
+    }
+    Json(json!({"object": "list", "data": data}))
 }
 
 /// `GET /v1/models/{id}`.
 pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, OpenAiError> {
-    if !state.is_our_model(&id) {
-        return Err(OpenAiError::unknown_model(&id, &state.model_name()));
+    if state.is_our_model(&id) {
+        return Ok(Json(model_object(&state)));
     }
-    Ok(Json(model_object(&state)))
+    match state.stored(&id) {
+        Some(m) => Ok(Json(json!({"id": m.name, "object": "model", "created": unix_seconds(m.modified), "owned_by": "qwenedge"}))),
+        None => Err(OpenAiError::unknown_model(&id, &state.model_name())),
+    }
 }
