@@ -7,9 +7,12 @@ Serves the repositories under ROOT (ROOT/<owner>/<name>/...) as the Hub does, pe
                                                      X-Error-Code RepoNotFound / RevisionNotFound
 - GET  /api/models/{repo}/tree/{rev}?recursive=1  -> [{"type","oid","size","path","lfs"}], paged by
                                                      `cursor` with a Link: <...>; rel="next" header
-- HEAD/GET /{repo}/resolve/{rev}/{path}           -> small files: 200 with ETag (the git blob id),
-                                                     X-Repo-Commit; LFS files: 302 to the storage
-                                                     host with X-Linked-Etag (sha256), X-Linked-Size
+- HEAD/GET /{repo}/resolve/{rev}/{path}           -> small files: 307 to a relative
+                                                     /api/resolve-cache/… answered chunked (gzip
+                                                     when accepted), ETag the git blob id;
+                                                     LFS files: 302 to the storage host with
+                                                     X-Linked-Etag (sha256), X-Linked-Size;
+                                                     both with X-Repo-Commit
 - GET  /cdn/{sha256}                               -> the bytes, Range requests answered 206
 
 The storage host is the same server reached by another name (`localhost` when the Hub is
@@ -26,6 +29,7 @@ requests seen (method, path, range, whether a token came).
 Usage: hub_server.py ROOT PORTFILE  (binds 127.0.0.1:0, writes the port to PORTFILE)
 """
 
+import gzip
 import hashlib
 import json
 import os
@@ -187,7 +191,24 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            return self.send_file(f, path, [("X-Repo-Commit", commit), ("ETag", f'"{f["blob"]}"')])
+            # Small files: a relative redirect to the resolve cache, as the Hub answers them.
+            self.send_response(307)
+            self.send_header("Location", f"/api/resolve-cache/models/{repo}/{commit}/{urllib.parse.quote(path)}")
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("ETag", f'"{f["blob"]}"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if parts[:3] == ["api", "resolve-cache", "models"] and len(parts) >= 7:
+            repo = "/".join(parts[3:5])
+            files, commit = self.resolve(repo, parts[5])
+            if files is None:
+                return
+            path = "/".join(parts[6:])
+            f = next((f for f in files if f["path"] == path), None)
+            if f is None:
+                return self.error(404, "EntryNotFound", f"{path} does not exist")
+            return self.send_small(f, path, [("X-Repo-Commit", commit), ("ETag", f'"{f["blob"]}"')])
         if len(parts) == 2 and parts[0] == "cdn":
             repo = query.get("repo", [""])[0]
             path = query.get("path", [""])[0]
@@ -197,6 +218,29 @@ class Handler(BaseHTTPRequestHandler):
                 return self.error(404, "NotFound", "no such object")
             return self.send_file(f, path, [("ETag", f'"{f["sha256"]}"')])
         self.error(404, "RepoNotFound", "Repository Not Found")
+
+    def send_small(self, f, path, headers):
+        """A small file as the resolve cache sends it: chunked, gzip when the client accepts it."""
+        data = open(f["full"], "rb").read()
+        if path in STATE["corrupt"] and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        if gzipped:
+            data = gzip.compress(data)
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Content-Type", "application/octet-stream")
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for i in range(0, len(data), 4096):
+            piece = data[i:i + 4096]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def send_file(self, f, path, headers):
         data = open(f["full"], "rb").read()

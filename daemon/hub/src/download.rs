@@ -132,6 +132,11 @@ async fn transfer(http: &Http, url: &str, file: &RepoFile, part: &Path, on_bytes
     };
     let at = uri.to_string();
     let status = response.status();
+    if let Some(encoding) =
+        response.headers().get(hyper::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).filter(|e| *e != "identity")
+    {
+        return Err(HubError::http(&at, format!("answered with Content-Encoding {encoding} though identity was asked")));
+    }
     let mut offset = match status {
         StatusCode::PARTIAL_CONTENT => {
             let start = response
