@@ -3,10 +3,11 @@
 # a model and answer one prompt.
 #
 # usage: deploy/setup.sh ["your prompt"]
-# The model is the real Qwen3.5-0.8B (int4, exported with the onnxruntime-genai builder) when
-# huggingface.co is reachable; otherwise a random-weight model of the same shape is generated
-# from PyPI packages — its answers are gibberish, but speed and memory are the real thing.
-# Set QWENEDGE_MODEL=DIR to use a model directory you already have.
+# The model is the real Qwen3.5-0.8B (q4, the ONNX export published on the Hugging Face Hub,
+# pulled by `qwenedge model pull`: no torch, only the files of that variant) when the Hub
+# (HF_ENDPOINT, default huggingface.co) is reachable; otherwise a random-weight model of the same
+# shape is generated from PyPI packages — its answers are gibberish, but speed and memory are
+# the real thing. Set QWENEDGE_MODEL=DIR to use a model directory you already have.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt="${1:-In one sentence, why run a voice assistant without the cloud?}"
@@ -15,10 +16,11 @@ cargo build --release --locked
 deploy/fetch-onnxruntime.sh >/dev/null
 if [ -n "${QWENEDGE_MODEL:-}" ]; then
   model="$QWENEDGE_MODEL"
-elif python3 -c 'import urllib.request as u; u.urlopen("https://huggingface.co", timeout=10)' 2>/dev/null; then
-  model=$(models/export.sh Qwen/Qwen3.5-0.8B | tail -n1)
+elif hub="${HF_ENDPOINT:-https://huggingface.co}" && python3 -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=10)' "$hub" 2>/dev/null &&
+  model=$(target/release/qwenedge model pull "${QWENEDGE_REPO:-onnx-community/Qwen3.5-0.8B-ONNX-OPT}" | tail -n1) && [ -n "$model" ]; then
+  :
 else
-  echo "setup: huggingface.co is not reachable — using a random-weight model of the Qwen3.5-0.8B shape (answers are gibberish; speed and memory are real)" >&2
+  echo "setup: no model from $hub (not reachable, or the pull failed: see above) — using a random-weight model of the Qwen3.5-0.8B shape (answers are gibberish; speed and memory are real)" >&2
   python=$(models/venv.sh | tail -n1)
   model="$("$python" models/fixtures/generate.py --preset 0.8b | tail -n1)/int4"
 fi

@@ -276,9 +276,9 @@ fn bad_pulls_say_so_in_one_line() {
     refused(&pull(&hub, store.path(), &[REPO]), false, &["onnx/embed_tokens_q4.onnx_data", "sha256", "the download was removed"]);
     assert!(!store.path().join(".partial/onnx-community--Tiny-A-ONNX-OPT--q4/onnx/embed_tokens_q4.onnx_data.part").exists());
     hub.control(json!({"corrupt": []}));
-    refused(&pull(&hub, store.path(), &["onnx-community/Nope"]), true, &["onnx-community/Nope", "not found"]);
+    refused(&pull(&hub, store.path(), &["onnx-community/Nope"]), true, &["onnx-community/Nope: no such repository"]);
     refused(&pull(&hub, store.path(), &[REPO, "--variant", "fp16"]), true, &["no variant 'fp16'", "q4, fp32"]);
-    refused(&pull(&hub, store.path(), &[REPO, "--revision", "v9"]), true, &["revision 'v9' not found"]);
+    refused(&pull(&hub, store.path(), &[REPO, "--revision", "v9"]), true, &["no such revision 'v9'"]);
     refused(&pull(&hub, store.path(), &["test/Bnb4-Only"]), true, &["no variant this engine runs", "bnb4"]);
     refused(&pull(&hub, store.path(), &["test/Llama"]), false, &["model type 'llama'"]);
     let mut anonymous = pull_command(&hub, store.path(), &["test/Private"]);

@@ -60,7 +60,7 @@ fn failure(http: &Http, repo: &str, what: &str, f: Failure) -> HubError {
         },
         404 => HubError::NotFound {
             repo: repo.to_string(),
-            what: if f.code == "RevisionNotFound" { what.to_string() } else { "the repository".to_string() },
+            what: if f.code == "RevisionNotFound" { what.to_string() } else { "repository".to_string() },
             endpoint: http.endpoint(),
             hint: hint(if f.code == "RepoNotFound" || f.code.is_empty() {
                 " — check the name, or set HF_TOKEN for a private one"

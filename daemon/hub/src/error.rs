@@ -10,7 +10,7 @@ pub enum HubError {
     #[error("'{0}' is not a Hub repository name (owner/name, e.g. onnx-community/Qwen3.5-0.8B-ONNX-OPT)")]
     BadName(String),
     /// The Hub answered 404 for the repository or revision.
-    #[error("{repo}: {what} not found on {endpoint}{hint}")]
+    #[error("{repo}: no such {what} on {endpoint}{hint}")]
     NotFound { repo: String, what: String, endpoint: String, hint: String },
     /// The Hub refused the request (401/403): private or gated repository, or a bad token.
     #[error("{repo}: the Hub refused access ({status}){hint}")]
