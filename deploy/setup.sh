@@ -16,7 +16,13 @@ cargo build --release --locked
 deploy/fetch-onnxruntime.sh >/dev/null
 if [ -n "${QWENEDGE_MODEL:-}" ]; then
   model="$QWENEDGE_MODEL"
-elif hub="${HF_ENDPOINT:-https://huggingface.co}" && python3 -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=10)' "$hub" 2>/dev/null &&
+# Reachable: any HTTP answer (an error status too) within 10 s.
+elif hub="${HF_ENDPOINT:-https://huggingface.co}" && python3 -c '
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=10)
+except urllib.error.HTTPError:
+    pass' "$hub" 2>/dev/null &&
   model=$(target/release/qwenedge model pull "${QWENEDGE_REPO:-onnx-community/Qwen3.5-0.8B-ONNX-OPT}" | tail -n1) && [ -n "$model" ]; then
   :
 else
