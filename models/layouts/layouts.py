@@ -20,6 +20,11 @@ split off, the states renamed, the head size declared, the data sharded), then c
   ``S`` tokens: its text-only ``rope_deltas`` adds the prompt length where Hugging Face's
   ``get_rope_index`` subtracts it), which the check measures and prints.
 
+onnxruntime-genai's own split layout (``embedding.onnx`` + ``text.onnx`` named by
+``genai_config.json``'s ``model.embedding`` and ``model.decoder``) is made from the same export
+and checked with onnxruntime fed as genai's CPU embedding feeds it (genai 0.18 itself loads that
+layout only through its dynamic-batching Engine, for paged-attention exports).
+
 Usage: ``layouts.py FIXTURES OUT NODE_DIR`` (run by ``models/layouts/check.sh``); prints one JSON
 line per export and prompt, exits 1 on a mismatch. ``layouts.py --convert FIXTURES OUT`` only
 converts (the daemon's tests load the results).
@@ -177,6 +182,61 @@ def build_text(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
     return shards
 
 
+def build_genai_split(export: Path, dst: Path, shard_bytes: int) -> int:
+    """onnxruntime-genai's split layout of a builder export (the builder's ``exclude_embeds``
+    with the embedding exported apart, as Olive's recipes do): ``embedding.onnx`` (``input_ids``
+    -> ``inputs_embeds``) and ``text.onnx`` taking ``inputs_embeds``, its data in
+    ``text.onnx.data`` files; ``genai_config.json`` names both (``model.embedding``,
+    ``model.decoder``) with the decoder's other names as the builder wrote them. Returns the
+    number of the decoder's data files."""
+    import onnx
+
+    config = json.loads((export / "genai_config.json").read_text())
+    model = onnx.load(str(export / "model.onnx"), load_external_data=True)
+    emb = split_embedding(model)
+    graph = model.graph
+    ids = next(i for i in graph.input if i.name == "input_ids")
+    embeds = onnx.helper.make_tensor_value_info("inputs_embeds", onnx.TensorProto.FLOAT,
+                                                ["batch_size", "sequence_length", config["model"]["decoder"]["hidden_size"]])
+    graph.input.insert(list(graph.input).index(ids), embeds)
+    graph.input.remove(ids)
+    drop_dead(graph, [o.name for o in graph.output])
+    dst.mkdir(parents=True, exist_ok=True)
+    shards = save_sharded(model, dst / "text.onnx", shard_bytes)
+    save_sharded(emb, dst / "embedding.onnx", 1 << 40)
+    decoder = config["model"]["decoder"]
+    decoder["filename"] = "text.onnx"
+    inputs = decoder["inputs"]
+    decoder["inputs"] = {("inputs_embeds" if k == "input_ids" else k): ("inputs_embeds" if k == "input_ids" else v) for k, v in inputs.items()}
+    config["model"]["embedding"] = {"filename": "embedding.onnx", "inputs": {"input_ids": "input_ids"},
+                                    "outputs": {"inputs_embeds": "inputs_embeds"}}
+    (dst / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (export / name).exists():
+            shutil.copyfile(export / name, dst / name)
+    return shards
+
+
+def genai_split_greedy(dst: Path, ids: list[int], count: int) -> list[int]:
+    """Greedy tokens from onnxruntime over the split layout (positions as the builder's graph
+    declares them: [B, S], or [3, B, S] rows)."""
+    import numpy as np
+
+    emb = _session(dst / "embedding.onnx")
+    dec = _session(dst / "text.onnx")
+    rows = next(i for i in dec.get_inputs() if i.name == "position_ids").shape
+
+    def step_inputs(step, pos, feed):
+        (embeds,) = emb.run(None, {"input_ids": np.array([feed], dtype=np.int64)})
+        positions = np.arange(pos, pos + len(feed), dtype=np.int64)[None, :]
+        if len(rows) == 3:
+            positions = np.broadcast_to(positions, (3, 1, len(feed))).copy()
+        return {"inputs_embeds": embeds, "position_ids": positions}
+
+    head_size = json.loads((dst / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+    return _greedy(dec, ids, count, step_inputs, {"kv_cache_dim": head_size})
+
+
 def keep_logits_input(graph) -> None:
     """Adds the scalar input ``num_logits_to_keep`` (Hugging Face's: logits of the last ``k``
     positions, 0 = all) in front of the LM head, as exports made for transformers.js may have."""
@@ -214,13 +274,26 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _greedy(dec, ids: list[int], count: int, step_inputs) -> list[int]:
+def past_name(present: str, declared: set[str]) -> str:
+    """The input a ``present…`` output feeds at the next step, in either naming: transformers.js's
+    (``present_conv.N`` -> ``past_conv.N``, ``present.N.key`` -> ``past_key_values.N.key``) or
+    the builder's (``present.N.conv`` -> ``past.N.conv``)."""
+    name = present.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent")
+    if name.startswith("present."):
+        rest = name[len("present."):]
+        return next((c for c in (f"past_key_values.{rest}", f"past.{rest}") if c in declared), f"past_key_values.{rest}")
+    return name
+
+
+def _greedy(dec, ids: list[int], count: int, step_inputs, dims: dict[str, int] | None = None) -> list[int]:
     """Greedy tokens from the decoder session ``dec`` with zero initial state; ``step_inputs(step,
-    past_len, tokens)`` gives each pass's token and position inputs (the mask is all ones)."""
+    past_len, tokens)`` gives each pass's token and position inputs (the mask is all ones);
+    ``dims`` sizes symbolic state dimensions (others are 0)."""
     import numpy as np
 
     types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    state = {i.name: np.zeros([1 if d == "batch_size" else (d if isinstance(d, int) else 0) for d in i.shape], dtype=types[i.type])
+    dims = dict(dims or {}, batch_size=1)
+    state = {i.name: np.zeros([d if isinstance(d, int) else dims.get(d, 0) for d in i.shape], dtype=types[i.type])
              for i in dec.get_inputs() if i.name.startswith("past")}
     names = [o.name for o in dec.get_outputs()]
     declared = {i.name for i in dec.get_inputs()}
@@ -232,8 +305,7 @@ def _greedy(dec, ids: list[int], count: int, step_inputs) -> list[int]:
         results = dict(zip(names, dec.run(None, {k: v for k, v in feeds.items() if k in declared})))
         token = int(results["logits"][0, -1].argmax())
         out.append(token)
-        state = {k.replace("present_conv", "past_conv").replace("present_recurrent", "past_recurrent").replace("present.", "past_key_values."): v
-                 for k, v in results.items() if k != "logits"}
+        state = {past_name(k, declared): v for k, v in results.items() if k != "logits"}
         pos, feed = total, [token]
     return out
 
@@ -264,14 +336,15 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
 
 
 def convert_all(fixtures: Path, out: Path) -> None:
-    """Each fixture export in the OPT and the Text layout, one variant per directory:
-    ``out/<config>-<opt|text>-<fp32|q4>``."""
+    """Each fixture export in the OPT, the Text and genai's split layout, one variant per
+    directory: ``out/<config>-<opt|text|genai>-<fp32|q4>``."""
     manifest = json.loads((fixtures / "manifest.json").read_text())
     for name, files in manifest["configs"].items():
         for precision in ("fp32", "int4"):
             suffix, dtype = SUFFIX[precision]
             build_opt(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-opt-{dtype}", suffix, 1 << 20)
             build_text(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-text-{dtype}", suffix, 1 << 20)
+            build_genai_split(fixtures / files[precision], out / f"{name}-genai-{dtype}", 1 << 20)
 
 
 def main() -> int:
@@ -302,6 +375,12 @@ def main() -> int:
                 failed += text != want
                 print(json.dumps({"export": f"{name}/{precision}", "layout": "text", "data_files": text_shards, "onnxruntime_equals_genai": text == want,
                                   "ok": text == want}), flush=True)
+                split_dst = out / f"{name}-genai-{dtype}"
+                split_shards = build_genai_split(fixtures / files[precision], split_dst, 1 << 20)
+                split = genai_split_greedy(split_dst, p["ids"], len(want))
+                failed += split != want
+                print(json.dumps({"export": f"{name}/{precision}", "layout": "genai-split", "data_files": split_shards,
+                                  "onnxruntime_equals_genai": split == want, "ok": split == want}), flush=True)
                 print(json.dumps({"export": f"{name}/{precision}", "layout": "opt", "data_files": shards, "prompt_tokens": len(p["ids"]),
                                   "onnxruntime_equals_genai": ours == want, "transformers_js_first_token_equal": tjs[0] == want[0],
                                   "transformers_js_equal_tokens": same, "transformers_js_equals_its_positions": tjs == shifted, "ok": ok}),

@@ -2,7 +2,8 @@
 //! embedding graph and a decoder taking `inputs_embeds`; `…-Text-ONNX`: one graph taking
 //! `input_ids` and 2-D positions; `config.json`, sharded data), made from
 //! each fixture's builder export by `models/layouts/layouts.py` (which checks it against
-//! transformers.js itself), loaded by the engine: the same greedy tokens as onnxruntime-genai on
+//! transformers.js itself), and onnxruntime-genai's split layout (`embedding.onnx` +
+//! `text.onnx`, named by `genai_config.json`), loaded by the engine: the same greedy tokens as onnxruntime-genai on
 //! the source export, fp32 and q4; the layout and the variant reported; tract refuses it with a
 //! reason naming the file.
 
@@ -44,15 +45,21 @@ pub(crate) fn converted() -> &'static Path {
 }
 
 #[test]
-fn the_hub_layouts_give_genais_greedy_tokens_in_fp32_and_q4() {
+fn the_hub_layouts_and_genais_split_layout_give_genais_greedy_tokens_in_fp32_and_q4() {
     for config in CONFIGS {
-        for ((variant, precision), layout) in [("fp32", "fp32"), ("q4", "int4")].into_iter().flat_map(|v| [(v, "opt"), (v, "text")]) {
+        let layouts = [("fp32", "fp32"), ("q4", "int4")].into_iter().flat_map(|v| [(v, "opt"), (v, "text"), (v, "genai")]);
+        for ((variant, precision), layout) in layouts {
             let dir = converted().join(format!("{config}-{layout}-{variant}"));
             let spec = ModelSpec::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            let split = layout == "opt";
-            assert_eq!(spec.layout, Layout::Hub { variant: variant.into(), split });
+            let split = layout != "text";
+            let expected = match layout {
+                "genai" => Layout::Genai { split: true },
+                _ => Layout::Hub { variant: variant.into(), split },
+            };
+            assert_eq!(spec.layout, expected);
             assert_eq!(spec.input_ids, if split { "inputs_embeds" } else { "input_ids" });
             assert_eq!(spec.position_ids, if split { PositionIds::Sections(3) } else { PositionIds::Flat });
+            assert!(spec.embedding.is_some() == split);
             assert!(spec.data_files.len() > 1, "sharded data: {:?}", spec.data_files);
             let mut e = crate::common::ort_engine(&dir, |_| {});
             for (i, p) in reference(config).prompts.iter().enumerate() {
@@ -130,26 +137,41 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_daemon_serves_the_hub_layout_with_constrained_intents_and_the_prefix_cache() {
+fn the_daemon_serves_every_layout_with_constrained_intents_and_the_prefix_cache_on_as_off() {
     use crate::common::daemon::{chat, Daemon};
-    use serde_json::json;
-    let dir = converted().join("tiny-a-opt-q4");
-    let d = Daemon::start_with_model(&dir, "[intents]\nlocal = \"off\"\nmin_confidence = 0.0\n");
-    let status = d.status();
-    assert_eq!(status["model"]["layout"], "transformers.js, embedding + decoder, q4", "{status}");
-    let mut c = d.client();
-    for i in 0..3 {
-        let id = format!("i{i}");
-        c.send(&json!({"id": id, "op": "intent", "text": "turn on the kitchen light", "temperature": 1.0, "seed": i}));
-        let events = c.until_terminal(&id);
-        let last = events.last().expect("an answer");
-        assert_eq!(last["event"], "intent", "{last}");
+    use serde_json::{json, Value};
+    // The answers of one daemon: greedy intents (constrained by the catalog's grammar) and a
+    // conversation asked twice (the second from the cached prefix, when the cache is on).
+    let answers = |dir: &Path, cache: &str| -> (Value, Vec<Value>) {
+        let d = Daemon::start_with_model(dir, &format!("[intents]\nlocal = \"off\"\nmin_confidence = 0.0\n\n[cache]\n{cache}\n"));
+        let mut c = d.client();
+        let mut out = Vec::new();
+        for (i, text) in ["turn on the kitchen light", "what is the weather like", "set the bedroom lamp to 40 percent"].iter().enumerate()
+        {
+            let id = format!("i{i}");
+            c.send(&json!({"id": id, "op": "intent", "text": text}));
+            let last = c.until_terminal(&id).last().cloned().expect("an answer");
+            assert_eq!(last["event"], "intent", "{last}");
+            out.push(json!([last["intent"], last["slots"]]));
+        }
+        for id in ["c1", "c2"] {
+            c.send(&chat(id, "hello there, how are you today?", json!({"max_tokens": 8})));
+            let events = c.until_terminal(id);
+            assert_eq!(events.last().unwrap()["event"], "done");
+            out.push(json!(crate::common::daemon::streamed_text(&events, id)));
+        }
+        (d.status(), out)
+    };
+    for (layout, described) in [
+        ("tiny-a-opt-q4", "transformers.js, embedding + decoder, q4"),
+        ("tiny-a-text-q4", "transformers.js, one graph, q4"),
+        ("tiny-a-genai-q4", "onnxruntime-genai, embedding + decoder"),
+    ] {
+        let dir = converted().join(layout);
+        let (on_status, on) = answers(&dir, "max_mb = 256");
+        assert_eq!(on_status["model"]["layout"], described, "{on_status}");
+        assert!(on_status["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "{layout}: no prefix-cache hit: {}", on_status["cache"]);
+        let (_, off) = answers(&dir, "max_mb = 0");
+        assert_eq!(on, off, "{layout}: the same answers with the prefix cache on and off");
     }
-    // The same conversation twice: the second reuses the first's cached prefix.
-    for id in ["c1", "c2"] {
-        c.send(&chat(id, "hello there, how are you today?", json!({"max_tokens": 4})));
-        assert_eq!(c.until_terminal(id).last().unwrap()["event"], "done");
-    }
-    let s = d.status();
-    assert!(s["cache"]["hits"].as_u64().unwrap_or(0) >= 1, "no prefix-cache hit: {}", s["cache"]);
 }

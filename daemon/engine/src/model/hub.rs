@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::graph::Names;
 use super::{
-    check_external_data, check_fed, decoder_io, op_names, read, require, text_files, DecoderIo, Embedding, GenaiDecoder, Layout,
+    check_external_data, check_fed, decoder_io, embedding_graph, op_names, read, require, text_files, DecoderIo, GenaiDecoder, Layout,
     ModelError, ModelSpec, SearchDefaults,
 };
 use crate::onnx;
@@ -82,15 +82,7 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
                 why: "the embedding graph the decoder's inputs_embeds needs",
             })
         }
-        (Some(_), Some(path)) => {
-            let g = onnx::parse_model(&read(&path)?).map_err(|e| ModelError::invalid(&path, format!("not a readable ONNX model: {e}")))?;
-            let data_files = check_external_data(&onnx_dir, &path, &g)?;
-            let input = g.inputs.first().map(|i| i.name.clone()).ok_or_else(|| ModelError::invalid(&path, "the graph has no input"))?;
-            if g.output("inputs_embeds").is_none() {
-                return Err(ModelError::invalid(&path, "the graph has no output 'inputs_embeds'"));
-            }
-            Some(Embedding { onnx_path: path, data_files, inline_weight_bytes: g.inline_bytes, input, output: "inputs_embeds".into() })
-        }
+        (Some(_), Some(path)) => Some(embedding_graph(&onnx_dir, path, None, "inputs_embeds")?),
     };
     let layer_count = number(text, "num_hidden_layers").ok_or_else(|| ModelError::invalid(&config_path, "no num_hidden_layers"))?;
     let decoder = GenaiDecoder {

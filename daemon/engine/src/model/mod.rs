@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
+mod genai;
 mod graph;
 pub mod hub;
 
 use super::onnx::weights::WeightUse;
 use super::onnx::{self, Dim, GraphSummary};
+use genai::GenaiDecoder;
 use graph::{float_type, Names};
 
 /// Model types this engine runs (the text decoder of Qwen3.5 Small).
@@ -146,8 +146,12 @@ pub struct SearchDefaults {
 /// How a model directory is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    /// The onnxruntime-genai model builder's: `genai_config.json` and one decoder graph.
-    Genai,
+    /// The onnxruntime-genai model builder's: `genai_config.json` and the decoder graph, with an
+    /// embedding graph of its own in the split layout.
+    Genai {
+        /// Whether the embedding is a graph of its own (`model.embedding`).
+        split: bool,
+    },
     /// The Hugging Face Hub's ONNX exports (transformers.js's): `config.json` and `onnx/`.
     Hub {
         /// The variant loaded (`q4`, `fp32`, …).
@@ -161,7 +165,8 @@ impl Layout {
     /// A short description for `status` and `doctor`.
     pub fn describe(&self) -> String {
         match self {
-            Self::Genai => "onnxruntime-genai".into(),
+            Self::Genai { split: false } => "onnxruntime-genai".into(),
+            Self::Genai { split: true } => "onnxruntime-genai, embedding + decoder".into(),
             Self::Hub { variant, split: true } => format!("transformers.js, embedding + decoder, {variant}"),
             Self::Hub { variant, split: false } => format!("transformers.js, one graph, {variant}"),
         }
@@ -288,7 +293,7 @@ impl ModelSpec {
         if hub::is_hub_layout(dir) {
             return hub::load(dir, variant);
         }
-        load(dir)
+        genai::load(dir)
     }
 }
 
@@ -298,63 +303,6 @@ fn state_bytes(t: &StateTensor) -> usize {
         StateType::F16 => 2,
     };
     t.shape.iter().map(|&d| d.max(1)).product::<usize>() * elem
-}
-
-#[derive(Debug, Deserialize)]
-struct GenaiConfig {
-    model: GenaiModel,
-    #[serde(default)]
-    search: GenaiSearch,
-}
-
-#[derive(Debug, Deserialize)]
-struct GenaiModel {
-    #[serde(rename = "type")]
-    model_type: String,
-    context_length: usize,
-    vocab_size: usize,
-    eos_token_id: OneOrMany,
-    decoder: GenaiDecoder,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct GenaiDecoder {
-    filename: String,
-    #[serde(default)]
-    hidden_size: usize,
-    num_hidden_layers: usize,
-    #[serde(default)]
-    num_attention_heads: Option<usize>,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    head_size: Option<usize>,
-    inputs: BTreeMap<String, String>,
-    outputs: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct GenaiSearch {
-    do_sample: bool,
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    repetition_penalty: f32,
-    max_length: usize,
-}
-
-impl Default for GenaiSearch {
-    fn default() -> Self {
-        Self { do_sample: false, temperature: 1.0, top_k: 50, top_p: 1.0, repetition_penalty: 1.0, max_length: 0 }
-    }
 }
 
 fn require(dir: &Path, name: &str, why: &'static str) -> Result<PathBuf, ModelError> {
@@ -370,97 +318,20 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
     std::fs::read(path).map_err(|error| ModelError::Read { path: path.to_path_buf(), error })
 }
 
-fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
-    let meta = std::fs::metadata(dir).map_err(|e| ModelError::Dir(dir.to_path_buf(), e))?;
-    if !meta.is_dir() {
-        return Err(ModelError::Dir(dir.to_path_buf(), std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
-    }
-    let config_path = require(dir, "genai_config.json", "the onnxruntime-genai model builder writes it")?;
-    let config: GenaiConfig = serde_json::from_slice(&read(&config_path)?)
-        .map_err(|e| ModelError::invalid(&config_path, format!("not a valid genai config: {e}")))?;
-    let m = &config.model;
-    if !SUPPORTED_TYPES.contains(&m.model_type.as_str()) {
-        return Err(ModelError::invalid(
-            &config_path,
-            format!("model type '{}' is not supported (this engine runs {})", m.model_type, SUPPORTED_TYPES.join(", ")),
-        ));
-    }
-    let onnx_path = require(dir, &m.decoder.filename, "the decoder graph named in genai_config.json")?;
-    let (tokenizer_path, tokenizer_config_path, chat_template_path) = text_files(dir)?;
-
-    let graph =
-        onnx::parse_model(&read(&onnx_path)?).map_err(|e| ModelError::invalid(&onnx_path, format!("not a readable ONNX model: {e}")))?;
-    let data_files = check_external_data(dir, &onnx_path, &graph)?;
-    // (A builder export's data sits beside its graph, in the model directory.)
-
-    let names = Names { config: &config_path, onnx: &onnx_path, graph: &graph, decoder: &m.decoder };
-    let input_ids = names.graph_input("input_ids", true)?.expect("required");
-    if graph.input("inputs_embeds").is_some() {
-        return Err(ModelError::invalid(
-            &onnx_path,
-            "the graph takes inputs_embeds (onnxruntime-genai's split layout, with a separate \
-             embedding graph), which is not read yet; export without exclude_embeds, or use the Hugging \
-             Face layout (config.json and onnx/)",
-        ));
-    }
-    let DecoderIo { attention_mask, position_ids_name, position_ids, logits, logits_dtype, logits_width } = decoder_io(&names)?;
-    match logits_width {
-        Some(v) if v == m.vocab_size => {}
-        Some(v) => {
-            return Err(ModelError::invalid(
-                &onnx_path,
-                format!("logits have {v} entries but genai_config.json says vocab_size {}", m.vocab_size),
-            ))
-        }
-        _ => {}
-    }
-
-    let layers = (0..m.decoder.num_hidden_layers).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
-    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref()];
-    check_fed(&graph, &onnx_path, &fed, &layers, "is not described by genai_config.json")?;
-
-    let eos_token_ids = match &m.eos_token_id {
-        OneOrMany::One(id) => vec![*id],
-        OneOrMany::Many(ids) if !ids.is_empty() => ids.clone(),
-        OneOrMany::Many(_) => return Err(ModelError::invalid(&config_path, "eos_token_id is an empty list")),
+/// Reads the embedding graph at `path` (its data in `data_dir`): its token input (`input`, else
+/// its first) and its output `output`, which must exist.
+fn embedding_graph(data_dir: &Path, path: std::path::PathBuf, input: Option<&str>, output: &str) -> Result<Embedding, ModelError> {
+    let g = onnx::parse_model(&read(&path)?).map_err(|e| ModelError::invalid(&path, format!("not a readable ONNX model: {e}")))?;
+    let data_files = check_external_data(data_dir, &path, &g)?;
+    let input = match input {
+        Some(name) if g.input(name).is_some() => name.to_string(),
+        Some(name) => return Err(ModelError::invalid(&path, format!("the graph has no input '{name}'"))),
+        None => g.inputs.first().map(|i| i.name.clone()).ok_or_else(|| ModelError::invalid(&path, "the graph has no input"))?,
     };
-    let s = &config.search;
-    let search = SearchDefaults {
-        do_sample: s.do_sample,
-        temperature: s.temperature,
-        top_k: s.top_k,
-        top_p: s.top_p,
-        repetition_penalty: s.repetition_penalty,
-        max_length: if s.max_length == 0 { m.context_length } else { s.max_length },
-    };
-    Ok(ModelSpec {
-        dir: dir.to_path_buf(),
-        model_type: m.model_type.clone(),
-        layout: Layout::Genai,
-        embedding: None,
-        onnx_path,
-        data_files,
-        inline_weight_bytes: graph.inline_bytes,
-        vocab_size: m.vocab_size,
-        hidden_size: m.decoder.hidden_size,
-        context_length: m.context_length,
-        eos_token_ids,
-        input_ids,
-        attention_mask,
-        position_ids_name,
-        position_ids,
-        logits,
-        logits_to_keep: None,
-        logits_dtype,
-        layers,
-        search,
-        tokenizer_path,
-        tokenizer_config_path,
-        chat_template_path,
-        ops: op_names(&graph),
-        attention_heads: m.decoder.num_attention_heads.unwrap_or(0),
-        weights: graph.weight_use(m.vocab_size),
-    })
+    if g.output(output).is_none() {
+        return Err(ModelError::invalid(&path, format!("the graph has no output '{output}'")));
+    }
+    Ok(Embedding { onnx_path: path, data_files, inline_weight_bytes: g.inline_bytes, input, output: output.into() })
 }
 
 /// The tokenizer (required), and the tokenizer configuration and chat template where present.

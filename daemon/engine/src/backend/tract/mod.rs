@@ -101,7 +101,7 @@ impl TractBackend {
         if let Some(e) = &spec.embedding {
             return Err(load_err(
                 &e.onnx_path,
-                "a separate embedding graph (the Hub's layout) is not yet read by the tract backend; use ONNX Runtime (model.backend = \"onnxruntime\")",
+                "a separate embedding graph (the Hub's layout, or onnxruntime-genai's split one) is not yet read by the tract backend; use ONNX Runtime (model.backend = \"onnxruntime\")",
             ));
         }
         let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
