@@ -27,7 +27,8 @@ layout only through its dynamic-batching Engine, for paged-attention exports).
 
 Usage: ``layouts.py FIXTURES OUT NODE_DIR`` (run by ``models/layouts/check.sh``); prints one JSON
 line per export and prompt, exits 1 on a mismatch. ``layouts.py --convert FIXTURES OUT`` only
-converts (the daemon's tests load the results).
+converts (the daemon's tests load the results); ``layouts.py --opt EXPORT HF OUT`` converts one
+int4 export (``models/layouts/bench.sh``).
 """
 
 from __future__ import annotations
@@ -350,6 +351,11 @@ def convert_all(fixtures: Path, out: Path) -> None:
 def main() -> int:
     if sys.argv[1] == "--convert":
         convert_all(Path(sys.argv[2]), Path(sys.argv[3]))
+        return 0
+    if sys.argv[1] == "--opt":
+        # One builder export (int4) in the OPT layout, data in shards of up to 2 GB as the Hub's.
+        export, hf, dst = (Path(a) for a in sys.argv[2:5])
+        build_opt(export, hf, dst, "_q4", 2 << 30)
         return 0
     fixtures, out, node_dir = (Path(a) for a in sys.argv[1:4])
     manifest = json.loads((fixtures / "manifest.json").read_text())

@@ -17,6 +17,7 @@ use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+mod mapped;
 mod optimized;
 mod placement;
 mod probe;
@@ -88,6 +89,8 @@ pub struct OrtBackend {
     session: Session,
     /// The embedding graph's session, where the model has one (its output feeds `input_ids`).
     embedding: Option<Session>,
+    /// The runtime's maps of that graph's table, whose rows are let go after each lookup.
+    table_pages: mapped::Resident,
     /// Bindings persist between steps; state buffers are rebound only when `bound` changes.
     binding: IoBinding,
     bound: Option<u64>,
@@ -112,29 +115,6 @@ fn all_states(spec: &ModelSpec) -> impl Iterator<Item = &StateTensor> {
         LayerKind::FullAttention { key, value } => [key, value],
         LayerKind::LinearAttention { conv, recurrent } => [conv, recurrent],
     })
-}
-
-/// Tells the kernel that the runtime's memory maps of `file` are read at random. After
-/// prepacking, the only reads from the mapped weights are embedding rows; without the hint each
-/// row read pulls in a read-ahead window, which for a 248k-row table adds tens of MB of resident
-/// pages that are never used.
-fn advise_random_access(file: &std::path::Path) {
-    let Ok(file) = file.canonicalize() else { return };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
-    for line in maps.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(range), Some(path)) = (parts.next(), parts.nth(4)) else { continue };
-        if std::path::Path::new(path) != file {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
-        // SAFETY: the range is a mapping of this process read from /proc/self/maps; MADV_RANDOM
-        // only changes read-ahead and never the contents or validity of the mapping.
-        unsafe {
-            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_RANDOM);
-        }
-    }
 }
 
 /// Whether this run is to fail (test builds only): once for each time the file
@@ -228,16 +208,18 @@ impl OrtBackend {
             placement,
         };
         for data in &weights {
-            advise_random_access(data);
+            mapped::advise_random_access(data);
         }
         let binding = session.create_binding().map_err(load_err)?;
         let allocator = Allocator::default();
         let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
         let embedding = embedding(rt, spec, opts)?;
+        let table_pages = mapped::Resident::of(spec.embedding.iter().flat_map(|e| e.data_files.iter().map(|(f, _)| f.as_path())));
         Ok(Self {
             session,
             embedding,
+            table_pages,
             binding,
             bound: None,
             allocator,
@@ -298,6 +280,7 @@ impl OrtBackend {
                     .remove(e.output.as_str())
                     .ok_or_else(|| BackendError::Run(format!("the embedding graph gave no '{}'", e.output)))?;
                 b.bind_input(&self.spec.input_ids, &embeds).map_err(run_err)?;
+                self.table_pages.release();
             }
             _ => b.bind_input(&self.spec.input_ids, &ids).map_err(run_err)?,
         }

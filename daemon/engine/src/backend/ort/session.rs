@@ -65,12 +65,19 @@ fn session_builder(
     Ok((builder, reports, primary))
 }
 
-/// A session over a Hub layout's embedding graph (CPU, the configured threads): a lookup per
-/// step, too small for providers or the optimized-model cache.
+/// A session over the embedding graph of a split layout (CPU, the configured threads): a lookup
+/// per step, too small for providers or the optimized-model cache. Graph optimizations are off:
+/// a lookup has nothing to fuse, and constant folding would copy the table onto the heap where
+/// the graph reshapes it (the whole vocabulary's rows, 120 MB at 0.8B q4) instead of mapping it.
 pub(super) fn embedding(rt: &Runtime, spec: &ModelSpec, opts: &OrtOptions) -> Result<Option<Session>, BackendError> {
     let Some(e) = &spec.embedding else { return Ok(None) };
     let err = |x: ort::Error| BackendError::Load { path: e.onnx_path.clone(), msg: x.to_string() };
-    let mut builder = Session::builder(&rt.env).map_err(err)?.with_inter_threads(1).map_err(|x| err(x.into()))?;
+    let mut builder = Session::builder(&rt.env)
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(|x| err(x.into()))?
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(|x| err(x.into()))?;
     if opts.threads > 0 {
         builder = builder.with_intra_threads(opts.threads).map_err(|x| err(x.into()))?;
     }
