@@ -3,9 +3,10 @@
 //! `input_ids` and 2-D positions; `config.json`, sharded data), made from
 //! each fixture's builder export by `models/layouts/layouts.py` (which checks it against
 //! transformers.js itself), and onnxruntime-genai's split layout (`embedding.onnx` +
-//! `text.onnx`, named by `genai_config.json`), loaded by the engine: the same greedy tokens as onnxruntime-genai on
-//! the source export, fp32 and q4; the layout and the variant reported; tract refuses it with a
-//! reason naming the file.
+//! `text.onnx`, named by `genai_config.json`), loaded by the engine: the same greedy tokens as
+//! onnxruntime-genai on the source export, fp32 and q4; the layout and the variant reported;
+//! tract runs the Text and the split layout like ONNX Runtime and refuses `num_logits_to_keep`
+//! with a reason naming the file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,30 +107,34 @@ fn the_variant_is_q4_where_present_else_as_configured() {
     assert_eq!(greedy(&mut e, &p.ids, 32), p.genai_greedy.int4, "the default variant is q4");
 }
 
-/// The Text layout is one graph: tract runs it, with ONNX Runtime's greedy tokens (the same
-/// check as tests/e2e/tract.rs makes on the builder exports).
+/// tract runs the Text layout (one graph) and genai's split layout (the embedding graph as a plan
+/// of its own) with ONNX Runtime's greedy tokens (the same check as tests/e2e/tract.rs makes on
+/// the builder exports).
 #[cfg(feature = "tract")]
 #[test]
-fn tract_runs_the_text_layout_like_onnxruntime() {
+fn tract_runs_the_text_and_genai_split_layouts_like_onnxruntime() {
     use qwenedge_engine::backend::tract::{TractBackend, TractOptions};
-    for variant in ["fp32", "q4"] {
-        let dir = converted().join(format!("tiny-a-text-{variant}"));
+    for (layout, variant) in ["text", "genai"].into_iter().flat_map(|l| [(l, "fp32"), (l, "q4")]) {
+        let dir = converted().join(format!("tiny-a-{layout}-{variant}"));
         let mut ort = crate::common::ort_engine(&dir, |_| {});
         let mut tract =
             qwenedge_engine::Engine::load_with(&dir, |spec| Ok(Box::new(TractBackend::load(spec, &TractOptions::default())?))).unwrap();
         for (i, p) in reference("tiny-a").prompts.iter().enumerate() {
-            assert_eq!(greedy(&mut tract, &p.ids, 32), greedy(&mut ort, &p.ids, 32), "text {variant} prompt {i}");
+            assert_eq!(greedy(&mut tract, &p.ids, 32), greedy(&mut ort, &p.ids, 32), "{layout} {variant} prompt {i}");
         }
     }
 }
 
 #[cfg(feature = "tract")]
 #[test]
-fn tract_refuses_a_separate_embedding_graph_with_the_file_named() {
+fn tract_refuses_num_logits_to_keep_with_the_file_named() {
     let spec = ModelSpec::load(converted().join("tiny-a-opt-q4")).unwrap();
     assert_eq!(spec.logits_to_keep.as_deref(), Some("num_logits_to_keep"), "the OPT fixture declares it");
     let tract = qwenedge_engine::backend::tract::TractBackend::load(&spec, &Default::default()).err().expect("tract refuses").to_string();
-    assert!(tract.contains("embed_tokens_q4.onnx") && tract.contains("ONNX Runtime"), "{tract}");
+    assert!(
+        tract.contains("decoder_model_merged_q4.onnx") && tract.contains("num_logits_to_keep") && tract.contains("ONNX Runtime"),
+        "{tract}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

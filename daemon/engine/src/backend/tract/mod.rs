@@ -1,5 +1,5 @@
-//! The pure-Rust backend: the same onnxruntime-genai decoder graph run by tract, for devices
-//! where no ONNX Runtime library can be loaded.
+//! The pure-Rust backend: the same decoder graph run by tract (with a split layout's embedding
+//! graph before it), for devices where no ONNX Runtime library can be loaded.
 //!
 //! The graph is loaded once with symbolic sequence (`S`) and past (`P`) lengths, so one
 //! optimized plan serves prefill, decode and chunked steps after a restored prefix. The
@@ -7,6 +7,7 @@
 //! graph's own tensors: KV caches `[1, heads, len, head_dim]` that each step replaces with the
 //! `present` outputs, and the fixed-size Gated DeltaNet conv/recurrent tensors.
 
+mod embedding;
 pub mod ops;
 
 use std::path::Path;
@@ -58,6 +59,8 @@ pub struct TractBackend {
     spec: ModelSpec,
     last_only: bool,
     threads: usize,
+    /// The embedding graph of a split layout, run before each step.
+    embedding: Option<embedding::TractEmbedding>,
 }
 
 /// One sequence's state tensors, in the backend's state order; `None` while a step runs.
@@ -98,12 +101,7 @@ impl TractBackend {
         if states.iter().any(|(t, _)| t.dtype != StateType::F32) || spec.logits_dtype != StateType::F32 {
             return Err(load_err(path, "float16 state or logits are not supported by the tract backend (use a CPU int4/fp32 export)"));
         }
-        if let Some(e) = &spec.embedding {
-            return Err(load_err(
-                &e.onnx_path,
-                "a separate embedding graph (the Hub's layout, or onnxruntime-genai's split one) is not yet read by the tract backend; use ONNX Runtime (model.backend = \"onnxruntime\")",
-            ));
-        }
+        let embedding = spec.embedding.as_ref().map(embedding::TractEmbedding::load).transpose()?;
         let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
         if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
             bytes = b;
@@ -128,7 +126,9 @@ impl TractBackend {
         let mut feeds = Vec::new();
         for (ix, outlet) in model.input_outlets().map_err(|e| load_err(path, e))?.to_vec().into_iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
-            let (feed, fact) = if name == spec.input_ids {
+            let (feed, fact) = if name == spec.input_ids && embedding.is_some() {
+                (Feed::Ids, f32::fact([1.to_dim(), s.clone(), spec.hidden_size.to_dim()]))
+            } else if name == spec.input_ids {
                 (Feed::Ids, i64::fact([1.to_dim(), s.clone()]))
             } else if Some(&name) == spec.attention_mask.as_ref() {
                 (Feed::Mask, i64::fact([1.to_dim(), p.clone() + s.clone()]))
@@ -190,6 +190,7 @@ impl TractBackend {
             spec: spec.clone(),
             last_only,
             threads,
+            embedding,
         })
     }
 
@@ -214,7 +215,10 @@ impl TractBackend {
         let mut inputs = TVec::new();
         for feed in &self.feeds {
             let t = match *feed {
-                Feed::Ids => Tensor::from_shape(&[1, n], &tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()),
+                Feed::Ids => match &self.embedding {
+                    Some(e) => Ok(e.run(tokens)?),
+                    None => Tensor::from_shape(&[1, n], &tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()),
+                },
                 Feed::Mask => Tensor::from_shape(&[1, past + n], &vec![1i64; past + n]),
                 Feed::Positions => match self.spec.position_ids {
                     PositionIds::Sections(rows) => Tensor::from_shape(&[rows, 1, n], &positions.repeat(rows)),
