@@ -83,6 +83,12 @@ pub(crate) async fn resolve_revision(http: &Http, repo: &str, revision: &str) ->
         .ok_or_else(|| HubError::http(&format!("{}{path}", http.endpoint()), "the answer has no 'sha'"))
 }
 
+/// Whether `path` stays inside the directory it is written under: relative, no empty, `.` or
+/// `..` component, no backslash or NUL.
+pub(crate) fn is_safe_path(path: &str) -> bool {
+    !path.is_empty() && !path.contains(['\\', '\0']) && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 fn parse_entry(v: &Value) -> Option<RepoFile> {
     if v["type"].as_str() != Some("file") {
         return None;
@@ -116,7 +122,13 @@ pub(crate) async fn list_files(http: &Http, repo: &str, commit: &str) -> Result<
         }
         let (page, headers) = http.get_json(&url).await?.map_err(|f| failure(http, repo, &format!("commit {commit}"), f))?;
         let entries = page.as_array().ok_or_else(|| HubError::http(&url, "the file list is not a JSON array"))?;
-        files.extend(entries.iter().filter_map(parse_entry));
+        for file in entries.iter().filter_map(parse_entry) {
+            // A listed path becomes a path under the store: one that could leave it is refused.
+            if !is_safe_path(&file.path) {
+                return Err(HubError::http(&url, format!("the file list names a path outside the repository: {:?}", file.path)));
+            }
+            files.push(file);
+        }
         next = next_link(&headers);
     }
     Ok(files)
@@ -133,6 +145,16 @@ mod tests {
             assert!(check_repo(bad).is_err(), "{bad}");
         }
         assert_eq!(resolve_path("o/m", "refs/pr/1", "onnx/a b.onnx"), "/o/m/resolve/refs%2Fpr%2F1/onnx/a%20b.onnx");
+    }
+
+    #[test]
+    fn listed_paths_must_stay_inside_the_model_directory() {
+        for ok in ["config.json", "onnx/model_q4.onnx", "cpu-int4/genai_config.json"] {
+            assert!(is_safe_path(ok), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "onnx/../../x", "a//b", "./a", "a\\b", "a/"] {
+            assert!(!is_safe_path(bad), "{bad}");
+        }
     }
 
     #[test]

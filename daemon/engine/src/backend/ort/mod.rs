@@ -117,6 +117,14 @@ fn all_states(spec: &ModelSpec) -> impl Iterator<Item = &StateTensor> {
     })
 }
 
+/// For a Hub layout's variant, which variant to load instead.
+fn variant_hint(spec: &ModelSpec) -> String {
+    match &spec.layout {
+        crate::model::Layout::Hub { variant, .. } => format!(": variant '{variant}' — load model.variant = \"q4\" or \"fp32\""),
+        _ => String::new(),
+    }
+}
+
 /// Whether this run is to fail (test builds only): once for each time the file
 /// `QWENEDGE_FAULT_ORT_ERROR_FILE` names appears (it is removed).
 #[cfg(feature = "fault-injection")]
@@ -136,7 +144,11 @@ impl OrtBackend {
             if t.dtype != StateType::F32 {
                 return Err(BackendError::Load {
                     path: spec.onnx_path.clone(),
-                    msg: format!("state '{}' is float16; this build runs float32-state exports (CPU int4/fp32)", t.input),
+                    msg: format!(
+                        "state '{}' is float16; this build runs float32-state exports (CPU int4/fp32){}",
+                        t.input,
+                        variant_hint(spec)
+                    ),
                 });
             }
         }
