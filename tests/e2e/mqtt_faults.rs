@@ -108,6 +108,18 @@ fn a_broker_gone_for_minutes_loses_nothing_and_the_socket_goes_on() {
         t.publish(&format!("qwenedge/{device}/request"), chat(id, &format!("story number {id}"), json!({"max_tokens": 60})).to_string());
     }
     t.wait_acked(ids.len(), WAIT);
+    // Killed (SIGKILL), the broker loses a message it acknowledged but had neither passed on nor
+    // saved yet: wait until the daemon holds every request, so that the outage tests what the
+    // daemon keeps, not what Mosquitto does.
+    let held = |s: &serde_json::Value| {
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        n(&s["requests"]["done"])
+            + n(&s["requests"]["failed"])
+            + s["running"].as_array().map_or(0, |r| r.len() as u64)
+            + n(&s["queue"]["interactive"])
+            + n(&s["queue"]["background"])
+    };
+    d.wait_status("the daemon to hold the four requests", WAIT, |s| held(s) >= 4);
     // Down before the answers are out: they are made while no broker is there.
     broker.kill();
     let down = Instant::now();
