@@ -20,6 +20,10 @@ split off, the states renamed, the head size declared, the data sharded), then c
   ``S`` tokens: its text-only ``rope_deltas`` adds the prompt length where Hugging Face's
   ``get_rope_index`` subtracts it), which the check measures and prints.
 
+The Scan layout (``onnx-community/Qwen3.5-*-ONNX``, March 2026: the same files, each Gated
+DeltaNet layer in standard ops with the delta rule an ONNX ``Scan`` over time and a conv state of
+4 columns) is made from the OPT conversion and checked the same way.
+
 onnxruntime-genai's own split layout (``embedding.onnx`` + ``text.onnx`` named by
 ``genai_config.json``'s ``model.embedding`` and ``model.decoder``) is made from the same export
 and checked with onnxruntime fed as genai's CPU embedding feeds it (genai 0.18 itself loads that
@@ -183,6 +187,150 @@ def build_text(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
     return shards
 
 
+def scan_delta_rule(graph, n, shapes_of) -> None:
+    """Replaces the com.microsoft ``LinearAttention`` node ``n`` (gated delta rule) by an ONNX
+    ``Scan`` over time whose body is one step in standard ops: the q/k heads repeated to the value
+    heads, ``S1 = S*exp(g)``, ``S2 = S1 + k (x) ((v - k^T S1) * beta)``, ``o = scale * q^T S2``."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    attr = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    assert attr.get("update_rule") == b"gated_delta", n.name
+    q, k, v, state, decay, beta = list(n.input)[:6]
+    nk, nv = attr["q_num_heads"], attr["kv_num_heads"]
+    _, _, hk, hv = shapes_of(state)
+    scale = float(attr.get("scale", 1.0))
+    body_nodes, body_consts = [], []
+    tag = n.name.replace("/", "_")
+
+    def const(value, dtype=np.int64):
+        name = f"{tag}_c{len(body_consts)}"
+        body_consts.append(numpy_helper.from_array(np.array(value, dtype), name))
+        return name
+
+    def op(kind, inputs, out=None, **attrs):
+        out = out or f"{tag}_{kind}_{len(body_nodes)}"
+        body_nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+    def repeat(x):  # [B, nk*hk] -> [B, nv, 1, hk], each key head repeated nv/nk times
+        x = op("Tile", [op("Reshape", [x, const([0, nk, 1, 1, hk])]), const([1, 1, nv // nk, 1, 1])])
+        return op("Reshape", [x, const([0, nv, 1, hk])])
+
+    s_in, q_t, k_t, v_t, g_t, b_t = (f"{tag}_{x}" for x in ("s", "q", "k", "v", "g", "b"))
+    qr, kr = repeat(q_t), repeat(k_t)
+    s1 = op("Mul", [s_in, op("Exp", [op("Reshape", [g_t, const([0, nv, 1, 1])])])])
+    delta = op("Mul", [op("Sub", [op("Reshape", [v_t, const([0, nv, 1, hv])]), op("MatMul", [kr, s1])]),
+                       op("Reshape", [b_t, const([0, nv, 1, 1])])])
+    s2 = op("Add", [s1, op("MatMul", [op("Reshape", [kr, const([0, nv, hk, 1])]), delta])], f"{tag}_s_out")
+    out = op("MatMul", [qr, s2])
+    if scale != 1.0:
+        out = op("Mul", [out, const(scale, np.float32)])
+    op("Reshape", [out, const([0, nv * hv])], f"{tag}_o")
+    f = onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        body_nodes, f"{tag}_step",
+        [helper.make_tensor_value_info(s_in, f, None)] + [helper.make_tensor_value_info(x, f, None) for x in (q_t, k_t, v_t, g_t, b_t)],
+        [helper.make_tensor_value_info(f"{tag}_s_out", f, None), helper.make_tensor_value_info(f"{tag}_o", f, None)],
+        body_consts)
+    scan = helper.make_node("Scan", [state, q, k, v, decay, beta], [n.output[1], n.output[0]], name=n.name + "/Scan", body=body,
+                            num_scan_inputs=5, scan_input_axes=[1] * 5, scan_output_axes=[1])
+    graph.node.insert(list(graph.node).index(n), scan)
+    graph.node.remove(n)
+
+
+def standard_conv(graph, n, width: int) -> None:
+    """Replaces ``CausalConvWithState`` (depthwise causal conv + SiLU, state of the last K-1
+    inputs) by standard ops with the state Hugging Face's cache keeps: the last K inputs
+    (``width`` = K columns; the oldest is carried along, not used)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    x, w, bias, state = list(n.input)[:4]
+    out, present = n.output[0], n.output[1]
+    channels = next(i for i in graph.initializer if i.name == w).dims[0]
+    p = n.name
+    consts = {f"{p}/window_from": [1], f"{p}/state_from": [-width], f"{p}/to": [2**62], f"{p}/axis": [2]}
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+    nodes = [
+        helper.make_node("Concat", [state, x], [f"{p}/all"], name=f"{p}/Concat", axis=2),
+        helper.make_node("Slice", [f"{p}/all", f"{p}/state_from", f"{p}/to", f"{p}/axis"], [present], name=f"{p}/State"),
+        helper.make_node("Slice", [f"{p}/all", f"{p}/window_from", f"{p}/to", f"{p}/axis"], [f"{p}/window"], name=f"{p}/Window"),
+        helper.make_node("Conv", [f"{p}/window", w, bias], [f"{p}/conv"], name=f"{p}/Conv", group=channels),
+        helper.make_node("Sigmoid", [f"{p}/conv"], [f"{p}/gate"], name=f"{p}/Sigmoid"),
+        helper.make_node("Mul", [f"{p}/conv", f"{p}/gate"], [out], name=f"{p}/SiLU"),
+    ]
+    at = list(graph.node).index(n)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(at + offset, node)
+    graph.node.remove(n)
+
+
+def standard_gates(graph, n) -> None:
+    """Replaces ``LinearAttentionGate`` (decay ``-exp(A) * softplus(a + dt_bias)``, ``beta =
+    sigmoid(b)``) and ``GatedRMSNorm`` (per-head RMS norm times ``z * sigmoid(z)``) by standard
+    ops, as in models/npu/decompose.py."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    p, i, o = n.name, list(n.input), list(n.output)
+    made = []
+
+    def op(kind, inputs, out=None, **attrs):
+        out = out or f"{p}/{kind}_{len(made)}"
+        made.append(helper.make_node(kind, inputs, [out], name=f"{p}/{kind}_{len(made)}", **attrs))
+        return out
+
+    if n.op_type == "LinearAttentionGate":
+        a, dt_bias, neg_exp_a, b = i
+        op("Mul", [neg_exp_a, op("Softplus", [op("Add", [a, dt_bias])])], o[0])
+        op("Sigmoid", [b], o[1])
+    else:
+        x, w, z = i
+        eps = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-6)
+        heads = next(t for t in graph.initializer if t.name == w).dims[0]
+        shape, flat = f"{p}/per_head", f"{p}/flat"
+        graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, -1, heads], np.int64), shape),
+                                  numpy_helper.from_array(np.array([0, 0, -1], np.int64), flat)])
+        z4 = op("Reshape", [z, shape])
+        normed = op("SimplifiedLayerNormalization", [op("Reshape", [x, shape]), w], axis=-1, epsilon=eps, stash_type=1)
+        op("Reshape", [op("Mul", [normed, op("Mul", [z4, op("Sigmoid", [z4])])]), flat], o[0])
+    at = list(graph.node).index(n)
+    for offset, node in enumerate(made):
+        graph.node.insert(at + offset, node)
+    graph.node.remove(n)
+
+
+def build_scan(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int) -> int:
+    """The March 2026 layout (``onnx-community/Qwen3.5-*-ONNX``): the OPT layout's files and names,
+    but each Gated DeltaNet layer in standard ONNX ops (its gates and gated norm too) — the delta
+    rule an ONNX ``Scan`` over time,
+    the causal conv a ``Conv`` with a state of K (4) columns, ``[B, conv_dim, 4]``. Returns the
+    number of the decoder's data files."""
+    import onnx
+
+    build_opt(export, hf, dst, suffix, 1 << 40)
+    path = dst / "onnx" / f"decoder_model_merged{suffix}.onnx"
+    model = onnx.load(str(path), load_external_data=True)
+    for f in path.parent.glob(f"decoder_model_merged{suffix}.onnx_data*"):
+        f.unlink()
+    graph = model.graph
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in list(graph.input) + list(graph.output)}
+    for n in list(graph.node):
+        if n.op_type == "LinearAttention":
+            scan_delta_rule(graph, n, shapes.__getitem__)
+        elif n.op_type == "CausalConvWithState":
+            width = next(i for i in graph.initializer if i.name == n.input[1]).dims[2]
+            standard_conv(graph, n, width)
+        elif n.op_type in ("LinearAttentionGate", "GatedRMSNorm"):
+            standard_gates(graph, n)
+    for v in list(graph.input) + list(graph.output):
+        if "_conv." in v.name:
+            v.type.tensor_type.shape.dim[2].dim_value += 1
+    return save_sharded(model, path, shard_bytes)
+
+
 def build_genai_split(export: Path, dst: Path, shard_bytes: int) -> int:
     """onnxruntime-genai's split layout of a builder export (the builder's ``exclude_embeds``
     with the embedding exported apart, as Olive's recipes do): ``embedding.onnx`` (``input_ids``
@@ -337,8 +485,8 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
 
 
 def convert_all(fixtures: Path, out: Path) -> None:
-    """Each fixture export in the OPT, the Text and genai's split layout, one variant per
-    directory: ``out/<config>-<opt|text|genai>-<fp32|q4>``."""
+    """Each fixture export in the OPT, the Text, the Scan and genai's split layout, one variant per
+    directory: ``out/<config>-<opt|text|scan|genai>-<fp32|q4>``."""
     manifest = json.loads((fixtures / "manifest.json").read_text())
     for name, files in manifest["configs"].items():
         for precision in ("fp32", "int4"):
@@ -346,6 +494,7 @@ def convert_all(fixtures: Path, out: Path) -> None:
             build_opt(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-opt-{dtype}", suffix, 1 << 20)
             build_text(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-text-{dtype}", suffix, 1 << 20)
             build_genai_split(fixtures / files[precision], out / f"{name}-genai-{dtype}", 1 << 20)
+            build_scan(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-scan-{dtype}", suffix, 1 << 20)
 
 
 def main() -> int:
@@ -381,6 +530,20 @@ def main() -> int:
                 failed += text != want
                 print(json.dumps({"export": f"{name}/{precision}", "layout": "text", "data_files": text_shards, "onnxruntime_equals_genai": text == want,
                                   "ok": text == want}), flush=True)
+                scan_dst = out / f"{name}-scan-{dtype}"
+                scan_shards = build_scan(fixtures / files[precision], fixtures / files["hf"], scan_dst, suffix, 1 << 20)
+                scan = opt_greedy(scan_dst, suffix, p["ids"], len(want))
+                scan_tjs = json.loads(subprocess.run(["node", str(node_dir / "greedy.mjs"), str(scan_dst), dtype, json.dumps(p["ids"]),
+                                                      str(len(want))], cwd=node_dir, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                scan_shifted = opt_greedy(scan_dst, suffix, p["ids"], len(want), decode_shift=2)
+                scan_first = next((i for i, (a, b) in enumerate(zip(scan, want)) if a != b), len(want))
+                # The standard-op delta rule rounds differently from the contrib kernel: in int4 a
+                # near-tie of genai's may go the other way (the e2e test checks the margin there).
+                scan_ok = (scan == want or precision == "int4") and scan_tjs == scan_shifted and scan_tjs[0] == scan[0]
+                failed += not scan_ok
+                print(json.dumps({"export": f"{name}/{precision}", "layout": "scan", "data_files": scan_shards,
+                                  "onnxruntime_equal_tokens": scan_first, "transformers_js_equals_its_positions": scan_tjs == scan_shifted,
+                                  "ok": scan_ok}), flush=True)
                 split_dst = out / f"{name}-genai-{dtype}"
                 split_shards = build_genai_split(fixtures / files[precision], split_dst, 1 << 20)
                 split = genai_split_greedy(split_dst, p["ids"], len(want))

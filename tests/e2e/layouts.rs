@@ -2,7 +2,8 @@
 //! embedding graph and a decoder taking `inputs_embeds`; `…-Text-ONNX`: one graph taking
 //! `input_ids` and 2-D positions; `config.json`, sharded data), made from
 //! each fixture's builder export by `models/layouts/layouts.py` (which checks it against
-//! transformers.js itself), and onnxruntime-genai's split layout (`embedding.onnx` +
+//! transformers.js itself), the Scan layout (`…-ONNX`, March 2026: the Gated DeltaNet in standard
+//! ops, the delta rule an ONNX `Scan`), and onnxruntime-genai's split layout (`embedding.onnx` +
 //! `text.onnx`, named by `genai_config.json`), loaded by the engine: the same greedy tokens as
 //! onnxruntime-genai on the source export, fp32 and q4; the layout and the variant reported;
 //! tract runs the Text and the split layout like ONNX Runtime and refuses `num_logits_to_keep`
@@ -48,11 +49,23 @@ pub(crate) fn converted() -> &'static Path {
 #[test]
 fn the_hub_layouts_and_genais_split_layout_give_genais_greedy_tokens_in_fp32_and_q4() {
     for config in CONFIGS {
-        let layouts = [("fp32", "fp32"), ("q4", "int4")].into_iter().flat_map(|v| [(v, "opt"), (v, "text"), (v, "genai")]);
+        let layouts = [("fp32", "fp32"), ("q4", "int4")].into_iter().flat_map(|v| [(v, "opt"), (v, "text"), (v, "scan"), (v, "genai")]);
         for ((variant, precision), layout) in layouts {
             let dir = converted().join(format!("{config}-{layout}-{variant}"));
             let spec = ModelSpec::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             let split = layout != "text";
+            if layout == "scan" {
+                let conv = spec.layers.iter().find_map(|l| match l {
+                    qwenedge_engine::model::LayerKind::LinearAttention { conv, .. } => Some(conv.shape.clone()),
+                    _ => None,
+                });
+                assert_eq!(conv.and_then(|s| s.last().copied()), Some(4), "the Scan layout's conv state keeps 4 columns");
+                assert!(
+                    spec.ops.iter().any(|o| o.ends_with("Scan")) && !spec.ops.iter().any(|o| o.contains("LinearAttention")),
+                    "{:?}",
+                    spec.ops
+                );
+            }
             let expected = match layout {
                 "genai" => Layout::Genai { split: true },
                 _ => Layout::Hub { variant: variant.into(), split },
@@ -65,10 +78,35 @@ fn the_hub_layouts_and_genais_split_layout_give_genais_greedy_tokens_in_fp32_and
             let mut e = crate::common::ort_engine(&dir, |_| {});
             for (i, p) in reference(config).prompts.iter().enumerate() {
                 let want = if precision == "fp32" { &p.genai_greedy.fp32 } else { &p.genai_greedy.int4 };
-                assert_eq!(&greedy(&mut e, &p.ids, 32), want, "{config} {layout} {variant} prompt {i}");
+                let got = greedy(&mut e, &p.ids, 32);
+                if layout == "scan" && precision == "int4" && &got != want {
+                    near_tie(config, &p.ids, want, &got, &format!("{config} scan {variant} prompt {i}"));
+                    continue;
+                }
+                assert_eq!(&got, want, "{config} {layout} {variant} prompt {i}");
             }
         }
     }
+}
+
+/// Where the Scan layout's tokens leave genai's, the source export (the contrib kernels, on ONNX
+/// Runtime) must be at a near-tie: the standard-op delta rule rounds differently, and ONNX
+/// Runtime's 4-bit kernels quantize activations per block, so a near-tie may go the other way (as
+/// tests/e2e/prefix_cache.rs allows for int4 at the same margin).
+fn near_tie(config: &str, prompt: &[u32], want: &[u32], got: &[u32], what: &str) {
+    use qwenedge_engine::backend::{Logits, LogitsWanted};
+    const INT4_TIE: f32 = 0.05;
+    let k = want.iter().zip(got).position(|(a, b)| a != b).expect("they differ");
+    let mut source = crate::common::ort_engine(&crate::common::model_dir(config, "int4"), |_| {});
+    let mut seq = source.new_sequence().unwrap();
+    let mut input = prompt.to_vec();
+    input.extend_from_slice(&want[..k]);
+    let mut logits = Logits::default();
+    source.backend_mut().forward(&mut seq, &input, LogitsWanted::Last, &mut logits).unwrap();
+    let row = logits.row(0);
+    let (a, b) = (row[want[k] as usize], row[got[k] as usize]);
+    assert!((a - b).abs() < INT4_TIE, "{what}: differs from genai at token {k}, not at a near-tie: logits {a} vs {b}");
+    eprintln!("{what}: a near-tie at token {k} (logits {a} vs {b}) went the other way");
 }
 
 #[test]
