@@ -208,6 +208,7 @@ fn the_daemon_serves_every_layout_with_constrained_intents_and_the_prefix_cache_
     for (layout, described) in [
         ("tiny-a-opt-q4", "transformers.js, embedding + decoder, q4"),
         ("tiny-a-text-q4", "transformers.js, one graph, q4"),
+        ("tiny-a-scan-q4", "transformers.js, embedding + decoder, q4"),
         ("tiny-a-genai-q4", "onnxruntime-genai, embedding + decoder"),
     ] {
         let dir = converted().join(layout);
