@@ -6,7 +6,7 @@
 //! ops, the delta rule an ONNX `Scan`), and onnxruntime-genai's split layout (`embedding.onnx` +
 //! `text.onnx`, named by `genai_config.json`), loaded by the engine: the same greedy tokens as
 //! onnxruntime-genai on the source export, fp32 and q4; the layout and the variant reported;
-//! tract runs the Text and the split layout like ONNX Runtime and refuses `num_logits_to_keep`
+//! tract runs the Text, OPT and genai split layouts like ONNX Runtime and refuses the Scan layout
 //! with a reason naming the file.
 
 use std::path::{Path, PathBuf};
@@ -145,14 +145,14 @@ fn the_variant_is_q4_where_present_else_as_configured() {
     assert_eq!(greedy(&mut e, &p.ids, 32), p.genai_greedy.int4, "the default variant is q4");
 }
 
-/// tract runs the Text layout (one graph) and genai's split layout (the embedding graph as a plan
-/// of its own) with ONNX Runtime's greedy tokens (the same check as tests/e2e/tract.rs makes on
-/// the builder exports).
+/// tract runs the Text layout (one graph), genai's split layout and the OPT layout (the embedding
+/// graph as a plan of its own; `num_logits_to_keep` the constant 1) with ONNX Runtime's greedy
+/// tokens (the same check as tests/e2e/tract.rs makes on the builder exports).
 #[cfg(feature = "tract")]
 #[test]
-fn tract_runs_the_text_and_genai_split_layouts_like_onnxruntime() {
+fn tract_runs_the_text_opt_and_genai_split_layouts_like_onnxruntime() {
     use qwenedge_engine::backend::tract::{TractBackend, TractOptions};
-    for (layout, variant) in ["text", "genai"].into_iter().flat_map(|l| [(l, "fp32"), (l, "q4")]) {
+    for (layout, variant) in ["text", "genai", "opt"].into_iter().flat_map(|l| [(l, "fp32"), (l, "q4")]) {
         let dir = converted().join(format!("tiny-a-{layout}-{variant}"));
         let mut ort = crate::common::ort_engine(&dir, |_| {});
         let mut tract =
@@ -165,14 +165,10 @@ fn tract_runs_the_text_and_genai_split_layouts_like_onnxruntime() {
 
 #[cfg(feature = "tract")]
 #[test]
-fn tract_refuses_num_logits_to_keep_with_the_file_named() {
-    let spec = ModelSpec::load(converted().join("tiny-a-opt-q4")).unwrap();
-    assert_eq!(spec.logits_to_keep.as_deref(), Some("num_logits_to_keep"), "the OPT fixture declares it");
+fn tract_refuses_the_scan_layout_with_the_file_named() {
+    let spec = ModelSpec::load(converted().join("tiny-a-scan-q4")).unwrap();
     let tract = qwenedge_engine::backend::tract::TractBackend::load(&spec, &Default::default()).err().expect("tract refuses").to_string();
-    assert!(
-        tract.contains("decoder_model_merged_q4.onnx") && tract.contains("num_logits_to_keep") && tract.contains("ONNX Runtime"),
-        "{tract}"
-    );
+    assert!(tract.contains("decoder_model_merged_q4.onnx") && tract.contains("Scan"), "{tract}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

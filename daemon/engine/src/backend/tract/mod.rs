@@ -93,6 +93,17 @@ fn empty_state(t: &StateTensor, kv: bool) -> Result<Tensor, BackendError> {
     Tensor::zero::<f32>(&shape).map_err(run_err)
 }
 
+/// Replaces the graph input `name` (`num_logits_to_keep`) by the constant 1.
+fn keep_last_logits(model: &mut InferenceModel, name: &str) -> TractResult<()> {
+    let inputs = model.input_outlets()?.to_vec();
+    let Some(&input) = inputs.iter().find(|o| model.node(o.node).name == name) else { return Ok(()) };
+    let one = model.add_const(format!("{name}.one"), tensor0(1i64))?;
+    for inlet in model.outlet_successors(input).to_vec() {
+        model.add_edge(one, inlet)?;
+    }
+    model.set_input_outlets(&inputs.into_iter().filter(|o| *o != input).collect::<Vec<_>>())
+}
+
 impl TractBackend {
     /// Parses, types and optimizes the decoder graph of `spec`.
     pub fn load(spec: &ModelSpec, opts: &TractOptions) -> Result<Self, BackendError> {
@@ -122,6 +133,11 @@ impl TractBackend {
         let mut model = onnx.parse(&proto, dir).map_err(|e| load_err(path, format!("{e:#}")))?.model;
         drop(proto);
 
+        // `num_logits_to_keep` becomes the constant 1 (only the last position's logits are ever
+        // read): tract 0.23 runs its slice with a constant start, not a dynamic one.
+        if let Some(name) = &spec.logits_to_keep {
+            keep_last_logits(&mut model, name).map_err(|e| load_err(path, format!("{e:#}")))?;
+        }
         let (s, p) = (model.symbols.sym("S").to_dim(), model.symbols.sym("P").to_dim());
         let mut feeds = Vec::new();
         for (ix, outlet) in model.input_outlets().map_err(|e| load_err(path, e))?.to_vec().into_iter().enumerate() {
@@ -138,13 +154,6 @@ impl TractBackend {
                     _ => i64::fact([1.to_dim(), s.clone()]),
                 };
                 (Feed::Positions, fact)
-            } else if Some(&name) == spec.logits_to_keep.as_ref() {
-                // tract 0.23's dynamic Slice takes neither the negative start nor the INT64_MAX
-                // end the usual `num_logits_to_keep` slice is written with.
-                return Err(load_err(
-                    path,
-                    format!("graph input '{name}' (a dynamic slice of the logits) is not run by the tract backend; use ONNX Runtime"),
-                ));
             } else if let Some(i) = states.iter().position(|(t, _)| t.input == name) {
                 let (t, kv) = &states[i];
                 let dims: TVec<TDim> = std::iter::once(1.to_dim())
