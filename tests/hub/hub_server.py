@@ -176,9 +176,9 @@ class Handler(BaseHTTPRequestHandler):
             if files is None:
                 return
             path = "/".join(parts[4:])
-            f = next((f for f in files if f["path"] == path), None)
+            f = self.entry(files, path, parts[3])
             if f is None:
-                return self.error(404, "EntryNotFound", f"{path} does not exist on \"{parts[3]}\"")
+                return
             if f["lfs"]:
                 host, port = self.headers["Host"].rsplit(":", 1)
                 cdn = "localhost" if host == "127.0.0.1" else "127.0.0.1"
@@ -205,9 +205,9 @@ class Handler(BaseHTTPRequestHandler):
             if files is None:
                 return
             path = "/".join(parts[6:])
-            f = next((f for f in files if f["path"] == path), None)
+            f = self.entry(files, path, parts[5])
             if f is None:
-                return self.error(404, "EntryNotFound", f"{path} does not exist")
+                return
             return self.send_small(f, path, [("X-Repo-Commit", commit), ("ETag", f'"{f["blob"]}"')])
         if len(parts) == 2 and parts[0] == "cdn":
             repo = query.get("repo", [""])[0]
@@ -219,11 +219,24 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_file(f, path, [("ETag", f'"{f["sha256"]}"')])
         self.error(404, "RepoNotFound", "Repository Not Found")
 
-    def send_small(self, f, path, headers):
-        """A small file as the resolve cache sends it: chunked, gzip when the client accepts it."""
+    def entry(self, files, path, rev):
+        """The file `path` of the listing, else a 404 answered (None)."""
+        f = next((f for f in files if f["path"] == path), None)
+        if f is None:
+            self.error(404, "EntryNotFound", f"{path} does not exist on \"{rev}\"")
+        return f
+
+    @staticmethod
+    def served_bytes(f, path):
+        """The file's bytes as served: one byte changed when the test asked for it corrupt."""
         data = open(f["full"], "rb").read()
         if path in STATE["corrupt"] and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+    def send_small(self, f, path, headers):
+        """A small file as the resolve cache sends it: chunked, gzip when the client accepts it."""
+        data = self.served_bytes(f, path)
         gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
         if gzipped:
             data = gzip.compress(data)
@@ -243,9 +256,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def send_file(self, f, path, headers):
-        data = open(f["full"], "rb").read()
-        if path in STATE["corrupt"] and data:
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        data = self.served_bytes(f, path)
         start = 0
         status = 200
         rng = self.headers.get("Range")

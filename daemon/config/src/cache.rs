@@ -51,12 +51,15 @@ impl Default for CacheSettings {
 /// `$XDG_CACHE_HOME/qwenedge` or `~/.cache/qwenedge`; `None` when no home directory is known.
 fn default_dir(leaf: &str) -> Option<std::path::PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-    if let Some(state) =
-        std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty())
-    {
-        return Some(std::path::PathBuf::from(state).join(leaf));
+    if let Some(state) = state_directory() {
+        return Some(state.join(leaf));
     }
     var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("qwenedge").join(leaf))
+}
+
+/// The service's state directory: the first of systemd's `STATE_DIRECTORY` list, if set.
+pub(crate) fn state_directory() -> Option<std::path::PathBuf> {
+    std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty()).map(Into::into)
 }
 
 /// A file in the state directory (see [`default_dir`]).

@@ -58,10 +58,8 @@ impl HubSettings {
             return Some(dir.clone());
         }
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        if let Some(state) =
-            std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty())
-        {
-            return Some(PathBuf::from(state).join("models"));
+        if let Some(state) = crate::cache::state_directory() {
+            return Some(state.join("models"));
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {

@@ -39,11 +39,16 @@ fn private_dirty_kb(addr: usize) -> Option<u64> {
 /// read pulls in a read-ahead window that is never used.
 pub(super) fn advise_random_access(file: &Path) {
     for (addr, len) in mappings(file, false) {
-        // SAFETY: the range is a mapping of this process read from /proc/self/maps; MADV_RANDOM
-        // only changes read-ahead and never the contents or validity of the mapping.
-        unsafe {
-            libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM);
-        }
+        advise_random(addr, len);
+    }
+}
+
+/// Read-ahead off for one mapping of this process.
+fn advise_random(addr: usize, len: usize) {
+    // SAFETY: the range is a mapping of this process read from /proc/self/maps; MADV_RANDOM
+    // only changes read-ahead and never the contents or validity of the mapping.
+    unsafe {
+        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM);
     }
 }
 
@@ -75,10 +80,7 @@ impl Resident {
             if !protected {
                 continue;
             }
-            // SAFETY: as in advise_random_access: a hint about a mapping of this process.
-            unsafe {
-                libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM);
-            }
+            advise_random(addr, len);
             ranges.push((addr, len));
         }
         Self { ranges }
