@@ -10,6 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+cache="${QWENEDGE_CACHE:-$HOME/.cache/qwenedge}"
+# Free disk in GiB where the build and the caches live (a full disk fails tests far from its cause).
+free_gib() { df -Pk "$@" | awk 'NR > 1 && ($4 / 1048576) < m || NR == 2 { m = $4 / 1048576 } END { printf "%.1f", m }'; }
+mkdir -p "$cache"
+echo "test: $(free_gib . "$cache" "${TMPDIR:-/tmp}") GiB free (a clean run takes about 15 GiB: README, Tests)" >&2
 scale="${QWENEDGE_TEST_TIME_SCALE:-1}"
 if ! [[ "$scale" =~ ^[0-9]*\.?[0-9]+$ ]] || ! awk -v s="$scale" 'BEGIN { exit !(s + 0 > 0) }'; then
   echo "test: QWENEDGE_TEST_TIME_SCALE='$scale' is not a positive number (it multiplies every wait of the tests)" >&2
@@ -77,5 +82,6 @@ for script in "${scripts[@]}"; do
   summary="$summary; $script: $([ "$rc" -eq 0 ] && echo ok || echo "FAILED (status $rc)") in $(( $(date +%s) - t0 ))s"
   [ "$rc" -eq 0 ] || status=1
 done
-echo "test summary: $summary; $(( $(date +%s) - started ))s total (time scale $scale)"
+used=$(du -sk target "$cache" 2>/dev/null | awk '{ s += $1 } END { printf "%.1f", s / 1048576 }')
+echo "test summary: $summary; $(( $(date +%s) - started ))s total (time scale $scale); target and cache $used GiB, $(free_gib . "$cache") GiB free"
 exit "$status"
