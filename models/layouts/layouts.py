@@ -37,7 +37,9 @@ int4 export (``models/layouts/bench.sh``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -251,7 +253,8 @@ def standard_conv(graph, n, width: int) -> None:
     out, present = n.output[0], n.output[1]
     channels = next(i for i in graph.initializer if i.name == w).dims[0]
     p = n.name
-    consts = {f"{p}/window_from": [1], f"{p}/state_from": [-width], f"{p}/to": [2**62], f"{p}/axis": [2]}
+    # An open end is INT64_MAX, as torch.onnx writes `x[..., 1:]`.
+    consts = {f"{p}/window_from": [1], f"{p}/state_from": [-width], f"{p}/to": [2**63 - 1], f"{p}/axis": [2]}
     graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
     nodes = [
         helper.make_node("Concat", [state, x], [f"{p}/all"], name=f"{p}/Concat", axis=2),
@@ -306,8 +309,9 @@ def build_scan(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
     """The March 2026 layout (``onnx-community/Qwen3.5-*-ONNX``): the OPT layout's files and names,
     but each Gated DeltaNet layer in standard ONNX ops (its gates and gated norm too) — the delta
     rule an ONNX ``Scan`` over time,
-    the causal conv a ``Conv`` with a state of K (4) columns, ``[B, conv_dim, 4]``. Returns the
-    number of the decoder's data files."""
+    the causal conv a ``Conv`` with a state of K (4) columns, ``[B, conv_dim, 4]`` — and, as
+    Optimum's merged decoders, a ``use_cache_branch`` input. Returns the number of the decoder's
+    data files."""
     import onnx
 
     build_opt(export, hf, dst, suffix, 1 << 40)
@@ -328,7 +332,28 @@ def build_scan(export: Path, hf: Path, dst: Path, suffix: str, shard_bytes: int)
     for v in list(graph.input) + list(graph.output):
         if "_conv." in v.name:
             v.type.tensor_type.shape.dim[2].dim_value += 1
+    cache_branch(graph)
     return save_sharded(model, path, shard_bytes)
+
+
+def cache_branch(graph) -> None:
+    """Optimum's ``use_cache_branch`` (bool ``[1]``, as its merged decoders declare and
+    transformers.js feeds: whether there is a past): each ``past_*`` input is multiplied by it, so
+    a decoder fed ``false`` after the first step forgets its past, as the no-past branch does."""
+    from onnx import TensorProto, helper
+
+    graph.input.append(helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1]))
+    flag = "use_cache_branch/float"
+    made = [helper.make_node("Cast", ["use_cache_branch"], [flag], name="/use_cache_branch/Cast", to=TensorProto.FLOAT)]
+    for past in [i.name for i in graph.input if i.name.startswith("past_")]:
+        gated = f"{past}/cache_branch"
+        for n in graph.node:
+            for j, name in enumerate(n.input):
+                if name == past:
+                    n.input[j] = gated
+        made.append(helper.make_node("Mul", [past, flag], [gated], name=f"/{past}/cache_branch"))
+    for offset, node in enumerate(made):
+        graph.node.insert(offset, node)
 
 
 def build_genai_split(export: Path, dst: Path, shard_bytes: int) -> int:
@@ -450,7 +475,7 @@ def _greedy(dec, ids: list[int], count: int, step_inputs, dims: dict[str, int] |
     for step in range(count):
         total = pos + len(feed)
         feeds = {"attention_mask": np.ones((1, total), dtype=np.int64), "num_logits_to_keep": np.array(1, dtype=np.int64),
-                 **step_inputs(step, pos, feed), **state}
+                 "use_cache_branch": np.array([pos > 0]), **step_inputs(step, pos, feed), **state}
         results = dict(zip(names, dec.run(None, {k: v for k, v in feeds.items() if k in declared})))
         token = int(results["logits"][0, -1].argmax())
         out.append(token)
@@ -486,7 +511,8 @@ def opt_greedy(dst: Path, suffix: str, ids: list[int], count: int, decode_shift:
 
 def convert_all(fixtures: Path, out: Path) -> None:
     """Each fixture export in the OPT, the Text, the Scan and genai's split layout, one variant per
-    directory: ``out/<config>-<opt|text|scan|genai>-<fp32|q4>``."""
+    directory: ``out/<config>-<opt|text|scan|genai>-<fp32|q4>``, and the OPT layout's
+    ``quantized`` variant (``out/<config>-opt-quantized``)."""
     manifest = json.loads((fixtures / "manifest.json").read_text())
     for name, files in manifest["configs"].items():
         for precision in ("fp32", "int4"):
@@ -495,6 +521,50 @@ def convert_all(fixtures: Path, out: Path) -> None:
             build_text(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-text-{dtype}", suffix, 1 << 20)
             build_genai_split(fixtures / files[precision], out / f"{name}-genai-{dtype}", 1 << 20)
             build_scan(fixtures / files[precision], fixtures / files["hf"], out / f"{name}-scan-{dtype}", suffix, 1 << 20)
+        build_quantized(out / f"{name}-opt-fp32", out / f"{name}-opt-quantized", 1 << 20)
+    link_duplicates(out)
+
+
+def build_quantized(opt_fp32: Path, dst: Path, shard_bytes: int) -> int:
+    """transformers.js's ``_quantized`` variant of an OPT-layout fp32 directory, made as its
+    conversion script makes it: ONNX Runtime's ``quantize_dynamic`` with 8-bit (uint8) weights —
+    ``MatMulInteger`` fed by ``DynamicQuantizeLinear`` — for ``embed_tokens_quantized.onnx`` and
+    ``decoder_model_merged_quantized.onnx``, their data sharded as the Hub's. Returns the number
+    of the decoder's data files."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    (dst / "onnx").mkdir(parents=True, exist_ok=True)
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stem in ("embed_tokens", "decoder_model_merged"):
+            quantized = Path(tmp) / f"{stem}_quantized.onnx"
+            quantize_dynamic(opt_fp32 / "onnx" / f"{stem}.onnx", quantized, weight_type=QuantType.QUInt8, use_external_data_format=True)
+            model = onnx.load(str(quantized), load_external_data=True)
+            counts[quantized.name] = save_sharded(model, dst / "onnx" / quantized.name, shard_bytes)
+    config = json.loads((opt_fp32 / "config.json").read_text())
+    config.pop("transformers.js_config", None)
+    write_config(opt_fp32, dst, config, counts)
+    return counts["decoder_model_merged_quantized.onnx"]
+
+
+def link_duplicates(out: Path) -> None:
+    """Hard-links files of equal content (the embedding table, the tokenizer, shards shared by
+    several layouts): the 16 directories take a third of the disk they would as copies."""
+    first: dict[tuple[int, str], Path] = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        key = (path.stat().st_size, digest.hexdigest())
+        if key in first:
+            path.unlink()
+            os.link(first[key], path)
+        else:
+            first[key] = path
 
 
 def main() -> int:
@@ -505,6 +575,11 @@ def main() -> int:
         # One builder export (int4) in the OPT layout, data in shards of up to 2 GB as the Hub's.
         export, hf, dst = (Path(a) for a in sys.argv[2:5])
         build_opt(export, hf, dst, "_q4", 2 << 30)
+        return 0
+    if sys.argv[1] == "--scan":
+        # The same export in the Scan layout (models/layouts/bench.sh).
+        export, hf, dst = (Path(a) for a in sys.argv[2:5])
+        build_scan(export, hf, dst, "_q4", 2 << 30)
         return 0
     fixtures, out, node_dir = (Path(a) for a in sys.argv[1:4])
     manifest = json.loads((fixtures / "manifest.json").read_text())

@@ -19,16 +19,16 @@ use qwenedge_engine::{Engine, EngineOptions};
 /// A choice is clear when ONNX Runtime's two best logits are further apart than this many times
 /// the root mean square difference between the runtimes' logits: were the differences
 /// independent and normal, the gap would change by more than that once in 400 steps.
-const CLEAR: f32 = 4.0;
+pub(crate) const CLEAR: f32 = 4.0;
 
 /// The root mean square of `a - b`.
-fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
     let sum: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
     (sum / a.len().max(1) as f64).sqrt() as f32
 }
 
 /// The best two entries of `l`: (index, value) each.
-fn best_two(l: &[f32]) -> ((usize, f32), (usize, f32)) {
+pub(crate) fn best_two(l: &[f32]) -> ((usize, f32), (usize, f32)) {
     let (mut a, mut b) = ((0, f32::MIN), (0, f32::MIN));
     for (i, &x) in l.iter().enumerate() {
         if x > a.1 {

@@ -172,6 +172,7 @@ pub(super) fn load(dir: &Path) -> Result<ModelSpec, ModelError> {
         position_ids,
         logits,
         logits_to_keep: None,
+        use_cache_branch: None,
         logits_dtype,
         layers,
         search,

@@ -105,7 +105,14 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
     };
     let layers = (0..layer_count).map(|i| names.layer(i)).collect::<Result<Vec<_>, _>>()?;
     let logits_to_keep = names.graph_input("num_logits_to_keep", false)?;
-    let fed = [Some(input_ids.as_str()), attention_mask.as_deref(), position_ids_name.as_deref(), logits_to_keep.as_deref()];
+    let use_cache_branch = names.graph_input("use_cache_branch", false)?;
+    let fed = [
+        Some(input_ids.as_str()),
+        attention_mask.as_deref(),
+        position_ids_name.as_deref(),
+        logits_to_keep.as_deref(),
+        use_cache_branch.as_deref(),
+    ];
     check_fed(&graph, &decoder_path, &fed, &layers, "is not one this engine feeds")?;
     let generation_path = dir.join("generation_config.json");
     let generation: Value = match std::fs::read(&generation_path) {
@@ -147,6 +154,7 @@ pub(super) fn load(dir: &Path, variant: Option<&str>) -> Result<ModelSpec, Model
         position_ids,
         logits,
         logits_to_keep,
+        use_cache_branch,
         logits_dtype,
         layers,
         search,

@@ -226,6 +226,9 @@ pub struct ModelSpec {
     /// A scalar input saying how many positions' logits to compute (`num_logits_to_keep`; 0 =
     /// all), where the graph declares one: 1 is fed when only the last is wanted.
     pub logits_to_keep: Option<String>,
+    /// Optimum's `use_cache_branch` (bool `[1]`), where the graph declares it: true when the
+    /// sequence has a past.
+    pub use_cache_branch: Option<String>,
     /// Element type of the logits.
     pub logits_dtype: StateType,
     /// Per-layer state, indexed by layer.

@@ -303,6 +303,9 @@ impl OrtBackend {
             let keep = Tensor::from_array(([0usize; 0], vec![i64::from(self.last_only)])).map_err(run_err)?;
             b.bind_input(name, &keep).map_err(run_err)?;
         }
+        if let Some(name) = &self.spec.use_cache_branch {
+            b.bind_input(name, &Tensor::from_array(([1usize], vec![past > 0])).map_err(run_err)?).map_err(run_err)?;
+        }
         if let Some(name) = &self.spec.position_ids_name {
             let positions: Vec<i64> = (past as i64..total as i64).collect();
             let value = match self.spec.position_ids {

@@ -43,6 +43,8 @@ enum Feed {
     Ids,
     Mask,
     Positions,
+    /// `use_cache_branch`: whether there is a past.
+    CacheBranch,
     /// Index into the state list.
     State(usize),
 }
@@ -154,6 +156,8 @@ impl TractBackend {
                     _ => i64::fact([1.to_dim(), s.clone()]),
                 };
                 (Feed::Positions, fact)
+            } else if Some(&name) == spec.use_cache_branch.as_ref() {
+                (Feed::CacheBranch, bool::fact([1]))
             } else if let Some(i) = states.iter().position(|(t, _)| t.input == name) {
                 let (t, kv) = &states[i];
                 let dims: TVec<TDim> = std::iter::once(1.to_dim())
@@ -229,6 +233,7 @@ impl TractBackend {
                     None => Tensor::from_shape(&[1, n], &tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()),
                 },
                 Feed::Mask => Tensor::from_shape(&[1, past + n], &vec![1i64; past + n]),
+                Feed::CacheBranch => Tensor::from_shape(&[1], &[past > 0]),
                 Feed::Positions => match self.spec.position_ids {
                     PositionIds::Sections(rows) => Tensor::from_shape(&[rows, 1, n], &positions.repeat(rows)),
                     _ => Tensor::from_shape(&[1, n], &positions),
