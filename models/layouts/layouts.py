@@ -552,7 +552,9 @@ def build_quantized(opt_fp32: Path, dst: Path, shard_bytes: int) -> int:
 
 def link_duplicates(out: Path) -> None:
     """Hard-links files of equal content (the embedding table, the tokenizer, shards shared by
-    several layouts): the 16 directories take a third of the disk they would as copies."""
+    several layouts): the directories take a sixth of the disk they would as copies. ONNX Runtime
+    and tract load them as they are; Python's ``onnx.load`` (1.17+) refuses external data with
+    several links, so copy a directory before loading it there."""
     first: dict[tuple[int, str], Path] = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         digest = hashlib.sha256()
