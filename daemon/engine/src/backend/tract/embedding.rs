@@ -3,15 +3,13 @@
 //! step. Its lookups get the same edits as the decoder's (stored rows read as they are, mapped
 //! tables), so the table is read a row at a time.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::{load_err, ops, run_err};
+use super::{load_err, parse_graph, read_graph, run_err};
 use crate::backend::BackendError;
 use crate::model::Embedding;
-use crate::onnx::edit;
 
 /// The embedding plan and the slot of its output.
 pub(super) struct TractEmbedding {
@@ -23,18 +21,7 @@ impl TractEmbedding {
     /// Parses and optimizes the graph of `e`.
     pub(super) fn load(e: &Embedding) -> Result<Self, BackendError> {
         let path = &e.onnx_path;
-        let mut bytes = std::fs::read(path).map_err(|x| load_err(path, x))?;
-        if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|x| load_err(path, x))? {
-            bytes = b;
-        }
-        if let Some(b) = edit::lookups_read_mapped_tables(&bytes).map_err(|x| load_err(path, x))? {
-            bytes = b;
-        }
-        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        ops::register(&mut onnx);
-        let proto = onnx.proto_model_for_read(&mut bytes.as_slice()).map_err(|x| load_err(path, x))?;
-        let dir = path.parent().and_then(Path::to_str);
-        let mut model = onnx.parse(&proto, dir).map_err(|x| load_err(path, format!("{x:#}")))?.model;
+        let mut model = parse_graph(path, read_graph(path)?)?;
         let inputs = model.input_outlets().map_err(|x| load_err(path, x))?.to_vec();
         if inputs.len() != 1 || model.node(inputs[0].node).name != e.input {
             return Err(load_err(path, format!("the embedding graph must take '{}' alone", e.input)));

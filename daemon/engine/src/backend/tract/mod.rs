@@ -106,6 +106,32 @@ fn keep_last_logits(model: &mut InferenceModel, name: &str) -> TractResult<()> {
     model.set_input_outlets(&inputs.into_iter().filter(|o| *o != input).collect::<Vec<_>>())
 }
 
+/// The graph at `path` with its lookups edited to read the stored rows of mapped tables, a row
+/// at a time (the decoder's and the embedding graph's alike).
+fn read_graph(path: &Path) -> Result<Vec<u8>, BackendError> {
+    let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
+    if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
+        bytes = b;
+    }
+    if let Some(b) = edit::lookups_read_mapped_tables(&bytes).map_err(|e| load_err(path, e))? {
+        bytes = b;
+    }
+    Ok(bytes)
+}
+
+/// Parses `bytes`, the graph at `path` (its external data beside it), with this backend's ops
+/// registered; the bytes are let go before the graph is built from them.
+fn parse_graph(path: &Path, bytes: Vec<u8>) -> Result<InferenceModel, BackendError> {
+    // The builder's value_info entries are hints that do not always agree with the
+    // graph (a `[1]` constant declared as a scalar); shapes come from inference instead.
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    ops::register(&mut onnx);
+    let proto = onnx.proto_model_for_read(&mut bytes.as_slice()).map_err(|e| load_err(path, e))?;
+    drop(bytes);
+    let dir = path.parent().and_then(Path::to_str);
+    Ok(onnx.parse(&proto, dir).map_err(|e| load_err(path, format!("{e:#}")))?.model)
+}
+
 impl TractBackend {
     /// Parses, types and optimizes the decoder graph of `spec`.
     pub fn load(spec: &ModelSpec, opts: &TractOptions) -> Result<Self, BackendError> {
@@ -115,25 +141,11 @@ impl TractBackend {
             return Err(load_err(path, "float16 state or logits are not supported by the tract backend (use a CPU int4/fp32 export)"));
         }
         let embedding = spec.embedding.as_ref().map(embedding::TractEmbedding::load).transpose()?;
-        let mut bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;
-        if let Some(b) = edit::lookup_reads_stored_rows(&bytes).map_err(|e| load_err(path, e))? {
-            bytes = b;
-        }
-        if let Some(b) = edit::lookups_read_mapped_tables(&bytes).map_err(|e| load_err(path, e))? {
-            bytes = b;
-        }
+        let bytes = read_graph(path)?;
         let edited =
             if opts.all_logits { None } else { edit::last_position_logits(&bytes, &spec.logits).map_err(|e| load_err(path, e))? };
         let last_only = edited.is_some();
-        // The builder's value_info entries are hints that do not always agree with the
-        // graph (a `[1]` constant declared as a scalar); shapes come from inference instead.
-        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        ops::register(&mut onnx);
-        let proto = onnx.proto_model_for_read(&mut edited.as_deref().unwrap_or(&bytes)).map_err(|e| load_err(path, e))?;
-        drop((bytes, edited));
-        let dir = path.parent().and_then(Path::to_str);
-        let mut model = onnx.parse(&proto, dir).map_err(|e| load_err(path, format!("{e:#}")))?.model;
-        drop(proto);
+        let mut model = parse_graph(path, edited.unwrap_or(bytes))?;
 
         // `num_logits_to_keep` becomes the constant 1 (only the last position's logits are ever
         // read): tract 0.23 runs its slice with a constant start, not a dynamic one.
