@@ -43,14 +43,21 @@ impl AppState {
         model.id.filter(|id| !id.is_empty()).unwrap_or_else(|| "qwenedge".into())
     }
 
+    /// Whether `requested` is the served model's name (also as Ollama's `name:latest`).
+    pub(crate) fn names_served(&self, requested: &str) -> bool {
+        let ours = self.model_name();
+        requested == ours || requested.strip_suffix(":latest") == Some(ours.as_str()) || ours.strip_suffix(":latest") == Some(requested)
+    }
+
+    /// Whether the stored model `m` is the one served.
+    pub(crate) fn serves(&self, m: &StoredModel) -> bool {
+        m.dir == self.model().path
+    }
+
     /// Whether `requested` names the served model (also as Ollama's `name:latest`, or a name
     /// the store resolves to its directory).
     pub fn is_our_model(&self, requested: &str) -> bool {
-        let ours = self.model_name();
-        requested == ours
-            || requested.strip_suffix(":latest") == Some(ours.as_str())
-            || ours.strip_suffix(":latest") == Some(requested)
-            || self.stored(requested).is_some_and(|m| m.dir == self.model().path)
+        self.names_served(requested) || self.stored(requested).is_some_and(|m| self.serves(&m))
     }
 
     /// The stored model `requested` names, if the store holds it.
@@ -61,10 +68,11 @@ impl AppState {
     /// Whether a request naming `requested` may run: the served model, or a stored one, which
     /// is then loaded in its place (the request waits for it, as Ollama loads a model on use).
     pub fn accept_model(&self, requested: &str) -> bool {
-        if self.is_our_model(requested) {
+        if self.names_served(requested) {
             return true;
         }
         match self.stored(requested) {
+            Some(m) if self.serves(&m) => true,
             Some(m) => {
                 tracing::info!(model = %m.name, dir = %m.dir.display(), "a request names a stored model: loading it");
                 self.scheduler.use_model(m.dir, m.variant);

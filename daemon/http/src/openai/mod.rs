@@ -18,6 +18,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{parse_body, OpenAiError};
+use super::models::StoredModel;
 use super::state::{AppState, Outcome};
 use super::time::unix_seconds;
 use qwenedge_api::{FieldError, Prompt};
@@ -105,18 +106,24 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let served = state.model().path;
     let mut data = vec![model_object(&state)];
     for stored in state.store.as_ref().map(|s| s.list()).unwrap_or_default().into_iter().filter(|m| m.dir != served) {
-        data.push(json!({"id": stored.name, "object": "model", "created": unix_seconds(stored.modified), "owned_by": "qwenedge"}));
+        data.push(stored_object(&stored));
     }
     Json(json!({"object": "list", "data": data}))
 }
 
+/// A stored model, not the one served, as `/v1/models` lists it.
+fn stored_object(m: &StoredModel) -> Value {
+    json!({"id": m.name, "object": "model", "created": unix_seconds(m.modified), "owned_by": "qwenedge"})
+}
+
 /// `GET /v1/models/{id}`.
 pub async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, OpenAiError> {
-    if state.is_our_model(&id) {
+    if state.names_served(&id) {
         return Ok(Json(model_object(&state)));
     }
     match state.stored(&id) {
-        Some(m) => Ok(Json(json!({"id": m.name, "object": "model", "created": unix_seconds(m.modified), "owned_by": "qwenedge"}))),
+        Some(m) if state.serves(&m) => Ok(Json(model_object(&state))),
+        Some(m) => Ok(Json(stored_object(&m))),
         None => Err(OpenAiError::unknown_model(&id, &state.model_name())),
     }
 }
