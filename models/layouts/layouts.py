@@ -569,6 +569,13 @@ def link_duplicates(out: Path) -> None:
             first[key] = path
 
 
+def transformers_js_greedy(node_dir: Path, dst: Path, dtype: str, ids: list[int], count: int) -> list[int]:
+    """transformers.js's greedy tokens on the layout in ``dst`` (``greedy.mjs``, its last line)."""
+    run = subprocess.run(["node", str(node_dir / "greedy.mjs"), str(dst), dtype, json.dumps(ids), str(count)], cwd=node_dir,
+                         capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.splitlines()[-1])
+
+
 def main() -> int:
     if sys.argv[1] == "--convert":
         convert_all(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -595,8 +602,7 @@ def main() -> int:
             for p in reference["prompts"]:
                 want = p["genai_greedy"][precision]
                 ours = opt_greedy(dst, suffix, p["ids"], len(want))
-                tjs = json.loads(subprocess.run(["node", str(node_dir / "greedy.mjs"), str(dst), dtype, json.dumps(p["ids"]),
-                                                 str(len(want))], cwd=node_dir, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                tjs = transformers_js_greedy(node_dir, dst, dtype, p["ids"], len(want))
                 shifted = opt_greedy(dst, suffix, p["ids"], len(want), decode_shift=2)
                 ok = ours == want and tjs[0] == want[0] and tjs == shifted
                 failed += not ok
@@ -610,8 +616,7 @@ def main() -> int:
                 scan_dst = out / f"{name}-scan-{dtype}"
                 scan_shards = build_scan(fixtures / files[precision], fixtures / files["hf"], scan_dst, suffix, 1 << 20)
                 scan = opt_greedy(scan_dst, suffix, p["ids"], len(want))
-                scan_tjs = json.loads(subprocess.run(["node", str(node_dir / "greedy.mjs"), str(scan_dst), dtype, json.dumps(p["ids"]),
-                                                      str(len(want))], cwd=node_dir, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                scan_tjs = transformers_js_greedy(node_dir, scan_dst, dtype, p["ids"], len(want))
                 scan_shifted = opt_greedy(scan_dst, suffix, p["ids"], len(want), decode_shift=2)
                 scan_first = next((i for i, (a, b) in enumerate(zip(scan, want)) if a != b), len(want))
                 # The standard-op delta rule rounds differently from the contrib kernel: in int4 a

@@ -93,16 +93,25 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Copies a model directory into `dst`, hard-linking the large files.
+/// Copies a model directory into `dst` with its subdirectories, hard-linking the files (copied
+/// where a link cannot be made); a file already in `dst` is kept, and dot-files (a cache's
+/// markers) are left out.
 pub fn copy_model(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
         let to = dst.join(entry.file_name());
-        if std::fs::hard_link(entry.path(), &to).is_err() {
-            std::fs::copy(entry.path(), &to).unwrap();
+        if entry.path().is_dir() {
+            copy_model(&entry.path(), &to);
+        } else if !to.exists() && !entry.file_name().to_string_lossy().starts_with('.') {
+            std::fs::hard_link(entry.path(), &to).or_else(|_| std::fs::copy(entry.path(), &to).map(|_| ())).unwrap();
         }
     }
+}
+
+/// Every file under `dir`, its subdirectories included.
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 /// `n` greedy tokens after `prompt` on a fresh sequence of `engine`.

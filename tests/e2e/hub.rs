@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::wait::{self, Bounded};
-use crate::common::{greedy, reference};
+use crate::common::{copy_model, greedy, reference, walk};
 
 const REPO: &str = "onnx-community/Tiny-A-ONNX-OPT";
 const TOKEN: &str = "hf_test_token";
@@ -30,19 +30,6 @@ impl Drop for HubServer {
     }
 }
 
-fn link_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-            link_tree(&entry.path(), &to);
-        } else if !to.exists() && !entry.file_name().to_string_lossy().starts_with('.') {
-            std::fs::hard_link(entry.path(), &to).or_else(|_| std::fs::copy(entry.path(), &to).map(|_| ())).unwrap();
-        }
-    }
-}
-
 impl HubServer {
     /// Starts the server with `onnx-community/Tiny-A-ONNX-OPT` (q4 and fp32, a vision encoder
     /// that no pull may fetch), `test/Bnb4-Only` (a variant this engine does not run),
@@ -52,14 +39,14 @@ impl HubServer {
         let layouts = crate::layouts::converted();
         let opt = root.path().join(REPO);
         for variant in ["q4", "fp32"] {
-            link_tree(&layouts.join(format!("tiny-a-opt-{variant}")), &opt);
+            copy_model(&layouts.join(format!("tiny-a-opt-{variant}")), &opt);
         }
         std::fs::write(opt.join("onnx/vision_encoder_q4.onnx"), vec![7u8; 4096]).unwrap();
         std::fs::write(opt.join("README.md"), "# Tiny A\n").unwrap();
         std::fs::write(opt.join(".gitattributes"), "*.onnx filter=lfs diff=lfs merge=lfs -text\n").unwrap();
         let private = root.path().join("test/Private");
         std::fs::create_dir_all(&private).unwrap();
-        link_tree(&layouts.join("tiny-a-opt-q4"), &private);
+        copy_model(&layouts.join("tiny-a-opt-q4"), &private);
         let bnb = root.path().join("test/Bnb4-Only/onnx");
         std::fs::create_dir_all(&bnb).unwrap();
         std::fs::copy(opt.join("config.json"), bnb.parent().unwrap().join("config.json")).unwrap();
@@ -129,10 +116,6 @@ fn files_under(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = walk(dir).iter().map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().to_string()).collect();
     out.sort();
     out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 #[test]

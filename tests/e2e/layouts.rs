@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{fixtures, greedy, reference, CONFIGS};
+use crate::common::{copy_model, fixtures, greedy, reference, CONFIGS};
 use qwenedge_engine::model::{Layout, ModelSpec, PositionIds};
 
 /// The fixtures in the Hub's layout, converted once per fixture build and kept beside the other
@@ -131,11 +131,7 @@ fn near_tie(config: &str, prompt: &[u32], want: &[u32], got: &[u32], what: &str)
 fn a_missing_embedding_graph_or_variant_is_named() {
     let src = converted().join("tiny-a-opt-q4");
     let broken = tempfile::tempdir().unwrap();
-    for entry in walk(&src) {
-        let rel = entry.strip_prefix(&src).unwrap();
-        std::fs::create_dir_all(broken.path().join(rel).parent().unwrap()).unwrap();
-        std::fs::copy(&entry, broken.path().join(rel)).unwrap();
-    }
+    copy_model(&src, broken.path());
     let e = ModelSpec::load_variant(broken.path(), Some("fp16")).unwrap_err().to_string();
     assert!(e.contains("decoder_model_merged_fp16.onnx") && e.contains("missing"), "{e}");
     std::fs::remove_file(broken.path().join("onnx/embed_tokens_q4.onnx")).unwrap();
@@ -148,12 +144,7 @@ fn the_variant_is_q4_where_present_else_as_configured() {
     use crate::common::daemon::Daemon;
     let both = tempfile::tempdir().unwrap();
     for variant in ["fp32", "q4"] {
-        let src = converted().join(format!("tiny-a-opt-{variant}"));
-        for entry in walk(&src) {
-            let to = both.path().join(entry.strip_prefix(&src).unwrap());
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&entry, to).unwrap();
-        }
+        copy_model(&converted().join(format!("tiny-a-opt-{variant}")), both.path());
     }
     assert_eq!(ModelSpec::load(both.path()).unwrap().layout, Layout::Hub { variant: "q4".into(), split: true });
     let d = Daemon::start_customized(both.path(), "variant = \"fp32\"\n", "", |_| {});
@@ -208,10 +199,6 @@ fn tract_runs_every_layout_like_onnxruntime_wherever_the_choice_is_clear() {
         println!("{config} {layout} {variant}: tract took ONNX Runtime's token at all {clear} clear steps of {steps}");
         assert!(clear * 4 >= steps * 3, "{config} {layout} {variant}: only {clear} of {steps} steps were clear choices");
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 #[test]

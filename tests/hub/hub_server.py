@@ -172,11 +172,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, page, headers)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo = "/".join(parts[:2])
-            files, commit = self.resolve(repo, parts[3])
-            if files is None:
-                return
             path = "/".join(parts[4:])
-            f = self.entry(files, path, parts[3])
+            f, commit = self.entry(repo, parts[3], path)
             if f is None:
                 return
             if f["lfs"]:
@@ -201,11 +198,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if parts[:3] == ["api", "resolve-cache", "models"] and len(parts) >= 7:
             repo = "/".join(parts[3:5])
-            files, commit = self.resolve(repo, parts[5])
-            if files is None:
-                return
             path = "/".join(parts[6:])
-            f = self.entry(files, path, parts[5])
+            f, commit = self.entry(repo, parts[5], path)
             if f is None:
                 return
             return self.send_small(f, path, [("X-Repo-Commit", commit), ("ETag", f'"{f["blob"]}"')])
@@ -219,12 +213,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_file(f, path, [("ETag", f'"{f["sha256"]}"')])
         self.error(404, "RepoNotFound", "Repository Not Found")
 
-    def entry(self, files, path, rev):
-        """The file `path` of the listing, else a 404 answered (None)."""
+    def entry(self, repo, rev, path):
+        """The file `path` of `repo` at `rev` and the commit, else an error answered (None, None)."""
+        files, commit = self.resolve(repo, rev)
+        if files is None:
+            return None, None
         f = next((f for f in files if f["path"] == path), None)
         if f is None:
             self.error(404, "EntryNotFound", f"{path} does not exist on \"{rev}\"")
-        return f
+            return None, None
+        return f, commit
 
     @staticmethod
     def served_bytes(f, path):
