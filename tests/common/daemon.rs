@@ -179,8 +179,19 @@ impl Daemon {
 
     /// Resident memory of the daemon in KiB.
     pub fn rss_kb(&self) -> u64 {
+        self.proc_status_kb("VmRSS:")
+    }
+
+    /// The daemon's resident memory that is its own (heap, stacks: `RssAnon`) in KiB, without
+    /// the pages of the files it maps (the model's weights, the tokenizer), which the kernel
+    /// may drop and read again.
+    pub fn anon_kb(&self) -> u64 {
+        self.proc_status_kb("RssAnon:")
+    }
+
+    fn proc_status_kb(&self, key: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 

@@ -124,6 +124,56 @@ fn a_socket_client_that_does_not_read_is_cancelled_and_the_others_are_served() {
     assert_eq!(end["event"], "done", "a client that caught up is served again: {end}");
 }
 
+/// Most the daemon's own memory (`RssAnon`: heap and stacks, not the mapped model's pages) may
+/// stay above where it was once the requests of a client that read nothing have ended (measured:
+/// nothing; the memory they took is handed back as soon as the engine is idle).
+const SETTLED_GROWTH_KB: u64 = 8 * 1024;
+
+#[test]
+fn twelve_unread_2000_token_completions_leave_the_memory_where_it_was_and_hold_no_one_up() {
+    let d = Daemon::start("");
+    d.wait_status("the intent catalog's prefix to be cached", Duration::from_secs(60), |s| s["cache"]["pinned"].as_u64() >= Some(1));
+    // One request read to its end: the engine is idle after a request, as it will be after the
+    // reader's, and has handed back what start-up left.
+    let mut c = d.client();
+    c.send(&json!({"id": "first", "op": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}));
+    assert_eq!(c.until_terminal("first").pop().unwrap()["event"], "done");
+    d.wait_status("the first request to end", Duration::from_secs(10), idle_in);
+    std::thread::sleep(Duration::from_millis(500));
+    let (anon_before, rss_before) = (d.anon_kb(), d.rss_kb());
+    let mut slow = UnixStream::connect(&d.socket).unwrap();
+    let lines: String = (0..12).map(|i| format!("{}\n", long_request(&format!("slow{i}")))).collect();
+    slow.write_all(lines.as_bytes()).unwrap();
+    d.wait_status("the reader's requests to start", Duration::from_secs(20), |s| !idle_in(s));
+    let began = Instant::now();
+    c.send(&json!({"id": "voice", "op": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}));
+    let end = c.until_terminal("voice").pop().unwrap();
+    let answered = began.elapsed();
+    assert_eq!(end["event"], "done", "{end}");
+    let mut peak = 0;
+    let wait = Wait::new("the unread requests to end", CANCELLED);
+    while !idle(&d) {
+        peak = peak.max(d.anon_kb().saturating_sub(anon_before));
+        wait.tick(|| format!("status: {}", d.status()));
+    }
+    // The engine hands the memory back as soon as it is idle.
+    let settled = Wait::new("the daemon's memory to settle", Duration::from_secs(10));
+    let grown = loop {
+        let grown = d.anon_kb().saturating_sub(anon_before);
+        if grown < SETTLED_GROWTH_KB || settled.expired() {
+            break grown;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mapped = d.rss_kb().saturating_sub(rss_before) as i64 - grown as i64;
+    eprintln!(
+        "twelve unread 2,000-token completions: a 4-token chat answered in {answered:?}; own memory {} MiB before, +{peak} KiB at most \
+         while they ran, +{grown} KiB once idle (mapped files' pages: {mapped:+} KiB)",
+        anon_before / 1024
+    );
+    assert!(grown < SETTLED_GROWTH_KB, "the daemon kept {grown} KiB more than before the client that did not read");
+}
+
 /// A TCP proxy that can stop moving bytes in both directions (a stalled link: nothing is
 /// refused, nothing arrives).
 struct StallProxy {

@@ -37,4 +37,5 @@ mod tokenizer;
 mod tract;
 #[cfg(feature = "tract")]
 mod tract_serve;
+mod turns;
 mod wyoming;

@@ -19,5 +19,6 @@ pub use request::{
 pub use sampling::Sampling;
 pub use status::{
     BackendReport, BudgetReport, CacheReport, DeclinedNodes, HomeReport, HomeSync, ModelReport, Phase, PlacementReport, ProviderNodes,
-    ProviderReport, QueueReport, RequestCounts, RunningReport, StatusReport, ThermalLevel, ThermalThresholds,
+    ProviderReport, QueueReport, RequestCounts, RunningReport, SequenceReport, SequenceState, StatusReport, ThermalLevel,
+    ThermalThresholds,
 };

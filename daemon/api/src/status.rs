@@ -76,8 +76,11 @@ pub struct StatusReport {
     pub model: ModelReport,
     /// Waiting requests.
     pub queue: QueueReport,
-    /// Requests the engine is working on.
+    /// Requests the engine is working on (each holds a sequence of model state).
     pub running: Vec<RunningReport>,
+    /// The sequences of model state held: how many, how many wait for their turn, and their
+    /// memory.
+    pub sequences: SequenceReport,
     /// Counters.
     pub requests: RequestCounts,
     /// Timings of the last completed request.
@@ -165,6 +168,29 @@ pub struct RunningReport {
     pub id: String,
     /// Its class.
     pub priority: Priority,
+    /// Whether the engine works on it now or it waits for its turn.
+    pub state: SequenceState,
+}
+
+/// Where a request in progress stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SequenceState {
+    /// The engine's last step was one of its own.
+    Running,
+    /// It waits for its turn (another request's, or interactive work before a background one).
+    Paused,
+}
+
+/// The sequences of model state the engine holds for requests in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SequenceReport {
+    /// Requests in progress, each with its own state.
+    pub in_progress: usize,
+    /// Of those, the ones waiting for their turn.
+    pub paused: usize,
+    /// Memory their states hold now (MiB, the estimate admission uses).
+    pub held_mb: f64,
 }
 
 /// Requests answered.

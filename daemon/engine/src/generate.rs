@@ -451,6 +451,11 @@ impl Decoder {
         self.finished.is_some()
     }
 
+    /// Positions the sequence's state holds now (restored, prefilled and generated tokens).
+    pub fn state_tokens(&self) -> usize {
+        self.seq.len()
+    }
+
     /// Whether the prompt has been processed.
     pub fn prefill_done(&self) -> bool {
         self.prefilled == self.prompt.len()

@@ -42,6 +42,18 @@ use chat::{ChatInput, ChatTemplate, TemplateError};
 use generate::{Completion, Decoder, GenerateParams, Step, TokenSink};
 use model::{ModelError, ModelSpec};
 pub use pin::{PinError, PinProgress};
+
+/// Hands the memory freed on the heap back to the kernel. The C allocator keeps freed pages in
+/// its pools (one per thread that allocated), so without this the memory of finished requests
+/// (states, logits, events) stays resident; with it, what the daemon holds while idle is what it
+/// uses.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 use tokenizer::{TextTokenizer, TokenizerError};
 
 /// Any failure of the engine, by layer.

@@ -85,6 +85,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(out, "qwenedge_queue_length{{priority=\"background\"}} {}", s.queue.background);
     family(&mut out, "qwenedge_running_requests", "gauge", "Requests the engine is working on.");
     let _ = writeln!(out, "qwenedge_running_requests {}", s.running.len());
+    family(
+        &mut out,
+        "qwenedge_sequences",
+        "gauge",
+        "Requests in progress, each holding its own model state: on the engine now, or paused for another's turn.",
+    );
+    let q = &s.sequences;
+    let _ = writeln!(out, "qwenedge_sequences{{state=\"running\"}} {}", q.in_progress - q.paused);
+    let _ = writeln!(out, "qwenedge_sequences{{state=\"paused\"}} {}", q.paused);
+    family(&mut out, "qwenedge_sequence_state_bytes", "gauge", "Memory the states of the requests in progress hold (estimate).");
+    let _ = writeln!(out, "qwenedge_sequence_state_bytes {}", (q.held_mb * 1024.0 * 1024.0) as u64);
     histogram(&mut out, "qwenedge_time_to_first_token_seconds", "Arrival to first token.", &m.ttft_s);
     histogram(&mut out, "qwenedge_decode_tokens_per_second", "Decode speed of completed requests.", &m.decode_tok_s);
     let cache = s.cache.unwrap_or_default();

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use qwenedge_api::{BudgetReport, StatusReport};
+use qwenedge_api::{BudgetReport, SequenceReport, StatusReport};
 
 /// The status payload while serving.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,7 +22,7 @@ pub struct Online {
 }
 
 /// The status payload while serving: the scheduler's `status` without what changes by itself —
-/// `uptime_s` and the budget's readings (temperature, memory, pressure: the kernel's figures
+/// `uptime_s`, the memory the sequences hold (it grows with every token) and the budget's readings (temperature, memory, pressure: the kernel's figures
 /// move at every poll, and the state topic carries them) — plus `"status": "online"` and the
 /// device id. The thermal level, the thresholds and whether memory is under pressure stay.
 pub fn online(report: &StatusReport, device: &str) -> Online {
@@ -33,7 +33,8 @@ pub fn online(report: &StatusReport, device: &str) -> Online {
         memory_pressure: None,
         ..report.budget.clone()
     };
-    Online { report: StatusReport { uptime_s: None, budget, ..report.clone() }, status: "online", device: device.to_string() }
+    let sequences = SequenceReport { held_mb: 0.0, ..report.sequences };
+    Online { report: StatusReport { uptime_s: None, budget, sequences, ..report.clone() }, status: "online", device: device.to_string() }
 }
 
 /// The status payload of a device that is gone (last will, clean shutdown).
@@ -142,7 +143,8 @@ mod tests {
                 backend,
             },
             queue: QueueReport { interactive: 2, background: 1, capacity: 16 },
-            running: vec![RunningReport { id: "r1".into(), priority: Priority::Interactive }],
+            running: vec![RunningReport { id: "r1".into(), priority: Priority::Interactive, state: SequenceState::Running }],
+            sequences: SequenceReport { in_progress: 1, paused: 0, held_mb: 20.5 },
             requests: RequestCounts { done: 3, failed: 0 },
             last_request: Some(RequestTimings { decode_tok_s: 31.5, ..Default::default() }),
             model_loaded: true,

@@ -278,6 +278,16 @@ impl Model for Runner {
         run.decoder.completion().usage.completion_tokens
     }
 
+    fn prompt_done(&self, run: &Run) -> bool {
+        run.decoder.prefill_done()
+    }
+
+    fn held_mb(&self, run: &Run) -> f64 {
+        // `memory::request_bytes` for the positions held (without reading the files again).
+        let bytes = self.spec.kv_bytes_per_token() * run.decoder.state_tokens() + self.spec.fixed_state_bytes();
+        bytes as f64 / (1024.0 * 1024.0)
+    }
+
     fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, RunError> {
         let done = run.decoder.completion();
         let mut timings = clock.timings(done.timings.prefill_ms, done.timings.ttft_ms, done.timings.decode_tok_s);
@@ -312,11 +322,19 @@ impl Model for Runner {
             Ok(p) if p.pinned => {
                 let how = if p.restored { "restored from disk" } else { "prefilled" };
                 info!(tokens = p.tokens, ms = p.elapsed_ms, how, "intent catalog prefix cached");
+                // The prefill's buffers are freed: the allocator hands them back.
+                qwenedge_engine::release_freed_memory();
                 Ok(false)
             }
             Ok(_) => Ok(true),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn release_memory(&mut self) {
+        let began = std::time::Instant::now();
+        qwenedge_engine::release_freed_memory();
+        tracing::debug!(ms = began.elapsed().as_secs_f64() * 1e3, "handed freed memory back after the last request");
     }
 
     fn reconfigure(&mut self, settings: &Settings) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::job::Job;
 use super::metrics::{op_of, Metrics};
 use super::queue::JobQueue;
-use qwenedge_api::{CacheReport, EventBody, ModelReport, Phase, RequestTimings, RunningReport, ThermalLevel};
+use qwenedge_api::{CacheReport, EventBody, ModelReport, Phase, RequestTimings, RunningReport, SequenceReport, ThermalLevel};
 use qwenedge_budget::BudgetState;
 use qwenedge_config::Settings;
 use qwenedge_intent::Catalog;
@@ -33,6 +33,8 @@ pub struct Stats {
     pub last: Option<RequestTimings>,
     /// Requests the engine is working on.
     pub running: Vec<RunningReport>,
+    /// The sequences of state they hold.
+    pub sequences: SequenceReport,
     /// The model (the last loaded).
     pub model: ModelReport,
     /// Whether a model is loaded.
@@ -89,6 +91,7 @@ impl SchedulerState {
             failed: 0,
             last: None,
             running: Vec::new(),
+            sequences: SequenceReport::default(),
             model,
             loaded: true,
             cache: None,

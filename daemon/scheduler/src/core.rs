@@ -4,10 +4,12 @@
 //! (what to do now: settle what must end, then pick work), [`Core::perform`] outside it (the
 //! model's work) and [`Core::after`] under it again (counters, then the terminal events).
 //!
-//! Policy: a running interactive generation, else a waiting interactive one, else background
-//! work — unless the device is warm or hotter, when background work waits. At most one
-//! generation per class is in flight, so a paused background generation holds one sequence of
-//! state while an interactive request runs. Model lifecycle happens only while nothing runs:
+//! Policy: interactive requests first, then background work — unless the device is warm or
+//! hotter, when background work waits. Several interactive requests may be in progress, each
+//! with its own sequence of state (one per client, `scheduler.max_sequences` in all); they take
+//! turns (`turns`): a prompt chunk or a few tokens each, and when a turn ends a waiting request
+//! of another client starts first. One background generation at a time, paused while any
+//! interactive work is in progress or waiting. Model lifecycle happens only while nothing runs:
 //! reloads (SIGHUP), the switch to the hot-weather model, caching the catalog prefix once
 //! after a load (in chunks while idle; an intent request, which starts with that prefix, lets
 //! it finish first), unloading when idle; a request that finds no model loads it first.
@@ -15,14 +17,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
 mod lifecycle;
+mod run;
+mod turns;
 
 pub use super::board::{Reload, SchedulerState};
 use super::job::Job;
-use super::model::{Clock, Context, Loader, Model, Progress, Refusal};
-use qwenedge_api::{ErrorCode, EventBody, ModelReport, Phase, Priority, Prompt, RunningReport, ThermalLevel};
+use super::model::{Context, Loader, Model, Refusal};
+use super::queue::Queued;
+use qwenedge_api::{
+    ErrorCode, EventBody, ModelReport, Phase, Priority, Prompt, RunningReport, SequenceReport, SequenceState, ThermalLevel,
+};
 use qwenedge_budget::BudgetState;
 use qwenedge_config::{LoadSettings, Settings};
 use qwenedge_intent::Catalog;
@@ -58,6 +65,8 @@ pub enum Work {
     Unload,
     /// Cache the catalog prefix.
     WarmUp,
+    /// Hand back the memory the finished requests freed (nothing in progress or waiting).
+    Tidy,
 }
 
 /// What the work reads, copied out of the board.
@@ -87,6 +96,8 @@ pub struct Ran {
     answers: Vec<(Job, EventBody)>,
     model: Option<ModelChange>,
     applied: Option<Reload>,
+    /// A request that cannot start yet (memory held by those in progress), back to the queue.
+    requeue: Option<Job>,
 }
 
 struct Active<R> {
@@ -97,6 +108,8 @@ struct Active<R> {
     deadline: Option<Instant>,
     load_ms: f64,
     paced: Duration,
+    /// Memory it was admitted for (MiB).
+    need_mb: f64,
 }
 
 /// The engine thread's state.
@@ -113,6 +126,15 @@ pub struct Core<L: Loader> {
     pressure: bool,
     /// Why the last load failed (for the requests that find no model).
     last_error: Option<String>,
+    /// Whose turn it is among the interactive requests in progress.
+    turns: turns::Turns,
+    /// The request the last step was for.
+    last_stepped: Option<u64>,
+    /// A request waits for memory held by requests in progress: no other starts while this
+    /// many interactive ones (or more) are held.
+    memory_wait: Option<usize>,
+    /// A request ended since the memory was last handed back.
+    untidy: bool,
 }
 
 impl<L: Loader> Core<L> {
@@ -131,6 +153,10 @@ impl<L: Loader> Core<L> {
             last_busy: Instant::now(),
             pressure: false,
             last_error: None,
+            turns: turns::Turns::default(),
+            last_stepped: None,
+            memory_wait: None,
+            untidy: false,
         }
     }
 
@@ -165,19 +191,23 @@ impl<L: Loader> Core<L> {
                 board.phase = Phase::Loading;
                 return Next::Run(Work::Load(Box::new(wanted)), snapshot(board));
             }
+            if self.untidy && board.queue.is_empty() && self.model.is_some() {
+                self.untidy = false;
+                return Next::Run(Work::Tidy, snapshot(board));
+            }
             let idle_for = now.saturating_duration_since(self.last_busy);
             if self.model.is_some() && board.queue.is_empty() && board.idle_unload().is_some_and(|idle| idle_for >= idle) {
                 return Next::Run(Work::Unload, snapshot(board));
             }
         }
-        for priority in [Priority::Interactive, Priority::Background] {
-            if priority == Priority::Background && board.budget.level >= ThermalLevel::Warm {
-                break;
-            }
-            if let Some(i) = self.active.iter().position(|a| a.job.request().priority() == priority) {
+        if let Some(work) = self.interactive_work(board) {
+            return Next::Run(work, snapshot(board));
+        }
+        if board.budget.level < ThermalLevel::Warm {
+            if let Some(i) = self.active.iter().position(|a| a.job.request().priority() == Priority::Background) {
                 return Next::Run(Work::Step(i), snapshot(board));
             }
-            if let Some(job) = board.queue.pop(priority) {
+            if let Some(job) = board.queue.pop(Priority::Background) {
                 let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
                 if load.is_some() {
                     board.phase = Phase::Loading;
@@ -187,6 +217,34 @@ impl<L: Loader> Core<L> {
         }
         let wait = board.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(now).min(IDLE_TICK));
         Next::Wait(wait)
+    }
+
+    /// The interactive work to do next: the request whose turn goes on; else, when its turn has
+    /// ended, a waiting request (of a client with none in progress, while fewer than
+    /// `scheduler.max_sequences` are held and none waits for memory); else the next request in
+    /// progress in the round.
+    fn interactive_work(&mut self, board: &mut SchedulerState) -> Option<Work> {
+        let position = |core: &Self, seq: u64| core.active.iter().position(|a| a.seq == seq);
+        if let Some(i) = self.turns.holder().and_then(|seq| position(self, seq)) {
+            return Some(Work::Step(i));
+        }
+        let held = self.interactive_held();
+        let room = held < board.settings.scheduler.max_sequences && self.memory_wait.is_none_or(|n| held < n);
+        if room {
+            let busy: Vec<u64> =
+                self.active.iter().filter(|a| a.job.request().priority() == Priority::Interactive).map(|a| a.job.client()).collect();
+            if let Some(job) = board.queue.pop_where(Priority::Interactive, |client| !busy.contains(&client)) {
+                let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
+                if load.is_some() {
+                    board.phase = Phase::Loading;
+                }
+                return Some(Work::Start(Box::new(job), load));
+            }
+        }
+        let interactive = self.active.iter().filter(|a| a.job.request().priority() == Priority::Interactive).map(|a| a.seq);
+        let seq = self.turns.next(interactive)?;
+        self.turns.give(seq, board.settings.scheduler.turn_tokens);
+        position(self, seq).map(Work::Step)
     }
 
     /// True when the request that would start next is an intent request and the warm-up (the
@@ -224,6 +282,14 @@ impl<L: Loader> Core<L> {
             };
             board.answer(job, body);
         }
+        let stopped = self.stop_ended(now);
+        if !stopped.is_empty() {
+            for (job, body) in stopped {
+                board.answer(job, body);
+            }
+            self.untidy = true;
+            self.report_sequences(board);
+        }
         let grace_over = draining && board.grace_until.is_some_and(|t| now >= t);
         if grace_over || critical {
             for a in self.active.drain(..) {
@@ -255,10 +321,10 @@ impl<L: Loader> Core<L> {
     }
 
     /// Does `work` (outside the lock).
-    pub fn perform(&mut self, work: Work, snap: &WorkInputs, now: Instant) -> Ran {
+    pub fn perform(&mut self, work: Work, snap: &WorkInputs) -> Ran {
         let mut ran = Ran::default();
         match work {
-            Work::Step(i) => self.step(i, snap, now, &mut ran),
+            Work::Step(i) => self.step(i, snap, &mut ran),
             Work::Start(job, load) => {
                 let mut load_ms = 0.0;
                 if let Some(load) = load {
@@ -288,102 +354,13 @@ impl<L: Loader> Core<L> {
                 self.warm_up(snap);
                 ran.busy = began.elapsed();
             }
+            Work::Tidy => {
+                if let Some(model) = self.model.as_mut() {
+                    model.release_memory();
+                }
+            }
         }
         ran
-    }
-
-    fn start(&mut self, job: Job, snap: &WorkInputs, load_ms: f64, ran: &mut Ran) {
-        let _span = info_span!("request", id = %job.id()).entered();
-        let Some(model) = self.model.as_mut() else {
-            let why = self.last_error.as_deref().unwrap_or("see the daemon log");
-            let msg = format!("no model is loaded (loading it failed: {why}); the next request tries again");
-            return answer_error(ran, job, Refusal::new(ErrorCode::ModelError, msg));
-        };
-        let ctx = context(snap, max_tokens(&job, snap));
-        let prepared = match model.prepare(job.request(), &ctx) {
-            Ok(p) => p,
-            Err(refused) => return answer_error(ran, job, refused),
-        };
-        if let Some(room) = snap.budget.memory_room_mb.filter(|room| prepared.need_mb > *room) {
-            let message = format!(
-                "this request needs about {:.0} MiB for {} tokens of state, but only {room:.0} MiB is free; ask for fewer max_tokens or a shorter prompt",
-                prepared.need_mb, prepared.tokens
-            );
-            return answer_error(ran, job, Refusal::new(ErrorCode::Memory, message));
-        }
-        match model.start(prepared.job) {
-            Ok(run) => {
-                let deadline = job.deadline(snap.settings.scheduler.default_deadline_ms);
-                self.next_seq += 1;
-                let started = Instant::now();
-                self.active.push(Active { seq: self.next_seq, job, run, started, deadline, load_ms, paced: Duration::ZERO });
-                self.step(self.active.len() - 1, snap, started, ran);
-            }
-            Err(refused) => answer_error(ran, job, refused),
-        }
-    }
-
-    fn step(&mut self, i: usize, snap: &WorkInputs, now: Instant, ran: &mut Ran) {
-        let Some(model) = self.model.as_mut() else {
-            let a = self.active.remove(i);
-            return answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, "no model is loaded"));
-        };
-        let a = &mut self.active[i];
-        let _span = info_span!("request", id = %a.job.id()).entered();
-        ran.charged = Some(a.seq);
-        let outcome = if let Some(reason) = a.job.cancel().reason() {
-            Err(Refusal::new(ErrorCode::Cancelled, reason.message(false)))
-        } else if a.deadline.is_some_and(|d| now >= d) {
-            let n = model.generated(&a.run);
-            Err(Refusal::new(ErrorCode::Timeout, format!("the deadline passed after {n} generated tokens")))
-        } else {
-            let began = Instant::now();
-            let progress = model.step(&mut a.run);
-            ran.busy = began.elapsed();
-            match progress {
-                // An interactive prompt is not paced: pacing starts with its first token, so a
-                // warm device still answers a voice request promptly.
-                Ok(Progress::Prefilled) => {
-                    if a.job.request().priority() == Priority::Interactive {
-                        ran.busy = Duration::ZERO;
-                    }
-                    Ok(false)
-                }
-                Ok(Progress::Token(piece)) => {
-                    if a.job.request().stream() && !piece.is_empty() {
-                        // A dropped token means the client is gone or not reading; its
-                        // requests are cancelled already and the next step sees it.
-                        a.job.send(EventBody::Token { text: piece });
-                    }
-                    Ok(false)
-                }
-                Ok(Progress::Finished(tail)) => {
-                    if a.job.request().stream() && !tail.is_empty() {
-                        a.job.send(EventBody::Token { text: tail });
-                    }
-                    Ok(true)
-                }
-                Err(error) => Err(Refusal::new(ErrorCode::ModelError, error.to_string())),
-            }
-        };
-        match outcome {
-            Ok(false) => {}
-            Ok(true) => {
-                let a = self.active.remove(i);
-                let clock = Clock { received: a.job.received(), started: a.started, load_ms: a.load_ms, paced: a.paced };
-                match model.finish(a.run, &clock, &context(snap, 0)) {
-                    Ok(body) => {
-                        log_done(&body);
-                        ran.answers.push((a.job, body));
-                    }
-                    Err(error) => answer_error(ran, a.job, Refusal::new(ErrorCode::ModelError, error.to_string())),
-                }
-            }
-            Err(refused) => {
-                let a = self.active.remove(i);
-                answer_error(ran, a.job, refused);
-            }
-        }
     }
 
     /// Adds a pause to the running request it was charged to.
@@ -412,14 +389,32 @@ impl<L: Loader> Core<L> {
         if board.phase == Phase::Loading {
             board.phase = Phase::Ready;
         }
+        self.untidy |= !ran.answers.is_empty();
+        if let Some(job) = ran.requeue {
+            board.queue.unpop(job);
+        }
         for (job, body) in ran.answers {
             board.answer(job, body);
         }
-        board.stats.running =
-            self.active.iter().map(|a| RunningReport { id: a.job.id().to_string(), priority: a.job.request().priority() }).collect();
+        self.report_sequences(board);
         board.stats.cache = self.model.as_ref().and_then(Model::cache);
         self.last_busy = Instant::now();
         board.stats.last_busy = self.last_busy;
+    }
+}
+
+impl<L: Loader> Core<L> {
+    /// Publishes the requests in progress and the state they hold.
+    fn report_sequences(&self, board: &mut SchedulerState) {
+        let state = |a: &Active<_>| if self.last_stepped == Some(a.seq) { SequenceState::Running } else { SequenceState::Paused };
+        board.stats.running = self
+            .active
+            .iter()
+            .map(|a| RunningReport { id: a.job.id().to_string(), priority: a.job.request().priority(), state: state(a) })
+            .collect();
+        let paused = board.stats.running.iter().filter(|r| r.state == SequenceState::Paused).count();
+        let held_mb = self.model.as_ref().map_or(0.0, |m| self.active.iter().fold(0.0, |sum, a| sum + m.held_mb(&a.run)));
+        board.stats.sequences = SequenceReport { in_progress: self.active.len(), paused, held_mb };
     }
 }
 

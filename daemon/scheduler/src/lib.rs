@@ -182,6 +182,7 @@ impl Scheduler {
             model: s.model.clone(),
             queue: QueueReport { interactive, background, capacity: board.settings.scheduler.queue_capacity },
             running: s.running.clone(),
+            sequences: s.sequences,
             requests: RequestCounts { done: s.served, failed: s.failed },
             last_request: s.last,
             model_loaded: s.loaded,

@@ -98,6 +98,13 @@ pub trait Model: Send + 'static {
     /// Tokens generated so far.
     fn generated(&self, running: &Self::Running) -> usize;
 
+    /// Whether the whole prompt has been prefilled (a step after this one makes a token).
+    fn prompt_done(&self, running: &Self::Running) -> bool;
+
+    /// Memory the request's state holds now (MiB; the estimate [`Prepared::need_mb`] is made
+    /// with, for the tokens held so far).
+    fn held_mb(&self, running: &Self::Running) -> f64;
+
     /// The terminal event of a request whose step said [`Progress::Finished`] (`done`, or
     /// `intent` for an intent request); an error is a model error.
     fn finish(&mut self, running: Self::Running, clock: &Clock, ctx: &Context<'_>) -> Result<EventBody, Self::Error>;
@@ -106,6 +113,10 @@ pub trait Model: Send + 'static {
     /// prefix, a chunk at a time so that requests run between the chunks). Returns whether
     /// more remains; an error says why the work failed (it may be tried again).
     fn warm_up(&mut self, ctx: &Context<'_>) -> Result<bool, Self::Error>;
+
+    /// Nothing is in progress or waiting: hands back to the system the memory the last requests
+    /// freed (the allocator keeps it otherwise).
+    fn release_memory(&mut self);
 
     /// Applies settings that need no reload (the prefix cache's size).
     fn reconfigure(&mut self, settings: &Settings);

@@ -1,6 +1,6 @@
-//! One client's events on their way out: a queue bounded in bytes that the engine thread pushes
-//! into without ever waiting, and that the client's transport drains (the socket writer, the
-//! MQTT session). A token event that would take the queue past its bound is dropped and
+//! One client's events on their way out: a queue bounded in the bytes its events hold (their
+//! queue slots and texts) that the engine thread pushes into without ever waiting, and that the
+//! client's transport drains (the socket writer, the MQTT session). A token event that would take the queue past its bound is dropped and
 //! reported as [`Pushed::Overflow`], so the caller can cancel that client's requests; terminal
 //! events are always queued (each request has one, and a client past its bound is not read
 //! from until it catches up, so their number stays bounded too).
@@ -69,9 +69,11 @@ impl Outbound {
         self.limit
     }
 
-    /// Queues `event` of request `no`; never waits.
+    /// Queues `event` of request `no`; never waits. An event counts as the memory it holds
+    /// here (its place in the queue and its text), not only its length on the wire: a token
+    /// event of a few bytes holds a few hundred.
     pub fn push(&self, no: u64, event: Event) -> Pushed {
-        let len = event.approx_len();
+        let len = std::mem::size_of::<Delivery>() + event.approx_len();
         let mut s = self.lock();
         if s.closed {
             return Pushed::Closed;
@@ -92,7 +94,8 @@ impl Outbound {
     /// been emptied.
     pub fn take(&self) -> Vec<Delivery> {
         let mut s = self.lock();
-        let out: Vec<Delivery> = s.queue.drain(..).collect();
+        // The queue's buffer goes with what is taken: a backlog once read holds nothing after.
+        let out = Vec::from(std::mem::take(&mut s.queue));
         s.bytes = 0;
         s.over = false;
         drop(s);
@@ -154,7 +157,9 @@ mod tests {
 
     #[test]
     fn tokens_past_the_bound_are_dropped_and_terminals_kept() {
-        let out = Outbound::new(200);
+        // Room for two such events, as held in the queue.
+        let each = std::mem::size_of::<Delivery>() + token(&"x".repeat(40)).approx_len();
+        let out = Outbound::new(2 * each + each / 2);
         let mut pushed = Vec::new();
         for _ in 0..10 {
             pushed.push(out.push(1, token(&"x".repeat(40))));

@@ -60,9 +60,12 @@ impl<J: Queued> Lane<J> {
         self.jobs.get(client)?.front()
     }
 
-    fn pop(&mut self) -> Option<J> {
-        let (client, round) = self.turns.pop_front()?;
-        self.round = round;
+    /// The oldest job of the first client in line that `allowed` lets go (one whose earlier
+    /// request is still in progress waits, keeping its place in line).
+    fn pop_where(&mut self, allowed: impl Fn(u64) -> bool) -> Option<J> {
+        let at = self.turns.iter().position(|(client, _)| allowed(*client))?;
+        let (client, round) = self.turns.remove(at)?;
+        self.round = self.round.max(round);
         let queue = self.jobs.get_mut(&client)?;
         let job = queue.pop_front();
         if queue.is_empty() {
@@ -72,6 +75,17 @@ impl<J: Queued> Lane<J> {
         }
         self.len -= usize::from(job.is_some());
         job
+    }
+
+    /// Puts a job that was taken back at the head of its client's line, and the client first
+    /// in line.
+    fn unpop(&mut self, job: J) {
+        let client = job.client();
+        self.turns.retain(|(c, _)| *c != client);
+        let round = self.turns.front().map_or(self.round, |(_, r)| (*r).min(self.round));
+        self.turns.push_front((client, round));
+        self.jobs.entry(client).or_default().push_front(job);
+        self.len += 1;
     }
 
     fn take_where(&mut self, remove: &mut impl FnMut(&J) -> bool, out: &mut Vec<J>) {
@@ -120,9 +134,24 @@ impl<J: Queued> JobQueue<J> {
 
     /// The next job of `priority`: the oldest of the client whose turn it is.
     pub fn pop(&mut self, priority: Priority) -> Option<J> {
+        self.pop_where(priority, |_| true)
+    }
+
+    /// The next job of `priority` from a client that `allowed` lets go: the oldest of the
+    /// first such client in line; the others keep their places.
+    pub fn pop_where(&mut self, priority: Priority, allowed: impl Fn(u64) -> bool) -> Option<J> {
         match priority {
-            Priority::Interactive => self.interactive.pop(),
-            Priority::Background => self.background.pop(),
+            Priority::Interactive => self.interactive.pop_where(allowed),
+            Priority::Background => self.background.pop_where(allowed),
+        }
+    }
+
+    /// Gives back a job taken with [`pop`](Self::pop) that cannot start yet: it is the next
+    /// of its lane again.
+    pub fn unpop(&mut self, job: J) {
+        match job.priority() {
+            Priority::Interactive => self.interactive.unpop(job),
+            Priority::Background => self.background.unpop(job),
         }
     }
 
@@ -245,6 +274,30 @@ mod tests {
             }
         }
         assert_eq!(backlog, [0, 5, 10], "one turn per round of five clients");
+    }
+
+    #[test]
+    fn a_client_held_back_keeps_its_place_and_a_job_given_back_goes_first() {
+        let mut q = JobQueue::default();
+        q.push(J(0, I, 7));
+        q.push(J(1, I, 7));
+        q.push(J(10, I, 8));
+        assert_eq!(q.pop(I), Some(J(0, I, 7)));
+        assert_eq!(q.pop(I), Some(J(10, I, 8)));
+        // Client 7's first request is in progress: its second waits, first in line.
+        assert_eq!(q.pop_where(I, |c| c != 7), None);
+        q.push(J(20, I, 9));
+        assert_eq!(q.peek(I), Some(&J(1, I, 7)), "7 keeps its place");
+        let taken = q.pop_where(I, |c| c != 7).unwrap();
+        assert_eq!(taken, J(20, I, 9), "the others go meanwhile");
+        q.unpop(taken);
+        assert_eq!(q.counts(), (2, 0));
+        assert_eq!(q.peek(I), Some(&J(20, I, 9)), "a job given back is first again");
+        assert_eq!(q.pop(I), Some(J(20, I, 9)));
+        assert_eq!(q.pop(I), Some(J(1, I, 7)));
+        q.push(J(30, I, 3));
+        assert_eq!(q.pop(I), Some(J(30, I, 3)));
+        assert!(q.is_empty());
     }
 
     #[test]

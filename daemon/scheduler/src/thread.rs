@@ -85,7 +85,7 @@ fn serve<L: Loader>(shared: &Shared, mut core: Core<L>) {
                 }
             }
         };
-        let ran = core.perform(work, &snapshot, Instant::now());
+        let ran = core.perform(work, &snapshot);
         let sleep = pacer.after(ran.busy, duty);
         if !sleep.is_zero() {
             let began = Instant::now();

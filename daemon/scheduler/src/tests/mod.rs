@@ -5,6 +5,7 @@
 //! warm-up are in [`lifecycle`].
 
 mod lifecycle;
+mod turns;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,6 +72,8 @@ struct Fake {
 }
 
 struct FakeRun {
+    /// Prompt chunks still to prefill (a prompt `chunks:N` has N, any other one).
+    chunks_left: usize,
     prefilled: bool,
     made: usize,
     max: usize,
@@ -83,19 +86,23 @@ struct FakeRun {
 struct FakeError(String);
 
 impl Model for Fake {
-    type Prepared = usize;
+    type Prepared = (usize, usize);
     type Running = FakeRun;
     type Error = FakeError;
 
-    fn prepare(&mut self, request: &qwenedge_api::GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<usize>, Refusal> {
+    fn prepare(&mut self, request: &qwenedge_api::GenerateRequest, ctx: &Context<'_>) -> Result<Prepared<(usize, usize)>, Refusal> {
         if request.prompt() == &Prompt::Text("refuse".into()) {
             return Err(Refusal::new(ErrorCode::BadRequest, "the fake refuses"));
         }
-        Ok(Prepared { job: ctx.max_tokens, tokens: ctx.max_tokens + 1, need_mb: self.need_mb })
+        let chunks = match request.prompt() {
+            Prompt::Text(t) => t.strip_prefix("chunks:").and_then(|n| n.parse().ok()).unwrap_or(1),
+            _ => 1,
+        };
+        Ok(Prepared { job: (ctx.max_tokens, chunks), tokens: ctx.max_tokens + 1, need_mb: self.need_mb })
     }
 
-    fn start(&mut self, max: usize) -> Result<FakeRun, Refusal> {
-        Ok(FakeRun { prefilled: false, made: 0, max, text: String::new() })
+    fn start(&mut self, (max, chunks): (usize, usize)) -> Result<FakeRun, Refusal> {
+        Ok(FakeRun { chunks_left: chunks, prefilled: false, made: 0, max, text: String::new() })
     }
 
     fn step(&mut self, run: &mut FakeRun) -> Result<Progress, FakeError> {
@@ -104,7 +111,8 @@ impl Model for Fake {
             panic!("the fake model broke");
         }
         if !run.prefilled {
-            run.prefilled = true;
+            run.chunks_left = run.chunks_left.saturating_sub(1);
+            run.prefilled = run.chunks_left == 0;
             return Ok(Progress::Prefilled);
         }
         if run.made == run.max {
@@ -118,6 +126,14 @@ impl Model for Fake {
 
     fn generated(&self, run: &FakeRun) -> usize {
         run.made
+    }
+
+    fn prompt_done(&self, run: &FakeRun) -> bool {
+        run.prefilled
+    }
+
+    fn held_mb(&self, run: &FakeRun) -> f64 {
+        self.need_mb * run.made as f64 / run.max.max(1) as f64
     }
 
     fn finish(&mut self, run: FakeRun, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, FakeError> {
@@ -137,6 +153,8 @@ impl Model for Fake {
         self.warm_left = self.warm_left.saturating_sub(1);
         Ok(self.warm_left > 0)
     }
+
+    fn release_memory(&mut self) {}
 
     fn reconfigure(&mut self, _settings: &qwenedge_config::Settings) {}
 
@@ -280,12 +298,21 @@ impl Harness {
     }
 
     fn submit_prompt(&mut self, id: &str, prompt: Prompt, priority: Priority, max_tokens: usize, deadline_ms: Option<u64>) {
-        // An intent request takes its length from the grammar.
-        let max_tokens = (!matches!(prompt, Prompt::Intent { .. })).then_some(max_tokens);
-        let spec = GenerateSpec { max_tokens, priority, deadline_ms, ..GenerateSpec::new(prompt) };
+        queue_job(&mut self.board, &self.client, id, prompt, priority, max_tokens, deadline_ms);
+    }
+
+    /// Submits an interactive, streamed request from `client` (another client than the
+    /// harness's own takes turns with it).
+    fn submit_from(&mut self, client: &Client, id: &str, prompt: &str, max_tokens: usize) {
+        let spec = GenerateSpec { max_tokens: Some(max_tokens), stream: true, ..GenerateSpec::new(Prompt::Text(prompt.into())) };
         let request = qwenedge_api::GenerateRequest::new(spec, &qwenedge_api::Limits { max_tokens: 100 }).unwrap();
-        let ticket = self.client.begin(id, id).unwrap();
-        self.board.queue.push(Job::new(ticket, request));
+        self.board.queue.push(Job::new(client.begin(id, id).unwrap(), request));
+    }
+
+    /// Another client, whose events arrive on the same queue as the harness's own.
+    fn new_client(&self) -> Client {
+        let policy = ClientPolicy { remember: 8, reject_recent: false, unread_key: "test", transport: "test" };
+        self._requests.client(policy, Arc::clone(&self.out))
     }
 
     /// One turn of the engine thread at `now`: the kind of work done, `None` when there was
@@ -304,8 +331,9 @@ impl Harness {
                     Work::Load(_) => "load",
                     Work::Unload => "unload",
                     Work::WarmUp => "warm_up",
+                    Work::Tidy => "tidy",
                 };
-                let ran = self.core.perform(work, &snap, now);
+                let ran = self.core.perform(work, &snap);
                 self.core.after(&mut self.board, ran);
                 Some(kind)
             }
@@ -332,6 +360,23 @@ impl Harness {
     fn loads(&self) -> Vec<PathBuf> {
         self.loader.loads.lock().unwrap().clone()
     }
+}
+
+fn queue_job(
+    board: &mut SchedulerState,
+    client: &Client,
+    id: &str,
+    prompt: Prompt,
+    priority: Priority,
+    max_tokens: usize,
+    deadline_ms: Option<u64>,
+) {
+    // An intent request takes its length from the grammar.
+    let max_tokens = (!matches!(prompt, Prompt::Intent { .. })).then_some(max_tokens);
+    let spec = GenerateSpec { max_tokens, priority, deadline_ms, ..GenerateSpec::new(prompt) };
+    let request = qwenedge_api::GenerateRequest::new(spec, &qwenedge_api::Limits { max_tokens: 100 }).unwrap();
+    let ticket = client.begin(id, id).unwrap();
+    board.queue.push(Job::new(ticket, request));
 }
 
 /// The terminal event of `id` among `events`.

@@ -10,16 +10,6 @@ use super::{runtime, OrtBackend, OrtOptions};
 use crate::backend::{Backend, BackendError, Logits, LogitsWanted};
 use crate::model::ModelSpec;
 
-/// Hands memory freed on the heap back to the kernel: the session that packed the weights
-/// at load is gone, and without this its pages would stay resident in the allocator's pools.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The SHA-256 of a list of floats' little-endian bytes.
 pub(super) fn hash_logits(v: &[f32]) -> String {
     optimized::sha256_hex(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
@@ -57,7 +47,8 @@ impl OrtBackend {
             }
         };
         drop(packed);
-        release_freed_memory();
+        // The session that packed the weights at load is gone: its pages leave the allocator's pools.
+        crate::release_freed_memory();
         let checked = cache.prepare(&tmp).and_then(|model| {
             let created = session::load_saved(rt, spec, opts, &model).map_err(|e| e.to_string())?;
             let mut backend = Self::from_session(rt, spec, opts, created, last_only).map_err(|e| e.to_string())?;
