@@ -57,6 +57,20 @@ fn bench_prints_one_json_line() {
 }
 
 #[test]
+fn bench_sharing_measures_a_chat_beside_long_work_through_the_daemon() {
+    let out = qwenedge()
+        .args(["bench", "--sharing", "--threads", "1", "--runs", "1", "--model"])
+        .arg(crate::common::model_dir("tiny-a", "int4-long"))
+        .output_in_time();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["idle_ttft_ms", "during_prefill_ttft_ms", "during_decode_ttft_ms", "chunk_ms", "token_ms"] {
+        assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {json}");
+    }
+    assert!(json["prompt_tokens"].as_f64().is_some_and(|n| n >= 4096.0), "{json}");
+}
+
+#[test]
 fn errors_are_one_line_with_failure_status() {
     let out = qwenedge().args(["generate", "--model", "/nonexistent", "--prompt", "x"]).output_in_time();
     assert!(!out.status.success());

@@ -12,7 +12,7 @@ use qwenedge_engine::generate::{Completion, GenerateParams};
 use super::{peak_rss_mb, rss_mb, ModelArgs};
 
 /// Text the benchmark prompt is cut from (its content does not matter for speed).
-const PARAGRAPH: &str = "The quick brown fox jumps over the lazy dog while the kitchen lights dim to forty \
+pub(super) const PARAGRAPH: &str = "The quick brown fox jumps over the lazy dog while the kitchen lights dim to forty \
 percent, the thermostat settles at twenty-one degrees, and a voice assistant on a small board answers \
 without sending a single word to the cloud. ";
 
@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Tokens to generate (EOS is ignored so every run generates exactly this many).
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
+    /// Measure, through the daemon, a short chat's time to first token while another client's
+    /// 4,096-token prompt prefills and while its 2,000-token generation runs, beside the idle
+    /// daemon's.
+    #[arg(long, conflicts_with_all = ["intent", "local_intents", "tokenizer"])]
+    sharing: bool,
     /// Measured runs after one warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -128,6 +133,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be > 0");
     if args.tokenizer {
         return super::bench_tokenizer::run(model.path()?);
+    }
+    if args.sharing {
+        return super::bench_sharing::run(model, args.runs);
     }
     if let Some(spec) = &args.ep_library {
         return super::bench_ep::run(model, spec, &args.ep_option, args.prompt_tokens, args.new_tokens, args.runs);

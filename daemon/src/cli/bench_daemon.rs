@@ -79,7 +79,7 @@ pub struct DaemonFigures {
 }
 
 /// A daemon started for the benchmark; killed when dropped.
-struct Served {
+pub(super) struct Served {
     child: Child,
     started: Instant,
     socket: PathBuf,
@@ -93,7 +93,7 @@ impl Drop for Served {
 }
 
 impl Served {
-    fn start(config: &Path, socket: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(config: &Path, socket: &Path, log: &Path) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let started = Instant::now();
@@ -102,7 +102,7 @@ impl Served {
     }
 
     /// Connects, waiting for the socket to appear (and the daemon to stay up).
-    fn connect(&mut self) -> anyhow::Result<Connection> {
+    pub(super) fn connect(&mut self) -> anyhow::Result<Connection> {
         let until = Instant::now() + Duration::from_secs(600);
         loop {
             if let Ok(s) = UnixStream::connect(&self.socket) {
@@ -118,7 +118,7 @@ impl Served {
 
     /// Stops the daemon with SIGTERM (it saves nothing more; the snapshot is written when the
     /// catalog is pinned).
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(super) fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         self.child.wait()?;
@@ -127,20 +127,31 @@ impl Served {
 }
 
 /// One client connection speaking the socket's NDJSON.
-struct Connection {
+pub(super) struct Connection {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
 impl Connection {
-    /// Sends `request` and returns its terminal event.
-    fn call(&mut self, request: &Value) -> anyhow::Result<Value> {
-        let id = request["id"].clone();
+    /// Sends `request` without waiting.
+    pub(super) fn send(&mut self, request: &Value) -> anyhow::Result<()> {
         writeln!(self.writer, "{request}")?;
+        Ok(())
+    }
+
+    /// The next event.
+    pub(super) fn event(&mut self) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        anyhow::ensure!(self.reader.read_line(&mut line)? > 0, "the daemon closed the connection");
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Sends `request` and returns its terminal event.
+    pub(super) fn call(&mut self, request: &Value) -> anyhow::Result<Value> {
+        let id = request["id"].clone();
+        self.send(request)?;
         loop {
-            let mut line = String::new();
-            anyhow::ensure!(self.reader.read_line(&mut line)? > 0, "the daemon closed the connection");
-            let event: Value = serde_json::from_str(&line)?;
+            let event = self.event()?;
             if event["id"] == id && matches!(event["event"].as_str(), Some("done" | "intent" | "error" | "status")) {
                 anyhow::ensure!(event["event"] != "error", "the daemon answered with an error: {event}");
                 return Ok(event);
@@ -153,17 +164,22 @@ impl Connection {
     }
 }
 
-/// Waits until the daemon has the catalog prefix pinned.
-fn wait_pinned(c: &mut Connection) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(3600);
+/// Asks for `status` until `ok` says yes, for at most `within`; the error names `what`.
+pub(super) fn wait_status(c: &mut Connection, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
     loop {
         let status = c.call(&json!({"id": "status", "op": "status"}))?;
-        if status["cache"]["pinned"].as_u64() >= Some(1) {
+        if ok(&status) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < until, "the catalog was not pinned within an hour: {status}");
-        std::thread::sleep(Duration::from_millis(20));
+        anyhow::ensure!(Instant::now() < until, "{what} did not happen within {within:?}: {status}");
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until the daemon has the catalog prefix pinned.
+pub(super) fn wait_pinned(c: &mut Connection) -> anyhow::Result<()> {
+    wait_status(c, "caching the catalog prefix", Duration::from_secs(3600), |s| s["cache"]["pinned"].as_u64() >= Some(1))
 }
 
 /// Runs the utterance set on `c`.

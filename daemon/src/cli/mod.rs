@@ -7,6 +7,7 @@ mod bench_daemon;
 mod bench_ep;
 mod bench_intent;
 mod bench_local;
+mod bench_sharing;
 mod bench_thermal;
 mod bench_tokenizer;
 mod doctor;
