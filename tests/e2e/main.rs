@@ -26,6 +26,7 @@ mod model_faults;
 mod mqtt;
 mod mqtt_faults;
 mod mqtt_tls;
+mod npu;
 mod optimized_session;
 mod parity;
 mod plugin_eps;
