@@ -42,6 +42,7 @@ use chat::{ChatInput, ChatTemplate, TemplateError};
 use generate::{Completion, Decoder, GenerateParams, Step, TokenSink};
 use model::{ModelError, ModelSpec};
 pub use pin::{PinError, PinProgress};
+use tokenizer::{TextTokenizer, TokenizerError};
 
 /// Hands the memory freed on the heap back to the kernel. The C allocator keeps freed pages in
 /// its pools (one per thread that allocated), so without this the memory of finished requests
@@ -54,7 +55,6 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
-use tokenizer::{TextTokenizer, TokenizerError};
 
 /// Any failure of the engine, by layer.
 #[derive(Debug, thiserror::Error)]

@@ -108,6 +108,17 @@ fn message_boundary(engine: &Engine, prompt: &[u32], history: &str) -> Option<us
     (!tokens.is_empty() && prompt.starts_with(&tokens)).then_some(tokens.len())
 }
 
+/// Memory a request's state takes at `tokens` positions (MiB): `memory::request_bytes` from the
+/// spec's figures (what it reads of the model shape; the files are not read again).
+fn state_mb(spec: &qwenedge_engine::model::ModelSpec, tokens: usize) -> f64 {
+    let shape = memory::ModelShape {
+        kv_bytes_per_token: spec.kv_bytes_per_token(),
+        fixed_state_bytes: spec.fixed_state_bytes(),
+        ..Default::default()
+    };
+    memory::request_bytes(&shape, tokens) as f64 / (1024.0 * 1024.0)
+}
+
 /// The engine's sampling parameters for a request's.
 pub fn sampling_params(s: &api::Sampling) -> SamplingParams {
     SamplingParams {
@@ -231,7 +242,7 @@ impl Model for Runner {
         let prompt = self.encode_prompt(&text).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         let store_at = boundaries.iter().filter_map(|h| message_boundary(self, &prompt, h)).collect();
         let tokens = (prompt.len() + max_tokens).min(context);
-        let need_mb = memory::request_bytes(&model_shape(&self.spec), tokens) as f64 / (1024.0 * 1024.0);
+        let need_mb = state_mb(&self.spec, tokens);
         // An intent grammar has no JSON strings, where the vocabulary's slices would help.
         let compiler = |e: &mut Self| if intent.is_some() { e.plain_constrainer() } else { e.constrainer() };
         let constraint = match grammar.map(|g| compiler(self).and_then(|c| c.constraint(&g))) {
@@ -283,9 +294,7 @@ impl Model for Runner {
     }
 
     fn held_mb(&self, run: &Run) -> f64 {
-        // `memory::request_bytes` for the positions held (without reading the files again).
-        let bytes = self.spec.kv_bytes_per_token() * run.decoder.state_tokens() + self.spec.fixed_state_bytes();
-        bytes as f64 / (1024.0 * 1024.0)
+        state_mb(&self.spec, run.decoder.state_tokens())
     }
 
     fn finish(&mut self, run: Run, clock: &Clock, _ctx: &Context<'_>) -> Result<EventBody, RunError> {

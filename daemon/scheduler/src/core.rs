@@ -112,6 +112,13 @@ struct Active<R> {
     need_mb: f64,
 }
 
+impl<R> Active<R> {
+    /// Whether it is an interactive request (they take turns; a background one waits for them).
+    fn interactive(&self) -> bool {
+        self.job.request().priority() == Priority::Interactive
+    }
+}
+
 /// The engine thread's state.
 pub struct Core<L: Loader> {
     loader: L,
@@ -204,19 +211,24 @@ impl<L: Loader> Core<L> {
             return Next::Run(work, snapshot(board));
         }
         if board.budget.level < ThermalLevel::Warm {
-            if let Some(i) = self.active.iter().position(|a| a.job.request().priority() == Priority::Background) {
+            if let Some(i) = self.active.iter().position(|a| !a.interactive()) {
                 return Next::Run(Work::Step(i), snapshot(board));
             }
             if let Some(job) = board.queue.pop(Priority::Background) {
-                let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
-                if load.is_some() {
-                    board.phase = Phase::Loading;
-                }
-                return Next::Run(Work::Start(Box::new(job), load), snapshot(board));
+                return Next::Run(self.start_work(board, job), snapshot(board));
             }
         }
         let wait = board.grace_until.map_or(IDLE_TICK, |t| t.saturating_duration_since(now).min(IDLE_TICK));
         Next::Wait(wait)
+    }
+
+    /// Starting `job`, loading the model first when none is loaded.
+    fn start_work(&self, board: &mut SchedulerState, job: Job) -> Work {
+        let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
+        if load.is_some() {
+            board.phase = Phase::Loading;
+        }
+        Work::Start(Box::new(job), load)
     }
 
     /// The interactive work to do next: the request whose turn goes on; else, when its turn has
@@ -231,17 +243,12 @@ impl<L: Loader> Core<L> {
         let held = self.interactive_held();
         let room = held < board.settings.scheduler.max_sequences && self.memory_wait.is_none_or(|n| held < n);
         if room {
-            let busy: Vec<u64> =
-                self.active.iter().filter(|a| a.job.request().priority() == Priority::Interactive).map(|a| a.job.client()).collect();
+            let busy: Vec<u64> = self.active.iter().filter(|a| a.interactive()).map(|a| a.job.client()).collect();
             if let Some(job) = board.queue.pop_where(Priority::Interactive, |client| !busy.contains(&client)) {
-                let load = self.model.is_none().then(|| Box::new(wanted_model(board)));
-                if load.is_some() {
-                    board.phase = Phase::Loading;
-                }
-                return Some(Work::Start(Box::new(job), load));
+                return Some(self.start_work(board, job));
             }
         }
-        let interactive = self.active.iter().filter(|a| a.job.request().priority() == Priority::Interactive).map(|a| a.seq);
+        let interactive = self.active.iter().filter(|a| a.interactive()).map(|a| a.seq);
         let seq = self.turns.next(interactive)?;
         self.turns.give(seq, board.settings.scheduler.turn_tokens);
         position(self, seq).map(Work::Step)
@@ -442,8 +449,13 @@ fn context(snap: &WorkInputs, max_tokens: usize) -> Context<'_> {
 }
 
 fn answer_error(ran: &mut Ran, job: Job, refused: Refusal) {
+    ran.answers.push(failed(job, refused));
+}
+
+/// `job`'s error answer, logged.
+fn failed(job: Job, refused: Refusal) -> (Job, EventBody) {
     info!(code = ?refused.code, message = %refused.message, "failed");
-    ran.answers.push((job, EventBody::error(refused.code, refused.message)));
+    (job, EventBody::error(refused.code, refused.message))
 }
 
 fn log_done(body: &EventBody) {

@@ -1,9 +1,10 @@
 //! One client's events on their way out: a queue bounded in the bytes its events hold (their
 //! queue slots and texts) that the engine thread pushes into without ever waiting, and that the
-//! client's transport drains (the socket writer, the MQTT session). A token event that would take the queue past its bound is dropped and
-//! reported as [`Pushed::Overflow`], so the caller can cancel that client's requests; terminal
-//! events are always queued (each request has one, and a client past its bound is not read
-//! from until it catches up, so their number stays bounded too).
+//! client's transport drains (the socket writer, the MQTT session). A token event that would
+//! take the queue past its bound is dropped and reported as [`Pushed::Overflow`], so the caller
+//! can cancel that client's requests; terminal events are always queued (each request has one,
+//! and a client past its bound is not read from until it catches up, so their number stays
+//! bounded too).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};

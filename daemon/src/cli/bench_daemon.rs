@@ -201,7 +201,9 @@ fn measure(c: &mut Connection) -> anyhow::Result<SetFigures> {
     Ok(set)
 }
 
-fn config_text(model: &ModelArgs, catalog: Option<&Path>, socket: &Path, prefix: &Path, batched: bool) -> String {
+/// A daemon's configuration for a benchmark: the model as `model` says, its socket and prefix
+/// snapshot directory, the catalog, and whether forced tokens are batched.
+pub(super) fn config_text(model: &ModelArgs, catalog: Option<&Path>, socket: &Path, prefix: &Path, batched: bool) -> String {
     let backend = format!("{:?}", model.backend).to_lowercase();
     let given = model.model.clone().unwrap_or_default();
     let path = given.canonicalize().unwrap_or(given);

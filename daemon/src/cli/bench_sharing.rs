@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::bench_daemon::{wait_pinned, wait_status, Connection, Served};
+use super::bench_daemon::{config_text, wait_pinned, wait_status, Connection, Served};
 use super::ModelArgs;
 use qwenedge_config::Settings;
 
@@ -82,16 +82,7 @@ pub fn run(model: &ModelArgs, runs: usize) -> anyhow::Result<()> {
     let (socket, log, config) = (dir.path().join("qwenedge.sock"), dir.path().join("daemon.log"), dir.path().join("config.toml"));
     let given = model.model.clone().unwrap_or_default();
     let path = given.canonicalize().unwrap_or(given);
-    let backend = format!("{:?}", model.backend).to_lowercase();
-    let mut text = format!("[model]\npath = {:?}\nthreads = {}\nbackend = {backend:?}\n", path.display().to_string(), model.threads);
-    if let Some(lib) = &model.onnxruntime {
-        text.push_str(&format!("onnxruntime_library = {:?}\n", lib.display().to_string()));
-    }
-    text.push_str(&format!(
-        "[socket]\npath = {:?}\n[cache]\ndir = {:?}\n",
-        socket.display().to_string(),
-        dir.path().join("prefix").display().to_string()
-    ));
+    let text = config_text(model, None, &socket, &dir.path().join("prefix"), true);
     std::fs::write(&config, text)?;
     let mut served = Served::start(&config, &socket, &log)?;
     let (mut long, mut short, mut watch) = (served.connect()?, served.connect()?, served.connect()?);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::info_span;
 
 use super::turns::Did;
-use super::{answer_error, context, log_done, max_tokens, Active, Core, Ran, WorkInputs};
+use super::{answer_error, context, failed, log_done, max_tokens, Active, Core, Ran, WorkInputs};
 use crate::job::Job;
 use crate::model::{Clock, Loader, Model, Progress, Refusal};
 use qwenedge_api::{ErrorCode, EventBody, Priority};
@@ -23,7 +23,7 @@ impl<L: Loader> Core<L> {
 
     /// Interactive requests in progress.
     pub(super) fn interactive_held(&self) -> usize {
-        self.active.iter().filter(|a| a.job.request().priority() == Priority::Interactive).count()
+        self.active.iter().filter(|a| a.interactive()).count()
     }
 
     pub(super) fn start(&mut self, job: Job, snap: &WorkInputs, load_ms: f64, ran: &mut Ran) {
@@ -98,7 +98,7 @@ impl<L: Loader> Core<L> {
             // An interactive prompt is not paced: pacing starts with its first token, so a
             // warm device still answers a voice request promptly.
             Ok(Progress::Prefilled) => {
-                if a.job.request().priority() == Priority::Interactive {
+                if a.interactive() {
                     ran.busy = Duration::ZERO;
                 }
                 Ok(if model.prompt_done(&a.run) { Did::LastChunk } else { Did::Chunk })
@@ -148,11 +148,11 @@ impl<L: Loader> Core<L> {
         let mut i = 0;
         while i < self.active.len() {
             let a = &self.active[i];
-            let body = if let Some(reason) = a.job.cancel().reason() {
-                EventBody::error(ErrorCode::Cancelled, reason.message(false))
+            let refused = if let Some(reason) = a.job.cancel().reason() {
+                Refusal::new(ErrorCode::Cancelled, reason.message(false))
             } else if a.deadline.is_some_and(|d| now >= d) {
                 let n = self.model.as_ref().map_or(0, |m| m.generated(&a.run));
-                EventBody::error(ErrorCode::Timeout, format!("the deadline passed after {n} generated tokens"))
+                Refusal::new(ErrorCode::Timeout, format!("the deadline passed after {n} generated tokens"))
             } else {
                 i += 1;
                 continue;
@@ -160,10 +160,7 @@ impl<L: Loader> Core<L> {
             let a = self.active.remove(i);
             self.turns.stepped(a.seq, Did::Ended);
             let _span = info_span!("request", id = %a.job.id()).entered();
-            if let EventBody::Error { code, message } = &body {
-                tracing::info!(code = ?code, message = %message, "failed");
-            }
-            ended.push((a.job, body));
+            ended.push(failed(a.job, refused));
         }
         ended
     }
