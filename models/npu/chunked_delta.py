@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The gated delta rule of Qwen3.5's linear-attention layers over a chunk of C tokens at once, in
-standard ONNX ops (MatMul, Exp, Min, Mul, Add, Sub, Reshape, Expand, Transpose, Slice): what a
+standard ONNX ops (MatMul, Exp, Mul, Add, Sub, Reshape, Expand, Transpose, Slice): what a
 static prefill graph for an NPU needs in place of com.microsoft's LinearAttention, which the QNN
 execution provider does not take. Run as a script it checks the chunked form against ONNX
 Runtime's own LinearAttention (token by token) on random inputs shaped like the fixtures' and the
@@ -12,12 +12,14 @@ g_i <= 0, beta_i in (0, 1)):
     S_i = exp(g_i) S_{i-1} + k_i u_i^T,   u_i = beta_i (v_i - exp(g_i) S_{i-1}^T k_i),   o_i = S_i^T q_i
 
 With G = cumsum(g) (a MatMul with an upper-triangular matrix of ones), D_ij = exp(G_i - G_j)
-for j <= i (Min(., 0) first, so the masked entries cannot overflow) and A_ij = beta_i (k_i . k_j)
-D_ij for j < i, unrolling gives (I + A) U = beta * (V - exp(G) * K S), so
+for j <= i (the exponent summed directly, g_{j+1} + ... + g_i, as one MatMul with a constant
+[C, C*C] matrix of ones: no difference of two long sums, and 0 above the diagonal, so nothing
+overflows) and A_ij = beta_i (k_i . k_j) D_ij for j < i, unrolling gives
+(I + A) U = beta * (V - exp(G) * K S), so
 
     U = (I + A)^-1 beta (V - exp(G) K S)
     O = exp(G) * Q S + ((Q K^T) * D) U
-    S_C = exp(G_C) S + K^T (exp(G_C - G) * U)
+    S_C = exp(G_C) S + K^T (exp(G_C - G) * U)      (G_C - G_i summed directly too)
 
 A is strictly lower triangular, so (I + A)^-1 = (I - A)(I + A^2)(I + A^4)... (log2 C factors,
 MatMuls only). Padding a short prompt to C with g = 0 and beta = 0 leaves the state and the real
@@ -38,6 +40,12 @@ from onnx import TensorProto, helper, numpy_helper
 # The IR version written (what ONNX Runtime 1.2x reads; onnx's default may be newer).
 IR_VERSION = 8
 
+# The smallest log decay given to Exp: exp(-30) = 9e-14 is nothing beside 1 in fp32 and 0 in
+# fp16, and the HTP's fp16 Exp (QNN 2.7.0's simulator) answers -100, -500 and -1000 with
+# +-131008 instead of 0 (-20 to -60 give 0; a chunk's summed decays of a strongly decaying head
+# reach -1000).
+EXP_FLOOR = -30.0
+
 # Max |difference| allowed between the chunked form and ONNX Runtime's token-by-token kernel (fp32).
 TOLERANCE = 1e-4
 
@@ -46,18 +54,26 @@ class Builder:
     """Collects nodes and constants for one graph."""
 
     def __init__(self, prefix: str = "/chunked_delta"):
-        self.prefix, self.nodes, self.consts = prefix, [], []
+        self.prefix, self.nodes, self.consts, self.known = prefix, [], [], {}
 
     def const(self, value, dtype=np.int64) -> str:
-        name = f"{self.prefix}/const_{len(self.consts)}"
-        self.consts.append(numpy_helper.from_array(np.array(value, dtype), name))
-        return name
+        """A constant initializer; equal values share one (each layer asks for the same masks)."""
+        array = np.array(value, dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.known:
+            self.known[key] = f"{self.prefix}/const_{len(self.consts)}"
+            self.consts.append(numpy_helper.from_array(array, self.known[key]))
+        return self.known[key]
 
     def op(self, kind: str, inputs: list[str], out: str | None = None, **attrs) -> str:
         name = f"{self.prefix}/{kind}_{len(self.nodes)}"
         out = out or f"{name}/output_0"
         self.nodes.append(helper.make_node(kind, inputs, [out], name=name, **attrs))
         return out
+
+    def exp_decay(self, x: str) -> str:
+        """exp(x) of a log decay (x <= 0), x clamped to EXP_FLOOR first."""
+        return self.op("Exp", [self.op("Max", [x, self.const(EXP_FLOOR, np.float32)])])
 
 
 def chunked_delta_rule(b: Builder, q: str, k: str, v: str, state: str, decay: str, beta: str, *,
@@ -81,7 +97,15 @@ def chunked_delta_rule(b: Builder, q: str, k: str, v: str, state: str, decay: st
     big_g_row = b.op("MatMul", [g_row, b.const(np.triu(np.ones((c, c))), f32)])    # cumsum: [1, nv, 1, C]
     big_g = b.op("Reshape", [big_g_row, b.const([1, nv, c, 1])])
     beta_col = b.op("Reshape", [per_head(beta), b.const([1, nv, c, 1])])
-    decays = b.op("Exp", [b.op("Min", [b.op("Sub", [big_g, big_g_row]), b.const(0.0, f32)])])  # [1, nv, C, C]
+    # G_i - G_j summed directly (sum of g_l for j < l <= i, 0 above the diagonal), never as the
+    # difference of two long sums: with strong decays those reach -1e3 and their difference
+    # would keep only about 1e-4 of absolute precision in the exponent.
+    between = np.zeros((c, c, c))
+    for i in range(c):
+        for j in range(i):
+            between[j + 1 : i + 1, i, j] = 1.0
+    spans = b.op("MatMul", [g_row, b.const(between.reshape(c, c * c), f32)])          # [1, nv, 1, C*C]
+    decays = b.exp_decay(b.op("Reshape", [spans, b.const([1, nv, c, c])]))          # [1, nv, C, C]
     strict = b.op("Mul", [decays, b.const(np.tril(np.ones((c, c)), -1), f32)])
     inclusive = b.op("Mul", [decays, b.const(np.tril(np.ones((c, c))), f32)])
 
@@ -94,7 +118,7 @@ def chunked_delta_rule(b: Builder, q: str, k: str, v: str, state: str, decay: st
         n = b.op("MatMul", [n, n])
         inverse = b.op("MatMul", [inverse, b.op("Add", [eye, n])])
 
-    exp_g = b.op("Exp", [big_g])
+    exp_g = b.exp_decay(big_g)
     residual = b.op("Mul", [beta_col, b.op("Sub", [vh, b.op("Mul", [exp_g, b.op("MatMul", [kh, state])])])])
     u = b.op("MatMul", [inverse, residual])                                         # [1, nv, C, hv]
     o = b.op("Add", [b.op("Mul", [exp_g, b.op("MatMul", [qh, state])]),
@@ -104,8 +128,9 @@ def chunked_delta_rule(b: Builder, q: str, k: str, v: str, state: str, decay: st
     o = b.op("Transpose", [o], perm=[0, 2, 1, 3])
     b.op("Reshape", [o, b.const([1, c, nv * hv])], out)
     last = b.op("Slice", [big_g_row, b.const([c - 1]), b.const([c]), b.const([3])])  # G_C: [1, nv, 1, 1]
-    tail = b.op("Exp", [b.op("Sub", [last, big_g])])                                # exp(G_C - G_i)
-    b.op("Add", [b.op("Mul", [b.op("Exp", [last]), state]), b.op("MatMul", [kt, b.op("Mul", [tail, u])])], state_out)
+    after = b.op("MatMul", [g_row, b.const(np.tril(np.ones((c, c)), -1), f32)])      # G_C - G_i as sum of g_l, l > i
+    tail = b.exp_decay(b.op("Reshape", [after, b.const([1, nv, c, 1])]))
+    b.op("Add", [b.op("Mul", [b.exp_decay(last), state]), b.op("MatMul", [kt, b.op("Mul", [tail, u])])], state_out)
 
 
 def graph_inputs(nk, nv, hk, hv, length):

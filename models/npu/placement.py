@@ -3,7 +3,7 @@
 nodes per provider by op type, the partitions, and why QNN declined the rest (the provider's
 "Validation FAILED ... REASON : ..." lines from a verbose log, grouped, each node counted once).
 With --compare-cpu it also runs one decode step with the same feeds on the CPU provider and on
-QNN and compares the outputs (the model needs static shapes: static_decode.py). On x86-64 the
+QNN and compares the outputs (the model needs static shapes: static_graphs.py). On x86-64 the
 QNN HTP backend is a simulator, so the timings say nothing about NPU speed.
 
 usage: placement.py MODEL PLUGIN_LIB [--options JSON] [--compare-cpu] [--log FILE]
@@ -75,7 +75,7 @@ def feeds_for(session):
     types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
     inputs = session.get_inputs()
     if any(not isinstance(d, int) for i in inputs for d in i.shape):
-        raise SystemExit("placement: --compare-cpu needs static shapes (static_decode.py)")
+        raise SystemExit("placement: --compare-cpu needs static shapes (static_graphs.py)")
     context = next(i.shape[-1] for i in inputs if i.name == "attention_mask")
     rng = np.random.default_rng(0)
     feeds = {}

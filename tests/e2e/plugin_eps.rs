@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 /// The plugin library the test environment names, else what deploy/fetch-ep-plugin.sh has
 /// cached (it fetches it when it is not).
-fn plugin(ep: &str) -> PathBuf {
+pub(crate) fn plugin(ep: &str) -> PathBuf {
     let var = format!("QWENEDGE_EP_{}", ep.to_uppercase());
     let path = match std::env::var_os(&var) {
         Some(p) => PathBuf::from(p),
