@@ -104,7 +104,7 @@ class Static:
         out = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
         self.state = {past: out[present] for past, present, _ in self.pairs}
         self.length += n
-        return out["logits"][0, n - 1]
+        return out["logits"][0, -1]
 
     def run(self, tokens: list[int]) -> np.ndarray:
         if len(tokens) == 1:

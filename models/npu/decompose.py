@@ -154,11 +154,26 @@ def decompose(model: onnx.ModelProto, chunk: int, context: int) -> onnx.ModelPro
             attention(b, n, at, shapes, c, context)
         else:
             raise SystemExit(f"decompose: no standard form for {n.domain}.{t} ({n.name})")
+    if c > 1:
+        last_position_logits(b, g, at.valid)
     del g.node[:]
     g.node.extend(b.nodes)
     g.initializer.extend(b.consts)
     prune(g)
     return model
+
+
+def last_position_logits(b: Builder, g, valid: str) -> None:
+    """Feeds the LM head the last real token's hidden state only: `logits` becomes [1, 1, vocab].
+    A prefill chunk needs no other row, and the head is the graph's largest product (a
+    248k-row matrix: 64 rows of it cost more than the rest of a tiny model's chunk)."""
+    head = next(n for n in b.nodes if "logits" in n.output)
+    index = b.op("Sub", [valid, b.const([1])])
+    b.nodes.remove(head)
+    head.input[0] = b.op("Gather", [head.input[0], index], axis=1)                          # [1, 1, hidden]
+    b.nodes.append(head)
+    out = next(v for v in g.output if v.name == "logits")
+    out.type.tensor_type.shape.dim[1].dim_value = 1
 
 
 def attention(b: Builder, n, at: Positions, shapes, c: int, context: int) -> None:

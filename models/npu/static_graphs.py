@@ -5,12 +5,14 @@ padded at its end), batch 1, a KV buffer of T positions (past and present are th
 the new rows written at their positions), the conv and recurrent states as inputs and outputs,
 every com.microsoft operator but MatMulNBits and the 4-bit embedding lookup in standard ONNX
 (decompose.py). Both graphs read the export's weights from one data file, `model.onnx.data`,
-linked (or copied) next to them; `static.json` says the chunk and the context.
+linked (or copied) next to them with the export's own graph and text files, so OUT_DIR is a
+model directory the daemon loads (`model.backend = "static"` runs these graphs); `static.json`
+says the chunk and the context.
 
 Feeding them: input_ids [1, C] (the padding: any token), position_ids [3, 1, C] (the positions
 p .. p+C-1 in each row), attention_mask [1, T] (1 at positions 0 .. p+n-1 for n real tokens),
 the past buffers and states as the previous call returned them (zeros at first). logits are
-[1, C, vocab]; row n-1 is the last real token's.
+[1, 1, vocab]: the last real token's (the prefill graph applies the LM head to that row only).
 
 usage: static_graphs.py MODEL_DIR OUT_DIR [--context T] [--chunk C]
 """
@@ -90,6 +92,7 @@ def build(model_dir: str, out_dir: str, *, chunk: int, context: int) -> dict:
                         "ops": dict(Counter(n.op_type for n in model.graph.node).most_common())}
     for data in data_files:
         link_or_copy(os.path.join(model_dir, data), os.path.join(out_dir, data))
+    link_or_copy(source, os.path.join(out_dir, name))       # the export itself: the directory still loads as a model
     for entry in os.listdir(model_dir):
         src = os.path.join(model_dir, entry)
         if entry != name and entry not in data_files and os.path.isfile(src):

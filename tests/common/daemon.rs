@@ -75,18 +75,32 @@ impl Daemon {
     /// As [`start_customized`](Self::start_customized), the binary run through `wrapper` (an
     /// emulator and its arguments) when it is not empty; start-up may then take minutes.
     pub fn start_via(wrapper: &[&str], model: &Path, model_keys: &str, extra: &str, customize: impl FnOnce(&mut Command)) -> Self {
+        let slowdown = if wrapper.is_empty() { 1.0 } else { wait::EMULATED };
+        Self::start_slowed(wrapper, slowdown, model, model_keys, extra, customize)
+    }
+
+    /// As [`start_customized`](Self::start_customized), every wait for this daemon `slowdown`
+    /// times longer (a simulated accelerator: start-up and each step take seconds).
+    pub fn start_slowed(
+        wrapper: &[&str],
+        slowdown: f64,
+        model: &Path,
+        model_keys: &str,
+        extra: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let text = |socket: &Path| config_text(model, socket, extra).replacen("threads = 1\n", &format!("threads = 1\n{model_keys}\n"), 1);
-        Self::start_configured(wrapper, text, customize)
+        Self::start_configured(wrapper, slowdown, text, customize)
     }
 
     /// A daemon without a model directory (`[model]` left out), `extra` as its configuration.
     pub fn start_without_model(extra: &str) -> Self {
         let text = |socket: &Path| format!("[socket]\npath = {:?}\n{extra}\n", socket.display().to_string());
-        Self::start_configured(&[], text, |_| {})
+        Self::start_configured(&[], 1.0, text, |_| {})
     }
 
     /// A daemon on the configuration `text` makes for its socket path.
-    fn start_configured(wrapper: &[&str], text: impl FnOnce(&Path) -> String, customize: impl FnOnce(&mut Command)) -> Self {
+    fn start_configured(wrapper: &[&str], slowdown: f64, text: impl FnOnce(&Path) -> String, customize: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qwenedge.sock");
         let config = dir.path().join("config.toml");
@@ -104,7 +118,6 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap());
         customize(&mut command);
         let child = command.spawn().unwrap();
-        let slowdown = if wrapper.is_empty() { 1.0 } else { wait::EMULATED };
         let _watch = wait::watch("daemon", &log);
         let mut daemon = Daemon { child, dir, socket, config, log, slowdown, _watch };
         daemon.wait_ready();

@@ -32,6 +32,7 @@ mod parity;
 mod plugin_eps;
 mod prefix_cache;
 mod soak;
+mod static_backend;
 mod systemd_units;
 mod tokenizer;
 #[cfg(feature = "tract")]

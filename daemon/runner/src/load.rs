@@ -57,7 +57,7 @@ pub fn model_shape(spec: &ModelSpec) -> ModelShape {
 /// when its library can be found (as loading will), else tract.
 pub fn holder(kind: BackendKind, library: Option<&std::path::Path>) -> Holder {
     match kind {
-        BackendKind::Ort => Holder::OnnxRuntime,
+        BackendKind::Ort | BackendKind::Static => Holder::OnnxRuntime,
         BackendKind::Tract => Holder::Tract,
         BackendKind::Auto if !TRACT_BUILT || runtime::locate(library).is_ok() => Holder::OnnxRuntime,
         BackendKind::Auto => Holder::Tract,

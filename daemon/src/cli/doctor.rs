@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use qwenedge_budget::readers::{self, SysRoot};
 use qwenedge_config::{self as config, Settings};
+use qwenedge_engine::backend::ort::StaticGraphs;
 use qwenedge_engine::backend::select::{self, BackendKind};
 use qwenedge_engine::backend::{plugins, providers, runtime};
 use qwenedge_engine::model::ModelSpec;
@@ -191,6 +192,16 @@ fn backend(settings: &Settings) -> Check {
         BackendKind::Ort => match &ort {
             Ok(_) => ("ok", "onnxruntime", "model.backend = \"ort\"".to_string()),
             Err(e) => ("error", "none", format!("model.backend = \"ort\" but the library does not load: {e}")),
+        },
+        BackendKind::Static => match (&ort, settings.model.path.as_deref().map(StaticGraphs::read)) {
+            (Err(e), _) => ("error", "none", format!("model.backend = \"static\" but the library does not load: {e}")),
+            (Ok(_), None) => ("error", "none", "model.backend = \"static\" but no model.path".to_string()),
+            (Ok(_), Some(Err(e))) => ("error", "none", format!("model.backend = \"static\": {e}")),
+            (Ok(_), Some(Ok(g))) => (
+                "ok",
+                "onnxruntime-static",
+                format!("model.backend = \"static\": decode and prefill graphs of {} tokens, context {}", g.chunk, g.context),
+            ),
         },
         BackendKind::Tract if select::TRACT_BUILT => ("ok", "tract", "model.backend = \"tract\"".to_string()),
         BackendKind::Tract => ("error", "none", "model.backend = \"tract\" but this build has no tract backend".to_string()),

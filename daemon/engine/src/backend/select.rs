@@ -1,10 +1,10 @@
-//! Which runtime runs a model: `model.backend = "ort" | "tract" | "auto"`. `auto` takes ONNX
+//! Which runtime runs a model: `model.backend = "ort" | "tract" | "static" | "auto"`. `auto` takes ONNX
 //! Runtime when its library loads and the pure-Rust tract backend otherwise, provided this build
 //! has it, no library was named explicitly (a named library that fails is an error to report),
 //! and `model.strict_providers` does not forbid leaving the configured accelerator providers.
 //! It says why it chose what it chose.
 
-use super::ort::{OrtBackend, OrtOptions};
+use super::ort::{OrtBackend, OrtOptions, StaticBackend};
 use super::{runtime, Backend, BackendError};
 use crate::model::ModelSpec;
 
@@ -19,6 +19,9 @@ pub enum BackendKind {
     Ort,
     /// tract only (needs a build with the `tract` feature).
     Tract,
+    /// ONNX Runtime over the directory's static graphs (`static.json`, made by
+    /// `models/npu/static_graphs.py`): for providers that compile fixed shapes only (QNN's HTP).
+    Static,
 }
 
 /// Whether this build contains the tract backend.
@@ -59,6 +62,7 @@ pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Cho
     match kind {
         BackendKind::Ort => Ok(Chosen { backend: Box::new(OrtBackend::load(spec, ort)?), why: "model.backend = \"ort\"".into() }),
         BackendKind::Tract => Ok(Chosen { backend: tract(spec, ort)?, why: "model.backend = \"tract\"".into() }),
+        BackendKind::Static => Ok(Chosen { backend: Box::new(StaticBackend::load(spec, ort)?), why: "model.backend = \"static\"".into() }),
         BackendKind::Auto => match runtime::load(ort.library.as_deref()) {
             Ok(rt) => Ok(Chosen {
                 backend: Box::new(OrtBackend::load(spec, ort)?),

@@ -13,10 +13,11 @@
 
 use std::path::PathBuf;
 
-use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+mod ep_context;
+mod fixed;
 mod mapped;
 mod optimized;
 mod placement;
@@ -24,10 +25,11 @@ mod probe;
 mod session;
 mod state;
 
+pub use fixed::{StaticBackend, StaticGraphs, STATIC_JSON};
 pub use optimized::OptimizedCache;
 pub use placement::{Declined, EpNodes, Placement};
 use session::{edited_graph, embedding, load_optimized, plain, Optimized};
-use state::{grow_kv, next_state_id, zeros, OrtState};
+use state::{Layout, OrtState};
 
 use super::providers::ProviderRequest;
 use super::{runtime, Backend, BackendError, BackendInfo, Logits, LogitsWanted, Sequence, Snapshot};
@@ -94,12 +96,10 @@ pub struct OrtBackend {
     /// Bindings persist between steps; state buffers are rebound only when `bound` changes.
     binding: IoBinding,
     bound: Option<u64>,
-    allocator: Allocator,
     /// Reused `[1, 1, vocab]` logits buffer when the graph returns the last position only.
     logits: Option<Tensor<f32>>,
     spec: ModelSpec,
-    kv: Vec<StateTensor>,
-    linear: Vec<StateTensor>,
+    layout: Layout,
     info: BackendInfo,
     last_only: bool,
     /// Set while [`probe`](Self::probe) runs (test builds inject no faults into it).
@@ -223,9 +223,9 @@ impl OrtBackend {
             mapped::advise_random_access(data);
         }
         let binding = session.create_binding().map_err(load_err)?;
-        let allocator = Allocator::default();
-        let logits = if last_only { Some(Tensor::<f32>::new(&allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
-        let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
+        let layout = Layout::of(spec, spec.context_length);
+        let logits =
+            if last_only { Some(Tensor::<f32>::new(&layout.allocator, [1usize, 1, spec.vocab_size]).map_err(load_err)?) } else { None };
         let embedding = embedding(rt, spec, opts)?;
         let table_pages = mapped::Resident::of(spec.embedding.iter().flat_map(|e| e.data_files.iter().map(|(f, _)| f.as_path())));
         Ok(Self {
@@ -234,11 +234,9 @@ impl OrtBackend {
             table_pages,
             binding,
             bound: None,
-            allocator,
             logits,
             spec: spec.clone(),
-            kv,
-            linear,
+            layout,
             info,
             last_only,
             probing: false,
@@ -267,7 +265,8 @@ impl OrtBackend {
         self.bound = None;
         let b = &mut self.binding;
         b.clear();
-        for (t, buf) in self.kv.iter().zip(state.kv.iter_mut()).chain(self.linear.iter().zip(state.linear.iter_mut())) {
+        let layout = &self.layout;
+        for (t, buf) in layout.kv.iter().zip(state.kv.iter_mut()).chain(layout.linear.iter().zip(state.linear.iter_mut())) {
             b.bind_input(&t.input, &*buf).map_err(run_err)?;
             b.bind_output(&t.output, &mut *buf).map_err(run_err)?;
         }
@@ -324,8 +323,7 @@ impl Backend for OrtBackend {
     }
 
     fn new_sequence(&self) -> Result<Sequence, BackendError> {
-        let linear = self.linear.iter().map(|t| zeros(&self.allocator, &t.shape)).collect::<Result<Vec<_>, BackendError>>()?;
-        Ok(Sequence { len: 0, state: Box::new(OrtState { id: next_state_id(), kv: Vec::new(), capacity: 0, linear, broken: false }) })
+        self.layout.new_sequence()
     }
 
     fn forward(&mut self, seq: &mut Sequence, tokens: &[u32], want: LogitsWanted, out: &mut Logits) -> Result<(), BackendError> {
@@ -359,16 +357,12 @@ impl Backend for OrtBackend {
             if state.broken {
                 return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
             }
-            if state.kv.is_empty() && !self.kv.is_empty() {
-                state.kv = self.kv.iter().map(|t| grow_kv(&self.allocator, t, None, 0, 0)).collect::<Result<_, _>>()?;
-                state.id = next_state_id();
-            }
-            self.reserve(state, past, past + n)?;
+            self.layout.reserve(state, past, past + n)?;
             self.bind_state(state)?;
             self.bind_step(past, tokens)?;
             let mut all_rows = None;
             if !self.last_only {
-                let mut t = Tensor::<f32>::new(&self.allocator, [1usize, n, self.spec.vocab_size]).map_err(run_err)?;
+                let mut t = Tensor::<f32>::new(&self.layout.allocator, [1usize, n, self.spec.vocab_size]).map_err(run_err)?;
                 self.binding.bind_output(&self.spec.logits, &mut t).map_err(run_err)?;
                 all_rows = Some(t);
             }
@@ -391,22 +385,22 @@ impl Backend for OrtBackend {
     }
 
     fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError> {
-        self.fork_state(seq)
+        self.layout.fork(seq)
     }
 
     fn snapshot(&self, seq: &Sequence) -> Result<Snapshot, BackendError> {
-        self.snapshot_state(seq)
+        self.layout.snapshot(seq)
     }
 
     fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError> {
-        self.restore_state(snap, room)
+        self.layout.restore(snap, room)
     }
 
     fn snapshot_parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError> {
-        self.state_parts(snap, each)
+        self.layout.parts(snap, each)
     }
 
     fn snapshot_from_parts(&self, len: usize, parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError> {
-        self.state_from_parts(len, parts)
+        self.layout.snapshot_of_parts(len, parts)
     }
 }

@@ -28,7 +28,7 @@ fn load_err(spec: &ModelSpec, e: impl std::fmt::Display) -> BackendError {
 }
 
 /// The builder with this backend's options and the requested providers.
-fn session_builder(
+pub(super) fn session_builder(
     rt: &Runtime,
     spec: &ModelSpec,
     opts: &OrtOptions,

@@ -1,13 +1,14 @@
-//! One sequence's state on the ONNX Runtime backend: its KV buffers (with spare capacity,
-//! grown by doubling) and linear-state buffers, and the compact snapshots of them that the
-//! prefix cache keeps and the disk store saves.
+//! One sequence's state on the ONNX Runtime backends: its KV buffers (with spare capacity,
+//! grown by doubling; the static graphs' fixed buffer is one capacity) and linear-state
+//! buffers, and the compact snapshots of them that the prefix cache keeps and the disk store
+//! saves.
 
 use ort::memory::Allocator;
 use ort::value::Tensor;
 
-use super::{run_err, OrtBackend};
+use super::{all_states, is_kv, run_err};
 use crate::backend::{BackendError, Sequence, Snapshot};
-use crate::model::StateTensor;
+use crate::model::{ModelSpec, StateTensor};
 
 /// Positions of KV capacity allocated at least, so short prompts do not regrow at once.
 pub(super) const MIN_KV_CAPACITY: usize = 256;
@@ -67,13 +68,40 @@ pub(super) fn grow_kv(
     Ok(new)
 }
 
-impl OrtBackend {
-    /// Makes room for `need` positions in every KV buffer.
+/// The state tensors of a model and what their buffers are allocated with.
+pub(super) struct Layout {
+    /// The KV tensors of the full-attention layers.
+    pub(super) kv: Vec<StateTensor>,
+    /// The conv and recurrent tensors of the linear-attention layers.
+    pub(super) linear: Vec<StateTensor>,
+    pub(super) allocator: Allocator,
+    /// The most positions a KV buffer holds.
+    pub(super) context_length: usize,
+}
+
+impl Layout {
+    /// `spec`'s state tensors, KV buffers of at most `context_length` positions.
+    pub(super) fn of(spec: &ModelSpec, context_length: usize) -> Self {
+        let (kv, linear) = all_states(spec).cloned().partition(|t| is_kv(spec, t));
+        Self { kv, linear, allocator: Allocator::default(), context_length }
+    }
+
+    /// A fresh sequence: linear state zeroed, KV buffers allocated on the first step.
+    pub(super) fn new_sequence(&self) -> Result<Sequence, BackendError> {
+        let linear = self.linear.iter().map(|t| zeros(&self.allocator, &t.shape)).collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(Sequence { len: 0, state: Box::new(OrtState { id: next_state_id(), kv: Vec::new(), capacity: 0, linear, broken: false }) })
+    }
+
+    /// Makes room for `need` positions in every KV buffer (allocating them on the first step).
     pub(super) fn reserve(&self, state: &mut OrtState, len: usize, need: usize) -> Result<(), BackendError> {
+        if state.kv.is_empty() && !self.kv.is_empty() {
+            state.kv = self.kv.iter().map(|t| grow_kv(&self.allocator, t, None, 0, 0)).collect::<Result<_, _>>()?;
+            state.id = next_state_id();
+        }
         if need <= state.capacity {
             return Ok(());
         }
-        let capacity = need.max(state.capacity * 2).max(MIN_KV_CAPACITY).min(self.spec.context_length);
+        let capacity = need.max(state.capacity * 2).max(MIN_KV_CAPACITY).min(self.context_length);
         for (t, buf) in self.kv.iter().zip(state.kv.iter_mut()) {
             *buf = grow_kv(&self.allocator, t, Some((buf, state.capacity)), capacity, len)?;
         }
@@ -82,7 +110,7 @@ impl OrtBackend {
         Ok(())
     }
 
-    pub(super) fn fork_state(&self, seq: &Sequence) -> Result<Sequence, BackendError> {
+    pub(super) fn fork(&self, seq: &Sequence) -> Result<Sequence, BackendError> {
         let state = seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)?;
         let copy = |src: &Tensor<f32>| -> Result<Tensor<f32>, BackendError> {
             let dims: Vec<usize> = src.shape().iter().map(|&d| d as usize).collect();
@@ -96,7 +124,7 @@ impl OrtBackend {
         Ok(Sequence { len: seq.len, state: Box::new(state) })
     }
 
-    pub(super) fn snapshot_state(&self, seq: &Sequence) -> Result<Snapshot, BackendError> {
+    pub(super) fn snapshot(&self, seq: &Sequence) -> Result<Snapshot, BackendError> {
         let state = seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)?;
         if state.broken {
             return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
@@ -118,7 +146,7 @@ impl OrtBackend {
         Ok(Snapshot { len, bytes: floats * std::mem::size_of::<f32>(), state: Box::new(OrtSnapshot { kv, linear }) })
     }
 
-    pub(super) fn restore_state(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError> {
+    pub(super) fn restore(&self, snap: &Snapshot, room: usize) -> Result<Sequence, BackendError> {
         let saved = snap.state.downcast_ref::<OrtSnapshot>().ok_or(BackendError::ForeignState)?;
         let len = snap.len;
         if !self.fits(len, saved) {
@@ -137,7 +165,7 @@ impl OrtBackend {
         let (kv, capacity) = if saved.kv.is_empty() {
             (Vec::new(), 0)
         } else {
-            let capacity = (len + room).max(MIN_KV_CAPACITY).min(self.spec.context_length).max(len);
+            let capacity = (len + room).max(MIN_KV_CAPACITY).min(self.context_length).max(len);
             let kv = self
                 .kv
                 .iter()
@@ -155,13 +183,13 @@ impl OrtBackend {
         Ok(Sequence { len, state: Box::new(state) })
     }
 
-    pub(super) fn state_parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError> {
+    pub(super) fn parts(&self, snap: &Snapshot, each: &mut dyn FnMut(&[f32])) -> Result<(), BackendError> {
         let saved = snap.state.downcast_ref::<OrtSnapshot>().ok_or(BackendError::ForeignState)?;
         saved.kv.iter().chain(&saved.linear).for_each(|p| each(p));
         Ok(())
     }
 
-    pub(super) fn state_from_parts(&self, len: usize, mut parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError> {
+    pub(super) fn snapshot_of_parts(&self, len: usize, mut parts: Vec<Vec<f32>>) -> Result<Snapshot, BackendError> {
         if parts.len() != self.kv.len() + self.linear.len() {
             return Err(BackendError::ForeignState);
         }
