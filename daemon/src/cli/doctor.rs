@@ -184,6 +184,14 @@ fn placement(daemon: Option<&Value>) -> Check {
     }
 }
 
+/// Whether `auto` would serve through the model directory's static graphs.
+fn auto_static(settings: &Settings) -> bool {
+    let m = &settings.model;
+    let first = m.execution_providers.first();
+    let options = first.and_then(|name| m.provider_options.get(name)).cloned().unwrap_or_default();
+    m.path.as_deref().is_some_and(|dir| select::auto_static(dir, first.map(|name| (name.as_str(), &options))))
+}
+
 /// Which backend `serve` would use, and why.
 fn backend(settings: &Settings) -> Check {
     let kind = settings.model.backend;
@@ -206,6 +214,9 @@ fn backend(settings: &Settings) -> Check {
         BackendKind::Tract if select::TRACT_BUILT => ("ok", "tract", "model.backend = \"tract\"".to_string()),
         BackendKind::Tract => ("error", "none", "model.backend = \"tract\" but this build has no tract backend".to_string()),
         BackendKind::Auto => match &ort {
+            Ok(rt) if auto_static(settings) => {
+                ("ok", "onnxruntime-static", format!("auto: ONNX Runtime {} loads; the directory's static graphs for the HTP", rt.version))
+            }
             Ok(rt) => ("ok", "onnxruntime", format!("auto: ONNX Runtime {} loads", rt.version)),
             Err(e) if select::named_library(settings.model.onnxruntime_library.as_deref()) => {
                 ("error", "none", format!("auto: the named ONNX Runtime library does not load: {e}"))

@@ -1,10 +1,14 @@
 //! Which runtime runs a model: `model.backend = "ort" | "tract" | "static" | "auto"`. `auto` takes ONNX
-//! Runtime when its library loads and the pure-Rust tract backend otherwise, provided this build
+//! Runtime when its library loads — over the directory's static graphs when it has them and the
+//! first provider compiles fixed shapes only (QNN's HTP) — and the pure-Rust tract backend otherwise, provided this build
 //! has it, no library was named explicitly (a named library that fails is an error to report),
 //! and `model.strict_providers` does not forbid leaving the configured accelerator providers.
 //! It says why it chose what it chose.
 
-use super::ort::{OrtBackend, OrtOptions, StaticBackend};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::ort::{OrtBackend, OrtOptions, StaticBackend, STATIC_JSON};
 use super::{runtime, Backend, BackendError};
 use crate::model::ModelSpec;
 
@@ -12,7 +16,8 @@ use crate::model::ModelSpec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// ONNX Runtime when its library loads, else tract.
+    /// ONNX Runtime when its library loads (over the directory's static graphs when it has them
+    /// and the first provider is QNN's HTP), else tract.
     #[default]
     Auto,
     /// ONNX Runtime only.
@@ -57,6 +62,17 @@ pub fn named_library(explicit: Option<&std::path::Path>) -> bool {
     explicit.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
 }
 
+/// Whether the provider `name` with `options` compiles fixed shapes only (QNN's HTP backend).
+pub fn fixed_shapes_only(name: &str, options: &BTreeMap<String, String>) -> bool {
+    name.eq_ignore_ascii_case("qnn") && options.get("backend_type").is_some_and(|b| b.eq_ignore_ascii_case("htp"))
+}
+
+/// Whether `auto` runs `dir` through its static graphs: it has them (`static.json`) and the
+/// first provider (`first`: its name and options) compiles fixed shapes only.
+pub fn auto_static(dir: &Path, first: Option<(&str, &BTreeMap<String, String>)>) -> bool {
+    first.is_some_and(|(name, options)| fixed_shapes_only(name, options)) && dir.join(STATIC_JSON).is_file()
+}
+
 /// Loads the backend `kind` names for `spec`.
 pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Chosen, BackendError> {
     match kind {
@@ -64,6 +80,10 @@ pub fn load(spec: &ModelSpec, kind: BackendKind, ort: &OrtOptions) -> Result<Cho
         BackendKind::Tract => Ok(Chosen { backend: tract(spec, ort)?, why: "model.backend = \"tract\"".into() }),
         BackendKind::Static => Ok(Chosen { backend: Box::new(StaticBackend::load(spec, ort)?), why: "model.backend = \"static\"".into() }),
         BackendKind::Auto => match runtime::load(ort.library.as_deref()) {
+            Ok(rt) if auto_static(&spec.dir, ort.providers.first().map(|p| (p.name.as_str(), &p.options))) => Ok(Chosen {
+                backend: Box::new(StaticBackend::load(spec, ort)?),
+                why: format!("auto: ONNX Runtime {}, the directory's static graphs for {}'s HTP (fixed shapes only)", rt.version, ort.providers[0].name),
+            }),
             Ok(rt) => Ok(Chosen {
                 backend: Box::new(OrtBackend::load(spec, ort)?),
                 why: format!("auto: ONNX Runtime {} loaded from {}", rt.version, rt.path.display()),
