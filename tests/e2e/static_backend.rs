@@ -133,6 +133,13 @@ fn the_static_graphs_serve_on_the_htp_simulator_and_the_second_start_loads_them_
         providers.iter().filter(|p| p["ep"] != "qnn").flat_map(|p| p["op_types"].as_object().unwrap().keys().cloned()).collect();
     eprintln!("decode graph: {}", backend["placement"]["summary"]);
     assert!(qnn_nodes > 200 && elsewhere.iter().all(|op| op == "GatherBlockQuantized"), "{}", backend["placement"]);
+    let prefill = backend["prefill_placement"]["summary"].as_str().unwrap_or_default().to_string();
+    assert!(prefill.starts_with("qnn took "), "the prefill graph's placement: {backend}");
+    let out = Command::new(env!("CARGO_BIN_EXE_qwenedge")).args(["doctor", "--json", "--config"]).arg(&first.config).output_in_time();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = report["placement"]["summary"].as_str().unwrap_or_default();
+    assert!(shown.contains("decode graph: qnn took") && shown.contains("prefill graph: qnn took"), "{}", report["placement"]);
+    let decode = backend["placement"]["summary"].clone();
     serve_on_the_htp(&first);
     let (line, prepared_ms) = readiness(&first);
     assert!(line.contains("prepared the graphs and saved them compiled"), "{line}");
@@ -145,5 +152,7 @@ fn the_static_graphs_serve_on_the_htp_simulator_and_the_second_start_loads_them_
     assert!(backend["chosen"].as_str().is_some_and(|c| c.contains("static graphs")), "{backend}");
     eprintln!("first start: graphs prepared in {prepared_ms} ms; second start: compiled graphs loaded in {loaded_ms} ms");
     assert_eq!(backend["execution_provider"], "qnn");
+    // The compiled graphs' placement is the one saved when they were prepared.
+    assert_eq!((&backend["placement"]["summary"], backend["prefill_placement"]["summary"].as_str()), (&decode, Some(prefill.as_str())));
     serve_on_the_htp(&second);
 }

@@ -260,6 +260,7 @@ impl ModelReport {
                 threads: 0,
                 chosen: String::new(),
                 placement: None,
+                prefill_placement: None,
             },
         }
     }
@@ -283,9 +284,13 @@ pub struct BackendReport {
     /// Why this backend runs the model.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub chosen: String,
-    /// Which execution provider runs which nodes of the graph (ONNX Runtime only).
+    /// Which execution provider runs which nodes of the graph (ONNX Runtime only; the static
+    /// backend's decode graph).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementReport>,
+    /// The same for the static backend's prefill graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_placement: Option<PlacementReport>,
 }
 
 /// What happened to one requested execution provider.

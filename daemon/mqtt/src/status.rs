@@ -122,6 +122,7 @@ mod tests {
             threads: 2,
             chosen: String::new(),
             placement: None,
+            prefill_placement: None,
         };
         StatusReport {
             state: Phase::Ready,

@@ -389,24 +389,8 @@ impl Model for Runner {
                     .collect(),
                 threads: info.threads,
                 chosen: info.chosen,
-                placement: info.placement.map(|p| api::PlacementReport {
-                    total_nodes: p.total_nodes,
-                    summary: p.summary(),
-                    providers: p
-                        .providers
-                        .into_iter()
-                        .map(|n| api::ProviderNodes {
-                            ep: n.ep,
-                            nodes: n.nodes,
-                            op_types: n.op_types,
-                            declined: n
-                                .declined
-                                .into_iter()
-                                .map(|d| api::DeclinedNodes { op_type: d.op_type, reason: d.reason, nodes: d.nodes })
-                                .collect(),
-                        })
-                        .collect(),
-                }),
+                placement: info.placement.map(placement_report),
+                prefill_placement: info.prefill_placement.map(placement_report),
             },
         }
     }
@@ -428,6 +412,28 @@ impl Model for Runner {
 
     fn files_changed(&self) -> Option<String> {
         Engine::files_changed(self)
+    }
+}
+
+/// A graph's node placement as `status` reports it.
+fn placement_report(p: qwenedge_engine::backend::ort::Placement) -> api::PlacementReport {
+    api::PlacementReport {
+        total_nodes: p.total_nodes,
+        summary: p.summary(),
+        providers: p
+            .providers
+            .into_iter()
+            .map(|n| api::ProviderNodes {
+                ep: n.ep,
+                nodes: n.nodes,
+                op_types: n.op_types,
+                declined: n
+                    .declined
+                    .into_iter()
+                    .map(|d| api::DeclinedNodes { op_type: d.op_type, reason: d.reason, nodes: d.nodes })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

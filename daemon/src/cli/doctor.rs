@@ -176,7 +176,20 @@ fn placement(daemon: Option<&Value>) -> Check {
     };
     let backend = &status["model"]["backend"];
     match backend.get("placement").filter(|p| !p.is_null()) {
-        Some(p) => check("placement", "ok", p["summary"].as_str().unwrap_or("?").to_string(), p.clone()),
+        // The static backend's two graphs: decode (`placement`) and prefill.
+        Some(p) => match backend.get("prefill_placement").filter(|p| !p.is_null()) {
+            Some(prefill) => check(
+                "placement",
+                "ok",
+                format!(
+                    "decode graph: {}; prefill graph: {}",
+                    p["summary"].as_str().unwrap_or("?"),
+                    prefill["summary"].as_str().unwrap_or("?")
+                ),
+                json!({"decode": p, "prefill": prefill}),
+            ),
+            None => check("placement", "ok", p["summary"].as_str().unwrap_or("?").to_string(), p.clone()),
+        },
         None => {
             let name = backend["name"].as_str().unwrap_or("no model");
             check("placement", "info", format!("{name}: no node placement reported"), json!({"known": false}))

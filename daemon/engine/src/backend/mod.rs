@@ -147,9 +147,13 @@ pub struct BackendInfo {
     /// the caller built the backend itself.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub chosen: String,
-    /// Which execution provider runs which nodes (ONNX Runtime only).
+    /// Which execution provider runs which nodes (ONNX Runtime only; the static backend's
+    /// decode graph).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<ort::Placement>,
+    /// The same for the static backend's prefill graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_placement: Option<ort::Placement>,
 }
 
 /// Runs a decoder graph step by step.

@@ -167,6 +167,7 @@ impl Model for Fake {
             threads: 1,
             chosen: String::new(),
             placement: None,
+            prefill_placement: None,
         };
         ModelReport {
             id: None,

@@ -11,12 +11,35 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::optimized::{sha256_hex, OptimizedCache};
+use super::Placement;
 
 /// The entry's description.
 const ENTRY: &str = "entry.json";
 
 /// Where an entry of the cache keeps its files: a folder of the optimized-model cache.
 const FOLDER: &str = "ep-context";
+
+/// The placement of the graphs an entry was compiled from.
+const PLACEMENTS: &str = "placement.json";
+
+/// Which provider ran which nodes of each graph when it was compiled (the context models show
+/// one node per compiled partition instead).
+#[derive(Serialize, Deserialize)]
+pub(super) struct Placements {
+    pub(super) decode: Option<Placement>,
+    pub(super) prefill: Option<Placement>,
+}
+
+/// Writes `placements` into the entry being made in `tmp`.
+pub(super) fn save_placements(tmp: &Path, placements: &Placements) -> Result<(), String> {
+    let text = serde_json::to_string(placements).map_err(|e| e.to_string())?;
+    std::fs::write(tmp.join(PLACEMENTS), text).map_err(|e| format!("{}: {e}", tmp.join(PLACEMENTS).display()))
+}
+
+/// The placements saved in a checked entry.
+pub(super) fn saved_placements(entry: &Path) -> Option<Placements> {
+    serde_json::from_str(&std::fs::read_to_string(entry.join(PLACEMENTS)).ok()?).ok()
+}
 
 #[derive(Serialize, Deserialize)]
 struct EntryFile {
@@ -92,5 +115,20 @@ mod tests {
         assert!(check(&entry, "model b").unwrap_err().contains("another model"));
         std::fs::write(entry.join("decode_ctx_qnn.bin"), b"binarY").unwrap();
         assert!(check(&entry, "model a").unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn the_placements_saved_with_an_entry_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = |ep: &str, n: usize| super::super::EpNodes {
+            ep: ep.into(),
+            nodes: n,
+            op_types: [("MatMulNBits".to_string(), n)].into_iter().collect(),
+            declined: Vec::new(),
+        };
+        let decode = Placement { total_nodes: 280, providers: vec![nodes("qnn", 279), nodes("cpu", 1)] };
+        save_placements(dir.path(), &Placements { decode: Some(decode.clone()), prefill: None }).unwrap();
+        let back = saved_placements(dir.path()).expect("read back");
+        assert_eq!((back.decode, back.prefill), (Some(decode), None));
     }
 }

@@ -142,7 +142,14 @@ impl StaticBackend {
         if let Some((entry, identity)) = &cache {
             match ep_context::check(entry, identity) {
                 Ok(()) => match (create(&context_model(entry, "decode"), None), create(&context_model(entry, "prefill"), None)) {
-                    (Ok(decode), Ok((prefill, ..))) => sessions = Some((decode, prefill, "loaded the compiled graphs")),
+                    (Ok(mut decode), Ok(mut prefill)) => {
+                        // The context models hold the compiled partitions as single nodes: the
+                        // placement of the graphs they came from was saved with them.
+                        if let Some(saved) = ep_context::saved_placements(entry) {
+                            (decode.3, prefill.3) = (saved.decode, saved.prefill);
+                        }
+                        sessions = Some((decode, prefill, "loaded the compiled graphs"));
+                    }
                     (Err(e), _) | (_, Err(e)) => {
                         tracing::warn!(entry = %entry.display(), reason = %e, "compiled graphs do not load; preparing them again");
                         let _ = std::fs::remove_dir_all(entry);
@@ -155,17 +162,18 @@ impl StaticBackend {
                 Err(_) => {}
             }
         }
-        let ((decode, reports, primary, decode_placement), prefill, how) = match sessions {
+        let ((decode, reports, primary, decode_placement), (prefill, _, _, prefill_placement), how) = match sessions {
             Some(found) => found,
             None => {
                 let staging = cache.as_ref().and_then(|(entry, _)| {
                     ep_context::staging(entry).inspect_err(|e| tracing::warn!(reason = %e, "the compiled graphs will not be saved")).ok()
                 });
                 let decode = create(&graphs.decode, staging.as_ref().map(|t| context_model(t, "decode")))?;
-                let (prefill, ..) = create(&graphs.prefill, staging.as_ref().map(|t| context_model(t, "prefill")))?;
+                let prefill = create(&graphs.prefill, staging.as_ref().map(|t| context_model(t, "prefill")))?;
                 let mut how = "prepared the graphs";
                 if let (Some(tmp), Some((entry, identity))) = (&staging, &cache) {
-                    match ep_context::finish(tmp, entry, identity) {
+                    let placements = ep_context::Placements { decode: decode.3.clone(), prefill: prefill.3.clone() };
+                    match ep_context::save_placements(tmp, &placements).and_then(|()| ep_context::finish(tmp, entry, identity)) {
                         Ok(()) => how = "prepared the graphs and saved them compiled",
                         Err(e) => tracing::warn!(reason = %e, "the compiled graphs could not be saved"),
                     }
@@ -192,6 +200,7 @@ impl StaticBackend {
             threads: opts.threads,
             chosen: String::new(),
             placement: decode_placement,
+            prefill_placement,
         };
         let layout = Layout::of(spec, graphs.context);
         Ok(Self { decode, prefill, graphs, layout, spec: spec.clone(), info })

@@ -218,6 +218,7 @@ impl OrtBackend {
             threads: opts.threads,
             chosen: String::new(),
             placement,
+            prefill_placement: None,
         };
         for data in &weights {
             mapped::advise_random_access(data);

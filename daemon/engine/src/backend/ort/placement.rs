@@ -7,7 +7,7 @@ use std::ffi::{c_char, CStr};
 
 use ort::session::Session;
 use ort::AsPointer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::providers::ProviderReport;
 
@@ -15,7 +15,7 @@ use crate::backend::providers::ProviderReport;
 pub(super) const RECORD_KEY: &str = "session.record_ep_graph_assignment_info";
 
 /// The nodes one execution provider took.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpNodes {
     /// The configured name (`qnn`, `cpu`), or ONNX Runtime's name for one not configured.
     pub ep: String,
@@ -25,12 +25,12 @@ pub struct EpNodes {
     pub op_types: BTreeMap<String, usize>,
     /// The nodes it did not take, by operator type and the reason it gave (only where the
     /// provider says why: QNN does).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub declined: Vec<Declined>,
 }
 
 /// Nodes of one operator type a provider did not take, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Declined {
     /// Operator type.
     pub op_type: String,
@@ -77,7 +77,7 @@ pub(super) fn declined(messages: &[String]) -> Vec<Declined> {
 }
 
 /// How the graph's nodes are spread over the providers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// Nodes in the session's (optimized) graph.
     pub total_nodes: usize,

@@ -270,6 +270,7 @@ impl Backend for TractBackend {
             threads: self.threads,
             chosen: String::new(),
             placement: None,
+            prefill_placement: None,
         }
     }
 
