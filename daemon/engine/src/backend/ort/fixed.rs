@@ -91,13 +91,6 @@ pub struct StaticBackend {
     info: BackendInfo,
 }
 
-fn is_broken(state: &OrtState) -> Result<(), BackendError> {
-    if state.broken {
-        return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
-    }
-    Ok(())
-}
-
 impl StaticBackend {
     /// Loads the runtime and creates both sessions with `opts`' providers. With
     /// `strict_providers` and an accelerator first, a decode graph that does not run wholly on
@@ -307,7 +300,7 @@ impl Backend for StaticBackend {
         let mut state_box = std::mem::replace(&mut seq.state, Box::new(()));
         let result = (|| -> Result<(), BackendError> {
             let state = state_box.downcast_mut::<OrtState>().ok_or(BackendError::ForeignState)?;
-            is_broken(state)?;
+            state.usable()?;
             self.layout.reserve(state, past, context)?;
             out.rows = 0;
             out.data.clear();

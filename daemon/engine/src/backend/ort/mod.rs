@@ -355,9 +355,7 @@ impl Backend for OrtBackend {
         let mut state_box = std::mem::replace(&mut seq.state, Box::new(()));
         let result = (|| -> Result<(), BackendError> {
             let state = state_box.downcast_mut::<OrtState>().ok_or(BackendError::ForeignState)?;
-            if state.broken {
-                return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
-            }
+            state.usable()?;
             self.layout.reserve(state, past, past + n)?;
             self.bind_state(state)?;
             self.bind_step(past, tokens)?;

@@ -31,6 +31,16 @@ struct OrtSnapshot {
     linear: Vec<Vec<f32>>,
 }
 
+impl OrtState {
+    /// `Ok` unless an earlier failed step may have left the buffers half-updated.
+    pub(super) fn usable(&self) -> Result<(), BackendError> {
+        if self.broken {
+            return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn next_state_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -126,9 +136,7 @@ impl Layout {
 
     pub(super) fn snapshot(&self, seq: &Sequence) -> Result<Snapshot, BackendError> {
         let state = seq.state.downcast_ref::<OrtState>().ok_or(BackendError::ForeignState)?;
-        if state.broken {
-            return Err(BackendError::Run("this sequence's state was lost in an earlier failed step".into()));
-        }
+        state.usable()?;
         let len = seq.len;
         let kv = self
             .kv
